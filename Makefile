@@ -1,0 +1,127 @@
+# NewFuse developer entry points. `make help` lists them.
+# CLUSTER=local (default): a real control plane built from source and run as local processes.
+# CLUSTER=kind: for machines with Docker; documented, wired here, not exercised in CI.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CLUSTER ?= local
+CACHE ?= $(HOME)/.cache/newfuse
+UV_VERSION := 0.13.9
+UV_HOME := $(CACHE)/tools/uv-$(UV_VERSION)
+UV := $(UV_HOME)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+STATE := .local
+KIND_CLUSTER ?= newfuse
+PYTEST_ARGS ?=
+
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+export PYTHONPATH := $(abspath hack)
+
+ifeq ($(CLUSTER),kind)
+  # The tests and tooling honour NEWFUSE_KUBECONFIG instead of starting the local control plane.
+  export NEWFUSE_KUBECONFIG := $(abspath $(STATE)/kind/kubeconfig)
+else ifneq ($(CLUSTER),local)
+  $(error CLUSTER must be 'local' or 'kind', not '$(CLUSTER)')
+endif
+
+##@ Main
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target> [CLUSTER=local|kind]\n"} \
+	  /^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } \
+	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+.PHONY: demo
+demo: deps cluster-up ## Start the local cluster and Redis, and print how to reach them
+	@$(PY) -m localcluster status
+
+.PHONY: test
+test: deps binaries ## Run every test: unit, integration and e2e (starts the cluster if needed)
+	@hack/pytest.sh $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: deps ## Run only the fast unit tests (no cluster, no Redis)
+	@hack/pytest.sh -m unit $(PYTEST_ARGS)
+
+.PHONY: test-integration
+test-integration: deps binaries ## Run only the integration and e2e tests
+	@hack/pytest.sh -m "integration or e2e" $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: deps ## ruff (lint + format check), mypy --strict and import-linter
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+.PHONY: fmt
+fmt: deps ## Format and auto-fix with ruff
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+##@ Environment
+
+.PHONY: deps
+deps: $(VENV)/.synced ## Install everything: Debian packages (redis-server) and the Python venv
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing redis-server (Debian package)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "redis-server is missing: run 'sudo apt-get install redis-server' or set NEWFUSE_REDIS_URL" >&2; fi; }
+
+$(UV):
+	python3 -m venv $(UV_HOME)
+	$(UV_HOME)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	@touch $@
+
+uv.lock: pyproject.toml | $(UV)
+	$(UV) lock
+
+.PHONY: binaries
+binaries: ## Build (or find cached) etcd, Kubernetes, kwok and helm under ~/.cache/newfuse
+ifeq ($(CLUSTER),local)
+	@bash hack/localcluster/build.sh >/dev/null
+endif
+
+.PHONY: cluster-up
+cluster-up: deps ## Start the control plane (3 fake nodes) and Redis on 127.0.0.1
+ifeq ($(CLUSTER),kind)
+	@mkdir -p $(STATE)/kind
+	kind get clusters | grep -qx $(KIND_CLUSTER) || kind create cluster --name $(KIND_CLUSTER) --kubeconfig $(NEWFUSE_KUBECONFIG)
+	kind get kubeconfig --name $(KIND_CLUSTER) > $(NEWFUSE_KUBECONFIG)
+	$(PY) -m localcluster redis-up
+else
+	$(PY) -m localcluster up
+endif
+
+.PHONY: cluster-down
+cluster-down: deps ## Stop the control plane and Redis; leaves no process of ours running
+ifeq ($(CLUSTER),kind)
+	-kind delete cluster --name $(KIND_CLUSTER)
+	$(PY) -m localcluster redis-down
+else
+	$(PY) -m localcluster down
+endif
+
+.PHONY: cluster-status
+cluster-status: deps ## Show what runs and how to reach it
+	@$(PY) -m localcluster status
+
+.PHONY: redis-up
+redis-up: deps ## Start only Redis
+	$(PY) -m localcluster redis-up
+
+.PHONY: redis-down
+redis-down: deps ## Stop only Redis
+	$(PY) -m localcluster redis-down
+
+.PHONY: clean
+clean: cluster-down ## Stop everything and delete local state (.local/, .venv/); keeps the binary cache
+	rm -rf $(STATE) $(VENV)

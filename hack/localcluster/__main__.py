@@ -1,0 +1,95 @@
+"""`python -m localcluster up|down|status|redis-up|redis-down|env`: what the Makefile calls."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from localcluster.binaries import Binaries
+from localcluster.cluster import LocalCluster
+from localcluster.cluster import default_state_dir as cluster_state_dir
+from localcluster.redis_server import RedisServer
+from localcluster.redis_server import default_state_dir as redis_state_dir
+
+console = Console(stderr=True)
+
+
+def _log(message: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}")
+
+
+def _summary(cluster: LocalCluster, redis: RedisServer) -> None:
+    info, redis_info = cluster.running(), redis.running()
+    table = Table(title="NewFuse local environment", show_lines=False)
+    table.add_column("what")
+    table.add_column("state")
+    table.add_column("how to reach it")
+    table.add_row(
+        "control plane",
+        "[green]running[/]" if info else "[red]stopped[/]",
+        f"export KUBECONFIG={cluster.kubeconfig}" if info else "make cluster-up",
+    )
+    table.add_row(
+        "redis",
+        "[green]running[/]" if redis_info else "[red]stopped[/]",
+        f"export NEWFUSE_REDIS_URL={redis_info.url}" if redis_info else "make redis-up",
+    )
+    console.print(table)
+    if info:
+        kubectl = cluster.state_dir.parent / "bin" / "kubectl"
+        subprocess.run(
+            [str(kubectl), "--kubeconfig", str(cluster.kubeconfig), "get", "nodes", "-o", "wide"],
+            check=False,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one command."""
+    parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__)
+    parser.add_argument(
+        "command", choices=["up", "down", "status", "redis-up", "redis-down", "env", "build"]
+    )
+    parser.add_argument("--nodes", type=int, default=3, help="fake kwok nodes (default 3)")
+    args = parser.parse_args(argv)
+    cluster = LocalCluster(cluster_state_dir(), node_count=args.nodes, log=_log)
+    redis = RedisServer(redis_state_dir())
+
+    if args.command == "build":
+        Binaries.ensure(link_dir=cluster.state_dir.parent / "bin")
+    elif args.command == "up":
+        cluster.up()
+        redis_info = redis.up()
+        _log(f"redis {'already running' if redis_info.reused else 'started'} at {redis_info.url}")
+        _summary(cluster, redis)
+    elif args.command == "redis-up":
+        redis_info = redis.up()
+        _log(f"redis at {redis_info.url}")
+    elif args.command == "down":
+        cluster.down()
+        if redis.down():
+            _log("stopped redis-server")
+        leftover = cluster.pids() + redis.pids()
+        if leftover:
+            _log(f"[red]processes still running: {leftover}[/]")
+            return 1
+        _log("nothing of ours is running")
+    elif args.command == "redis-down":
+        redis.down()
+    elif args.command == "status":
+        _summary(cluster, redis)
+    elif args.command == "env":
+        info, running_redis = cluster.running(), redis.running()
+        if info:
+            print(f"export KUBECONFIG={info.kubeconfig}")
+        if running_redis:
+            print(f"export NEWFUSE_REDIS_URL={running_redis.url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Deadline-based polling, so tests and tooling never guess a duration with a bare sleep."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class WaitTimeoutError(TimeoutError):
+    """The condition did not hold before the deadline; says what was awaited and what was seen."""
+
+
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float,
+    *,
+    what: str = "",
+    interval: float = 0.05,
+    max_interval: float = 1.0,
+    ignored: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Call ``predicate`` until it returns a truthy value, and return that value.
+
+    Polls with a growing interval (up to ``max_interval``) until ``timeout`` seconds have passed,
+    then raises WaitTimeoutError naming ``what`` and the last falsy value or ignored exception,
+    because "timed out" alone is useless when a test fails on a slow machine.
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            result = predicate()
+        except ignored as exc:
+            last = exc
+        else:
+            if result:
+                return result
+            last = result
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            name = what or getattr(predicate, "__name__", repr(predicate))
+            raise WaitTimeoutError(
+                f"timed out after {timeout:g}s waiting for {name}; last: {last!r}"
+            )
+        time.sleep(min(interval, remaining))
+        interval = min(interval * 1.5, max_interval)

@@ -1,0 +1,102 @@
+"""Session-wide fixtures: one real control plane and one real Redis, a namespace per test.
+
+The control plane and Redis are reused when already running (`make cluster-up`), and stopped at
+the end only if this session started them. NEWFUSE_KUBECONFIG / NEWFUSE_REDIS_URL point the suite
+at an existing cluster or Redis instead (CLUSTER=kind does that).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from harness import Cluster, RedisHandle
+from localcluster import LocalCluster, RedisServer
+from localcluster.cluster import default_state_dir as cluster_state_dir
+from localcluster.redis_server import default_state_dir as redis_state_dir
+
+TESTS_DIR = Path(__file__).parent
+MARKER_BY_DIRECTORY = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by its directory, so `-m unit` can never pull in a cluster test."""
+    for item in items:
+        relative = Path(str(item.path)).relative_to(TESTS_DIR)
+        marker = MARKER_BY_DIRECTORY.get(relative.parts[0])
+        if marker is None:
+            raise pytest.UsageError(
+                f"{relative}: tests live under tests/unit, tests/integration or tests/e2e"
+            )
+        item.add_marker(marker)
+
+
+def _keep() -> bool:
+    return os.environ.get("NEWFUSE_KEEP_CLUSTER", "") not in ("", "0", "false")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """One control plane for the whole session."""
+    external = os.environ.get("NEWFUSE_KUBECONFIG")
+    if external:
+        yield Cluster(Path(external), None)
+        return
+    local = LocalCluster(cluster_state_dir())
+    info = local.up()
+    yield Cluster(info.kubeconfig, local)
+    if not info.reused and not _keep():
+        local.down()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisHandle]:
+    """One Redis for the whole session."""
+    external = os.environ.get("NEWFUSE_REDIS_URL")
+    if external:
+        yield RedisHandle(external, None)
+        return
+    server = RedisServer(redis_state_dir())
+    info = server.up()
+    yield RedisHandle(info.url, server)
+    if not info.reused and not _keep():
+        server.down()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisHandle) -> Iterator[redis.Redis]:
+    """A client on the session Redis, with decoded strings."""
+    conn = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def k8s_api(cluster: Cluster) -> k8s_client.ApiClient:
+    """An API client authenticated as the cluster admin."""
+    api: k8s_client.ApiClient = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(cluster.kubeconfig)
+    )
+    return api
+
+
+@pytest.fixture
+def namespace(k8s_api: k8s_client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (without waiting for it to go)."""
+    core = k8s_client.CoreV1Api(k8s_api)
+    name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:6]}"
+    name = "".join(ch for ch in name if ch.isalnum() or ch == "-")
+    core.create_namespace(
+        k8s_client.V1Namespace(
+            metadata=k8s_client.V1ObjectMeta(name=name, labels={"newfuse.io/test": "true"})
+        )
+    )
+    yield name
+    core.delete_namespace(name)
