@@ -7,7 +7,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 CLUSTER ?= local
-CACHE ?= $(HOME)/.cache/newfuse
+# NEWFUSE_CACHE moves the whole cache (binaries, Go module and build caches, uv).
+CACHE ?= $(or $(NEWFUSE_CACHE),$(HOME)/.cache/newfuse)
+export NEWFUSE_CACHE := $(CACHE)
 UV_VERSION := 0.13.9
 UV_HOME := $(CACHE)/tools/uv-$(UV_VERSION)
 UV := $(UV_HOME)/bin/uv
@@ -57,6 +59,10 @@ lint: deps ## ruff (lint + format check), mypy --strict and import-linter
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+.PHONY: crds
+crds: deps ## Regenerate crds/ and the chart's CRDs from the pydantic models
+	$(PY) -m newfuse.api.crdgen
 
 .PHONY: fmt
 fmt: deps ## Format and auto-fix with ruff

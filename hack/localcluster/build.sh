@@ -22,8 +22,22 @@ log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 command -v go >/dev/null || { log "Go is required (https://go.dev/dl); none found on PATH"; exit 1; }
 
-# stamp <wrapper dir> <version>: identifies exactly what a cached bin dir was built from.
-stamp() { cat "$1/go.mod" "$1/go.sum" <(echo "$2") <(go env GOVERSION) | sha256sum | cut -c1-16; }
+# stamp <wrapper dir> <version>: identifies exactly what a cached bin dir was built from
+# (bump LAYOUT when what build.sh puts in a bin dir changes).
+LAYOUT=2
+stamp() { cat "$1/go.mod" "$1/go.sum" <(echo "$2 $LAYOUT") <(go env GOVERSION) | sha256sum | cut -c1-16; }
+
+# kwok refuses to start without Stage objects. The default "fast" set (nodes become Ready and keep
+# a lease; pods become Ready; deleted pods go away) ships inside the pinned kwok module: copy it
+# from there, so the stages always match the binary.
+copy_kwok_stages() {
+  local dest=$1 dir
+  dir=$(cd "$here/gomod/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  mkdir -p "$dest/stages"
+  cp "$dir"/kustomize/stage/node/fast/node-initialize.yaml \
+    "$dir"/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+    "$dir"/kustomize/stage/pod/fast/pod-{ready,complete,delete}.yaml "$dest/stages/"
+}
 
 # build_component NAME VERSION LDFLAGS PKG...: builds each package's binary into the cache.
 build_component() {
@@ -45,6 +59,7 @@ build_component() {
       (cd "$wrapper" && go build -trimpath -tags selinux,notest -ldflags "$ldflags" -o "$tmp/$bin" "$pkg")
       log "$name $version: $bin done in $((SECONDS - started))s"
     done
+    [[ $name != kwok ]] || copy_kwok_stages "$tmp"
     echo "$want" >"$tmp/.stamp"
     rm -rf "$dest"; mv "$tmp" "$dest"
   fi

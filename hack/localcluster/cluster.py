@@ -264,14 +264,19 @@ class LocalCluster:
             f"--cert-dir={self.state_dir / 'pki' / 'scheduler'}",
             "--leader-elect=false",
         ])  # fmt: skip
+        stages = sorted((binaries.kwok.parent / "stages").glob("*.yaml"))
+        if not stages:
+            raise FileNotFoundError(f"no kwok stages next to {binaries.kwok}: re-run build.sh")
         launch("kwok", [
             str(binaries.kwok),
+            *(f"--config={stage}" for stage in stages),
             f"--kubeconfig={self.kubeconfig}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
             f"--server-address=127.0.0.1:{ports['kwok']}",
             "--node-ip=127.0.0.1",
-            "--cidr=10.0.0.1/12",
+            "--cidr=10.0.0.0/12",
+            "--node-lease-duration-seconds=40",
         ])  # fmt: skip
 
         for node in state["nodes"]:

@@ -122,7 +122,8 @@ def test_kubectl_run_starts_a_pod(cluster: Cluster, namespace: str) -> None:
     [
         ("system:serviceaccount:default:default", "list", "pods", "no"),
         ("system:serviceaccount:default:default", "create", "deployments", "no"),
-        ("system:kube-scheduler", "create", "pods/binding", "yes"),
+        ("system:kube-scheduler", "list", "nodes", "yes"),
+        ("system:kube-scheduler", "delete", "nodes", "no"),
     ],
 )
 def test_rbac_is_enforced(

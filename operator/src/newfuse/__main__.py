@@ -1,0 +1,49 @@
+"""`python -m newfuse`: run the operator."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+import kopf
+from prometheus_client import start_http_server
+
+from newfuse.config import OperatorConfig
+from newfuse.handlers.operator import build_registry
+from newfuse.observability import configure_logging, configure_tracing
+
+
+def main() -> int:
+    """Read the configuration, then run kopf with the operator's handlers until stopped."""
+    try:
+        config = OperatorConfig.from_env()
+    except ValueError as exc:
+        print(f"newfuse: {exc}", file=sys.stderr)
+        return 2
+    if config.kubeconfig:
+        # kopf's own login (login_via_client) reads the same kubeconfig as the controller.
+        os.environ["KUBECONFIG"] = config.kubeconfig
+    configure_logging(config.log_format, config.log_level)
+    configure_tracing(config.trace_exporter)
+    if config.metrics_port:
+        start_http_server(config.metrics_port, addr=config.metrics_address)
+    logging.getLogger("newfuse").info(
+        "starting",
+        extra={"namespaces": list(config.namespaces) or "all", "redis": config.redis_url},
+    )
+    asyncio.run(
+        kopf.operator(
+            registry=build_registry(config),
+            standalone=True,
+            clusterwide=not config.namespaces,
+            namespaces=config.namespaces,
+            liveness_endpoint=config.health_endpoint,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Kubernetes I/O for the operator: pods, the fleet's metadata and status, and Events.
+
+The official client is synchronous, so calls run in a dedicated thread pool sized for the
+reconcile concurrency (asyncio's default pool is only cpu+4 threads). Conflicts that mean "already
+done" (409 on create, 404 on delete) are success: reconcile is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import logging
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from newfuse.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+EVENT_SOURCE = "newfuse-operator"
+
+
+def load_config(kubeconfig: str | None, pool_size: int) -> k8s.ApiClient:
+    """An API client from a kubeconfig file, or the in-cluster service account."""
+    configuration = k8s.Configuration()
+    if kubeconfig:
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    else:
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = pool_size
+    return k8s.ApiClient(configuration)
+
+
+class KubeClient:
+    """The handful of API calls reconcile makes."""
+
+    def __init__(self, api: k8s.ApiClient, pool_size: int) -> None:
+        """Use ``api`` from ``pool_size`` threads."""
+        self._core = k8s.CoreV1Api(api)
+        self._custom = k8s.CustomObjectsApi(api)
+        self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="kube")
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Stop the thread pool."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def create_pod(self, manifest: dict[str, Any]) -> bool:
+        """Create a pod; False if one with that name exists already."""
+        try:
+            await self._run(
+                self._core.create_namespaced_pod, manifest["metadata"]["namespace"], manifest
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    async def delete_pod(self, namespace: str, name: str) -> bool:
+        """Delete a pod; False if it was gone already."""
+        try:
+            await self._run(self._core.delete_namespaced_pod, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def patch_fleet_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Replace the fleet's status (merge patch on the status subresource)."""
+        await self._run(
+            self._custom.patch_namespaced_custom_object_status,
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status},
+        )  # fmt: skip
+
+    async def set_finalizers(
+        self, namespace: str, name: str, finalizers: list[str], resource_version: str
+    ) -> None:
+        """Set metadata.finalizers, failing with 409 if the object changed since it was read."""
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
+        await self._run(
+            self._custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            patch,
+        )
+
+    async def post_event(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        event_type: str,
+        reason: str,
+        message: str,
+        now: dt.datetime,
+    ) -> None:
+        """Record a core/v1 Event on the fleet (what `kubectl describe nfa` shows). Never raises."""
+        event = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(name=f"{name}.{uuid.uuid4().hex[:12]}", namespace=namespace),
+            involved_object=k8s.V1ObjectReference(
+                api_version=API_VERSION, kind=KIND, name=name, namespace=namespace, uid=uid
+            ),
+            type=event_type,
+            reason=reason,
+            message=message[:1024],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=k8s.V1EventSource(component=EVENT_SOURCE),
+            reporting_component=EVENT_SOURCE,
+        )
+        try:
+            await self._run(self._core.create_namespaced_event, namespace, event)
+        except ApiException as exc:
+            log.warning("could not post event %s on %s/%s: %s", reason, namespace, name, exc.reason)

@@ -1,0 +1,102 @@
+"""Redis I/O for the operator: versioned fleet state, agent reports, and fleet key cleanup.
+
+Every call has a short timeout: a Redis outage must show up as a condition, never stall the
+reconcile of pods.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import cast
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from newfuse.wire.keys import FleetKeys
+from newfuse.wire.state import STATE_CAS_LUA, StateUpdate
+
+log = logging.getLogger(__name__)
+
+
+class RedisStore:
+    """The operator's view of Redis."""
+
+    def __init__(self, url: str, timeout: float = 2.0) -> None:
+        """Connect lazily to ``url``; each command gives up after ``timeout`` seconds."""
+        self.url = url
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+            retry_on_timeout=False,
+        )
+        self._cas = self._client.register_script(STATE_CAS_LUA)
+
+    async def close(self) -> None:
+        """Release the connection pool."""
+        await self._client.aclose()
+
+    async def ping(self) -> None:
+        """Raise RedisError if Redis does not answer."""
+        await self._client.ping()
+
+    async def _put(
+        self, data_key: str, versions_key: str, field: str, version_field: str, update: StateUpdate
+    ) -> bool:
+        stored = await self._cas(
+            keys=[data_key, versions_key],
+            args=[field, version_field, update.version, update.to_json()],
+        )
+        return bool(stored)
+
+    async def put_fleet_state(self, keys: FleetKeys, update: StateUpdate) -> bool:
+        """Mirror the operator's fleet summary unless a newer version is stored. True if stored."""
+        return await self._put(
+            keys.fleet_state,
+            keys.versions,
+            keys.FLEET_STATE_FIELD,
+            keys.FLEET_VERSION_FIELD,
+            update,
+        )
+
+    async def put_agent_state(self, keys: FleetKeys, update: StateUpdate) -> bool:
+        """Store an agent's StateUpdate unless a newer version is stored. True if stored."""
+        field = update.agent_id
+        return await self._put(
+            keys.agents, keys.versions, field, keys.agent_version_field(field), update
+        )
+
+    async def get_fleet_state(self, keys: FleetKeys) -> StateUpdate | None:
+        """The stored fleet summary, if any."""
+        raw = await self._client.hget(keys.fleet_state, keys.FLEET_STATE_FIELD)
+        return StateUpdate.model_validate_json(cast(str, raw)) if raw else None
+
+    async def agent_states(self, keys: FleetKeys) -> list[StateUpdate]:
+        """Every agent's latest StateUpdate; malformed records are logged and skipped."""
+        raw = cast(dict[str, str], await self._client.hgetall(keys.agents))
+        updates = []
+        for agent_id, payload in raw.items():
+            try:
+                updates.append(StateUpdate.model_validate_json(payload))
+            except ValidationError as exc:
+                log.warning("ignoring malformed state of agent %s: %s", agent_id, exc.errors()[:1])
+        return updates
+
+    async def delete_fleet(self, keys: FleetKeys) -> int:
+        """Delete every key of the fleet. Returns how many were deleted."""
+        deleted = 0
+        batch: list[str] = []
+        async for key in self._client.scan_iter(match=keys.pattern, count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += await self._client.unlink(*batch)
+                batch.clear()
+        if batch:
+            deleted += await self._client.unlink(*batch)
+        return deleted
+
+
+__all__ = ["RedisError", "RedisStore"]

@@ -1,0 +1,87 @@
+"""Operator settings, read once from the environment (the chart sets them; so do the tests)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class LogFormat(StrEnum):
+    """How log lines are written."""
+
+    JSON = "json"
+    TEXT = "text"
+
+
+class TraceExporter(StrEnum):
+    """Where reconcile spans go."""
+
+    NONE = "none"
+    CONSOLE = "console"
+    OTLP = "otlp"
+
+
+class OperatorConfig(BaseModel):
+    """Everything the operator process can be told. Env: NEWFUSE_<FIELD_NAME_UPPERCASE>."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    namespaces: tuple[str, ...] = Field(
+        default=(), description="Namespaces to watch (comma-separated); empty means all."
+    )
+    kubeconfig: str | None = Field(default=None, description="Kubeconfig path; default in-cluster.")
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="The operator's Redis.")
+    agent_redis_url: str | None = Field(
+        default=None,
+        description="Redis URL given to agent pods when spec.redis is unset (default: redis_url).",
+    )
+    redis_timeout_seconds: float = Field(default=2.0, gt=0)
+    workers: int = Field(default=16, ge=1, le=256, description="Fleets reconciled concurrently.")
+    api_threads: int = Field(default=32, ge=1, le=512, description="Threads for API calls.")
+    resync_seconds: float = Field(
+        default=15.0, gt=0, description="Re-reconcile every fleet this often."
+    )
+    heartbeat_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="An agent silent this long is stale."
+    )
+    agent_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    metrics_address: str = Field(default="127.0.0.1", description="Bind address of /metrics.")
+    metrics_port: int = Field(
+        default=8080, ge=0, le=65535, description="Port of /metrics (0: off)."
+    )
+    health_endpoint: str | None = Field(
+        default="http://127.0.0.1:8081/healthz", description="kopf liveness endpoint URL."
+    )
+    log_format: LogFormat = LogFormat.JSON
+    log_level: str = "INFO"
+    trace_exporter: TraceExporter = TraceExporter.NONE
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        """Read NEWFUSE_* variables; raise ValueError naming the variable on bad input."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = env.get(f"NEWFUSE_{name.upper()}")
+            if raw is None:
+                continue
+            values[name] = (
+                tuple(p.strip() for p in raw.split(",") if p.strip())
+                if name == "namespaces"
+                else raw
+            )
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"NEWFUSE_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"invalid operator configuration: {problems}") from exc
+
+    @property
+    def effective_agent_redis_url(self) -> str:
+        """The Redis URL agents get by default."""
+        return self.agent_redis_url or self.redis_url

@@ -1,0 +1,73 @@
+"""Fold the StateUpdates that agents write to Redis into the fleet's status.metrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Iterable
+
+from newfuse.api.v1alpha1 import FleetMetrics
+from newfuse.wire.state import AgentMetrics, AgentState, AgentStatus, StateUpdate
+
+
+def fold_agent_states(
+    updates: Iterable[StateUpdate],
+    live_agents: Collection[str],
+    now: dt.datetime,
+    heartbeat_timeout: dt.timedelta,
+) -> FleetMetrics:
+    """Sum the counters of every agent that ever reported, and judge the live ones' heartbeats.
+
+    Counters of agents whose pods are gone still count: the fleet's totals must not shrink when a
+    pod is replaced. Only agents whose pod still exists can be stale.
+    """
+    completed = failed = handled = reporting = stale = 0
+    last_active: dt.datetime | None = None
+    for update in updates:
+        metrics = update.state.metrics
+        completed += metrics.tasks_completed
+        failed += metrics.tasks_failed
+        handled += metrics.requests_handled
+        if metrics.last_active and (last_active is None or metrics.last_active > last_active):
+            last_active = metrics.last_active
+        if update.agent_id in live_agents and update.state.status is AgentStatus.ACTIVE:
+            if now - update.timestamp > heartbeat_timeout:
+                stale += 1
+            else:
+                reporting += 1
+    finished = completed + failed
+    return FleetMetrics(
+        requests_handled=handled,
+        tasks_completed=completed,
+        tasks_failed=failed,
+        error_rate=round(failed / finished, 4) if finished else 0.0,
+        last_active=last_active,
+        reporting_agents=reporting,
+        stale_agents=stale,
+    )
+
+
+def fleet_state_update(
+    agent_id: str,
+    capabilities: list[str],
+    ready: bool,
+    metrics: FleetMetrics,
+    version: int,
+    now: dt.datetime,
+) -> StateUpdate:
+    """The operator's summary of a fleet, mirrored to Redis as the seed's StateUpdate."""
+    return StateUpdate(
+        agent_id=agent_id,
+        state=AgentState(
+            id=agent_id,
+            status=AgentStatus.ACTIVE if ready else AgentStatus.INACTIVE,
+            capabilities=capabilities,
+            metrics=AgentMetrics(
+                requests_handled=metrics.requests_handled,
+                last_active=metrics.last_active,
+                tasks_completed=metrics.tasks_completed,
+                tasks_failed=metrics.tasks_failed,
+            ),
+        ),
+        version=version,
+        timestamp=now,
+    )

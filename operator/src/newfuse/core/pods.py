@@ -1,0 +1,220 @@
+"""Agent pods: reading what the API server reports, and writing the manifest of a desired one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+from newfuse.api.v1alpha1 import API_VERSION, KIND, NewFuseAgent
+from newfuse.core import naming
+from newfuse.wire.keys import FleetKeys
+
+AGENT_HTTP_PORT: Final = 8080
+# Waiting reasons after which a pod will not become Ready by itself.
+FAILING_WAIT_REASONS: Final = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "CreateContainerConfigError",
+        "InvalidImageName",
+    }
+)
+
+
+class PodHealth(StrEnum):
+    """What an observed pod means for the fleet."""
+
+    READY = "Ready"
+    STARTING = "Starting"
+    CRASH_LOOPING = "CrashLooping"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True)
+class ObservedPod:
+    """The facts about one existing pod that the planner and status need."""
+
+    name: str
+    revision: str
+    ordinal: int
+    health: PodHealth
+    terminating: bool
+    detail: str = ""
+
+    @property
+    def ready(self) -> bool:
+        """Ready and not on its way out."""
+        return self.health is PodHealth.READY and not self.terminating
+
+
+def observe_pod(pod: Mapping[str, Any]) -> ObservedPod | None:
+    """Summarise a pod body; None if it is not one of ours (missing labels)."""
+    meta = pod.get("metadata", {})
+    labels = meta.get("labels") or {}
+    revision, ordinal = labels.get(naming.LABEL_REVISION), labels.get(naming.LABEL_ORDINAL)
+    if revision is None or ordinal is None or not str(ordinal).isdigit():
+        return None
+    status = pod.get("status") or {}
+    phase = status.get("phase", "Pending")
+    health, detail = PodHealth.STARTING, ""
+    if phase in ("Failed", "Succeeded"):
+        health, detail = PodHealth.FAILED, status.get("reason") or phase
+    else:
+        for container in status.get("containerStatuses") or []:
+            reason = ((container.get("state") or {}).get("waiting") or {}).get("reason")
+            if reason in FAILING_WAIT_REASONS:
+                health, detail = PodHealth.CRASH_LOOPING, reason
+                break
+        else:
+            conditions = status.get("conditions") or []
+            if phase == "Running" and any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
+            ):
+                health = PodHealth.READY
+    return ObservedPod(
+        name=meta["name"],
+        revision=revision,
+        ordinal=int(ordinal),
+        health=health,
+        terminating=meta.get("deletionTimestamp") is not None,
+        detail=detail,
+    )
+
+
+@dataclass(frozen=True)
+class AgentDefaults:
+    """Operator-level settings every agent pod inherits."""
+
+    redis_url: str
+    heartbeat_seconds: float = 5.0
+    termination_grace_seconds: int = 30
+
+
+def _env(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "value": value}
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def agent_env(fleet: NewFuseAgent, revision: str, defaults: AgentDefaults) -> list[dict[str, Any]]:
+    """What an agent needs to know: identity, Redis, channels, capabilities, gateway."""
+    spec, keys = fleet.spec, FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
+    env = [
+        _field_env("NEWFUSE_AGENT_ID", "metadata.name"),
+        _field_env("NEWFUSE_NAMESPACE", "metadata.namespace"),
+        _env("NEWFUSE_FLEET", fleet.metadata.name),
+        _env("NEWFUSE_REVISION", revision),
+        _env("NEWFUSE_CAPABILITIES", ",".join(spec.capabilities)),
+        _env("NEWFUSE_PROTOCOL_VERSION", spec.protocol_version),
+        _env("NEWFUSE_CONCURRENCY", str(spec.concurrency)),
+        _env("NEWFUSE_HEARTBEAT_SECONDS", f"{defaults.heartbeat_seconds:g}"),
+        _env("NEWFUSE_HTTP_PORT", str(AGENT_HTTP_PORT)),
+        _env("AI_COORDINATION_CHANNEL", keys.coordination_channel),
+        _env("AI_TASK_CHANNEL", keys.task_stream),
+        _env("AI_RESULT_CHANNEL", keys.result_stream),
+    ]
+    if spec.redis and spec.redis.url_secret_ref:
+        ref = spec.redis.url_secret_ref
+        env.append(_secret_env("NEWFUSE_REDIS_URL", ref.name, ref.key))
+    else:
+        env.append(_env("NEWFUSE_REDIS_URL", defaults.redis_url))
+    gateway = spec.gateway
+    if gateway and gateway.endpoint:
+        env.append(_env("NEWFUSE_GATEWAY_ENDPOINT", gateway.endpoint))
+        env.append(_env("NEWFUSE_GATEWAY_TIMEOUT_SECONDS", f"{gateway.timeout_seconds:g}"))
+        if gateway.model:
+            env.append(_env("NEWFUSE_GATEWAY_MODEL", gateway.model))
+        if gateway.rate_limit_per_second:
+            env.append(_env("NEWFUSE_GATEWAY_RATE_LIMIT", f"{gateway.rate_limit_per_second:g}"))
+        if gateway.credentials_secret_ref:
+            ref = gateway.credentials_secret_ref
+            env.append(_secret_env("NEWFUSE_GATEWAY_API_KEY", ref.name, ref.key))
+    # The user's variables come first so that, on a name clash, the operator's identity wins
+    # (Kubernetes keeps the last duplicate).
+    user = [var.to_api() for var in spec.env or []]
+    return user + env
+
+
+RESTRICTED_CONTAINER_SECURITY: Final = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def build_pod(
+    fleet: NewFuseAgent, revision: str, ordinal: int, defaults: AgentDefaults
+) -> dict[str, Any]:
+    """The full manifest of one agent pod (restricted Pod Security Standard)."""
+    spec, meta = fleet.spec, fleet.metadata
+    labels = {
+        **naming.fleet_labels(meta.name),
+        naming.LABEL_COMPONENT: naming.COMPONENT_AGENT,
+        naming.LABEL_REVISION: revision,
+        naming.LABEL_ORDINAL: str(ordinal),
+        **{naming.capability_label(c): "true" for c in spec.capabilities},
+    }
+    container: dict[str, Any] = {
+        "name": naming.AGENT_CONTAINER,
+        "image": spec.image,
+        "env": agent_env(fleet, revision, defaults),
+        "ports": [{"name": "http", "containerPort": AGENT_HTTP_PORT, "protocol": "TCP"}],
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108 - an emptyDir
+    }
+    optional = {
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": spec.command,
+        "args": spec.args,
+        "resources": spec.resources.to_api() if spec.resources else None,
+    }
+    container.update({k: v for k, v in optional.items() if v is not None})
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "restartPolicy": "Always",
+        # Agents talk to Redis and the model gateway, never to the API server.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": defaults.termination_grace_seconds,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+    }
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [t.to_api() for t in spec.tolerations]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": naming.pod_name(meta.name, revision, ordinal),
+            "namespace": meta.namespace,
+            "labels": labels,
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": meta.name,
+                    "uid": meta.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": pod_spec,
+    }

@@ -1,0 +1,1 @@
+"""The thin kopf layer: watch registrations and operator lifecycle, nothing that decides."""

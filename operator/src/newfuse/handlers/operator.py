@@ -1,0 +1,94 @@
+"""kopf registrations: feed watch events to the controller, and start and stop it.
+
+Only `on.event` handlers are used: they carry no kopf progress state, add no kopf finalizers and
+write nothing to the objects, so the operator's only writes are pods, status, its own finalizer and
+Events. The decisions all live in newfuse.core, reached through the controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from newfuse.adapters.kube import KubeClient, load_config
+from newfuse.adapters.redis_store import RedisStore
+from newfuse.api.v1alpha1 import GROUP, PLURAL, VERSION
+from newfuse.config import OperatorConfig
+from newfuse.core import naming
+from newfuse.runtime.controller import Controller
+
+log = logging.getLogger("newfuse.operator")
+POD_SELECTOR = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+
+
+def tune(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    """Kopf settings for scale and for surviving silent watch-stream freezes.
+
+    Every non-default value, and why:
+    - watching.server_timeout=300: the API server closes each watch after at most 5 minutes, so a
+      stream that froze without closing is replaced on schedule.
+    - watching.client_timeout=330: the client gives up on a request the server should have ended.
+    - watching.connect_timeout=10: a dead API server endpoint is noticed in seconds.
+    - watching.inactivity_timeout=90: no event, not even a bookmark (sent every ~60 s), for 90 s
+      means the stream is dead; reconnect while the server still has the events cached.
+    - watching.label_selectors[pods]: watch only the operator's pods, server-side, so memory does
+      not grow with unrelated pods in the cluster.
+    - posting.level=WARNING: kopf's own Events only for problems; the controller posts lifecycle
+      Events itself.
+    - queueing.worker_limit=64: bounds kopf's per-object event workers (events are cheap here: they
+      only update caches and queue keys).
+    - batching of API writes is the controller's job (one status patch per changed fleet), and
+      networking.request_timeout=30 bounds every non-watch request of kopf itself.
+    """
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.watching.inactivity_timeout = 90
+    settings.watching.label_selectors["v1", "pods"] = POD_SELECTOR
+    settings.posting.level = logging.WARNING
+    settings.queueing.worker_limit = 64
+    settings.networking.request_timeout = 30
+
+
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """A registry with every handler of the operator (nothing global)."""
+    registry = kopf.OperatorRegistry()
+    state: dict[str, Any] = {}
+
+    @kopf.on.startup(registry=registry)
+    async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+        tune(settings, config)
+        api = load_config(config.kubeconfig, config.api_threads)
+        kube = KubeClient(api, config.api_threads)
+        redis = RedisStore(config.redis_url, timeout=config.redis_timeout_seconds)
+        controller = Controller(config, kube, redis)
+        state["controller"] = controller
+        state["kube"], state["redis"] = kube, redis
+        state["task"] = asyncio.create_task(controller.run(), name="controller")
+        log.info("controller started with %d workers", config.workers)
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(**_: Any) -> None:
+        task = state.get("task")
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if "redis" in state:
+            await state["redis"].close()
+        if "kube" in state:
+            state["kube"].close()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def fleet_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        state["controller"].observe_fleet(type, body)
+
+    @kopf.on.event(
+        "v1", "pods", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY}, registry=registry
+    )
+    def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        state["controller"].observe_pod(type, body)
+
+    return registry

@@ -1,0 +1,65 @@
+"""Prometheus metrics, OpenTelemetry tracing and JSON logs for the operator process."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from prometheus_client import Counter, Gauge, Histogram
+from pythonjsonlogger.json import JsonFormatter
+
+from newfuse.config import LogFormat, TraceExporter
+
+RECONCILES = Counter("newfuse_reconciles_total", "Fleet reconciles, by result.", ["result"])
+RECONCILE_SECONDS = Histogram(
+    "newfuse_reconcile_duration_seconds",
+    "Time one fleet reconcile takes.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+FLEETS = Gauge("newfuse_fleets", "NewFuseAgent resources, by phase.", ["phase"])
+PODS_MANAGED = Gauge("newfuse_pods_managed", "Agent pods the operator owns.")
+POD_ACTIONS = Counter("newfuse_pod_actions_total", "Pods created or deleted.", ["action", "reason"])
+REDIS_UP = Gauge("newfuse_redis_up", "1 if the last Redis round trip succeeded.")
+QUEUE_DEPTH = Gauge("newfuse_workqueue_depth", "Fleets waiting for reconcile.")
+
+tracer = trace.get_tracer("newfuse.operator")
+
+
+def configure_logging(fmt: LogFormat, level: str) -> None:
+    """JSON lines on stdout (one object per line, for log shippers) or plain text."""
+    handler = logging.StreamHandler(sys.stdout)
+    if fmt is LogFormat.JSON:
+        handler.setFormatter(
+            JsonFormatter(
+                "{asctime}{levelname}{name}{message}",
+                style="{",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def configure_tracing(exporter: TraceExporter, service_name: str = "newfuse-operator") -> None:
+    """Install a tracer provider; spans are dropped unless an exporter is chosen."""
+    if exporter is TraceExporter.NONE:
+        return
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    span_exporter: SpanExporter
+    if exporter is TraceExporter.CONSOLE:
+        span_exporter = ConsoleSpanExporter()
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
+            OTLPSpanExporter,
+        )
+
+        span_exporter = OTLPSpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    trace.set_tracer_provider(provider)

@@ -1,0 +1,1 @@
+"""Async orchestration: the work queue and the controller that runs reconciles."""

@@ -1,0 +1,289 @@
+"""The fleet controller: watch caches, a work queue, and one level-based reconcile per fleet.
+
+kopf delivers watch events (fleets, and the pods the operator owns) into in-memory caches and
+queues the fleet's key. Workers take keys and reconcile: read the cached fleet and pods, let the
+pure planner decide, apply the difference, then write status (only if it changed). No handler
+reacts to status changes, so there is no handler chaining; every decision is re-derived from the
+current level of the world, which makes a restart at any point safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from newfuse import observability as obs
+from newfuse.adapters.kube import KubeClient
+from newfuse.adapters.redis_store import RedisStore
+from newfuse.api.v1alpha1 import FleetMetrics, NewFuseAgent, NewFuseAgentStatus, Phase, Reason
+from newfuse.config import OperatorConfig
+from newfuse.core import naming
+from newfuse.core.metrics import fleet_state_update, fold_agent_states
+from newfuse.core.planner import Plan, plan
+from newfuse.core.pods import AgentDefaults, ObservedPod, build_pod, observe_pod
+from newfuse.core.revision import template_hash
+from newfuse.core.status import RedisObservation, StatusInputs, derive_status
+from newfuse.runtime.workqueue import WorkQueue
+from newfuse.wire.keys import FleetKeys
+from newfuse.wire.state import next_version
+
+log = logging.getLogger("newfuse.controller")
+Clock = Callable[[], dt.datetime]
+Body = Mapping[str, Any]
+
+
+def utc_now() -> dt.datetime:
+    """Wall-clock time, truncated to seconds like metav1.Time."""
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def fleet_key(namespace: str, name: str) -> str:
+    """The work-queue key of a fleet."""
+    return f"{namespace}/{name}"
+
+
+class Controller:
+    """Owns the caches and the queue; `run()` reconciles until cancelled."""
+
+    def __init__(
+        self, config: OperatorConfig, kube: KubeClient, redis: RedisStore, clock: Clock = utc_now
+    ) -> None:
+        """Reconcile with ``kube`` and ``redis``; ``clock`` is injectable for tests."""
+        self.config = config
+        self.kube, self.redis = kube, redis
+        self.clock = clock
+        self.queue = WorkQueue()
+        self.fleets: dict[str, Body] = {}
+        self.pods: dict[str, dict[str, Body]] = {}
+        self.phases: dict[str, str] = {}
+        self._versions: dict[str, int] = {}
+        self._defaults = AgentDefaults(
+            redis_url=config.effective_agent_redis_url,
+            heartbeat_seconds=config.agent_heartbeat_seconds,
+        )
+        self._heartbeat_timeout = dt.timedelta(seconds=config.heartbeat_timeout_seconds)
+
+    # -- watch events (called by the kopf handlers) --------------------------------------------
+
+    def observe_fleet(self, event_type: str | None, body: Body) -> None:
+        """Cache a fleet's latest body (or forget it) and queue it."""
+        meta = body["metadata"]
+        key = fleet_key(meta["namespace"], meta["name"])
+        if event_type == "DELETED":
+            self.fleets.pop(key, None)
+            self.phases.pop(key, None)
+            self._versions.pop(key, None)
+            self._refresh_gauges()
+            return
+        self.fleets[key] = body
+        self.queue.add(key)
+
+    def observe_pod(self, event_type: str | None, body: Body) -> None:
+        """Cache an owned pod's latest body (or forget it) and queue its fleet."""
+        meta = body["metadata"]
+        fleet = (meta.get("labels") or {}).get(naming.LABEL_FLEET)
+        if not fleet:
+            return
+        key = fleet_key(meta["namespace"], fleet)
+        pods = self.pods.setdefault(key, {})
+        if event_type == "DELETED":
+            pods.pop(meta["name"], None)
+            if not pods:
+                self.pods.pop(key, None)
+        else:
+            pods[meta["name"]] = body
+        self.queue.add(key)
+
+    # -- workers --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the workers and the periodic resync until cancelled."""
+        tasks = [
+            asyncio.create_task(self._worker(i), name=f"reconcile-worker-{i}")
+            for i in range(self.config.workers)
+        ]
+        tasks.append(asyncio.create_task(self._resync(), name="resync"))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.queue.close()
+
+    async def _worker(self, index: int) -> None:
+        while True:
+            key = await self.queue.get()
+            obs.QUEUE_DEPTH.set(len(self.queue))
+            started = time.perf_counter()
+            try:
+                with obs.tracer.start_as_current_span(
+                    "reconcile", attributes={"newfuse.fleet": key}
+                ):
+                    await self.reconcile(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = self.queue.retry(key)
+                obs.RECONCILES.labels("error").inc()
+                log.warning(
+                    "reconcile of %s failed, retrying in %.1fs: %s",
+                    key,
+                    delay,
+                    exc,
+                    extra={"fleet": key},
+                )
+            else:
+                self.queue.forget(key)
+                obs.RECONCILES.labels("success").inc()
+            finally:
+                obs.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+                self.queue.done(key)
+
+    async def _resync(self) -> None:
+        # Agent metrics and heartbeats change without any watch event: look again periodically,
+        # spread over the period so a thousand fleets do not all wake at once.
+        period = self.config.resync_seconds
+        while True:
+            await asyncio.sleep(period)
+            for key in list(self.fleets):
+                self.queue.add_after(key, random.uniform(0, period))  # noqa: S311 - jitter, not crypto
+
+    # -- reconcile ------------------------------------------------------------------------------
+
+    async def reconcile(self, key: str) -> None:
+        """Bring one fleet's pods, Redis mirror and status in line with its spec."""
+        body = self.fleets.get(key)
+        if body is None:
+            return
+        try:
+            fleet = NewFuseAgent.model_validate(body)
+        except ValidationError as exc:
+            # The API server validated it, so this means the CRD and the operator disagree.
+            log.error("cannot parse fleet %s: %s", key, exc.errors()[:3], extra={"fleet": key})
+            return
+        meta = fleet.metadata
+        if meta.deletion_timestamp is not None:
+            await self._finalize(key, fleet)
+            return
+        if naming.FINALIZER not in meta.finalizers:
+            await self.kube.set_finalizers(
+                meta.namespace,
+                meta.name,
+                [*meta.finalizers, naming.FINALIZER],
+                meta.resource_version,
+            )
+            return  # the patch's watch event brings us back with the new resourceVersion
+
+        now = self.clock()
+        revision = template_hash(fleet.spec)
+        observed = [
+            p for p in (observe_pod(b) for b in self.pods.get(key, {}).values()) if p is not None
+        ]
+        decided = plan(fleet.spec.replicas, revision, observed, paused=fleet.spec.paused)
+        await self._apply(fleet, revision, decided, now)
+        redis_seen, metrics = await self._mirror(key, fleet, observed, now)
+        status = derive_status(
+            StatusInputs(
+                fleet=fleet,
+                update_revision=revision,
+                pods=observed,
+                plan=decided,
+                acted_on_generation=True,
+                redis=redis_seen,
+                metrics=metrics,
+                now=now,
+            )
+        )
+        await self._write_status(key, fleet, status, now)
+
+    async def _apply(
+        self, fleet: NewFuseAgent, revision: str, decided: Plan, now: dt.datetime
+    ) -> None:
+        meta = fleet.metadata
+        for pod in decided.create:
+            manifest = build_pod(fleet, revision, pod.ordinal, self._defaults)
+            if await self.kube.create_pod(manifest):
+                obs.POD_ACTIONS.labels("create", "Desired").inc()
+                await self.kube.post_event(
+                    meta.namespace, meta.name, meta.uid, "Normal", Reason.POD_CREATED,
+                    f"created pod {manifest['metadata']['name']} (revision {revision})", now,
+                )  # fmt: skip
+        for victim in decided.delete:
+            if await self.kube.delete_pod(meta.namespace, victim.name):
+                obs.POD_ACTIONS.labels("delete", victim.reason).inc()
+                await self.kube.post_event(
+                    meta.namespace, meta.name, meta.uid, "Normal", Reason.POD_DELETED,
+                    f"deleted pod {victim.name} ({victim.reason})", now,
+                )  # fmt: skip
+
+    async def _mirror(
+        self, key: str, fleet: NewFuseAgent, observed: list[ObservedPod], now: dt.datetime
+    ) -> tuple[RedisObservation, FleetMetrics | None]:
+        """Fold agent reports into metrics and mirror the fleet state; Redis errors are returned."""
+        keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
+        live = {p.name for p in observed if not p.terminating}
+        try:
+            updates = await self.redis.agent_states(keys)
+            metrics = fold_agent_states(updates, live, now, self._heartbeat_timeout)
+            version = next_version(self._versions.get(key, 0), now)
+            self._versions[key] = version
+            ready = any(p.ready for p in observed)
+            update = fleet_state_update(
+                key, list(fleet.spec.capabilities), ready, metrics, version, now
+            )
+            await self.redis.put_fleet_state(keys, update)
+        except (RedisError, OSError) as exc:
+            obs.REDIS_UP.set(0)
+            return RedisObservation(reachable=False, error=f"{type(exc).__name__}: {exc}"), None
+        obs.REDIS_UP.set(1)
+        return RedisObservation(reachable=True), metrics
+
+    async def _write_status(
+        self, key: str, fleet: NewFuseAgent, status: NewFuseAgentStatus, now: dt.datetime
+    ) -> None:
+        meta = fleet.metadata
+        previous_phase = fleet.status.phase
+        if status != fleet.status:
+            await self.kube.patch_fleet_status(meta.namespace, meta.name, status.to_api())
+        if status.phase != previous_phase and status.phase is not None:
+            event_type = "Warning" if status.phase is Phase.DEGRADED else "Normal"
+            await self.kube.post_event(
+                meta.namespace, meta.name, meta.uid, event_type, Reason.PHASE_CHANGED,
+                f"phase {previous_phase or 'None'} -> {status.phase}: {status.message}", now,
+            )  # fmt: skip
+        self.phases[key] = status.phase or ""
+        self._refresh_gauges()
+
+    async def _finalize(self, key: str, fleet: NewFuseAgent) -> None:
+        """Remove the fleet's Redis keys, then let Kubernetes delete it (and GC its pods)."""
+        meta = fleet.metadata
+        if naming.FINALIZER not in meta.finalizers:
+            return
+        # Raises on a Redis outage: the finalizer stays and the key is retried with backoff, so
+        # a fleet is never gone while its keys remain.
+        deleted = await self.redis.delete_fleet(FleetKeys(meta.namespace, meta.name))
+        remaining = [f for f in meta.finalizers if f != naming.FINALIZER]
+        await self.kube.post_event(
+            meta.namespace, meta.name, meta.uid, "Normal", Reason.REDIS_KEYS_REMOVED,
+            f"removed {deleted} Redis key(s) of the fleet", self.clock(),
+        )  # fmt: skip
+        self.phases.pop(key, None)
+        await self.kube.set_finalizers(meta.namespace, meta.name, remaining, meta.resource_version)
+
+    def _refresh_gauges(self) -> None:
+        counts = dict.fromkeys((p.value for p in Phase), 0)
+        for phase in self.phases.values():
+            if phase in counts:
+                counts[phase] += 1
+        for phase, count in counts.items():
+            obs.FLEETS.labels(phase).set(count)
+        obs.PODS_MANAGED.set(sum(len(p) for p in self.pods.values()))
+        obs.QUEUE_DEPTH.set(len(self.queue))
