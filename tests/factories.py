@@ -1,0 +1,73 @@
+"""Builders for test objects: fleets and pod bodies with only the fields a test cares about."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from newfuse.api.v1alpha1 import NewFuseAgent
+from newfuse.core import naming
+from newfuse.core.pods import ObservedPod, PodHealth
+
+NOW = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def fleet(
+    name: str = "demo", namespace: str = "ns", generation: int = 1, **spec: Any
+) -> NewFuseAgent:
+    """A parsed fleet with sensible defaults."""
+    body: dict[str, Any] = {
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": "uid-1",
+            "generation": generation,
+        },
+        "spec": {"image": "agent:1", "replicas": 3, **spec},
+    }
+    return NewFuseAgent.model_validate(body)
+
+
+def pod(
+    ordinal: int,
+    revision: str = "rev1",
+    health: PodHealth = PodHealth.READY,
+    terminating: bool = False,
+    fleet_name: str = "demo",
+) -> ObservedPod:
+    """An observed pod."""
+    return ObservedPod(
+        name=naming.pod_name(fleet_name, revision, ordinal),
+        revision=revision,
+        ordinal=ordinal,
+        health=health,
+        terminating=terminating,
+    )
+
+
+def pod_body(
+    name: str = "demo-rev1-0",
+    phase: str = "Running",
+    ready: bool = True,
+    waiting_reason: str | None = None,
+    deleting: bool = False,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A pod as the API server returns it."""
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+    }
+    if waiting_reason:
+        status["containerStatuses"] = [
+            {"name": "agent", "state": {"waiting": {"reason": waiting_reason}}}
+        ]
+    meta: dict[str, Any] = {
+        "name": name,
+        "labels": labels
+        if labels is not None
+        else {naming.LABEL_REVISION: "rev1", naming.LABEL_ORDINAL: "0"},
+    }
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-21T12:00:00Z"
+    return {"metadata": meta, "status": status}

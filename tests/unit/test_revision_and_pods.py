@@ -1,0 +1,132 @@
+"""Revision hashing, reading pod bodies, and the manifest of an agent pod."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from factories import fleet, pod_body
+from newfuse.core import naming
+from newfuse.core.pods import AgentDefaults, PodHealth, build_pod, observe_pod
+from newfuse.core.revision import REVISION_LENGTH, template_hash
+
+
+@pytest.mark.parametrize(
+    ("change", "new_revision"),
+    [
+        ({"replicas": 9}, False),
+        ({"paused": True}, False),
+        ({"image": "agent:2"}, True),
+        ({"capabilities": ["chat"]}, True),
+        ({"env": [{"name": "A", "value": "1"}]}, True),
+        ({"protocolVersion": "2.0"}, True),
+        ({"concurrency": 8}, True),
+    ],
+)
+def test_what_makes_a_new_revision(change: dict[str, Any], new_revision: bool) -> None:
+    base = template_hash(fleet().spec)
+    assert (template_hash(fleet(**change).spec) != base) is new_revision
+
+
+def test_revision_is_short_dns_safe_and_stable() -> None:
+    rev = template_hash(fleet().spec)
+    assert len(rev) == REVISION_LENGTH
+    assert rev.isalnum()
+    assert rev.islower()
+    assert rev == template_hash(fleet(name="other", namespace="elsewhere").spec)
+    # Pinned: if this changes, upgrading the operator would replace every agent pod everywhere.
+    assert rev == "7lr78l27r4"
+
+
+@pytest.mark.parametrize(
+    ("body", "health", "terminating"),
+    [
+        (pod_body(), PodHealth.READY, False),
+        (pod_body(ready=False), PodHealth.STARTING, False),
+        (pod_body(phase="Pending", ready=False), PodHealth.STARTING, False),
+        (pod_body(waiting_reason="CrashLoopBackOff", ready=False), PodHealth.CRASH_LOOPING, False),
+        (pod_body(waiting_reason="ImagePullBackOff", ready=False), PodHealth.CRASH_LOOPING, False),
+        (pod_body(phase="Failed", ready=False), PodHealth.FAILED, False),
+        (pod_body(deleting=True), PodHealth.READY, True),
+    ],
+)
+def test_observe_pod(body: dict[str, Any], health: PodHealth, terminating: bool) -> None:
+    observed = observe_pod(body)
+    assert observed is not None
+    assert (observed.health, observed.terminating, observed.ordinal, observed.revision) == (
+        health, terminating, 0, "rev1",
+    )  # fmt: skip
+    assert observed.ready is (health is PodHealth.READY and not terminating)
+
+
+def test_pods_without_our_labels_are_ignored() -> None:
+    assert observe_pod(pod_body(labels={})) is None
+    assert (
+        observe_pod(pod_body(labels={naming.LABEL_REVISION: "r", naming.LABEL_ORDINAL: "x"}))
+        is None
+    )
+
+
+def _env(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {
+        e["name"]: e.get("value", e.get("valueFrom"))
+        for e in manifest["spec"]["containers"][0]["env"]
+    }
+
+
+def test_agent_pod_manifest() -> None:
+    f = fleet(capabilities=["summarize"], env=[{"name": "NEWFUSE_FLEET", "value": "spoofed"}])
+    manifest = build_pod(f, "rev1", 2, AgentDefaults(redis_url="redis://r:6379/0"))
+    meta, spec = manifest["metadata"], manifest["spec"]
+    assert meta["name"] == "demo-rev1-2"
+    assert meta["labels"][naming.LABEL_REVISION] == "rev1"
+    assert meta["labels"][naming.LABEL_ORDINAL] == "2"
+    assert meta["labels"]["capability.newfuse.io/summarize"] == "true"
+    assert meta["labels"][naming.LABEL_MANAGED_BY] == naming.MANAGED_BY
+    [owner] = meta["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "NewFuseAgent",
+        "demo",
+        "uid-1",
+        True,
+    )
+    env = _env(manifest)
+    assert env["NEWFUSE_AGENT_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["NEWFUSE_REDIS_URL"] == "redis://r:6379/0"
+    assert env["NEWFUSE_CAPABILITIES"] == "summarize"
+    assert env["AI_TASK_CHANNEL"] == "newfuse:{ns/demo}:tasks"
+    assert {"AI_COORDINATION_CHANNEL", "AI_RESULT_CHANNEL"} <= env.keys()
+    names = [e["name"] for e in spec["containers"][0]["env"]]
+    assert names.index("NEWFUSE_FLEET", 1) > 0, "the operator's identity comes after the user's env"
+    assert spec["automountServiceAccountToken"] is False
+
+
+def test_agent_pod_meets_the_restricted_pod_security_standard() -> None:
+    manifest = build_pod(fleet(), "rev1", 0, AgentDefaults(redis_url="redis://r"))
+    pod_sc = manifest["spec"]["securityContext"]
+    container_sc = manifest["spec"]["containers"][0]["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True
+    assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container_sc == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def test_secret_backed_redis_and_gateway() -> None:
+    f = fleet(
+        redis={"urlSecretRef": {"name": "redis", "key": "url"}},
+        gateway={
+            "endpoint": "http://gw:8080/v1",
+            "model": "m",
+            "credentialsSecretRef": {"name": "gw", "key": "k"},
+        },
+    )
+    env = _env(build_pod(f, "rev1", 0, AgentDefaults(redis_url="redis://default")))
+    assert env["NEWFUSE_REDIS_URL"] == {"secretKeyRef": {"name": "redis", "key": "url"}}
+    assert env["NEWFUSE_GATEWAY_API_KEY"] == {"secretKeyRef": {"name": "gw", "key": "k"}}
+    assert env["NEWFUSE_GATEWAY_ENDPOINT"] == "http://gw:8080/v1"

@@ -1,0 +1,124 @@
+"""Metrics folding, versions, operator configuration and the work queue."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+from factories import NOW
+from newfuse.config import LogFormat, OperatorConfig
+from newfuse.core.metrics import fold_agent_states
+from newfuse.runtime.workqueue import WorkQueue
+from newfuse.wire.state import AgentMetrics, AgentState, AgentStatus, StateUpdate, next_version
+
+TIMEOUT = dt.timedelta(seconds=30)
+
+
+def update(
+    agent: str, completed: int, failed: int, age_s: float, status: AgentStatus = AgentStatus.ACTIVE
+) -> StateUpdate:
+    return StateUpdate(
+        agent_id=agent,
+        state=AgentState(
+            id=agent,
+            status=status,
+            metrics=AgentMetrics(
+                tasks_completed=completed,
+                tasks_failed=failed,
+                requests_handled=completed + failed,
+                last_active=NOW - dt.timedelta(seconds=age_s),
+            ),
+        ),
+        version=1,
+        timestamp=NOW - dt.timedelta(seconds=age_s),
+    )
+
+
+@pytest.mark.parametrize(
+    ("updates", "live", "expected"),
+    [
+        ([], set(), (0, 0, 0.0, 0, 0)),
+        ([update("a", 8, 2, 1)], {"a"}, (8, 2, 0.2, 1, 0)),
+        ([update("a", 5, 0, 1), update("b", 5, 0, 60)], {"a", "b"}, (10, 0, 0.0, 1, 1)),
+        # A departed pod's counts stay in the totals but it can no longer be stale.
+        ([update("gone", 4, 0, 600), update("a", 1, 1, 2)], {"a"}, (5, 1, round(1 / 6, 4), 1, 0)),
+        ([update("a", 1, 0, 300, AgentStatus.INACTIVE)], {"a"}, (1, 0, 0.0, 0, 0)),
+    ],
+    ids=["nothing", "one agent", "one stale", "departed pod", "inactive is not stale"],
+)
+def test_fold(
+    updates: list[StateUpdate], live: set[str], expected: tuple[int, int, float, int, int]
+) -> None:
+    m = fold_agent_states(updates, live, NOW, TIMEOUT)
+    assert (
+        m.tasks_completed,
+        m.tasks_failed,
+        m.error_rate,
+        m.reporting_agents,
+        m.stale_agents,
+    ) == expected
+    if updates:
+        assert m.last_active == max(
+            u.state.metrics.last_active for u in updates if u.state.metrics.last_active
+        )
+
+
+def test_versions_only_grow() -> None:
+    assert next_version(0, NOW) == int(NOW.timestamp() * 1000)
+    assert next_version(10**15, NOW) == 10**15 + 1, (
+        "a clock behind the last version still moves forward"
+    )
+
+
+def test_config_from_env() -> None:
+    config = OperatorConfig.from_env(
+        {"NEWFUSE_NAMESPACES": "a, b,", "NEWFUSE_WORKERS": "4", "NEWFUSE_LOG_FORMAT": "text"}
+    )
+    assert config.namespaces == ("a", "b")
+    assert config.workers == 4
+    assert config.log_format is LogFormat.TEXT
+    assert config.effective_agent_redis_url == config.redis_url
+
+
+def test_bad_config_names_the_variable() -> None:
+    with pytest.raises(ValueError, match="NEWFUSE_WORKERS"):
+        OperatorConfig.from_env({"NEWFUSE_WORKERS": "0"})
+
+
+async def _drain(queue: WorkQueue, n: int) -> list[str]:
+    return [await asyncio.wait_for(queue.get(), 1) for _ in range(n)]
+
+
+def test_queue_deduplicates_and_never_hands_out_a_key_twice() -> None:
+    async def scenario() -> None:
+        q = WorkQueue()
+        for key in ["a", "b", "a", "a"]:
+            q.add(key)
+        assert await _drain(q, 2) == ["a", "b"]
+        q.add("a")  # re-added while "a" is being processed
+        assert len(q) == 0, "not handed out while processing"
+        q.done("a")
+        assert await _drain(q, 1) == ["a"]
+        q.done("a")
+        q.done("b")
+        assert len(q) == 0
+
+    asyncio.run(scenario())
+
+
+def test_queue_delays_and_backoff() -> None:
+    async def scenario() -> None:
+        q = WorkQueue(base_delay=0.01, max_delay=0.04)
+        q.add_after("x", 10)
+        q.add_after("x", 0.01)  # the earlier schedule wins
+        assert await _drain(q, 1) == ["x"]
+        q.done("x")
+        assert [q.retry("y") for _ in range(4)] == [0.01, 0.02, 0.04, 0.04]
+        q.forget("y")
+        assert q.retry("y") == 0.01
+        assert await _drain(q, 1) == ["y"]
+        q.close()
+
+    asyncio.run(scenario())
