@@ -17,7 +17,7 @@ import redis
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from harness import Cluster, RedisHandle
+from harness import Cluster, Kubectl, OperatorProcess, RedisHandle
 from localcluster import LocalCluster, RedisServer
 from localcluster.cluster import default_state_dir as cluster_state_dir
 from localcluster.redis_server import default_state_dir as redis_state_dir
@@ -100,3 +100,42 @@ def namespace(k8s_api: k8s_client.ApiClient, request: pytest.FixtureRequest) -> 
     )
     yield name
     core.delete_namespace(name)
+
+
+REPO = TESTS_DIR.parent
+
+
+def kubectl_binary() -> str:
+    """Our pinned kubectl if built, else whatever is on PATH (e.g. CLUSTER=kind)."""
+    local = REPO / ".local" / "bin" / "kubectl"
+    return str(local) if local.exists() else "kubectl"
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: Cluster) -> Kubectl:
+    """Run kubectl against the cluster under test."""
+    return Kubectl(kubectl_binary(), cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def crd(kubectl: Kubectl) -> None:
+    """The NewFuseAgent CRD, applied from the generated YAML and Established."""
+    kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        str(REPO / "crds" / "newfuse.io_newfuseagents.yaml"),
+    )
+    kubectl("wait", "--for=condition=Established", "crd/newfuseagents.newfuse.io", "--timeout=60s")
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, redis_server: RedisHandle, crd: None) -> Iterator[OperatorProcess]:
+    """One operator process for the session (tests that kill it start it again)."""
+    proc = OperatorProcess(
+        cluster.kubeconfig, redis_server.url, REPO / ".local" / "logs" / "test-operator.log"
+    )
+    proc.start()
+    yield proc
+    proc.kill()

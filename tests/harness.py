@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,3 +28,106 @@ class RedisHandle:
 
     url: str
     server: RedisServer | None
+
+
+class OperatorProcess:
+    """`python -m newfuse` as a child process, the way a pod would run it, with its log kept."""
+
+    def __init__(self, kubeconfig: Path, redis_url: str, log_path: Path, **env: str) -> None:
+        """Configure (but do not start) an operator for this cluster and Redis."""
+        import os
+
+        from localcluster.netutil import free_port
+
+        self.metrics_port, self.health_port = free_port(), free_port()
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "NEWFUSE_KUBECONFIG": str(kubeconfig),
+            "NEWFUSE_REDIS_URL": redis_url,
+            "NEWFUSE_METRICS_PORT": str(self.metrics_port),
+            "NEWFUSE_HEALTH_ENDPOINT": f"http://127.0.0.1:{self.health_port}/healthz",
+            "NEWFUSE_RESYNC_SECONDS": "2",
+            "NEWFUSE_HEARTBEAT_TIMEOUT_SECONDS": "6",
+            "NEWFUSE_LOG_FORMAT": "json",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the operator and wait until its liveness endpoint answers."""
+        import sys
+        import urllib.request
+
+        from localcluster import wait_for
+
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "newfuse"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"operator exited with {self.proc.returncode}; see {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.health_port}/healthz", timeout=1
+                ):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(healthy, 60, what="operator liveness endpoint")
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` and wait for the process to end."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def metrics(self) -> str:
+        """The text of /metrics."""
+        import urllib.request
+
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as resp:
+            return str(resp.read().decode())
+
+
+@dataclass(frozen=True)
+class Kubectl:
+    """kubectl bound to one kubeconfig; raises with stderr on failure unless check=False."""
+
+    binary: str
+    kubeconfig: Path
+
+    def __call__(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
+        """Run one kubectl command and return its stdout."""
+        result = self.run(*args, stdin=stdin)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result.stdout
+
+    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run one kubectl command and return the completed process."""
+        return subprocess.run(
+            [self.binary, "--kubeconfig", str(self.kubeconfig), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )

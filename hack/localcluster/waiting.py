@@ -14,7 +14,7 @@ class WaitTimeoutError(TimeoutError):
 
 
 def wait_for(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float,
     *,
     what: str = "",

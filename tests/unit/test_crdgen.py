@@ -62,6 +62,11 @@ def test_schema_shape() -> None:
     assert crd["spec"]["names"]["shortNames"] == ["nfa"]
 
 
+def test_exclusive_bounds_use_the_openapi_3_0_form() -> None:
+    converted = crdgen.structural({"type": "number", "exclusiveMinimum": 0}, {})
+    assert converted == {"type": "number", "minimum": 0, "exclusiveMinimum": True}
+
+
 def test_unsupported_union_is_refused() -> None:
     with pytest.raises(crdgen.SchemaError, match="unions"):
         crdgen.structural({"anyOf": [{"type": "string"}, {"type": "integer"}]}, {}, ".x")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 
 import kopf
@@ -22,9 +21,6 @@ def main() -> int:
     except ValueError as exc:
         print(f"newfuse: {exc}", file=sys.stderr)
         return 2
-    if config.kubeconfig:
-        # kopf's own login (login_via_client) reads the same kubeconfig as the controller.
-        os.environ["KUBECONFIG"] = config.kubeconfig
     configure_logging(config.log_format, config.log_level)
     configure_tracing(config.trace_exporter)
     if config.metrics_port:

@@ -14,6 +14,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kubernetes import client as k8s
@@ -41,6 +42,38 @@ def load_config(kubeconfig: str | None, pool_size: int) -> k8s.ApiClient:
             k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     configuration.connection_pool_maxsize = pool_size
     return k8s.ApiClient(configuration)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What kopf's own watch client needs, taken from the same configuration as ours."""
+
+    server: str
+    ca_path: str | None
+    insecure: bool
+    scheme: str | None
+    token: str | None
+    certificate_path: str | None
+    private_key_path: str | None
+
+
+def credentials_of(api: k8s.ApiClient) -> Credentials:
+    """Extract server, TLS material and bearer token from a loaded client configuration."""
+    config = api.configuration
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix(
+        "authorization"
+    )
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] if parts else None)
+    return Credentials(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        scheme=scheme,
+        token=token,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+    )
 
 
 class KubeClient:

@@ -70,6 +70,10 @@ def structural(
             continue
         if key == "const":
             out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+            # JSON Schema 2020-12 gives the bound; OpenAPI 3.0 (CRDs) wants bound + boolean flag.
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
         elif key == "uniqueItems":
             # CRDs forbid uniqueItems; a set-typed list enforces the same thing.
             out.setdefault("x-kubernetes-list-type", "set")

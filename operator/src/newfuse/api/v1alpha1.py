@@ -479,8 +479,7 @@ class NewFuseAgent(KubeModel):
                     f"size(self.metadata.name) <= {MAX_FLEET_NAME_LENGTH}",
                     f"metadata.name must be at most {MAX_FLEET_NAME_LENGTH} characters "
                     "(pod names append a revision hash and an ordinal)",
-                    field_path=".metadata.name",
-                    reason="FieldValueTooLong",
+                    reason="FieldValueInvalid",
                 )
             ]
         },

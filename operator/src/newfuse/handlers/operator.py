@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from newfuse.adapters.kube import KubeClient, load_config
+from newfuse.adapters.kube import KubeClient, credentials_of, load_config
 from newfuse.adapters.redis_store import RedisStore
 from newfuse.api.v1alpha1 import GROUP, PLURAL, VERSION
 from newfuse.config import OperatorConfig
@@ -57,6 +57,21 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     """A registry with every handler of the operator (nothing global)."""
     registry = kopf.OperatorRegistry()
     state: dict[str, Any] = {}
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # kopf's watches use exactly the credentials of the controller's client (kubeconfig from
+        # NEWFUSE_KUBECONFIG, or the pod's service account).
+        found = credentials_of(load_config(config.kubeconfig, pool_size=1))
+        return kopf.ConnectionInfo(
+            server=found.server,
+            ca_path=found.ca_path,
+            insecure=found.insecure,
+            scheme=found.scheme,
+            token=found.token,
+            certificate_path=found.certificate_path,
+            private_key_path=found.private_key_path,
+        )
 
     @kopf.on.startup(registry=registry)
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
