@@ -38,8 +38,8 @@ help: ## Show this help
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
 .PHONY: demo
-demo: deps cluster-up ## Start the local cluster and Redis, and print how to reach them
-	@$(PY) -m localcluster status
+demo: deps binaries ## Local cluster + Redis + operator + a sample fleet, then its status
+	@$(PY) -m localcluster demo
 
 .PHONY: test
 test: deps binaries ## Run every test: unit, integration and e2e (starts the cluster if needed)

@@ -13,6 +13,7 @@ from rich.table import Table
 from localcluster.binaries import Binaries
 from localcluster.cluster import LocalCluster
 from localcluster.cluster import default_state_dir as cluster_state_dir
+from localcluster.demo import OperatorRunner, run_demo
 from localcluster.redis_server import RedisServer
 from localcluster.redis_server import default_state_dir as redis_state_dir
 
@@ -52,12 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command."""
     parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__)
     parser.add_argument(
-        "command", choices=["up", "down", "status", "redis-up", "redis-down", "env", "build"]
+        "command",
+        choices=["up", "down", "status", "redis-up", "redis-down", "env", "build", "demo"],
     )
     parser.add_argument("--nodes", type=int, default=3, help="fake kwok nodes (default 3)")
     args = parser.parse_args(argv)
     cluster = LocalCluster(cluster_state_dir(), node_count=args.nodes, log=_log)
     redis = RedisServer(redis_state_dir())
+    operator = OperatorRunner(cluster.state_dir.parent / "operator")
 
     if args.command == "build":
         Binaries.ensure(link_dir=cluster.state_dir.parent / "bin")
@@ -69,11 +72,24 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "redis-up":
         redis_info = redis.up()
         _log(f"redis at {redis_info.url}")
+    elif args.command == "demo":
+        up = cluster.up()
+        redis_info = redis.up()
+        kubectl = cluster.state_dir.parent / "bin" / "kubectl"
+        run_demo(kubectl, up.kubeconfig, redis_info.url, operator.state_dir, _log)
+        _summary(cluster, redis)
+        console.print(
+            f"[bold]Next:[/] export KUBECONFIG={up.kubeconfig}; kubectl get nfa -A -w   "
+            f"(operator log: {operator.state_dir / 'logs' / 'operator.log'}; "
+            "stop everything: make cluster-down)"
+        )
     elif args.command == "down":
+        if operator.down():
+            _log("stopped the operator")
         cluster.down()
         if redis.down():
             _log("stopped redis-server")
-        leftover = cluster.pids() + redis.pids()
+        leftover = cluster.pids() + redis.pids() + operator.pids()
         if leftover:
             _log(f"[red]processes still running: {leftover}[/]")
             return 1
