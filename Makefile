@@ -53,6 +53,10 @@ test-unit: deps ## Run only the fast unit tests (no cluster, no Redis)
 test-integration: deps binaries ## Run only the integration and e2e tests
 	@hack/pytest.sh -m "integration or e2e" $(PYTEST_ARGS)
 
+.PHONY: bench
+bench: deps binaries ## Benchmarks (not tests): figures as ratios against baselines from the same run
+	$(PY) bench/operator_scale.py
+
 .PHONY: lint
 lint: deps ## ruff (lint + format check), mypy --strict and import-linter
 	$(VENV)/bin/ruff check .
