@@ -20,6 +20,7 @@ from kubernetes import config as k8s_config
 from harness import Cluster, Kubectl, OperatorProcess, RedisHandle
 from localcluster import LocalCluster, RedisServer
 from localcluster.cluster import default_state_dir as cluster_state_dir
+from localcluster.demo import OperatorRunner
 from localcluster.redis_server import default_state_dir as redis_state_dir
 
 TESTS_DIR = Path(__file__).parent
@@ -132,7 +133,13 @@ def crd(kubectl: Kubectl) -> None:
 
 @pytest.fixture(scope="session")
 def operator(cluster: Cluster, redis_server: RedisHandle, crd: None) -> Iterator[OperatorProcess]:
-    """One operator process for the session (tests that kill it start it again)."""
+    """One operator process for the session (tests that kill it start it again).
+
+    A `make demo` operator on the same cluster would reconcile the tests' fleets too and hide what
+    the operator under test does, so it is stopped first.
+    """
+    if cluster.is_local() and OperatorRunner(REPO / ".local" / "operator").down():
+        print("stopped the `make demo` operator so that only the operator under test reconciles")
     proc = OperatorProcess(
         cluster.kubeconfig, redis_server.url, REPO / ".local" / "logs" / "test-operator.log"
     )

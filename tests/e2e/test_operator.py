@@ -389,14 +389,21 @@ def test_redis_outage_is_a_condition_and_reconcile_goes_on(
     )
 
 
+def _sample(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
 def test_operator_exposes_prometheus_metrics(operator: OperatorProcess, fleets: Fleets) -> None:
     fleets.create("observed", replicas=1)
     fleets.wait_available("observed", 1)
     text = operator.metrics()
     for name in (
-        "newfuse_reconciles_total",
         "newfuse_reconcile_duration_seconds_bucket",
         'newfuse_fleets{phase="Available"}',
         "newfuse_pods_managed",
+        "newfuse_redis_up 1.0",
     ):
         assert name in text, name
+    # This very process did the work (not some other operator watching the same cluster).
+    assert _sample(text, 'newfuse_reconciles_total{result="success"}') > 0
+    assert _sample(text, 'newfuse_pod_actions_total{action="create"') >= 1

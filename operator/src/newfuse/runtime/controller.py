@@ -61,8 +61,8 @@ class Controller:
         self.kube, self.redis = kube, redis
         self.clock = clock
         self.queue = WorkQueue()
-        self.fleets: dict[str, Body] = {}
-        self.pods: dict[str, dict[str, Body]] = {}
+        self.fleets: dict[str, NewFuseAgent] = {}
+        self.pods: dict[str, dict[str, ObservedPod]] = {}
         self.phases: dict[str, str] = {}
         self._versions: dict[str, int] = {}
         self._defaults = AgentDefaults(
@@ -74,7 +74,7 @@ class Controller:
     # -- watch events (called by the kopf handlers) --------------------------------------------
 
     def observe_fleet(self, event_type: str | None, body: Body) -> None:
-        """Cache a fleet's latest body (or forget it) and queue it."""
+        """Cache a fleet (parsed, so raw bodies and managedFields are not kept) and queue it."""
         meta = body["metadata"]
         key = fleet_key(meta["namespace"], meta["name"])
         if event_type == "DELETED":
@@ -83,23 +83,29 @@ class Controller:
             self._versions.pop(key, None)
             self._refresh_gauges()
             return
-        self.fleets[key] = body
+        try:
+            self.fleets[key] = NewFuseAgent.model_validate(body)
+        except ValidationError as exc:
+            # The API server validated it, so this means the CRD and the operator disagree.
+            log.error("cannot parse fleet %s: %s", key, exc.errors()[:3], extra={"fleet": key})
+            return
         self.queue.add(key)
 
     def observe_pod(self, event_type: str | None, body: Body) -> None:
-        """Cache an owned pod's latest body (or forget it) and queue its fleet."""
+        """Cache the facts about an owned pod (not its body) and queue its fleet."""
         meta = body["metadata"]
         fleet = (meta.get("labels") or {}).get(naming.LABEL_FLEET)
-        if not fleet:
+        observed = observe_pod(body)
+        if not fleet or observed is None:
             return
         key = fleet_key(meta["namespace"], fleet)
         pods = self.pods.setdefault(key, {})
         if event_type == "DELETED":
-            pods.pop(meta["name"], None)
+            pods.pop(observed.name, None)
             if not pods:
                 self.pods.pop(key, None)
         else:
-            pods[meta["name"]] = body
+            pods[observed.name] = observed
         self.queue.add(key)
 
     # -- workers --------------------------------------------------------------------------------
@@ -160,14 +166,8 @@ class Controller:
 
     async def reconcile(self, key: str) -> None:
         """Bring one fleet's pods, Redis mirror and status in line with its spec."""
-        body = self.fleets.get(key)
-        if body is None:
-            return
-        try:
-            fleet = NewFuseAgent.model_validate(body)
-        except ValidationError as exc:
-            # The API server validated it, so this means the CRD and the operator disagree.
-            log.error("cannot parse fleet %s: %s", key, exc.errors()[:3], extra={"fleet": key})
+        fleet = self.fleets.get(key)
+        if fleet is None:
             return
         meta = fleet.metadata
         if meta.deletion_timestamp is not None:
@@ -184,9 +184,7 @@ class Controller:
 
         now = self.clock()
         revision = template_hash(fleet.spec)
-        observed = [
-            p for p in (observe_pod(b) for b in self.pods.get(key, {}).values()) if p is not None
-        ]
+        observed = list(self.pods.get(key, {}).values())
         decided = plan(fleet.spec.replicas, revision, observed, paused=fleet.spec.paused)
         await self._apply(fleet, revision, decided, now)
         redis_seen, metrics = await self._mirror(key, fleet, observed, now)
