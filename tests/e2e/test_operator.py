@@ -15,7 +15,7 @@ import pytest
 import redis
 from kubernetes import client as k8s_client
 
-from harness import Kubectl, OperatorProcess, RedisHandle
+from harness import Cluster, Kubectl, OperatorProcess, RedisHandle
 from localcluster import wait_for
 from newfuse.api.v1alpha1 import GROUP, PLURAL, VERSION
 from newfuse.core import naming
@@ -407,3 +407,33 @@ def test_operator_exposes_prometheus_metrics(operator: OperatorProcess, fleets: 
     # This very process did the work (not some other operator watching the same cluster).
     assert _sample(text, 'newfuse_reconciles_total{result="success"}') > 0
     assert _sample(text, 'newfuse_pod_actions_total{action="create"') >= 1
+
+
+def test_namespace_scoping(
+    k8s_api: k8s_client.ApiClient, namespace: str, operator: OperatorProcess, cluster: Cluster
+) -> None:
+    """An operator told to watch one namespace leaves fleets elsewhere alone."""
+    core = k8s_client.CoreV1Api(k8s_api)
+    outside = f"{namespace[:50]}-out"
+    core.create_namespace(k8s_client.V1Namespace(metadata=k8s_client.V1ObjectMeta(name=outside)))
+    scoped = OperatorProcess(
+        cluster.kubeconfig,
+        operator.env["NEWFUSE_REDIS_URL"],
+        operator.log_path.with_name("test-operator-scoped.log"),
+        NEWFUSE_NAMESPACES=namespace,
+    )
+    operator.kill()
+    try:
+        scoped.start()
+        inside, elsewhere = Fleets(k8s_api, namespace), Fleets(k8s_api, outside)
+        elsewhere.create("ignored", replicas=1)
+        inside.create("watched", replicas=1)
+        inside.wait_available("watched", 1)
+        # The scoped operator handled its namespace; it never saw the other one.
+        assert elsewhere.pods("ignored") == []
+        assert "status" not in elsewhere.get("ignored")
+        assert "finalizers" not in elsewhere.get("ignored")["metadata"]
+    finally:
+        scoped.kill()
+        operator.start()
+        core.delete_namespace(outside)
