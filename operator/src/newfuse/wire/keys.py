@@ -58,10 +58,48 @@ class FleetKeys:
         """Stream prefix for task distribution (AI_TASK_CHANNEL); one stream per priority."""
         return f"{self.prefix}:tasks"
 
+    def tasks(self, priority: str) -> str:
+        """The task stream of one priority."""
+        return f"{self.task_stream}:{priority}"
+
+    @property
+    def task_index(self) -> str:
+        """Hash: task id -> stream entry id at submission (makes task ids idempotent)."""
+        return f"{self.prefix}:tasks:index"
+
     @property
     def result_stream(self) -> str:
-        """Stream of results (AI_RESULT_CHANNEL)."""
+        """Stream of results (AI_RESULT_CHANNEL), one entry per task, in completion order."""
         return f"{self.prefix}:results"
+
+    @property
+    def result_index(self) -> str:
+        """Hash: task id -> result envelope; the first stored result wins (exactly-once results)."""
+        return f"{self.prefix}:results:index"
+
+    @property
+    def shadow_result_stream(self) -> str:
+        """Results of shadow copies run by canary agents, never shown to clients."""
+        return f"{self.prefix}:results:shadow"
+
+    @property
+    def dead_letters(self) -> str:
+        """Stream of dead letters: malformed, refused or exhausted messages, with the reason."""
+        return f"{self.prefix}:dlq"
+
+    @property
+    def counters(self) -> str:
+        """Hash of fleet-wide counters (tasks completed/failed, per revision too)."""
+        return f"{self.prefix}:counters"
+
+    @property
+    def rate_limit(self) -> str:
+        """Key of the fleet-wide gateway rate limiter."""
+        return f"{self.prefix}:ratelimit"
+
+    def replay_guard(self, message_id: str) -> str:
+        """Marks a signed message id as seen (expires after the allowed clock skew)."""
+        return f"{self.prefix}:seen:{message_id}"
 
     FLEET_VERSION_FIELD = "fleet"
     FLEET_STATE_FIELD = "state"

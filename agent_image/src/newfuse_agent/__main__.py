@@ -1,0 +1,109 @@
+"""`python -m newfuse_agent`: the agent process of every agent pod.
+
+Serves /healthz (the process and its loop are alive), /readyz (taking tasks, Redis reachable) and
+/metrics (Prometheus), and drains on SIGTERM within the pod's grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pythonjsonlogger.json import JsonFormatter
+
+from newfuse.wire.keys import FleetKeys
+from newfuse_agent.config import AgentConfig
+from newfuse_agent.gateway import GatewayClient, GatewayConfig
+from newfuse_agent.handlers import TaskContext, load_builtin_handlers
+from newfuse_agent.runtime import Agent
+
+
+def _http_app(agent: Agent) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "agent": agent.config.agent_id})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready = agent.ready
+        return web.json_response(
+            {"ready": ready, "status": agent.status}, status=200 if ready else 503
+        )
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def serve(config: AgentConfig) -> None:
+    """Run one agent until it has drained."""
+    client = aioredis.Redis.from_url(
+        config.redis_url,
+        decode_responses=True,
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+    )
+    gateway_config = GatewayConfig.from_env(os.environ)
+    keys = FleetKeys(config.namespace, config.fleet)
+    gateway = GatewayClient(gateway_config, redis=client, keys=keys) if gateway_config else None
+    context = TaskContext(
+        agent_id=config.agent_id,
+        fleet=config.fleet,
+        namespace=config.namespace,
+        revision=config.revision,
+        capabilities=config.capabilities,
+        gateway=gateway,
+    )
+    agent = Agent(config, client, load_builtin_handlers(), context)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.request_drain)
+    runner = web.AppRunner(_http_app(agent), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.http_address, config.http_port).start()
+    try:
+        await agent.run()
+    finally:
+        await runner.cleanup()
+        if gateway is not None:
+            await gateway.aclose()
+        await client.aclose()
+
+
+def main() -> int:
+    """Read the configuration and run the agent."""
+    try:
+        config = AgentConfig.from_env()
+    except ValueError as exc:
+        print(f"newfuse-agent: {exc}", file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            static_fields={
+                "agent": config.agent_id,
+                "fleet": config.fleet,
+                "namespace": config.namespace,
+            },
+        )
+    )
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler], force=True)
+    asyncio.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Agent settings, read from the environment the operator puts in every agent pod."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# Env var name -> field, for the variables whose names are fixed by the operator's pod template.
+_ENV = {
+    "NEWFUSE_AGENT_ID": "agent_id",
+    "NEWFUSE_NAMESPACE": "namespace",
+    "NEWFUSE_FLEET": "fleet",
+    "NEWFUSE_REVISION": "revision",
+    "NEWFUSE_CAPABILITIES": "capabilities",
+    "NEWFUSE_PROTOCOL_VERSION": "protocol_version",
+    "NEWFUSE_CONCURRENCY": "concurrency",
+    "NEWFUSE_HEARTBEAT_SECONDS": "heartbeat_seconds",
+    "NEWFUSE_HTTP_PORT": "http_port",
+    "NEWFUSE_HTTP_ADDRESS": "http_address",
+    "NEWFUSE_REDIS_URL": "redis_url",
+    "NEWFUSE_SIGNING_KEY": "signing_key",
+    "NEWFUSE_REQUIRE_SIGNATURES": "require_signatures",
+    "NEWFUSE_CLAIM_IDLE_SECONDS": "claim_idle_seconds",
+    "NEWFUSE_RECLAIM_INTERVAL_SECONDS": "reclaim_interval_seconds",
+    "NEWFUSE_DRAIN_GRACE_SECONDS": "drain_grace_seconds",
+    "NEWFUSE_LOG_LEVEL": "log_level",
+}
+
+
+class AgentConfig(BaseModel):
+    """Everything an agent process is told."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agent_id: str = Field(min_length=1)
+    namespace: str = "default"
+    fleet: str = Field(min_length=1)
+    revision: str = "dev"
+    capabilities: tuple[str, ...] = ()
+    protocol_version: str = "1.0"
+    concurrency: int = Field(default=4, ge=1, le=256)
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    http_address: str = "0.0.0.0"  # noqa: S104 - a pod's probes and scrapes come from outside
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    signing_key: str | None = None
+    require_signatures: bool = False
+    claim_idle_seconds: float = Field(
+        default=30.0, gt=0, description="Reclaim tasks pending this long."
+    )
+    reclaim_interval_seconds: float = Field(default=5.0, gt=0)
+    drain_grace_seconds: float = Field(
+        default=25.0, ge=0, description="In-flight time allowed on SIGTERM."
+    )
+    log_level: str = "INFO"
+    boot_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AgentConfig:
+        """Read the NEWFUSE_* variables; raise ValueError naming the variable on bad input."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for var, field in _ENV.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            values[field] = (
+                tuple(c for c in raw.split(",") if c) if field == "capabilities" else raw
+            )
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            by_field = {f: v for v, f in _ENV.items()}
+            problems = "; ".join(
+                f"{by_field.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"invalid agent configuration: {problems}") from exc
+
+    @property
+    def consumer(self) -> str:
+        """This process's consumer name: unique per incarnation of the pod."""
+        return f"{self.agent_id}:{self.boot_id}"
