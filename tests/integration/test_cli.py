@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis
@@ -17,6 +18,7 @@ import redis
 from harness import RedisHandle
 from localcluster.netutil import free_port
 from newfuse.adapters.redis_store import RedisStore
+from newfuse.adapters.taskclient import StreamEntries
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.state import AgentState, AgentStatus, StateUpdate
 from newfuse.wire.tasks import Priority
@@ -120,7 +122,7 @@ def test_agents_and_dlq_views(
         redis_url=redis_server.url,
     )
     assert task.returncode == 0
-    [(_, fields)] = redis_client.xrange(fleet.tasks(Priority.NORMAL))
+    [(_, fields)] = cast(StreamEntries, redis_client.xrange(fleet.tasks(Priority.NORMAL)))
     now = dt.datetime.now(dt.UTC).isoformat()
     letter = {
         "reason": "handler_failed",
@@ -129,7 +131,7 @@ def test_agents_and_dlq_views(
         "source_stream": "s",
         "at": now,
     }
-    good = redis_client.xadd(
+    good = cast(str, redis_client.xadd(
         fleet.dead_letters, {**letter, "raw": fields["envelope"], "task_id": "dead-1"}
     )
     bad = redis_client.xadd(
