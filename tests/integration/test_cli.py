@@ -131,8 +131,8 @@ def test_agents_and_dlq_views(
         "source_stream": "s",
         "at": now,
     }
-    good_letter = {**letter, "raw": fields["envelope"], "task_id": "dead-1"}
-    bad_letter = {**letter, "reason": "malformed_json", "raw": "{nope"}
+    good_letter: dict[Any, Any] = {**letter, "raw": fields["envelope"], "task_id": "dead-1"}
+    bad_letter: dict[Any, Any] = {**letter, "reason": "malformed_json", "raw": "{nope"}
     good = cast(str, redis_client.xadd(fleet.dead_letters, good_letter))
     bad = cast(str, redis_client.xadd(fleet.dead_letters, bad_letter))
     listing = cli("dlq", fleet.fleet, "-n", fleet.namespace, redis_url=redis_server.url)
