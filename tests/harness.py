@@ -6,8 +6,13 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
-from localcluster import LocalCluster, RedisServer
+from kubernetes import client as k8s_client
+
+from localcluster import LocalCluster, RedisServer, wait_for
+from newfuse.api.v1alpha1 import GROUP, PLURAL, VERSION
+from newfuse.core import naming
 
 
 @dataclass(frozen=True)
@@ -130,4 +135,69 @@ class Kubectl:
             text=True,
             timeout=120,
             check=False,
+        )
+
+
+class Fleets:
+    """Read fleets and their pods in one namespace."""
+
+    def __init__(self, api: k8s_client.ApiClient, namespace: str) -> None:
+        self.custom = k8s_client.CustomObjectsApi(api)
+        self.core = k8s_client.CoreV1Api(api)
+        self.namespace = namespace
+
+    def get(self, name: str) -> dict[str, Any]:
+        body = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name
+        )
+        return cast(dict[str, Any], body)
+
+    def create(self, name: str, **spec: Any) -> dict[str, Any]:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "NewFuseAgent",
+            "metadata": {"name": name},
+            "spec": {"image": "newfuse/agent:0.1.0", **spec},
+        }
+        return cast(
+            dict[str, Any],
+            self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, body
+            ),
+        )
+
+    def patch_spec(self, name: str, **spec: Any) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec}
+        )
+
+    def pods(self, name: str) -> list[k8s_client.V1Pod]:
+        selector = f"{naming.LABEL_FLEET}={name}"
+        return list(self.core.list_namespaced_pod(self.namespace, label_selector=selector).items)
+
+    def live_pod_names(self, name: str) -> list[str]:
+        return sorted(
+            str(p.metadata.name) for p in self.pods(name) if p.metadata.deletion_timestamp is None
+        )
+
+    def available(self, name: str, replicas: int) -> dict[str, Any] | None:
+        """The fleet once Available with exactly ``replicas`` pods at the spec's generation."""
+        body = self.get(name)
+        status = body.get("status") or {}
+        conditions = {c["type"]: c for c in status.get("conditions", [])}
+        ok = (
+            status.get("phase") == "Available"
+            and status.get("readyReplicas") == replicas
+            and status.get("replicas") == replicas
+            and status.get("observedGeneration") == body["metadata"]["generation"]
+            and conditions.get("Available", {}).get("status") == "True"
+            and len(self.live_pod_names(name)) == replicas
+        )
+        return body if ok else None
+
+    def wait_available(self, name: str, replicas: int, timeout: float = 60) -> dict[str, Any]:
+        return wait_for(
+            lambda: self.available(name, replicas),
+            timeout,
+            what=f"{name} Available with {replicas}",
         )

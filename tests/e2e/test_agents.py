@@ -1,0 +1,242 @@
+"""Agents really working: operator -> pods -> pod runner -> agent processes -> Redis -> results.
+
+The pod runner stands in for the kubelet (kwok runs no processes), so every agent here is a real
+`python -m newfuse_agent` process started from its pod's spec.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+import pytest
+import redis
+from kubernetes import client as k8s_client
+
+from harness import Cluster, Fleets, OperatorProcess, RedisHandle
+from localcluster import wait_for
+from localcluster.podrunner import AgentEntry, PodRunnerProcess
+from newfuse.adapters.taskclient import StreamEntries
+from newfuse.wire.keys import FleetKeys
+from newfuse.wire.state import AgentStatus, StateUpdate
+from newfuse.wire.tasks import CONSUMER_GROUP, Priority
+
+REPO = Path(__file__).resolve().parents[2]
+NEWFUSE = str(Path(sys.executable).with_name("newfuse"))
+FAST_AGENT_ENV = [
+    {"name": "NEWFUSE_CLAIM_IDLE_SECONDS", "value": "2"},
+    {"name": "NEWFUSE_RECLAIM_INTERVAL_SECONDS", "value": "0.5"},
+    {"name": "NEWFUSE_HEARTBEAT_SECONDS", "value": "1"},
+]
+
+
+@pytest.fixture(scope="session")
+def pod_runner(
+    cluster: Cluster, redis_server: RedisHandle, operator: OperatorProcess
+) -> Iterator[PodRunnerProcess]:
+    """One pod runner for the session: it starts an agent process for every agent pod."""
+    if not cluster.is_local():
+        pytest.skip("on a real cluster the kubelet runs the agent pods")
+    PodRunnerProcess(
+        REPO / ".local" / "podrunner"
+    ).down()  # a `make demo` runner would double-start agents
+    runner = PodRunnerProcess(REPO / ".local" / "test-podrunner")
+    runner.up(cluster.kubeconfig, redis_server.url, print)
+    yield runner
+    runner.down()
+
+
+@pytest.fixture
+def fleets(k8s_api: k8s_client.ApiClient, namespace: str) -> Fleets:
+    return Fleets(k8s_api, namespace)
+
+
+def agents_of(runner: PodRunnerProcess, namespace: str) -> list[AgentEntry]:
+    return [a for a in runner.agents() if a.namespace == namespace]
+
+
+def agent_state(client: redis.Redis, keys: FleetKeys, agent_id: str) -> StateUpdate | None:
+    raw = client.hget(keys.agents, agent_id)
+    return StateUpdate.model_validate_json(str(raw)) if raw else None
+
+
+def start_fleet(
+    fleets: Fleets, runner: PodRunnerProcess, client: redis.Redis, name: str, replicas: int
+) -> dict[str, Any]:
+    """A fleet whose agents are running as processes and have registered in Redis."""
+    fleets.create(name, replicas=replicas, env=FAST_AGENT_ENV)
+    body = fleets.wait_available(name, replicas)
+    keys = FleetKeys(fleets.namespace, name)
+
+    def registered() -> bool:
+        entries = agents_of(runner, fleets.namespace)
+        states = [agent_state(client, keys, e.pod) for e in entries]
+        active = [s for s in states if s is not None and s.state.status is AgentStatus.ACTIVE]
+        return len(entries) >= replicas and len(active) >= replicas
+
+    wait_for(registered, 60, what=f"{replicas} agent processes running and registered")
+    return body
+
+
+def submit(fleet: str, namespace: str, redis_url: str, *args: str) -> str:
+    result = subprocess.run(
+        [NEWFUSE, "task", "submit", fleet, "-n", namespace, *args],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "NEWFUSE_REDIS_URL": redis_url, "NO_COLOR": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def result_ids(client: redis.Redis, keys: FleetKeys) -> list[str]:
+    entries = cast(StreamEntries, client.xrange(keys.result_stream))
+    return [fields["task_id"] for _, fields in entries]
+
+
+def _payload(raw: str | bytes) -> dict[str, Any]:
+    payload: dict[str, Any] = orjson.loads(raw)["payload"]
+    return payload
+
+
+def inflight(entry: AgentEntry) -> float:
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{entry.http_port}/metrics", timeout=2
+        ) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0.0
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("newfuse_agent_tasks_inflight")
+    )
+
+
+def test_three_agents_complete_1000_tasks_exactly_once_and_status_counts_them(
+    fleets: Fleets,
+    pod_runner: PodRunnerProcess,
+    redis_server: RedisHandle,
+    redis_client: redis.Redis,
+) -> None:
+    ns = fleets.namespace
+    start_fleet(fleets, pod_runner, redis_client, "workers", 3)
+    out = submit("workers", ns, redis_server.url, "--count", "1000", "--payload", '{"n": 1}')
+    assert "submitted 1000 task(s)" in out
+    keys = FleetKeys(ns, "workers")
+    wait_for(lambda: redis_client.hlen(keys.result_index) >= 1000, 120, what="1000 results")
+    ids = result_ids(redis_client, keys)
+    assert len(ids) == 1000
+    assert len(set(ids)) == 1000, "no task has two results"
+    workers = {
+        fields["agent_id"] for fields in map(_payload, redis_client.hvals(keys.result_index))
+    }
+    assert len(workers) == 3, f"all three agents took a share: {workers}"
+
+    def counted() -> bool:
+        metrics = fleets.get("workers")["status"].get("metrics") or {}
+        return bool(metrics.get("tasksCompleted") == 1000 and metrics.get("reportingAgents") == 3)
+
+    wait_for(counted, 60, what="status.metrics.tasksCompleted == 1000")
+    single = submit(
+        "workers", ns, redis_server.url, "--payload", '"hello"', "--wait", "--timeout", "30"
+    )
+    assert '"output": "hello"' in single
+    assert '"status": "succeeded"' in single
+
+
+def test_sigkilled_agents_in_flight_tasks_are_reclaimed_and_completed_once(
+    fleets: Fleets,
+    pod_runner: PodRunnerProcess,
+    redis_server: RedisHandle,
+    redis_client: redis.Redis,
+) -> None:
+    ns = fleets.namespace
+    start_fleet(fleets, pod_runner, redis_client, "crashers", 3)
+    keys = FleetKeys(ns, "crashers")
+    submit(
+        "crashers",
+        ns,
+        redis_server.url,
+        "--count",
+        "40",
+        "--handler",
+        "sleep",
+        "--payload",
+        '{"seconds": 0.5}',
+    )
+    victim = wait_for(
+        lambda: next((a for a in agents_of(pod_runner, ns) if inflight(a) >= 2), None),
+        30,
+        what="a busy agent",
+    )
+    stream = keys.tasks(Priority.NORMAL)
+    os.kill(victim.pid, signal.SIGKILL)
+    held = [
+        p["message_id"]
+        for p in redis_client.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=1000)
+        if str(p["consumer"]).startswith(f"{victim.pod}:")
+    ]
+    assert held, "the killed agent held tasks"
+    held_tasks = {
+        fields["task_id"]
+        for entry_id, fields in redis_client.xrange(stream)
+        if entry_id in set(held)
+    }
+    wait_for(lambda: redis_client.hlen(keys.result_index) >= 40, 90, what="all 40 results")
+    ids = result_ids(redis_client, keys)
+    assert len(ids) == len(set(ids)) == 40, "none lost, none completed twice"
+    assert held_tasks <= set(ids)
+    assert redis_client.xpending(stream, CONSUMER_GROUP)["pending"] == 0
+
+
+def test_scale_down_drains_the_agent_which_finishes_its_work_and_goes_inactive(
+    fleets: Fleets,
+    pod_runner: PodRunnerProcess,
+    redis_server: RedisHandle,
+    redis_client: redis.Redis,
+) -> None:
+    ns = fleets.namespace
+    body = start_fleet(fleets, pod_runner, redis_client, "drainers", 3)
+    keys = FleetKeys(ns, "drainers")
+    leaving = f"drainers-{body['status']['updateRevision']}-2"
+    submit(
+        "drainers",
+        ns,
+        redis_server.url,
+        "--count",
+        "24",
+        "--handler",
+        "sleep",
+        "--payload",
+        '{"seconds": 1.5}',
+    )
+    entry = wait_for(
+        lambda: next(
+            (a for a in agents_of(pod_runner, ns) if a.pod == leaving and inflight(a) >= 1), None
+        ),
+        30,
+        what="the highest-ordinal agent busy",
+    )
+    fleets.patch_spec("drainers", replicas=2)
+
+    def gone_inactive() -> bool:
+        state = agent_state(redis_client, keys, leaving)
+        return state is not None and state.state.status is AgentStatus.INACTIVE
+
+    wait_for(gone_inactive, 60, what=f"{leaving} inactive")
+    wait_for(lambda: not Path(f"/proc/{entry.pid}").exists(), 30, what="the drained process exited")
+    wait_for(lambda: redis_client.hlen(keys.result_index) >= 24, 90, what="all 24 results")
+    ids = result_ids(redis_client, keys)
+    assert len(ids) == len(set(ids)) == 24
+    finished_by_leaver = [
+        r for r in map(_payload, redis_client.hvals(keys.result_index)) if r["agent_id"] == leaving
+    ]
+    assert finished_by_leaver, "the draining agent finished the work it held"
