@@ -1,5 +1,7 @@
-"""`sleep`: waits `seconds` (at most 300), then returns its input. Work of a known duration,
-for exercising drains, reclaims and concurrency in tests and demos."""
+"""`sleep`: waits `seconds` (at most 300), then returns its input.
+
+Work of a known duration, for exercising drains, reclaims and concurrency in tests and demos.
+"""
 
 from __future__ import annotations
 
