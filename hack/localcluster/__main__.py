@@ -14,6 +14,7 @@ from localcluster.binaries import Binaries
 from localcluster.cluster import LocalCluster
 from localcluster.cluster import default_state_dir as cluster_state_dir
 from localcluster.demo import OperatorRunner, run_demo
+from localcluster.podrunner import PodRunnerProcess
 from localcluster.redis_server import RedisServer
 from localcluster.redis_server import default_state_dir as redis_state_dir
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = LocalCluster(cluster_state_dir(), node_count=args.nodes, log=_log)
     redis = RedisServer(redis_state_dir())
     operator = OperatorRunner(cluster.state_dir.parent / "operator")
+    runner = PodRunnerProcess(cluster.state_dir.parent / "podrunner")
 
     if args.command == "build":
         Binaries.ensure(link_dir=cluster.state_dir.parent / "bin")
@@ -84,12 +86,14 @@ def main(argv: list[str] | None = None) -> int:
             "stop everything: make cluster-down)"
         )
     elif args.command == "down":
+        if runner.down():
+            _log("stopped the pod runner and its agents")
         if operator.down():
             _log("stopped the operator")
         cluster.down()
         if redis.down():
             _log("stopped redis-server")
-        leftover = cluster.pids() + redis.pids() + operator.pids()
+        leftover = cluster.pids() + redis.pids() + operator.pids() + runner.pids()
         if leftover:
             _log(f"[red]processes still running: {leftover}[/]")
             return 1

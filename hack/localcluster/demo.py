@@ -18,6 +18,7 @@ from pathlib import Path
 from localcluster import processes
 from localcluster.binaries import REPO_ROOT
 from localcluster.netutil import free_port
+from localcluster.podrunner import PodRunnerProcess
 from localcluster.waiting import wait_for
 
 CRD = REPO_ROOT / "crds" / "newfuse.io_newfuseagents.yaml"
@@ -138,5 +139,32 @@ def run_demo(
 
     wait_for(available, 120, what="the sample fleet to be Available")
     log(f"sample fleet Available after {time.monotonic() - started:.1f}s")
+
+    # kwok runs no processes: the pod runner starts each agent pod's container as a local process.
+    runner = PodRunnerProcess(state_dir.parent / "podrunner")
+    runner.up(kubeconfig, redis_url, log)
+    wait_for(
+        lambda: len([a for a in runner.agents() if a.namespace == DEMO_NAMESPACE]) >= 3,
+        60,
+        what="3 agent processes",
+    )
+
+    def completed() -> int:
+        body = json.loads(k("get", "nfa", "summarizer", "-n", DEMO_NAMESPACE, "-o", "json"))
+        return int(((body.get("status") or {}).get("metrics") or {}).get("tasksCompleted") or 0)
+
+    tasks, before = 500, completed()
+    log(f"submitting {tasks} echo tasks with `newfuse task submit summarizer --count {tasks}`")
+    newfuse = str(Path(sys.executable).with_name("newfuse"))
+    env = {**os.environ, "NEWFUSE_REDIS_URL": redis_url}
+    submit = ["task", "submit", "summarizer", "-n", DEMO_NAMESPACE, "--count", str(tasks)]
+    subprocess.run([newfuse, *submit, "--payload", '{"text": "hi"}'], check=True, env=env)
+
+    def counted() -> bool:
+        return completed() >= before + tasks
+
+    wait_for(counted, 120, what=f"{tasks} more tasks counted in status.metrics.tasksCompleted")
+    log("the operator folded the agents' reports into the fleet's status:")
     print(k("get", "nfa", "-n", DEMO_NAMESPACE, "-o", "wide"))
     print(k("get", "pods", "-n", DEMO_NAMESPACE, "-L", "newfuse.io/revision"))
+    subprocess.run([newfuse, "agents", "summarizer", "-n", DEMO_NAMESPACE], check=True, env=env)

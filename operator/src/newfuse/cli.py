@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
 from typing import Annotated, Any, TypeVar
@@ -35,7 +36,8 @@ from newfuse.wire.tasks import Priority, ResultStatus
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 task_app = typer.Typer(help="Submit tasks and watch results.", no_args_is_help=True)
 app.add_typer(task_app, name="task")
-console = Console()
+# Piped output (CI logs, `| less`) gets a wide console instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 T = TypeVar("T")
 

@@ -3,8 +3,8 @@
 Every message on every channel is one envelope. Decoding is strict and never raises anything
 but MessageRejectedError, whose `reason` is a RejectReason: agents dead-letter and count bad input
 by that reason instead of crashing. Optional HMAC-SHA256 signatures cover the canonical bytes of
-type, payload and metadata (minus the signature), so a forged or altered message is refused; freshness and
-message-id checks (done by the receiver, which owns the replay cache) refuse replays.
+type, payload and metadata (minus the signature), so a forged or altered message is refused;
+freshness and message-id checks (done by the receiver, which owns the replay cache) refuse replays.
 
 Encoding is on the hot path of every task, so it uses orjson on plain dicts; decoding parses with
 orjson and validates with pydantic (its Rust core), which is also what makes it total.
