@@ -1,0 +1,506 @@
+"""The client agents use to call the fleet's OpenAI-compatible model gateway.
+
+A model gateway is slow, rate-limited and sometimes down; a fleet of agents calling it naively
+would pile up hung requests, hammer it while it recovers and overrun its quota. So every call:
+- has a timeout (httpx), so no task hangs on a dead connection;
+- is retried with exponential backoff and full jitter (tenacity) on what another attempt can fix:
+  connection errors, timeouts, HTTP 429 and 5xx (a 429's Retry-After is honoured, up to the
+  backoff cap). Any other 4xx is the request's fault: it fails the task at once;
+- goes through a circuit breaker: after `breaker_failure_threshold` consecutive failed calls (a
+  call fails once its retries are spent) the circuit opens and calls fail fast, without touching
+  the network, for `breaker_recovery_seconds`; then one trial call is let through (half-open) and
+  its outcome closes or re-opens the circuit. A 4xx rejection proves the gateway is up, so it
+  counts as a success for the breaker: one malformed task must not cut the fleet off. A 2xx that
+  is not a JSON object is not retried but counts as a failure: the gateway is broken;
+- waits for the fleet-wide rate limiter (ratelimit.RedisTokenBucket) before each HTTP attempt,
+  retries included, since each attempt spends the gateway's quota.
+
+The circuit breaker is hand-written (CircuitBreaker below) rather than the `circuitbreaker`
+library's. That library does wrap coroutines, but its half-open state lets every concurrent call
+through instead of one trial, its clock is a hard-wired `time.monotonic` (tests would have to
+sleep through the recovery time or patch the module), it has no hook for state changes (our gauge),
+it keeps every breaker in a process-global registry by name, it treats a recovery time of 0 as
+"use the default of 30 s", and it ships no type information (mypy strict). The state machine here
+is small, takes an injectable clock and is unit-tested directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+from prometheus_client import Counter, Gauge
+from redis.exceptions import RedisError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from newfuse.wire.keys import FleetKeys
+from newfuse_agent.handlers import HandlerError
+from newfuse_agent.ratelimit import RedisTokenBucket
+
+log = logging.getLogger(__name__)
+
+ENV_ENDPOINT = "NEWFUSE_GATEWAY_ENDPOINT"
+ENV_MODEL = "NEWFUSE_GATEWAY_MODEL"
+ENV_API_KEY = "NEWFUSE_GATEWAY_API_KEY"
+ENV_TIMEOUT = "NEWFUSE_GATEWAY_TIMEOUT_SECONDS"
+ENV_RATE_LIMIT = "NEWFUSE_GATEWAY_RATE_LIMIT"
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+# How much of a gateway's error body goes into an error message.
+_MAX_DETAIL_CHARS = 300
+
+
+class GatewayOutcome(StrEnum):
+    """What became of one gateway call (or, for RETRY, of one attempt)."""
+
+    SUCCESS = "success"
+    RETRY = "retry"
+    FAILURE = "failure"
+    CIRCUIT_OPEN = "circuit_open"
+
+
+class CircuitState(StrEnum):
+    """The circuit breaker's states."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class Admission(StrEnum):
+    """The circuit breaker's answer to a call that asks to go ahead."""
+
+    REFUSED = "refused"
+    ADMITTED = "admitted"
+    TRIAL = "trial"
+
+
+CIRCUIT_STATE_VALUES: Mapping[CircuitState, int] = {
+    CircuitState.CLOSED: 0,
+    CircuitState.OPEN: 1,
+    CircuitState.HALF_OPEN: 2,
+}
+
+GATEWAY_REQUESTS = Counter(
+    "newfuse_agent_gateway_requests_total",
+    "Model gateway calls by outcome (retry counts attempts that will be tried again).",
+    ["outcome"],
+)
+CIRCUIT_STATE_GAUGE = Gauge(
+    "newfuse_agent_gateway_circuit_state",
+    "The model gateway circuit breaker: 0 closed, 1 open, 2 half-open.",
+)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """How to reach the model gateway, and how hard to try."""
+
+    endpoint: str
+    model: str | None = None
+    api_key: str | None = None
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    rate_limit_per_second: float | None = None
+    max_retries: int = 3
+    backoff_base_seconds: float = 0.2
+    backoff_max_seconds: float = 5.0
+    breaker_failure_threshold: int = 5
+    breaker_recovery_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        """Reject settings that would make the client hang, spin or never retry sensibly."""
+        if not self.endpoint:
+            raise ValueError("gateway endpoint must not be empty")
+        if not _positive(self.timeout_seconds):
+            raise ValueError(f"timeout_seconds must be > 0, got {self.timeout_seconds!r}")
+        if self.rate_limit_per_second is not None and not _positive(self.rate_limit_per_second):
+            raise ValueError(
+                f"rate_limit_per_second must be > 0 or None, got {self.rate_limit_per_second!r}"
+            )
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.backoff_base_seconds < 0 or self.backoff_max_seconds < 0:
+            raise ValueError("backoff times must be >= 0")
+        if self.breaker_failure_threshold < 1:
+            raise ValueError("breaker_failure_threshold must be >= 1")
+        if self.breaker_recovery_seconds < 0:
+            raise ValueError("breaker_recovery_seconds must be >= 0")
+
+    @property
+    def completions_url(self) -> str:
+        """The chat-completions URL under the endpoint."""
+        return f"{self.endpoint.rstrip('/')}/chat/completions"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> GatewayConfig | None:
+        """Read the NEWFUSE_GATEWAY_* variables the operator sets; None when no endpoint is set.
+
+        Raises ValueError naming the variable when a value is malformed.
+        """
+        endpoint = env.get(ENV_ENDPOINT, "").strip()
+        if not endpoint:
+            return None
+        timeout = _float_env(env, ENV_TIMEOUT)
+        return cls(
+            endpoint=endpoint,
+            model=env.get(ENV_MODEL, "").strip() or None,
+            api_key=env.get(ENV_API_KEY, "").strip() or None,
+            timeout_seconds=DEFAULT_TIMEOUT_SECONDS if timeout is None else timeout,
+            rate_limit_per_second=_float_env(env, ENV_RATE_LIMIT),
+        )
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _float_env(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}: not a number: {raw!r}") from None
+    if not _positive(value):
+        raise ValueError(f"{name}: must be a positive number, got {raw!r}")
+    return value
+
+
+class CircuitBreaker:
+    """Consecutive-failure circuit breaker with a single half-open trial.
+
+    CLOSED counts consecutive failures and opens at ``failure_threshold``. OPEN refuses every call
+    until ``recovery_seconds`` have passed on ``clock``, then reads as HALF_OPEN (the transition
+    happens when the state is next looked at, that is on the next call). HALF_OPEN admits one
+    trial call at a time: its success closes the circuit, its failure opens it again for another
+    ``recovery_seconds``. Each admitted call reports back once, with the Admission it was given,
+    so that only the trial itself can free the trial slot. Not thread-safe; one event loop uses it.
+    """
+
+    def __init__(
+        self,
+        failure_threshold: int,
+        recovery_seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[CircuitState], None] | None = None,
+    ) -> None:
+        """Open after ``failure_threshold`` failures in a row; try again after the recovery."""
+        if failure_threshold < 1:
+            raise ValueError("failure_threshold must be >= 1")
+        self.failure_threshold = failure_threshold
+        self.recovery_seconds = recovery_seconds
+        self._clock = clock
+        self._on_change = on_change
+        self._state = CircuitState.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trial_in_flight = False
+
+    @property
+    def state(self) -> CircuitState:
+        """The current state (OPEN turns HALF_OPEN here once the recovery time has passed)."""
+        if (
+            self._state is CircuitState.OPEN
+            and self._clock() - self._opened_at >= self.recovery_seconds
+        ):
+            self._set(CircuitState.HALF_OPEN)
+        return self._state
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Failed calls since the last success."""
+        return self._failures
+
+    def retry_in(self) -> float:
+        """Seconds until an open circuit lets a trial call through (0 when not open)."""
+        if self.state is not CircuitState.OPEN:
+            return 0.0
+        return max(0.0, self._opened_at + self.recovery_seconds - self._clock())
+
+    def admit(self) -> Admission:
+        """May a call go ahead now? In HALF_OPEN the one call let through is the TRIAL."""
+        state = self.state
+        if state is CircuitState.CLOSED:
+            return Admission.ADMITTED
+        if state is CircuitState.HALF_OPEN and not self._trial_in_flight:
+            self._trial_in_flight = True
+            return Admission.TRIAL
+        return Admission.REFUSED
+
+    def record_success(self, admission: Admission) -> None:
+        """An admitted call succeeded: the gateway works, so close (whichever call it was)."""
+        self._end(admission)
+        self._failures = 0
+        self._set(CircuitState.CLOSED)
+
+    def record_failure(self, admission: Admission) -> None:
+        """An admitted call failed."""
+        self._end(admission)
+        self._failures += 1
+        state = self.state
+        if state is CircuitState.HALF_OPEN or (
+            state is CircuitState.CLOSED and self._failures >= self.failure_threshold
+        ):
+            # In HALF_OPEN this is the trial, or a call admitted while CLOSED that failed late:
+            # either way the gateway still fails.
+            self._open()
+        # Already OPEN: a call admitted before it opened failed late; the recovery timer stays.
+
+    def release(self, admission: Admission) -> None:
+        """An admitted call ended without a verdict (cancelled, say): free its trial slot."""
+        self._end(admission)
+
+    def _end(self, admission: Admission) -> None:
+        if admission is Admission.TRIAL:
+            self._trial_in_flight = False
+
+    def _open(self) -> None:
+        self._opened_at = self._clock()
+        self._set(CircuitState.OPEN)
+
+    def _set(self, state: CircuitState) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        if self._on_change is not None:
+            self._on_change(state)
+
+
+class _RetryableGatewayError(Exception):
+    """A failure another attempt may fix: connection error, timeout, HTTP 429 or 5xx."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _BadResponseError(Exception):
+    """A 2xx answer that is not a JSON object: the gateway misbehaves, but retrying won't help."""
+
+
+class _RequestRejectedError(Exception):
+    """The gateway answered and refused this request (a 4xx other than 429, or a 3xx)."""
+
+
+class _CannotCallError(Exception):
+    """The request cannot be sent at all (a malformed URL, say): no attempt will get through."""
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    raw = response.headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _detail(response: httpx.Response) -> str:
+    return response.text[:_MAX_DETAIL_CHARS].strip()
+
+
+def _set_circuit_gauge(state: CircuitState) -> None:
+    CIRCUIT_STATE_GAUGE.set(CIRCUIT_STATE_VALUES[state])
+    log.log(
+        logging.WARNING if state is CircuitState.OPEN else logging.INFO,
+        "model gateway circuit is now %s",
+        state,
+    )
+
+
+class GatewayClient:
+    """Calls `POST {endpoint}/chat/completions` with timeouts, retries, a breaker and a rate limit.
+
+    The rate limit applies when the config has one and ``redis`` and ``keys`` are given; it is
+    shared with every agent of the fleet through ``keys.rate_limit``.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        redis: aioredis.Redis | None = None,
+        keys: FleetKeys | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """Prepare a client; no connection is made until the first call."""
+        self.config = config
+        self._sleep = sleep
+        # Full jitter: a random wait up to base * 2^attempt, so agents that failed together do
+        # not come back together.
+        self._jitter = wait_random_exponential(
+            multiplier=config.backoff_base_seconds, max=config.backoff_max_seconds
+        )
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(config.timeout_seconds))
+        self.breaker = CircuitBreaker(
+            config.breaker_failure_threshold,
+            config.breaker_recovery_seconds,
+            clock=clock,
+            on_change=_set_circuit_gauge,
+        )
+        CIRCUIT_STATE_GAUGE.set(CIRCUIT_STATE_VALUES[CircuitState.CLOSED])
+        self.limiter: RedisTokenBucket | None = None
+        if config.rate_limit_per_second is not None:
+            if redis is not None and keys is not None:
+                self.limiter = RedisTokenBucket(
+                    redis, keys.rate_limit, config.rate_limit_per_second, sleep=sleep
+                )
+            else:
+                log.warning(
+                    "gateway rate limit %g/s is configured but there is no Redis to share it "
+                    "through; calls are not rate limited",
+                    config.rate_limit_per_second,
+                )
+        self._headers = {"Accept": "application/json"}
+        if config.api_key:
+            self._headers["Authorization"] = f"Bearer {config.api_key}"
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pool (the Redis client belongs to the caller)."""
+        await self._http.aclose()
+
+    async def chat(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        """Send one chat-completions request; return the gateway's JSON answer.
+
+        Raises HandlerError: retryable when the circuit is open, the retries are spent or the
+        rate limiter's Redis is unreachable; not retryable when the gateway rejects the request
+        (4xx other than 429) or answers with something that is not a JSON object.
+        """
+        admission = self.breaker.admit()
+        if admission is Admission.REFUSED:
+            GATEWAY_REQUESTS.labels(GatewayOutcome.CIRCUIT_OPEN).inc()
+            raise HandlerError(
+                f"model gateway circuit is open after {self.breaker.consecutive_failures} "
+                f"consecutive failed calls; failing fast for {self.breaker.retry_in():.1f}s more",
+                retryable=True,
+            )
+        body: dict[str, Any] = {"messages": messages}
+        if self.config.model:
+            body["model"] = self.config.model
+        verdict = False
+        try:
+            result = await self._with_retries(body)
+        except _RetryableGatewayError as exc:
+            verdict = True
+            self.breaker.record_failure(admission)
+            GATEWAY_REQUESTS.labels(GatewayOutcome.FAILURE).inc()
+            attempts = self.config.max_retries + 1
+            raise HandlerError(
+                f"model gateway failed after {attempts} attempt(s): {exc}", retryable=True
+            ) from exc
+        except _BadResponseError as exc:
+            verdict = True
+            self.breaker.record_failure(admission)
+            GATEWAY_REQUESTS.labels(GatewayOutcome.FAILURE).inc()
+            raise HandlerError(str(exc), retryable=False) from exc
+        except _RequestRejectedError as exc:
+            # The gateway answered, so it is up: whatever is wrong is this request's fault.
+            verdict = True
+            self.breaker.record_success(admission)
+            GATEWAY_REQUESTS.labels(GatewayOutcome.FAILURE).inc()
+            raise HandlerError(str(exc), retryable=False) from exc
+        except _CannotCallError as exc:
+            GATEWAY_REQUESTS.labels(GatewayOutcome.FAILURE).inc()
+            raise HandlerError(str(exc), retryable=False) from exc
+        except RedisError as exc:
+            GATEWAY_REQUESTS.labels(GatewayOutcome.FAILURE).inc()
+            raise HandlerError(
+                f"fleet rate limiter unavailable (Redis): {exc}", retryable=True
+            ) from exc
+        finally:
+            if not verdict:
+                # Success is recorded below; anything else (cancellation, Redis, a bad URL) says
+                # nothing about the gateway but must not hold a half-open trial slot forever.
+                self.breaker.release(admission)
+        self.breaker.record_success(admission)
+        GATEWAY_REQUESTS.labels(GatewayOutcome.SUCCESS).inc()
+        return result
+
+    async def _with_retries(self, body: dict[str, Any]) -> dict[str, Any]:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.config.max_retries + 1),
+            wait=self._backoff,
+            retry=retry_if_exception_type(_RetryableGatewayError),
+            before_sleep=self._count_retry,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        result: dict[str, Any] = await retrying(self._attempt, body)
+        return result
+
+    def _backoff(self, retry_state: RetryCallState) -> float:
+        jittered = self._jitter(retry_state)
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if isinstance(error, _RetryableGatewayError) and error.retry_after is not None:
+            return min(max(jittered, error.retry_after), self.config.backoff_max_seconds)
+        return float(jittered)
+
+    @staticmethod
+    def _count_retry(retry_state: RetryCallState) -> None:
+        GATEWAY_REQUESTS.labels(GatewayOutcome.RETRY).inc()
+        outcome = retry_state.outcome
+        log.info(
+            "model gateway attempt %d failed, retrying: %s",
+            retry_state.attempt_number,
+            outcome.exception() if outcome is not None else "?",
+        )
+
+    async def _attempt(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        url = self.config.completions_url
+        try:
+            response = await self._http.post(url, json=body, headers=self._headers)
+        except httpx.TimeoutException as exc:
+            raise _RetryableGatewayError(
+                f"no answer within {self.config.timeout_seconds:g}s ({type(exc).__name__})"
+            ) from exc
+        except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
+            raise _RetryableGatewayError(f"cannot reach {url}: {exc!r}") from exc
+        except httpx.HTTPError as exc:
+            raise _CannotCallError(f"cannot call the model gateway at {url}: {exc!r}") from exc
+        status = response.status_code
+        if status == httpx.codes.TOO_MANY_REQUESTS or status >= httpx.codes.INTERNAL_SERVER_ERROR:
+            raise _RetryableGatewayError(
+                f"HTTP {status}: {_detail(response)}", retry_after=_retry_after_seconds(response)
+            )
+        if not response.is_success:
+            raise _RequestRejectedError(
+                f"model gateway rejected the request: HTTP {status}: {_detail(response)}"
+            )
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise _BadResponseError(
+                f"model gateway answered HTTP {status} with invalid JSON: {_detail(response)}"
+            ) from exc
+        if not isinstance(data, dict):
+            raise _BadResponseError(
+                f"model gateway answered with JSON that is not an object: {type(data).__name__}"
+            )
+        return data
