@@ -56,6 +56,7 @@ test-integration: deps binaries ## Run only the integration and e2e tests
 .PHONY: bench
 bench: deps binaries ## Benchmarks (not tests): figures as ratios against baselines from the same run
 	$(PY) bench/operator_scale.py
+	$(PY) bench/task_throughput.py
 
 .PHONY: lint
 lint: deps ## ruff (lint + format check), mypy --strict and import-linter

@@ -1,0 +1,270 @@
+"""Benchmark: task throughput and latency of NewFuse agents, beside two baselines from the same run.
+
+All three run against one dedicated redis-server on this machine, one after another:
+- raw ceiling: redis-py pipelines of XADD, then XREADGROUP (COUNT 500) + XACK, in one process;
+- Dramatiq 2 with its Redis broker and Redis results backend: 4 worker processes x 4 threads
+  running the same echo task, timed from the first enqueue to the last stored result;
+- NewFuse: 4 `python -m newfuse_agent` processes (concurrency 4) with the echo handler, timed from
+  the first submit to the last stored result.
+Then NewFuse latency (submit -> result visible to a follower) at a fixed offered load.
+Not a test: it prints figures; `make bench` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from localcluster import RedisServer
+from localcluster.binaries import REPO_ROOT
+from localcluster.netutil import free_port
+from newfuse.adapters.taskclient import StreamReply, TaskClient, TaskSpec
+
+console = Console()
+AGENTS = 4
+CONCURRENCY = 4
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One system's result."""
+
+    name: str
+    tasks: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        """Tasks per second."""
+        return self.tasks / self.seconds
+
+
+def raw_ceiling(url: str, count: int) -> Throughput:
+    """The fastest this Redis moves stream entries from redis-py: batched XADD, XREADGROUP, XACK."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    stream, group = f"bench:raw:{uuid.uuid4().hex[:6]}", "g"
+    client.xgroup_create(stream, group, id="0", mkstream=True)
+    started = time.perf_counter()
+    for offset in range(0, count, 500):
+        pipe = client.pipeline(transaction=False)
+        for i in range(offset, min(count, offset + 500)):
+            pipe.xadd(stream, {"task_id": str(i), "envelope": '{"type":"task"}'})
+        pipe.execute()
+    done = 0
+    while done < count:
+        response = cast(StreamReply, client.xreadgroup(group, "c", {stream: ">"}, count=500)) or []
+        ids = [entry_id for _, entries in response for entry_id, _ in entries]
+        pipe = client.pipeline(transaction=False)
+        pipe.xack(stream, group, *ids)
+        pipe.execute()
+        done += len(ids)
+    elapsed = time.perf_counter() - started
+    client.delete(stream)
+    client.close()
+    return Throughput("raw redis-py pipeline (XADD + XREADGROUP + XACK)", count, elapsed)
+
+
+def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def dramatiq_run(url: str, count: int, state: Path) -> Throughput:
+    """Dramatiq with its Redis broker and results backend doing the same echo work."""
+    env = {
+        **os.environ,
+        "BENCH_REDIS_URL": url,
+        "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    dramatiq = str(Path(sys.executable).with_name("dramatiq"))
+    options = ["--processes", str(AGENTS), "--threads", str(CONCURRENCY)]
+    workers = [_spawn([dramatiq, "dramatiq_echo", *options], env, state / "dramatiq.log")]
+    sys.path.insert(0, str(HERE))
+    os.environ["BENCH_REDIS_URL"] = url
+    import dramatiq_echo  # type: ignore[import-not-found]
+
+    try:
+        # Let the workers come up first, like NewFuse's agents are up before timing starts.
+        warm = dramatiq_echo.echo.send("warm-up")
+        warm.get_result(block=True, timeout=60_000)
+        started = time.perf_counter()
+        messages = [dramatiq_echo.echo.message(i) for i in range(count)]
+        for message in messages:
+            dramatiq_echo.broker.enqueue(message)
+        for message in messages:
+            message.get_result(block=True, timeout=300_000)
+        elapsed = time.perf_counter() - started
+    finally:
+        _stop(workers)
+    return Throughput(
+        f"Dramatiq {dramatiq_echo.dramatiq.__version__} (Redis broker + results)", count, elapsed
+    )
+
+
+def agent_env(url: str, namespace: str, fleet: str, index: int) -> dict[str, str]:
+    """The env the operator would give agent ``index`` of the fleet."""
+    return {
+        **os.environ,
+        "NEWFUSE_AGENT_ID": f"{fleet}-bench-{index}",
+        "NEWFUSE_NAMESPACE": namespace,
+        "NEWFUSE_FLEET": fleet,
+        "NEWFUSE_REVISION": "bench",
+        "NEWFUSE_REDIS_URL": url,
+        "NEWFUSE_CONCURRENCY": str(CONCURRENCY),
+        "NEWFUSE_HTTP_PORT": str(free_port()),
+        "NEWFUSE_HTTP_ADDRESS": "127.0.0.1",
+        "NEWFUSE_LOG_LEVEL": "WARNING",
+    }
+
+
+async def _newfuse_throughput(client: TaskClient, count: int) -> float:
+    await client.submit(TaskSpec("echo", "warm-up", task_id="warm-up"))
+    await client.wait("warm-up", 60)
+    started = time.perf_counter()
+    async for _ in client.submit_many(TaskSpec("echo", i) for i in range(count)):
+        pass
+    while await client.result_count() < count + 1:
+        await asyncio.sleep(0.01)
+    return time.perf_counter() - started
+
+
+async def _newfuse_latency(client: TaskClient, rate: float, seconds: float) -> list[float]:
+    """Submit at ``rate``/s for ``seconds``; latency = result seen on the stream - submit time."""
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    total = int(rate * seconds)
+
+    async def follow() -> None:
+        async for _, result in client.follow("$", block_ms=200):
+            if result.task_id in sent:
+                latencies.append(time.perf_counter() - sent[result.task_id])
+            if len(latencies) >= total:
+                return
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0.2)
+    started = time.perf_counter()
+    for i in range(total):
+        due = started + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task_id = f"lat-{i}"
+        sent[task_id] = time.perf_counter()
+        await client.submit(TaskSpec("echo", i, task_id=task_id))
+    await asyncio.wait_for(follower, 60)
+    return latencies
+
+
+def newfuse_run(
+    url: str, count: int, state: Path, rate: float, seconds: float
+) -> tuple[Throughput, list[float]]:
+    """NewFuse agents as processes, the way pods run them."""
+    namespace, fleet = "bench", f"echo{uuid.uuid4().hex[:6]}"
+    argv = [sys.executable, "-m", "newfuse_agent"]
+    agents = [
+        _spawn(argv, agent_env(url, namespace, fleet, i), state / f"agent-{i}.log")
+        for i in range(AGENTS)
+    ]
+
+    async def measure() -> tuple[float, list[float]]:
+        client = TaskClient.from_url(url, namespace, fleet)
+        try:
+            elapsed = await _newfuse_throughput(client, count)
+            return elapsed, await _newfuse_latency(client, rate, seconds)
+        finally:
+            await client.aclose()
+
+    try:
+        elapsed, latencies = asyncio.run(measure())
+    finally:
+        _stop(agents)
+    return Throughput(
+        f"NewFuse agents ({AGENTS} processes x concurrency {CONCURRENCY})", count, elapsed
+    ), latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run all three on a dedicated Redis and print the comparison."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument(
+        "--rate", type=float, default=500.0, help="offered load for the latency run"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
+    args = parser.parse_args(argv)
+    state = REPO_ROOT / ".local" / "bench" / "tasks"
+    state.mkdir(parents=True, exist_ok=True)
+    server = RedisServer(state / "redis")
+    info = server.up()
+    flush: Callable[[], object] = lambda: redis.Redis.from_url(info.url).flushdb()  # noqa: E731
+    try:
+        flush()
+        console.print(f"[dim]raw ceiling with {args.tasks} entries")
+        raw = raw_ceiling(info.url, args.tasks)
+        flush()
+        console.print(f"[dim]Dramatiq with {args.tasks} tasks")
+        drama = dramatiq_run(info.url, args.tasks, state)
+        flush()
+        console.print(
+            f"[dim]NewFuse with {args.tasks} tasks, then {args.rate:g}/s for {args.seconds:g}s"
+        )
+        ours, latencies = newfuse_run(info.url, args.tasks, state, args.rate, args.seconds)
+    finally:
+        server.down()
+
+    table = Table(
+        title=f"echo tasks, submit -> result stored ({args.tasks} tasks, same Redis, same run)"
+    )
+    table.add_column("system")
+    table.add_column("tasks/s", justify="right")
+    table.add_column("ratio to Dramatiq", justify="right")
+    for row in (raw, drama, ours):
+        table.add_row(
+            row.name, f"{row.per_second:,.0f}", f"{row.per_second / drama.per_second:.2f}"
+        )
+    console.print(table)
+    p50, p99 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
+    console.print(
+        f"NewFuse latency at {args.rate:g} tasks/s offered for {args.seconds:g}s "
+        f"({len(latencies)} tasks): p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 <= 10 ms)"
+    )
+    console.print(
+        f"NewFuse throughput is {ours.per_second / drama.per_second:.2f}x Dramatiq (target >= 1.0)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
