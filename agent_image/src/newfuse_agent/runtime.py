@@ -24,10 +24,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from newfuse.wire.envelope import MessageRejectedError, MessageType, RejectReason, decode, encode
+from newfuse.wire.envelope import (
+    MessageRejectedError,
+    MessageType,
+    RejectReason,
+    decode,
+    encode,
+    validate,
+)
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.state import (
     STATE_CAS_LUA,
@@ -296,14 +302,7 @@ class Agent:
                 raise MessageRejectedError(
                     RejectReason.INVALID_ENVELOPE, f"expected a task, got {envelope.type}"
                 )
-            try:
-                task = TaskPayload.model_validate(envelope.payload)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                raise MessageRejectedError(
-                    RejectReason.INVALID_PAYLOAD, f"payload.{where}: {first['msg']}"
-                ) from None
+            task = validate(TaskPayload, envelope.payload, RejectReason.INVALID_PAYLOAD, "payload.")
             if self._key is not None and envelope.metadata.signature is not None:
                 await self._guard_replay(envelope.metadata.message_id, delivery.entry_id)
         except MessageRejectedError as exc:

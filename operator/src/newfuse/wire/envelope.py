@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import uuid
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -86,6 +86,19 @@ class Envelope(BaseModel):
     metadata: Metadata
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: Any, reason: RejectReason, prefix: str = "") -> M:
+    """Parse ``data`` as ``model``, or refuse it for ``reason`` naming the first bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise MessageRejectedError(reason, f"{prefix}{where}: {first['msg']}") from None
+
+
 def _canonical(type_: str, payload: dict[str, Any], metadata: dict[str, Any]) -> bytes:
     unsigned = {k: v for k, v in metadata.items() if k != "signature" and v is not None}
     return orjson.dumps(
@@ -139,14 +152,7 @@ def decode(
         raise MessageRejectedError(
             RejectReason.INVALID_ENVELOPE, f"expected an object, got {type(data).__name__}"
         )
-    try:
-        envelope = Envelope.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise MessageRejectedError(
-            RejectReason.INVALID_ENVELOPE, f"{where}: {first['msg']}"
-        ) from None
+    envelope = validate(Envelope, data, RejectReason.INVALID_ENVELOPE)
     major = int(envelope.metadata.protocol_version.split(".", 1)[0])
     if major not in SUPPORTED_MAJOR_VERSIONS:
         supported = ", ".join(f"{m}.x" for m in sorted(SUPPORTED_MAJOR_VERSIONS))
