@@ -145,6 +145,11 @@ def test_three_agents_complete_1000_tasks_exactly_once_and_status_counts_them(
         return bool(metrics.get("tasksCompleted") == 1000 and metrics.get("reportingAgents") == 3)
 
     wait_for(counted, 60, what="status.metrics.tasksCompleted == 1000")
+    for entry in agents_of(pod_runner, ns):
+        for path in ("/healthz", "/readyz"):
+            url = f"http://127.0.0.1:{entry.http_port}{path}"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                assert resp.status == 200, (entry.pod, path)
     single = submit(
         "workers", ns, redis_server.url, "--payload", '"hello"', "--wait", "--timeout", "30"
     )

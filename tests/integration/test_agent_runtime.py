@@ -329,3 +329,31 @@ def test_task_ids_are_idempotent_and_signed_replays_refused(fleet_url: str) -> N
         assert len(await fleet.results()) == 1
 
     with_fleet(fleet_url, body)
+
+
+def test_coordination_channel_ping_and_targeted_drain(fleet_url: str) -> None:
+    async def body(fleet: Fleet) -> None:
+        async with fleet.agent("stays") as stays, fleet.agent("goes") as goes:
+            pubsub = fleet.redis.pubsub()
+            await pubsub.subscribe(fleet.client.keys.coordination_channel)
+            heard = await fleet.client.publish(MessageType.PING, {"target": "*"})
+            assert heard >= 3, "both agents and this test are subscribed"
+            pongs: set[str] = set()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while pongs != {"stays", "goes"} and loop.time() < deadline:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                if message is None:
+                    continue
+                envelope = orjson.loads(message["data"])
+                if envelope["type"] == "pong":
+                    pongs.add(envelope["payload"]["agent_id"])
+            assert pongs == {"stays", "goes"}
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await fleet.client.publish(MessageType.DRAIN, {"target": "goes"})
+            await eventually(lambda: _true(not goes.ready), 10, "the targeted agent draining")
+            assert stays.ready, "a drain for one agent leaves the others alone"
+            done = await fleet.client.submit(TaskSpec("echo", "still served"))
+            assert (await fleet.client.wait(done.task_id, 10)).agent_id == "stays"
+
+    with_fleet(fleet_url, body)
