@@ -37,18 +37,22 @@ FAST_AGENT_ENV = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def pod_runner(
-    cluster: Cluster, redis_server: RedisHandle, operator: OperatorProcess
+    cluster: Cluster, redis_server: RedisHandle, operator: OperatorProcess, namespace: str
 ) -> Iterator[PodRunnerProcess]:
-    """One pod runner for the session: it starts an agent process for every agent pod."""
+    """A pod runner for this test's namespace only: it starts an agent process per agent pod.
+
+    Scoped to the namespace so it never runs agents for other tests' fleets, whose Redis state
+    those tests write themselves.
+    """
     if not cluster.is_local():
         pytest.skip("on a real cluster the kubelet runs the agent pods")
     PodRunnerProcess(
         REPO / ".local" / "podrunner"
     ).down()  # a `make demo` runner would double-start agents
-    runner = PodRunnerProcess(REPO / ".local" / "test-podrunner")
-    runner.up(cluster.kubeconfig, redis_server.url, print)
+    runner = PodRunnerProcess(REPO / ".local" / "test-podrunner" / namespace)
+    runner.up(cluster.kubeconfig, redis_server.url, print, namespace=namespace)
     yield runner
     runner.down()
 

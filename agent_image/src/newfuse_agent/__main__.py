@@ -12,11 +12,11 @@ import os
 import signal
 import sys
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pythonjsonlogger.json import JsonFormatter
 
+from newfuse.adapters.redis_connect import connect
 from newfuse.wire.keys import FleetKeys
 from newfuse_agent.config import AgentConfig
 from newfuse_agent.gateway import GatewayClient, GatewayConfig
@@ -46,13 +46,8 @@ def _http_app(agent: Agent) -> web.Application:
 
 async def serve(config: AgentConfig) -> None:
     """Run one agent until it has drained."""
-    client = aioredis.Redis.from_url(
-        config.redis_url,
-        decode_responses=True,
-        socket_timeout=5,
-        socket_connect_timeout=5,
-        health_check_interval=15,
-    )
+    # Every in-flight task may hold a connection, plus fetch, reclaim, heartbeat and pub/sub.
+    client = connect(config.redis_url, timeout=5, max_connections=config.concurrency + 8)
     gateway_config = GatewayConfig.from_env(os.environ)
     keys = FleetKeys(config.namespace, config.fleet)
     gateway = GatewayClient(gateway_config, redis=client, keys=keys) if gateway_config else None

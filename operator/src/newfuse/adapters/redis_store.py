@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from newfuse.adapters.redis_connect import connect
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.state import STATE_CAS_LUA, StateUpdate
 
@@ -25,14 +26,7 @@ class RedisStore:
     def __init__(self, url: str, timeout: float = 2.0) -> None:
         """Connect lazily to ``url``; each command gives up after ``timeout`` seconds."""
         self.url = url
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-            retry_on_timeout=False,
-        )
+        self._client: aioredis.Redis = connect(url, timeout=timeout, pool_wait=timeout)
         self._cas = self._client.register_script(STATE_CAS_LUA)
 
     async def close(self) -> None:

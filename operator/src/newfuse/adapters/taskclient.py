@@ -19,6 +19,7 @@ import orjson
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from newfuse.adapters.redis_connect import connect
 from newfuse.wire.envelope import MessageType, decode, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import SUBMIT_LUA
@@ -81,9 +82,7 @@ class TaskClient:
     @classmethod
     def from_url(cls, url: str, namespace: str, fleet: str, **kwargs: Any) -> TaskClient:
         """A client with its own connection pool."""
-        client = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30
-        )
+        client = connect(url, timeout=30)
         return cls(client, namespace, fleet, **kwargs)
 
     async def aclose(self) -> None:
