@@ -1,0 +1,214 @@
+"""The phased-migration rollout policy and state: the future `spec.rollout` and `status.rollout`.
+
+Phase 1 (initial) moves a small canary to the new revision and soaks it behind a gate on what the
+canary agents report; phase 2 (gradual) moves agents a step at a time, with a gate between steps;
+phase 3 (full) moves the rest and decommissions the legacy revision.
+
+These models are the policy and state that `newfuse.core.rollout` works on. They are not yet part
+of the NewFuseAgent CRD: they join `spec.rollout` and `status.rollout` when the controller drives
+rollouts with them, so that no field is offered before it does something.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+
+from pydantic import ConfigDict, Field
+
+from newfuse.api.v1alpha1 import CEL, KubeModel, cel
+
+
+class Stage(StrEnum):
+    """The three phases of a migration."""
+
+    INITIAL = "Initial"
+    GRADUAL = "Gradual"
+    FULL = "Full"
+
+
+class RolloutPhase(StrEnum):
+    """Where a rollout stands."""
+
+    PROGRESSING = "Progressing"  # moving pods to the target of the current step
+    ANALYZING = "Analyzing"  # canary pods ready; soaking and judging the gate
+    PROMOTING = "Promoting"  # gate passed; the next step was chosen this round
+    PAUSED = "Paused"
+    COMPLETED = "Completed"
+    ABORTED = "Aborted"
+    ROLLED_BACK = "RolledBack"
+    DEGRADED = "Degraded"  # stuck past the progress deadline
+
+
+TERMINAL_PHASES = frozenset(
+    {RolloutPhase.COMPLETED, RolloutPhase.ABORTED, RolloutPhase.ROLLED_BACK}
+)
+
+
+class GateResult(StrEnum):
+    """A gate's verdict."""
+
+    PASSED = "Passed"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+
+
+class RolloutReason(StrEnum):
+    """Reasons of rollout Events, history entries and conditions."""
+
+    STARTED = "RolloutStarted"
+    RESTARTED = "RolloutRestartedForNewRevision"
+    STEP_STARTED = "StepStarted"
+    GATE_PASSED = "GatePassed"
+    GATE_FAILED = "GateFailed"
+    GATE_INCONCLUSIVE = "GateInconclusive"
+    PROMOTED = "Promoted"
+    PROMOTED_FULL = "PromotedFull"
+    PAUSED = "RolloutPaused"
+    RESUMED = "RolloutResumed"
+    ABORTED = "RolloutAborted"
+    RETRIED = "RolloutRetried"
+    ROLLED_BACK = "RolledBack"
+    REVERTED = "SpecRevertedToStable"
+    DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    COMPLETED = "RolloutCompleted"
+
+
+class GateSpec(KubeModel):
+    """A verdict over the canary revision's task metrics, measured since its step began."""
+
+    min_tasks: int = Field(
+        default=20, ge=0, description="Finished canary tasks before any verdict."
+    )
+    min_success_rate: float | None = Field(default=0.95, ge=0, le=1, description="Fail below this.")
+    max_error_rate: float | None = Field(default=None, ge=0, le=1, description="Fail above this.")
+    max_p95_latency_ms: float | None = Field(default=None, gt=0, description="Fail above this p95.")
+    max_error_rate_increase: float | None = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Fail if the canary's error rate exceeds the stable one's by more than this.",
+    )
+    failure_limit: int = Field(
+        default=1, ge=1, description="Consecutive failed verdicts before rollback."
+    )
+
+
+class InitialStage(KubeModel):
+    """Phase 1: a small canary, soaked behind a gate."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [cel("!(has(self.count) && has(self.percent))", "set count or percent, not both")]
+        }
+    )
+
+    count: int | None = Field(default=None, ge=1, description="Canary agents (default 1).")
+    percent: int | None = Field(
+        default=None, ge=1, le=100, description="Canary share of replicas, rounded up."
+    )
+    soak_seconds: float = Field(
+        default=60, ge=0, description="Minimum time at this step before a verdict."
+    )
+    gate: GateSpec = Field(default_factory=GateSpec)
+
+
+class GradualStage(KubeModel):
+    """Phase 2: move agents a step at a time, with a gate between steps."""
+
+    step: int = Field(default=1, ge=1, description="Agents moved per step.")
+    interval_seconds: float = Field(
+        default=30, ge=0, description="Minimum time per step before a verdict."
+    )
+    gate: GateSpec = Field(default_factory=GateSpec)
+
+
+class FullStage(KubeModel):
+    """Phase 3: move the rest, then decommission the legacy revision."""
+
+    soak_seconds: float = Field(
+        default=0, ge=0, description="Time on the new revision before completing."
+    )
+
+
+class PhasedPolicy(KubeModel):
+    """The phased migration of a fleet to a new revision."""
+
+    initial: InitialStage = Field(default_factory=InitialStage)
+    gradual: GradualStage = Field(default_factory=GradualStage)
+    full: FullStage = Field(default_factory=FullStage)
+    max_surge: int = Field(default=1, ge=0, description="Pods above replicas while moving agents.")
+    max_unavailable: int = Field(
+        default=0, ge=0, description="Ready agents below replicas while moving."
+    )
+    capability_budget: int = Field(
+        default=1,
+        ge=0,
+        description="Never fewer Ready agents than this per capability during a rollout.",
+    )
+    auto_rollback: bool = Field(default=True, description="Roll back to stable when a gate fails.")
+    progress_deadline_seconds: float = Field(
+        default=600, gt=0, description="A step stuck longer is Degraded."
+    )
+    paused: bool = Field(default=False, description="Hold the rollout where it is.")
+
+
+class Measured(KubeModel):
+    """The numbers a verdict was made on (shown in status, Events and history)."""
+
+    tasks: int = 0
+    success_rate: float | None = None
+    error_rate: float | None = None
+    p95_latency_ms: float | None = None
+    stable_error_rate: float | None = None
+
+
+class GateVerdict(KubeModel):
+    """One gate evaluation."""
+
+    result: GateResult
+    reason: str
+    measured: Measured
+    at: dt.datetime
+
+
+class HistoryEntry(KubeModel):
+    """One thing that happened during a rollout."""
+
+    at: dt.datetime
+    stage: Stage
+    step: int
+    canary_agents: int
+    reason: RolloutReason
+    message: str = ""
+    verdict: GateVerdict | None = None
+
+
+class RevisionCounts(KubeModel):
+    """Cumulative finished tasks of one revision, as counted in Redis."""
+
+    completed: int = 0
+    failed: int = 0
+
+
+class RolloutState(KubeModel):
+    """The whole state of a rollout: resuming from it after a restart continues where it stopped."""
+
+    phase: RolloutPhase
+    stage: Stage = Stage.INITIAL
+    step: int = 0
+    stable_revision: str
+    canary_revision: str
+    canary_agents: int = Field(
+        default=0, ge=0, description="Agents the current step puts on canary."
+    )
+    step_started_at: dt.datetime
+    paused_at: dt.datetime | None = None
+    baseline: dict[str, RevisionCounts] = Field(
+        default_factory=dict,
+        description="Counts per revision when the step began; gates use the difference.",
+    )
+    consecutive_failures: int = 0
+    last_verdict: GateVerdict | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+    message: str = ""
