@@ -17,12 +17,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from harness import RedisHandle
+from localcluster.netutil import free_port
 from newfuse.adapters.taskclient import StreamEntries, TaskClient, TaskSpec
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.state import AgentStatus
 from newfuse.wire.tasks import CONSUMER_GROUP, Priority, ResultStatus
 from newfuse_agent.config import AgentConfig
+from newfuse_agent.gateway import GatewayClient, GatewayConfig
 from newfuse_agent.handlers import Handler, HandlerError, TaskContext
+from newfuse_agent.handlers.chat import chat
 from newfuse_agent.handlers.echo import echo
 from newfuse_agent.queue import utc_now
 from newfuse_agent.runtime import Agent
@@ -70,11 +73,15 @@ class Fleet:
 
     @asynccontextmanager
     async def agent(
-        self, agent_id: str, handlers: dict[str, Handler] | None = None, **overrides: Any
+        self,
+        agent_id: str,
+        handlers: dict[str, Handler] | None = None,
+        gateway: GatewayClient | None = None,
+        **overrides: Any,
     ) -> AsyncIterator[Agent]:
         config = self.config(agent_id, **overrides)
         client = aioredis.Redis.from_url(self.url, decode_responses=True)
-        context = TaskContext(agent_id, self.name, self.namespace, "r1", ())
+        context = TaskContext(agent_id, self.name, self.namespace, "r1", (), gateway=gateway)
         agent = Agent(config, client, handlers or {"echo": echo}, context)
         task = asyncio.create_task(agent.run())
         await eventually(lambda: _true(agent.ready), 10, "agent ready")
@@ -355,5 +362,68 @@ def test_coordination_channel_ping_and_targeted_drain(fleet_url: str) -> None:
             assert stays.ready, "a drain for one agent leaves the others alone"
             done = await fleet.client.submit(TaskSpec("echo", "still served"))
             assert (await fleet.client.wait(done.task_id, 10)).agent_id == "stays"
+
+    with_fleet(fleet_url, body)
+
+
+def test_a_failing_gateway_opens_the_circuit_then_recovery_closes_it(fleet_url: str) -> None:
+    """Chat tasks through a real agent against a local stub model gateway that fails, then heals."""
+    from aiohttp import web
+
+    from newfuse_agent.gateway import CircuitState
+
+    stub = {"failing": True, "hits": 0}
+
+    async def completions(request: web.Request) -> web.Response:
+        stub["hits"] += 1
+        if stub["failing"]:
+            return web.json_response({"error": "overloaded"}, status=503)
+        return web.json_response(
+            {"model": "m", "choices": [{"message": {"role": "assistant", "content": "ok"}}]}
+        )
+
+    async def body(fleet: Fleet) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", completions)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        gateway = GatewayClient(
+            GatewayConfig(
+                endpoint=f"http://127.0.0.1:{port}/v1",
+                max_retries=1,
+                backoff_base_seconds=0.01,
+                backoff_max_seconds=0.02,
+                breaker_failure_threshold=3,
+                breaker_recovery_seconds=1.0,
+            )
+        )
+        try:
+            async with fleet.agent("caller", {"chat": chat}, gateway=gateway, concurrency=1):
+                failing = [
+                    await fleet.client.submit(TaskSpec("chat", f"q{i}", max_attempts=1))
+                    for i in range(10)
+                ]
+                results = [await fleet.client.wait(s.task_id, 20) for s in failing]
+                assert {r.status for r in results} == {ResultStatus.FAILED}
+                assert gateway.breaker.state is CircuitState.OPEN
+                # 3 failing calls (each tried twice) opened the circuit; the other 7 failed fast.
+                assert stub["hits"] == 6
+                assert sum("circuit" in (r.error or "") for r in results) == 7
+                assert len(await fleet.dead_letters()) == 10
+                stub["failing"] = False
+
+                async def recovered() -> bool:
+                    done = await fleet.client.submit(TaskSpec("chat", "again", max_attempts=1))
+                    return (
+                        await fleet.client.wait(done.task_id, 10)
+                    ).status is ResultStatus.SUCCEEDED
+
+                await eventually(recovered, 15, "a chat task to succeed after the recovery time")
+                assert gateway.breaker.state is CircuitState.CLOSED
+        finally:
+            await gateway.aclose()
+            await runner.cleanup()
 
     with_fleet(fleet_url, body)
