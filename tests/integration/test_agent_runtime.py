@@ -399,6 +399,10 @@ def test_a_failing_gateway_opens_the_circuit_then_recovery_closes_it(fleet_url: 
                 breaker_recovery_seconds=1.0,
             )
         )
+
+        def circuit() -> CircuitState:
+            return gateway.breaker.state
+
         try:
             async with fleet.agent("caller", {"chat": chat}, gateway=gateway, concurrency=1):
                 failing = [
@@ -407,7 +411,7 @@ def test_a_failing_gateway_opens_the_circuit_then_recovery_closes_it(fleet_url: 
                 ]
                 results = [await fleet.client.wait(s.task_id, 20) for s in failing]
                 assert {r.status for r in results} == {ResultStatus.FAILED}
-                assert gateway.breaker.state is CircuitState.OPEN
+                assert circuit() is CircuitState.OPEN
                 # 3 failing calls (each tried twice) opened the circuit; the other 7 failed fast.
                 assert stub["hits"] == 6
                 assert sum("circuit" in (r.error or "") for r in results) == 7
@@ -421,7 +425,7 @@ def test_a_failing_gateway_opens_the_circuit_then_recovery_closes_it(fleet_url: 
                     ).status is ResultStatus.SUCCEEDED
 
                 await eventually(recovered, 15, "a chat task to succeed after the recovery time")
-                assert gateway.breaker.state is CircuitState.CLOSED
+                assert circuit() is CircuitState.CLOSED
         finally:
             await gateway.aclose()
             await runner.cleanup()
