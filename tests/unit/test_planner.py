@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from factories import pod
-from newfuse.core.planner import DeleteReason, PodToCreate, plan
+from newfuse.core.planner import DeleteReason, PodToCreate, plan, plan_revisions
 from newfuse.core.pods import ObservedPod, PodHealth
 
 R, S = DeleteReason.REPLACED, DeleteReason.SCALE_DOWN
@@ -108,3 +108,70 @@ def test_applying_a_plan_then_planning_again_converges(replicas: int) -> None:
     assert plan(replicas, "new", pods).empty
     assert sorted(p.ordinal for p in pods) == list(range(replicas))
     assert {p.revision for p in pods} <= {"new"}
+
+
+REVISION_CASES = {
+    "canary first: stable kept, one canary created": (
+        {"old": 3, "new": 1},
+        [pod(0, "old"), pod(1, "old"), pod(2, "old")],
+        [("new", 0)],
+        [],
+    ),
+    "canary ready: one stable goes, highest ordinal": (
+        {"old": 2, "new": 1},
+        [pod(0, "old"), pod(1, "old"), pod(2, "old"), pod(0, "new")],
+        [],
+        [("demo-old-2", S)],
+    ),
+    "a not-ready stable pod goes before a ready one": (
+        {"old": 1, "new": 2},
+        [pod(0, "old", PodHealth.STARTING), pod(1, "old"), pod(0, "new"), pod(1, "new")],
+        [],
+        [("demo-old-0", S)],
+    ),
+    "rollback: every canary pod goes, stable refilled": (
+        {"old": 3},
+        [pod(0, "old"), pod(1, "old"), pod(0, "new")],
+        [("old", 2)],
+        [("demo-new-0", R)],
+    ),
+    "new canary pods take the lowest free ordinals": (
+        {"new": 3},
+        [pod(1, "new")],
+        [("new", 0), ("new", 2)],
+        [],
+    ),
+    "a terminating pod still blocks its ordinal": (
+        {"new": 1},
+        [pod(0, "new", terminating=True)],
+        [],
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("desired", "pods", "create", "delete"), REVISION_CASES.values(), ids=REVISION_CASES.keys()
+)
+def test_plan_revisions(
+    desired: dict[str, int],
+    pods: list[ObservedPod],
+    create: list[tuple[str, int]],
+    delete: list[tuple[str, DeleteReason]],
+) -> None:
+    result = plan_revisions(desired, pods)
+    assert list(result.create) == [PodToCreate(r, o) for r, o in create]
+    assert [(d.name, d.reason) for d in result.delete] == delete
+
+
+def test_plan_revisions_is_idempotent_once_applied() -> None:
+    pods = [pod(0, "old"), pod(1, "old"), pod(2, "old"), pod(0, "new")]
+    desired = {"old": 1, "new": 2}
+    for _ in range(3):
+        result = plan_revisions(desired, pods)
+        gone = {d.name for d in result.delete}
+        pods = [p for p in pods if p.name not in gone] + [
+            pod(c.ordinal, c.revision) for c in result.create
+        ]
+    assert plan_revisions(desired, pods).empty
+    assert sorted((p.revision, p.ordinal) for p in pods) == [("new", 0), ("new", 1), ("old", 0)]

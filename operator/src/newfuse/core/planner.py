@@ -10,7 +10,7 @@ capacity never drops below what is already Ready during a template change.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -114,3 +114,47 @@ def _ordered(delete: list[PodToDelete], pods: list[ObservedPod]) -> list[PodToDe
     """Highest ordinals first, whatever rule chose them, so scale-down order is predictable."""
     ordinal = {p.name: p.ordinal for p in pods}
     return sorted(delete, key=lambda d: (ordinal.get(d.name, -1), d.name), reverse=True)
+
+
+def plan_revisions(
+    desired: Mapping[str, int], pods: Iterable[ObservedPod], paused: bool = False
+) -> Plan:
+    """Pods to create and delete so that each revision has exactly its desired agents.
+
+    Used by phased rollouts, where the rollout state machine decides the count per revision.
+    Within a revision, Ready pods are kept before others and low ordinals before high ones; new
+    pods take the lowest free ordinals. Revisions not in ``desired`` lose every pod.
+    """
+    if paused:
+        return Plan()
+    pods = list(pods)
+    delete: list[PodToDelete] = []
+    live = [p for p in pods if not p.terminating]
+    failed = [p for p in live if p.health is PodHealth.FAILED]
+    delete += [PodToDelete(p.name, DeleteReason.FAILED) for p in failed]
+    live = [p for p in live if p.health is not PodHealth.FAILED]
+    create: list[PodToCreate] = []
+    blocked: list[str] = []
+    for revision, count in sorted(desired.items()):
+        mine = sorted(
+            (p for p in live if p.revision == revision),
+            key=lambda p: (not p.ready, p.ordinal, p.name),
+        )
+        kept, surplus = mine[:count], mine[count:]
+        delete += [PodToDelete(p.name, DeleteReason.SCALE_DOWN) for p in surplus]
+        taken = {p.ordinal for p in kept}
+        holding = {p.ordinal: p.name for p in pods if p.terminating and p.revision == revision}
+        ordinal = 0
+        missing = count - len(kept)
+        while missing > 0:
+            if ordinal not in taken:
+                if ordinal in holding:
+                    blocked.append(holding[ordinal])
+                else:
+                    create.append(PodToCreate(revision, ordinal))
+                missing -= 1
+            ordinal += 1
+    delete += [
+        PodToDelete(p.name, DeleteReason.REPLACED) for p in live if p.revision not in desired
+    ]
+    return Plan(create=tuple(create), delete=tuple(_ordered(delete, pods)), blocked=tuple(blocked))
