@@ -1,12 +1,11 @@
-"""The phased-migration rollout policy and state: the future `spec.rollout` and `status.rollout`.
+"""The phased-migration rollout policy and state: `spec.rollout` and `status.rollout`.
 
 Phase 1 (initial) moves a small canary to the new revision and soaks it behind a gate on what the
 canary agents report; phase 2 (gradual) moves agents a step at a time, with a gate between steps;
 phase 3 (full) moves the rest and decommissions the legacy revision.
 
-These models are the policy and state that `newfuse.core.rollout` works on. They are not yet part
-of the NewFuseAgent CRD: they join `spec.rollout` and `status.rollout` when the controller drives
-rollouts with them, so that no field is offered before it does something.
+`spec.rollout` extends PhasedPolicy; `status.rollout` is a RolloutState. `newfuse.core.rollout`
+decides each step from them.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from enum import StrEnum
 
 from pydantic import ConfigDict, Field
 
-from newfuse.api.v1alpha1 import CEL, KubeModel, cel
+from newfuse.api.base import CEL, KubeModel, cel
 
 
 class Stage(StrEnum):

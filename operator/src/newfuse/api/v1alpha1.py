@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
-from pydantic.alias_generators import to_camel
-from pydantic.config import JsonDict
+from pydantic import ConfigDict, Field, WithJsonSchema
+
+from newfuse.api.base import CEL, KubeModel, cel
+from newfuse.api.rollout import PhasedPolicy, RolloutState
 
 GROUP: Final = "newfuse.io"
 VERSION: Final = "v1alpha1"
@@ -28,7 +29,6 @@ MAX_FLEET_NAME_LENGTH: Final = 40
 MAX_REPLICAS: Final = 1000
 DEFAULT_PROTOCOL_VERSION: Final = "1.0"
 
-CEL = "x-kubernetes-validations"
 
 # What `kubectl get nfa` shows (`-o wide` adds the priority-1 columns).
 PRINTER_COLUMNS: Final = (
@@ -47,34 +47,6 @@ PRINTER_COLUMNS: Final = (
     {"name": "Stale", "type": "integer", "jsonPath": ".status.metrics.staleAgents", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 )
-
-
-def cel(
-    rule: str, message: str, field_path: str | None = None, reason: str | None = None
-) -> JsonDict:
-    """One CEL validation rule, attached to a model or field through its JSON schema."""
-    out: JsonDict = {"rule": rule, "message": message}
-    if field_path:
-        out["fieldPath"] = field_path
-    if reason:
-        out["reason"] = reason
-    return out
-
-
-class KubeModel(BaseModel):
-    """Kubernetes conventions: camelCase on the wire, snake_case in Python, no unknown fields."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        use_enum_values=False,
-        frozen=True,
-    )
-
-    def to_api(self) -> dict[str, Any]:
-        """The object as the API server stores it (camelCase, no unset optional fields)."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 QUANTITY_PATTERN: Final = (
@@ -194,6 +166,7 @@ class RolloutStrategy(StrEnum):
     """How a changed agent template reaches the pods."""
 
     REPLACE = "Replace"
+    PHASED = "Phased"
 
 
 # -- spec ---------------------------------------------------------------------------------------
@@ -333,13 +306,26 @@ class RedisSpec(KubeModel):
     )
 
 
-class RolloutSpec(KubeModel):
-    """How template changes roll out. The phased canary policy extends this block."""
+class RolloutSpec(PhasedPolicy):
+    """How template changes roll out: all at once (Replace), or as a gated phased migration."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [
+                cel(
+                    "self.maxSurge > 0 || self.maxUnavailable > 0",
+                    "maxSurge and maxUnavailable cannot both be 0: no agent could ever move",
+                    field_path=".maxSurge",
+                )
+            ]
+        }
+    )
 
     strategy: RolloutStrategy = Field(
         default=RolloutStrategy.REPLACE,
         description="Replace: start the new revision's pods, then remove old ones as new ones "
-        "become Ready.",
+        "become Ready. Phased: canary, gradual steps and full cutover, each behind gates on "
+        "agent metrics.",
     )
 
 
@@ -449,6 +435,9 @@ class NewFuseAgentStatus(KubeModel):
         default_factory=list, description="Capabilities offered by Ready agents."
     )
     metrics: FleetMetrics | None = None
+    rollout: RolloutState | None = Field(
+        default=None, description="The phased rollout, if one ran."
+    )
     message: str | None = Field(default=None, description="Human-readable summary.")
 
 
