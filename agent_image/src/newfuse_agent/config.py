@@ -27,6 +27,7 @@ _ENV = {
     "NEWFUSE_RECLAIM_INTERVAL_SECONDS": "reclaim_interval_seconds",
     "NEWFUSE_DRAIN_GRACE_SECONDS": "drain_grace_seconds",
     "NEWFUSE_LOG_LEVEL": "log_level",
+    "NEWFUSE_FAULT_RATE": "fault_rate",
 }
 
 
@@ -56,6 +57,12 @@ class AgentConfig(BaseModel):
         default=25.0, ge=0, description="In-flight time allowed on SIGTERM."
     )
     log_level: str = "INFO"
+    fault_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Fail this share of tasks on purpose (canary drills, tests).",
+    )
     boot_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     @classmethod

@@ -87,6 +87,7 @@ class Agent:
         self.last_active: dt.datetime | None = None
         self._latencies: deque[float] = deque(maxlen=500)
         self._version = 0
+        self._fault_credit = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -328,6 +329,15 @@ class Agent:
             await self._fail(delivery, task, "exhausted", detail, 0.0)
             return
         self.requests_handled += 1
+        if self._inject_fault():
+            await self._fail(
+                delivery,
+                task,
+                "injected_fault",
+                f"NEWFUSE_FAULT_RATE={self.config.fault_rate:g}",
+                0.0,
+            )
+            return
         started = time.perf_counter()
         try:
             output = await asyncio.wait_for(handler(task.input, self.context), task.timeout_seconds)
@@ -360,6 +370,15 @@ class Agent:
             elapsed,
             envelope.metadata.traceparent,
         )
+
+    def _inject_fault(self) -> bool:
+        # Deterministic, not random: exactly `fault_rate` of tasks fail, so a drill (or a test) of a
+        # bad canary sees the error rate it configured.
+        self._fault_credit += self.config.fault_rate
+        if self._fault_credit >= 1.0:
+            self._fault_credit -= 1.0
+            return True
+        return False
 
     async def _guard_replay(self, message_id: str, entry_id: str) -> None:
         # A redelivery of the same stream entry is legitimate (at-least-once); the same signed

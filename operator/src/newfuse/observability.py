@@ -25,6 +25,8 @@ PODS_MANAGED = Gauge("newfuse_pods_managed", "Agent pods the operator owns.")
 POD_ACTIONS = Counter("newfuse_pod_actions_total", "Pods created or deleted.", ["action", "reason"])
 REDIS_UP = Gauge("newfuse_redis_up", "1 if the last Redis round trip succeeded.")
 QUEUE_DEPTH = Gauge("newfuse_workqueue_depth", "Fleets waiting for reconcile.")
+ROLLOUT_PHASE = Gauge("newfuse_rollout_phase", "Fleets by phased-rollout phase.", ["phase"])
+GATE_VERDICTS = Counter("newfuse_rollout_gate_verdicts_total", "Rollout gate verdicts.", ["result"])
 
 tracer = trace.get_tracer("newfuse.operator")
 

@@ -22,6 +22,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from newfuse.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from newfuse.core.naming import LABEL_FLEET, LABEL_REVISION
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,6 +84,7 @@ class KubeClient:
         """Use ``api`` from ``pool_size`` threads."""
         self._core = k8s.CoreV1Api(api)
         self._custom = k8s.CustomObjectsApi(api)
+        self._apps = k8s.AppsV1Api(api)
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="kube")
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -136,6 +138,48 @@ class KubeClient:
             name,
             patch,
         )
+
+    async def ensure_revision(
+        self, fleet_meta: Any, revision: str, template: dict[str, Any]
+    ) -> None:
+        """Store a revision's template as a ControllerRevision owned by the fleet (idempotent)."""
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "ControllerRevision",
+            "metadata": {
+                "name": f"{fleet_meta.name}-{revision}",
+                "namespace": fleet_meta.namespace,
+                "labels": {LABEL_FLEET: fleet_meta.name, LABEL_REVISION: revision},
+                "ownerReferences": [
+                    {"apiVersion": API_VERSION, "kind": KIND, "name": fleet_meta.name,
+                     "uid": fleet_meta.uid, "controller": True, "blockOwnerDeletion": True}
+                ],
+            },
+            "data": template,
+            "revision": 1,
+        }  # fmt: skip
+        try:
+            await self._run(
+                self._apps.create_namespaced_controller_revision, fleet_meta.namespace, body
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    async def read_revision(
+        self, namespace: str, fleet: str, revision: str
+    ) -> dict[str, Any] | None:
+        """A stored revision's template, or None if there is none."""
+        try:
+            found = await self._run(
+                self._apps.read_namespaced_controller_revision, f"{fleet}-{revision}", namespace
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        data = found.data
+        return dict(data) if isinstance(data, dict) else None
 
     async def post_event(
         self,

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from newfuse.adapters.redis_connect import connect
 from newfuse.wire.keys import FleetKeys
+from newfuse.wire.scripts import COUNTER_COMPLETED
 from newfuse.wire.state import STATE_CAS_LUA, StateUpdate
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,28 @@ class RedisStore:
             except ValidationError as exc:
                 log.warning("ignoring malformed state of agent %s: %s", agent_id, exc.errors()[:1])
         return updates
+
+    async def revision_counts(self, keys: FleetKeys) -> dict[str, tuple[int, int]]:
+        """(completed, failed) per revision, as counted by the agents' result step."""
+        raw = cast(dict[str, str], await self._client.hgetall(keys.counters))
+        counts: dict[str, list[int]] = {}
+        for field, value in raw.items():
+            parts = field.split(":")
+            if len(parts) != 3 or parts[0] != "rev":
+                continue
+            slot = counts.setdefault(parts[1], [0, 0])
+            slot[0 if parts[2] == COUNTER_COMPLETED else 1] += int(value)
+        return {rev: (c[0], c[1]) for rev, c in counts.items()}
+
+    async def retire_agents(
+        self, keys: FleetKeys, agent_ids: list[str], summary: StateUpdate
+    ) -> None:
+        """Remove agents' registrations, keeping their counts in one inactive summary record."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hdel(keys.agents, *agent_ids)
+        pipe.hdel(keys.versions, *(keys.agent_version_field(a) for a in agent_ids))
+        pipe.hset(keys.agents, summary.agent_id, summary.to_json())
+        await pipe.execute()
 
     async def delete_fleet(self, keys: FleetKeys) -> int:
         """Delete every key of the fleet. Returns how many were deleted."""

@@ -210,4 +210,7 @@ class RolloutState(KubeModel):
     consecutive_failures: int = 0
     last_verdict: GateVerdict | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
+    last_action: str | None = Field(
+        default=None, description="The newfuse.io/rollout-action annotation value already acted on."
+    )
     message: str = ""

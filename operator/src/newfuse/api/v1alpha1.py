@@ -137,6 +137,11 @@ class Reason(StrEnum):
     POD_DELETED = "PodDeleted"
     REDIS_KEYS_REMOVED = "RedisKeysRemoved"
     PHASE_CHANGED = "PhaseChanged"
+    ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+    ROLLOUT_PAUSED = "RolloutPaused"
+    ROLLOUT_ABORTED = "RolloutAborted"
+    ROLLOUT_DEGRADED = "RolloutDegraded"
+    ROLLED_BACK = "RolledBack"
 
 
 class PullPolicy(StrEnum):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 
 from newfuse.api.v1alpha1 import FleetMetrics
-from newfuse.wire.state import AgentMetrics, AgentState, AgentStatus, StateUpdate
+from newfuse.core.naming import RETIRED_AGENTS_ID
+from newfuse.wire.state import AgentMetrics, AgentState, AgentStatus, StateUpdate, next_version
 
 
 def fold_agent_states(
@@ -71,3 +73,39 @@ def fleet_state_update(
         version=version,
         timestamp=now,
     )
+
+
+@dataclass(frozen=True)
+class AgentReports:
+    """What agents reported to Redis: their state updates and the per-revision task counts."""
+
+    updates: list[StateUpdate]
+    counts: dict[str, tuple[int, int]]
+
+    def p95_by_revision(self) -> dict[str, float]:
+        """The worst p95 latency reported by any agent of each revision."""
+        worst: dict[str, float] = {}
+        for update in self.updates:
+            revision, p95 = update.state.revision, update.state.metrics.latency_p95_ms
+            if revision is not None and p95 is not None:
+                worst[revision] = max(p95, worst.get(revision, 0.0))
+        return worst
+
+
+def retired_summary(
+    previous: StateUpdate | None, retiring: list[StateUpdate], now: dt.datetime
+) -> StateUpdate:
+    """One inactive record holding the counts of every retired agent (so totals never shrink)."""
+    records = ([previous] if previous is not None else []) + retiring
+    total = AgentMetrics(
+        requests_handled=sum(r.state.metrics.requests_handled for r in records),
+        tasks_completed=sum(r.state.metrics.tasks_completed for r in records),
+        tasks_failed=sum(r.state.metrics.tasks_failed for r in records),
+        last_active=max(
+            (r.state.metrics.last_active for r in records if r.state.metrics.last_active),
+            default=None,
+        ),
+    )
+    version = next_version(previous.version if previous else 0, now)
+    state = AgentState(id=RETIRED_AGENTS_ID, status=AgentStatus.INACTIVE, metrics=total)
+    return StateUpdate(agent_id=RETIRED_AGENTS_ID, state=state, version=version, timestamp=now)

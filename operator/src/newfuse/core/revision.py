@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 from newfuse.api.v1alpha1 import NewFuseAgentSpec
 
@@ -50,3 +51,19 @@ def template_hash(spec: NewFuseAgentSpec) -> str:
         digest, index = divmod(digest, len(_ALPHABET))
         chars.append(_ALPHABET[index])
     return "".join(chars)
+
+
+def template_of(spec: NewFuseAgentSpec) -> dict[str, Any]:
+    """The fields of ``spec`` that make up its revision (what a ControllerRevision stores)."""
+    return spec.model_dump(
+        mode="json", by_alias=True, include=set(TEMPLATE_FIELDS), exclude_none=True
+    )
+
+
+def spec_with_template(spec: NewFuseAgentSpec, template: Mapping[str, Any]) -> NewFuseAgentSpec:
+    """``spec`` with its template fields replaced by a stored revision's (to build its pods)."""
+    merged = {
+        **spec.model_dump(mode="json", by_alias=True, exclude=set(TEMPLATE_FIELDS)),
+        **template,
+    }
+    return NewFuseAgentSpec.model_validate(merged)

@@ -34,6 +34,16 @@ from newfuse.api.rollout import (
 )
 
 MAX_HISTORY = 100
+# History entries that are posted as Warning Events (the rest are Normal).
+WARNING_ROLLOUT_REASONS = frozenset(
+    {
+        RolloutReason.GATE_FAILED,
+        RolloutReason.ROLLED_BACK,
+        RolloutReason.DEADLINE_EXCEEDED,
+        RolloutReason.ABORTED,
+        RolloutReason.REVERTED,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -474,3 +484,27 @@ def _complete(rnd: _Round, state: RolloutState) -> Decision:
         f"every agent on {state.canary_revision}; legacy decommissioned",
     )
     return rnd.steady(state, state.canary_revision)
+
+
+def parse_action(value: str | None, already_handled: str | None) -> Controls:
+    """Controls from the rollout-action annotation ("promote@2026-11-21T12:00:00Z"), once."""
+    if not value or value == already_handled:
+        return Controls()
+    verb = value.split("@", 1)[0].strip().lower()
+    return Controls(
+        promote=verb == "promote",
+        promote_full=verb == "promote-full",
+        abort=verb == "abort",
+        retry=verb == "retry",
+    )
+
+
+def revision_stats(
+    counts: Mapping[str, tuple[int, int]], p95_by_revision: Mapping[str, float]
+) -> dict[str, RevisionStats]:
+    """Per-revision stats from Redis counters (completed, failed) and agents' p95 latencies."""
+    revisions = set(counts) | set(p95_by_revision)
+    return {
+        rev: RevisionStats(*counts.get(rev, (0, 0)), p95_latency_ms=p95_by_revision.get(rev))
+        for rev in revisions
+    }

@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from newfuse.api.rollout import TERMINAL_PHASES, RolloutPhase, RolloutState
 from newfuse.api.v1alpha1 import (
     Condition,
     ConditionStatus,
@@ -47,6 +48,10 @@ class StatusInputs:
     redis: RedisObservation | None
     metrics: FleetMetrics | None
     now: dt.datetime
+    # Phased rollouts: the rollout's state, and the revision pods should converge on now (the
+    # stable one while a rollout is held back, the update revision otherwise).
+    rollout: RolloutState | None = None
+    target_revision: str | None = None
 
 
 def merge_conditions(
@@ -95,11 +100,20 @@ def derive_status(inputs: StatusInputs) -> NewFuseAgentStatus:
     updated = [p for p in live if p.revision == inputs.update_revision]
     failing = [p for p in live if p.health in (PodHealth.FAILED, PodHealth.CRASH_LOOPING)]
     crash_looping = [p for p in failing if p.health is PodHealth.CRASH_LOOPING]
+    target = inputs.target_revision or inputs.update_revision
+    rollout = inputs.rollout
+    rollout_active = rollout is not None and rollout.phase not in TERMINAL_PHASES
+    rolled_back = (
+        rollout is not None
+        and rollout.phase in (RolloutPhase.ROLLED_BACK, RolloutPhase.ABORTED)
+        and rollout.stable_revision != inputs.update_revision
+    )
     converged = (
         inputs.plan.empty
         and not inputs.plan.blocked
+        and not rollout_active
         and len(live) == spec.replicas
-        and len(updated) == spec.replicas
+        and sum(1 for p in live if p.revision == target) == spec.replicas
         and len(ready) == spec.replicas
     )
     available = len(ready) >= spec.replicas
@@ -154,11 +168,17 @@ def derive_status(inputs: StatusInputs) -> NewFuseAgentStatus:
         )
     else:
         wanted.append(cond(ConditionType.DEGRADED, FALSE, Reason.PODS_HEALTHY, "no failing pods"))
-    wanted.append(
-        cond(ConditionType.PAUSED, TRUE, Reason.SPEC_PAUSED, "changes to pods are suspended")
-        if spec.paused
-        else cond(ConditionType.PAUSED, FALSE, Reason.NOT_PAUSED, "")
-    )
+    rollout_paused = rollout is not None and rollout.phase is RolloutPhase.PAUSED
+    if spec.paused:
+        wanted.append(
+            cond(ConditionType.PAUSED, TRUE, Reason.SPEC_PAUSED, "changes to pods are suspended")
+        )
+    elif rollout_paused:
+        wanted.append(
+            cond(ConditionType.PAUSED, TRUE, Reason.ROLLOUT_PAUSED, "spec.rollout.paused is true")
+        )
+    else:
+        wanted.append(cond(ConditionType.PAUSED, FALSE, Reason.NOT_PAUSED, ""))
     if inputs.redis is not None:
         wanted.append(
             cond(ConditionType.REDIS_CONNECTED, TRUE, Reason.REDIS_REACHABLE, "")
@@ -205,9 +225,9 @@ def derive_status(inputs: StatusInputs) -> NewFuseAgentStatus:
 
     if terminating:
         phase = Phase.TERMINATING
-    elif spec.paused:
+    elif spec.paused or rollout_paused:
         phase = Phase.PAUSED
-    elif failing:
+    elif failing or rolled_back or (rollout is not None and rollout.phase is RolloutPhase.DEGRADED):
         phase = Phase.DEGRADED
     elif converged:
         phase = Phase.AVAILABLE
@@ -235,6 +255,7 @@ def derive_status(inputs: StatusInputs) -> NewFuseAgentStatus:
         selector=naming.selector(fleet.metadata.name),
         capabilities=sorted(spec.capabilities) if ready else [],
         metrics=metrics,
+        rollout=rollout,
         message=f"{counts}; revision {inputs.update_revision}",
     )
 

@@ -23,17 +23,39 @@ from redis.exceptions import RedisError
 from newfuse import observability as obs
 from newfuse.adapters.kube import KubeClient
 from newfuse.adapters.redis_store import RedisStore
-from newfuse.api.v1alpha1 import FleetMetrics, NewFuseAgent, NewFuseAgentStatus, Phase, Reason
+from newfuse.api.rollout import TERMINAL_PHASES, HistoryEntry, RolloutPhase, RolloutState
+from newfuse.api.v1alpha1 import (
+    FleetMetrics,
+    NewFuseAgent,
+    NewFuseAgentSpec,
+    NewFuseAgentStatus,
+    Phase,
+    Reason,
+    RolloutStrategy,
+)
 from newfuse.config import OperatorConfig
 from newfuse.core import naming
-from newfuse.core.metrics import fleet_state_update, fold_agent_states
-from newfuse.core.planner import Plan, plan
+from newfuse.core.metrics import (
+    AgentReports,
+    fleet_state_update,
+    fold_agent_states,
+    retired_summary,
+)
+from newfuse.core.planner import Plan, plan, plan_revisions
 from newfuse.core.pods import AgentDefaults, ObservedPod, build_pod, observe_pod
-from newfuse.core.revision import template_hash
+from newfuse.core.revision import spec_with_template, template_hash, template_of
+from newfuse.core.rollout import (
+    WARNING_ROLLOUT_REASONS,
+    Decision,
+    Observation,
+    decide,
+    parse_action,
+    revision_stats,
+)
 from newfuse.core.status import RedisObservation, StatusInputs, derive_status
 from newfuse.runtime.workqueue import WorkQueue
 from newfuse.wire.keys import FleetKeys
-from newfuse.wire.state import next_version
+from newfuse.wire.state import AgentStatus, StateUpdate, next_version
 
 log = logging.getLogger("newfuse.controller")
 Clock = Callable[[], dt.datetime]
@@ -64,7 +86,10 @@ class Controller:
         self.fleets: dict[str, NewFuseAgent] = {}
         self.pods: dict[str, dict[str, ObservedPod]] = {}
         self.phases: dict[str, str] = {}
+        self.rollout_phases: dict[str, str] = {}
         self._versions: dict[str, int] = {}
+        self._stored_revisions: dict[str, set[str]] = {}
+        self._templates: dict[tuple[str, str], dict[str, Any]] = {}
         self._defaults = AgentDefaults(
             redis_url=config.effective_agent_redis_url,
             heartbeat_seconds=config.agent_heartbeat_seconds,
@@ -80,7 +105,9 @@ class Controller:
         if event_type == "DELETED":
             self.fleets.pop(key, None)
             self.phases.pop(key, None)
+            self.rollout_phases.pop(key, None)
             self._versions.pop(key, None)
+            self._stored_revisions.pop(key, None)
             self._refresh_gauges()
             return
         try:
@@ -185,9 +212,35 @@ class Controller:
         now = self.clock()
         revision = template_hash(fleet.spec)
         observed = list(self.pods.get(key, {}).values())
-        decided = plan(fleet.spec.replicas, revision, observed, paused=fleet.spec.paused)
-        await self._apply(fleet, revision, decided, now)
-        redis_seen, metrics = await self._mirror(key, fleet, observed, now)
+        await self._store_revision(key, fleet, revision)
+        reports = await self._read_reports(fleet)
+        specs: dict[str, NewFuseAgentSpec] = {revision: fleet.spec}
+        rollout: RolloutState | None = None
+        target = revision
+        if fleet.spec.rollout.strategy is RolloutStrategy.PHASED:
+            decision = await self._decide_rollout(key, fleet, revision, observed, reports, now)
+            rollout = decision.state
+            for rev in decision.desired:
+                if (
+                    rev not in specs
+                    and (stored := await self._spec_of(key, fleet, rev)) is not None
+                ):
+                    specs[rev] = stored
+            # A revision whose template is unknown cannot get new pods; its existing ones stay.
+            desired = {rev: n for rev, n in decision.desired.items() if rev in specs}
+            desired |= {
+                rev: len([p for p in observed if p.revision == rev])
+                for rev in decision.desired
+                if rev not in specs
+            }
+            decided = plan_revisions(desired, observed, paused=fleet.spec.paused)
+            if rollout is not None and rollout.phase in TERMINAL_PHASES:
+                target = rollout.stable_revision
+            await self._post_rollout_events(fleet, decision.happened, now)
+        else:
+            decided = plan(fleet.spec.replicas, revision, observed, paused=fleet.spec.paused)
+        await self._apply(fleet, specs, decided, now)
+        redis_seen, metrics = await self._mirror(key, fleet, observed, reports, now)
         status = derive_status(
             StatusInputs(
                 fleet=fleet,
@@ -198,16 +251,128 @@ class Controller:
                 redis=redis_seen,
                 metrics=metrics,
                 now=now,
+                rollout=rollout,
+                target_revision=target,
             )
         )
         await self._write_status(key, fleet, status, now)
 
+    async def _store_revision(self, key: str, fleet: NewFuseAgent, revision: str) -> None:
+        """Keep every revision's template (a ControllerRevision), to rebuild its pods later."""
+        stored = self._stored_revisions.setdefault(key, set())
+        if revision not in stored:
+            await self.kube.ensure_revision(fleet.metadata, revision, template_of(fleet.spec))
+            stored.add(revision)
+
+    async def _spec_of(
+        self, key: str, fleet: NewFuseAgent, revision: str
+    ) -> NewFuseAgentSpec | None:
+        """The spec a stored revision's pods are built from (the current spec, other template)."""
+        template = self._templates.get((key, revision))
+        if template is None:
+            template = await self.kube.read_revision(
+                fleet.metadata.namespace, fleet.metadata.name, revision
+            )
+            if template is None:
+                log.warning(
+                    "no stored template for revision %s of %s", revision, key, extra={"fleet": key}
+                )
+                return None
+            self._templates[(key, revision)] = template
+        return spec_with_template(fleet.spec, template)
+
+    async def _read_reports(self, fleet: NewFuseAgent) -> AgentReports | RedisObservation:
+        """The agents' state updates and per-revision task counts, or why Redis could not say."""
+        keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
+        try:
+            return AgentReports(
+                await self.redis.agent_states(keys), await self.redis.revision_counts(keys)
+            )
+        except (RedisError, OSError) as exc:
+            return RedisObservation(reachable=False, error=f"{type(exc).__name__}: {exc}")
+
+    async def _decide_rollout(
+        self,
+        key: str,
+        fleet: NewFuseAgent,
+        revision: str,
+        observed: list[ObservedPod],
+        reports: AgentReports | RedisObservation,
+        now: dt.datetime,
+    ) -> Decision:
+        state = fleet.status.rollout
+        action = fleet.metadata.annotations.get(naming.ROLLOUT_ACTION_ANNOTATION)
+        controls = parse_action(action, state.last_action if state else None)
+        active = state is not None and state.phase not in TERMINAL_PHASES
+        stable = (state.stable_revision if state is not None and active else None) or (
+            fleet.status.current_revision or revision
+        )
+        capabilities = {revision: frozenset(fleet.spec.capabilities)}
+        if (
+            stable != revision
+            and (stable_spec := await self._spec_of(key, fleet, stable)) is not None
+        ):
+            capabilities[stable] = frozenset(stable_spec.capabilities)
+        ready: dict[str, int] = {}
+        for pod in observed:
+            if pod.ready:
+                ready[pod.revision] = ready.get(pod.revision, 0) + 1
+        stats = {}
+        if isinstance(reports, AgentReports):
+            stats = revision_stats(reports.counts, reports.p95_by_revision())
+        observation = Observation(
+            replicas=fleet.spec.replicas,
+            update_revision=revision,
+            current_revision=fleet.status.current_revision,
+            ready=ready,
+            capabilities=capabilities,
+            stats=stats,
+            controls=controls,
+        )
+        decision = decide(fleet.spec.rollout, observation, state, now)
+        if decision.state is not None and action and decision.state.last_action != action:
+            # Whatever the annotation says has now been acted on (or was stale): never again.
+            decision = Decision(
+                decision.state.model_copy(update={"last_action": action}),
+                decision.desired,
+                decision.happened,
+            )
+        return decision
+
+    async def _post_rollout_events(
+        self, fleet: NewFuseAgent, happened: tuple[HistoryEntry, ...], now: dt.datetime
+    ) -> None:
+        meta = fleet.metadata
+        for entry in happened:
+            warning = entry.reason in WARNING_ROLLOUT_REASONS
+            if entry.verdict is not None:
+                obs.GATE_VERDICTS.labels(entry.verdict.result).inc()
+            await self.kube.post_event(
+                meta.namespace,
+                meta.name,
+                meta.uid,
+                "Warning" if warning else "Normal",
+                entry.reason,
+                f"{entry.stage} step {entry.step} ({entry.canary_agents} canary): {entry.message}",
+                now,
+            )
+
     async def _apply(
-        self, fleet: NewFuseAgent, revision: str, decided: Plan, now: dt.datetime
+        self,
+        fleet: NewFuseAgent,
+        specs: dict[str, NewFuseAgentSpec],
+        decided: Plan,
+        now: dt.datetime,
     ) -> None:
         meta = fleet.metadata
         for pod in decided.create:
-            manifest = build_pod(fleet, revision, pod.ordinal, self._defaults)
+            revision = pod.revision
+            manifest = build_pod(
+                fleet.model_copy(update={"spec": specs[revision]}),
+                revision,
+                pod.ordinal,
+                self._defaults,
+            )
             if await self.kube.create_pod(manifest):
                 obs.POD_ACTIONS.labels("create", "Desired").inc()
                 await self.kube.post_event(
@@ -223,14 +388,24 @@ class Controller:
                 )  # fmt: skip
 
     async def _mirror(
-        self, key: str, fleet: NewFuseAgent, observed: list[ObservedPod], now: dt.datetime
+        self,
+        key: str,
+        fleet: NewFuseAgent,
+        observed: list[ObservedPod],
+        reports: AgentReports | RedisObservation,
+        now: dt.datetime,
     ) -> tuple[RedisObservation, FleetMetrics | None]:
         """Fold agent reports into metrics and mirror the fleet state; Redis errors are returned."""
+        if isinstance(reports, RedisObservation):
+            obs.REDIS_UP.set(0)
+            return reports, None
         keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
         live = {p.name for p in observed if not p.terminating}
         try:
-            updates = await self.redis.agent_states(keys)
-            metrics = fold_agent_states(updates, live, now, self._heartbeat_timeout)
+            await self._retire_legacy(
+                keys, reports.updates, live, {p.revision for p in observed}, now
+            )
+            metrics = fold_agent_states(reports.updates, live, now, self._heartbeat_timeout)
             version = next_version(self._versions.get(key, 0), now)
             self._versions[key] = version
             ready = any(p.ready for p in observed)
@@ -244,13 +419,42 @@ class Controller:
         obs.REDIS_UP.set(1)
         return RedisObservation(reachable=True), metrics
 
+    async def _retire_legacy(
+        self,
+        keys: FleetKeys,
+        updates: list[StateUpdate],
+        live: set[str],
+        revisions: set[str],
+        now: dt.datetime,
+    ) -> None:
+        """Remove registrations of drained agents of revisions no pod runs any more.
+
+        Their counts move into one inactive summary record, so the fleet's totals never shrink.
+        """
+        legacy = [
+            u
+            for u in updates
+            if u.agent_id != naming.RETIRED_AGENTS_ID
+            and u.agent_id not in live
+            and u.state.status is AgentStatus.INACTIVE
+            and u.state.revision not in revisions
+        ]
+        if not legacy:
+            return
+        previous = next((u for u in updates if u.agent_id == naming.RETIRED_AGENTS_ID), None)
+        summary = retired_summary(previous, legacy, now)
+        await self.redis.retire_agents(keys, [u.agent_id for u in legacy], summary)
+        updates[:] = [u for u in updates if u not in legacy and u is not previous] + [summary]
+
     async def _write_status(
         self, key: str, fleet: NewFuseAgent, status: NewFuseAgentStatus, now: dt.datetime
     ) -> None:
         meta = fleet.metadata
         previous_phase = fleet.status.phase
         if status != fleet.status:
-            await self.kube.patch_fleet_status(meta.namespace, meta.name, status.to_api())
+            # Explicit nulls: under a merge patch, a field left out would keep its old value.
+            body = status.model_dump(mode="json", by_alias=True)
+            await self.kube.patch_fleet_status(meta.namespace, meta.name, body)
         if status.phase != previous_phase and status.phase is not None:
             event_type = "Warning" if status.phase is Phase.DEGRADED else "Normal"
             await self.kube.post_event(
@@ -258,6 +462,7 @@ class Controller:
                 f"phase {previous_phase or 'None'} -> {status.phase}: {status.message}", now,
             )  # fmt: skip
         self.phases[key] = status.phase or ""
+        self.rollout_phases[key] = status.rollout.phase if status.rollout is not None else ""
         self._refresh_gauges()
 
     async def _finalize(self, key: str, fleet: NewFuseAgent) -> None:
@@ -284,4 +489,7 @@ class Controller:
         for phase, count in counts.items():
             obs.FLEETS.labels(phase).set(count)
         obs.PODS_MANAGED.set(sum(len(p) for p in self.pods.values()))
+        for rollout_phase in RolloutPhase:
+            count = sum(1 for value in self.rollout_phases.values() if value == rollout_phase)
+            obs.ROLLOUT_PHASE.labels(rollout_phase.value).set(count)
         obs.QUEUE_DEPTH.set(len(self.queue))
