@@ -296,6 +296,213 @@ async def dlq(
     await _with_client(redis_url, namespace, fleet, body)
 
 
+rollout_app = typer.Typer(help="Watch and steer a fleet's phased rollout.", no_args_is_help=True)
+app.add_typer(rollout_app, name="rollout")
+Kubeconfig = Annotated[
+    str | None, typer.Option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig of the cluster.")
+]
+
+
+def _custom(kubeconfig: str | None) -> Any:
+    from kubernetes import client as k8s_client
+    from kubernetes import config as k8s_config
+
+    try:
+        api = k8s_config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    except (k8s_config.ConfigException, OSError) as exc:
+        errors.print(f"[red]error:[/] no usable kubeconfig ({exc}); set --kubeconfig or KUBECONFIG")
+        raise typer.Exit(1) from None
+    return k8s_client.CustomObjectsApi(api)
+
+
+def _fleet_call(
+    kubeconfig: str | None, namespace: str, fleet: str, patch: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """GET (or merge-PATCH) the fleet, with one clear line on any API error."""
+    from kubernetes.client.exceptions import ApiException
+
+    from newfuse.api.v1alpha1 import GROUP, PLURAL, VERSION
+
+    custom = _custom(kubeconfig)
+    try:
+        if patch is None:
+            body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, fleet)
+        else:
+            body = custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, fleet, patch
+            )
+    except ApiException as exc:
+        what = "not found" if exc.status == 404 else f"refused: {exc.reason}"
+        errors.print(f"[red]error:[/] fleet {fleet!r} in namespace {namespace!r}: {what}")
+        raise typer.Exit(1) from None
+    return dict(body)
+
+
+def _action(fleet: str, verb: str, namespace: str, kubeconfig: str | None) -> None:
+    from newfuse.core.naming import ROLLOUT_ACTION_ANNOTATION
+
+    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    user = os.environ.get("USER", "unknown")
+    patch = {
+        "metadata": {
+            "annotations": {
+                ROLLOUT_ACTION_ANNOTATION: f"{verb}@{stamp}",
+                "newfuse.io/rollout-action-by": user,
+            }
+        }
+    }
+    _fleet_call(kubeconfig, namespace, fleet, patch)
+    console.print(f"{verb} requested for {namespace}/{fleet}")
+
+
+def _rollout_table(body: dict[str, Any]) -> Table:
+    status = body.get("status") or {}
+    rollout = status.get("rollout")
+    name = body["metadata"]["name"]
+    if not rollout:
+        strategy = (body["spec"].get("rollout") or {}).get("strategy", "Replace")
+        table = Table(title=f"{name}: no phased rollout (strategy {strategy})")
+        table.add_column("phase")
+        table.add_row(str(status.get("phase", "-")))
+        return table
+    verdict = rollout.get("lastVerdict") or {}
+    measured = verdict.get("measured") or {}
+    title = (
+        f"{name}: {rollout['phase']} - {rollout['stage']} step {rollout['step']}, "
+        f"{rollout['canaryAgents']}/{body['spec'].get('replicas')} agents on "
+        f"{rollout['canaryRevision']} "
+        f"(stable {rollout['stableRevision']})"
+    )
+    table = Table(title=title, caption=rollout.get("message") or None)
+    for column in (
+        "when",
+        "stage",
+        "step",
+        "canary",
+        "event",
+        "verdict",
+        "tasks",
+        "error rate",
+        "p95 ms",
+        "detail",
+    ):
+        table.add_column(column)
+    for entry in (rollout.get("history") or [])[-15:]:
+        v = entry.get("verdict") or {}
+        m = v.get("measured") or {}
+        error_rate = m.get("errorRate")
+        table.add_row(
+            str(entry["at"])[11:19],
+            entry["stage"],
+            str(entry["step"]),
+            str(entry["canaryAgents"]),
+            entry["reason"],
+            v.get("result", ""),
+            str(m.get("tasks", "")),
+            "" if error_rate is None else f"{error_rate:.1%}",
+            "" if m.get("p95LatencyMs") is None else f"{m['p95LatencyMs']:.1f}",
+            (entry.get("message") or "")[:60],
+        )
+    if verdict:
+        table.add_section()
+        table.add_row(
+            "last",
+            "",
+            "",
+            "",
+            "gate",
+            verdict.get("result", ""),
+            str(measured.get("tasks", "")),
+            "" if measured.get("errorRate") is None else f"{measured['errorRate']:.1%}",
+            "",
+            verdict.get("reason", "")[:60],
+        )
+    return table
+
+
+@rollout_app.command("status")
+def rollout_status(
+    fleet: Fleet,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Keep updating until Ctrl-C.")
+    ] = False,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    kubeconfig: Kubeconfig = None,
+) -> None:
+    """Phase, step, gate numbers and history of the fleet's rollout."""
+    if not watch:
+        console.print(_rollout_table(_fleet_call(kubeconfig, namespace, fleet)))
+        return
+    import time
+
+    from rich.live import Live
+
+    with Live(
+        _rollout_table(_fleet_call(kubeconfig, namespace, fleet)),
+        console=console,
+        refresh_per_second=2,
+    ) as live:
+        try:
+            while True:
+                time.sleep(1)
+                live.update(_rollout_table(_fleet_call(kubeconfig, namespace, fleet)))
+        except KeyboardInterrupt:
+            return
+
+
+def _set_paused(fleet: str, paused: bool, namespace: str, kubeconfig: str | None) -> None:
+    _fleet_call(kubeconfig, namespace, fleet, {"spec": {"rollout": {"paused": paused}}})
+    console.print(
+        f"{namespace}/{fleet}: rollout {'paused' if paused else 'resumed'} "
+        f"(spec.rollout.paused={str(paused).lower()})"
+    )
+
+
+@rollout_app.command("pause")
+def rollout_pause(
+    fleet: Fleet, namespace: Namespace = DEFAULT_NAMESPACE, kubeconfig: Kubeconfig = None
+) -> None:
+    """Hold the rollout where it is (sets spec.rollout.paused, so GitOps sees it)."""
+    _set_paused(fleet, True, namespace, kubeconfig)
+
+
+@rollout_app.command("resume")
+def rollout_resume(
+    fleet: Fleet, namespace: Namespace = DEFAULT_NAMESPACE, kubeconfig: Kubeconfig = None
+) -> None:
+    """Continue a paused rollout."""
+    _set_paused(fleet, False, namespace, kubeconfig)
+
+
+@rollout_app.command("promote")
+def rollout_promote(
+    fleet: Fleet,
+    full: Annotated[
+        bool, typer.Option("--full", help="Skip every remaining step: cut over now.")
+    ] = False,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    kubeconfig: Kubeconfig = None,
+) -> None:
+    """Pass the current gate (or, with --full, every remaining one)."""
+    _action(fleet, "promote-full" if full else "promote", namespace, kubeconfig)
+
+
+@rollout_app.command("abort")
+def rollout_abort(
+    fleet: Fleet, namespace: Namespace = DEFAULT_NAMESPACE, kubeconfig: Kubeconfig = None
+) -> None:
+    """Send every agent back to the stable revision."""
+    _action(fleet, "abort", namespace, kubeconfig)
+
+
+@rollout_app.command("retry")
+def rollout_retry(
+    fleet: Fleet, namespace: Namespace = DEFAULT_NAMESPACE, kubeconfig: Kubeconfig = None
+) -> None:
+    """Start an aborted or rolled-back rollout again from phase 1."""
+    _action(fleet, "retry", namespace, kubeconfig)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
