@@ -21,6 +21,7 @@ from harness import Cluster, Kubectl, OperatorProcess, RedisHandle
 from localcluster import LocalCluster, RedisServer
 from localcluster.cluster import default_state_dir as cluster_state_dir
 from localcluster.demo import OperatorRunner
+from localcluster.podrunner import PodRunnerProcess
 from localcluster.redis_server import default_state_dir as redis_state_dir
 
 TESTS_DIR = Path(__file__).parent
@@ -146,3 +147,23 @@ def operator(cluster: Cluster, redis_server: RedisHandle, crd: None) -> Iterator
     proc.start()
     yield proc
     proc.kill()
+
+
+@pytest.fixture
+def pod_runner(
+    cluster: Cluster, redis_server: RedisHandle, operator: OperatorProcess, namespace: str
+) -> Iterator[PodRunnerProcess]:
+    """A pod runner for this test's namespace only: it starts an agent process per agent pod.
+
+    Scoped to the namespace so it never runs agents for other tests' fleets, whose Redis state
+    those tests write themselves.
+    """
+    if not cluster.is_local():
+        pytest.skip("on a real cluster the kubelet runs the agent pods")
+    PodRunnerProcess(
+        REPO / ".local" / "podrunner"
+    ).down()  # a `make demo` runner would double-start agents
+    runner = PodRunnerProcess(REPO / ".local" / "test-podrunner" / namespace)
+    runner.up(cluster.kubeconfig, redis_server.url, print, namespace=namespace)
+    yield runner
+    runner.down()

@@ -8,11 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import redis
 from kubernetes import client as k8s_client
 
 from localcluster import LocalCluster, RedisServer, wait_for
+from localcluster.podrunner import AgentEntry, PodRunnerProcess
 from newfuse.api.v1alpha1 import GROUP, PLURAL, VERSION
 from newfuse.core import naming
+from newfuse.wire.keys import FleetKeys
+from newfuse.wire.state import AgentStatus, StateUpdate
 
 
 @dataclass(frozen=True)
@@ -201,3 +205,42 @@ class Fleets:
             timeout,
             what=f"{name} Available with {replicas}",
         )
+
+
+FAST_AGENT_ENV = [
+    {"name": "NEWFUSE_CLAIM_IDLE_SECONDS", "value": "2"},
+    {"name": "NEWFUSE_RECLAIM_INTERVAL_SECONDS", "value": "0.5"},
+    {"name": "NEWFUSE_HEARTBEAT_SECONDS", "value": "1"},
+]
+
+
+def agents_of(runner: PodRunnerProcess, namespace: str) -> list[AgentEntry]:
+    return [a for a in runner.agents() if a.namespace == namespace]
+
+
+def agent_state(client: redis.Redis, keys: FleetKeys, agent_id: str) -> StateUpdate | None:
+    raw = client.hget(keys.agents, agent_id)
+    return StateUpdate.model_validate_json(str(raw)) if raw else None
+
+
+def start_fleet(
+    fleets: Fleets,
+    runner: PodRunnerProcess,
+    client: redis.Redis,
+    name: str,
+    replicas: int,
+    **spec: Any,
+) -> dict[str, Any]:
+    """A fleet whose agents are running as processes and have registered in Redis."""
+    fleets.create(name, replicas=replicas, env=FAST_AGENT_ENV, **spec)
+    body = fleets.wait_available(name, replicas)
+    keys = FleetKeys(fleets.namespace, name)
+
+    def registered() -> bool:
+        entries = agents_of(runner, fleets.namespace)
+        states = [agent_state(client, keys, e.pod) for e in entries]
+        active = [s for s in states if s is not None and s.state.status is AgentStatus.ACTIVE]
+        return len(entries) >= replicas and len(active) >= replicas
+
+    wait_for(registered, 60, what=f"{replicas} agent processes running and registered")
+    return body

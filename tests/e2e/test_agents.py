@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,73 +19,21 @@ import pytest
 import redis
 from kubernetes import client as k8s_client
 
-from harness import Cluster, Fleets, OperatorProcess, RedisHandle
+from harness import Fleets, RedisHandle, agent_state, agents_of, start_fleet
 from localcluster import wait_for
 from localcluster.podrunner import AgentEntry, PodRunnerProcess
 from newfuse.adapters.taskclient import StreamEntries
 from newfuse.wire.keys import FleetKeys
-from newfuse.wire.state import AgentStatus, StateUpdate
+from newfuse.wire.state import AgentStatus
 from newfuse.wire.tasks import CONSUMER_GROUP, Priority
 
 REPO = Path(__file__).resolve().parents[2]
 NEWFUSE = str(Path(sys.executable).with_name("newfuse"))
-FAST_AGENT_ENV = [
-    {"name": "NEWFUSE_CLAIM_IDLE_SECONDS", "value": "2"},
-    {"name": "NEWFUSE_RECLAIM_INTERVAL_SECONDS", "value": "0.5"},
-    {"name": "NEWFUSE_HEARTBEAT_SECONDS", "value": "1"},
-]
-
-
-@pytest.fixture
-def pod_runner(
-    cluster: Cluster, redis_server: RedisHandle, operator: OperatorProcess, namespace: str
-) -> Iterator[PodRunnerProcess]:
-    """A pod runner for this test's namespace only: it starts an agent process per agent pod.
-
-    Scoped to the namespace so it never runs agents for other tests' fleets, whose Redis state
-    those tests write themselves.
-    """
-    if not cluster.is_local():
-        pytest.skip("on a real cluster the kubelet runs the agent pods")
-    PodRunnerProcess(
-        REPO / ".local" / "podrunner"
-    ).down()  # a `make demo` runner would double-start agents
-    runner = PodRunnerProcess(REPO / ".local" / "test-podrunner" / namespace)
-    runner.up(cluster.kubeconfig, redis_server.url, print, namespace=namespace)
-    yield runner
-    runner.down()
 
 
 @pytest.fixture
 def fleets(k8s_api: k8s_client.ApiClient, namespace: str) -> Fleets:
     return Fleets(k8s_api, namespace)
-
-
-def agents_of(runner: PodRunnerProcess, namespace: str) -> list[AgentEntry]:
-    return [a for a in runner.agents() if a.namespace == namespace]
-
-
-def agent_state(client: redis.Redis, keys: FleetKeys, agent_id: str) -> StateUpdate | None:
-    raw = client.hget(keys.agents, agent_id)
-    return StateUpdate.model_validate_json(str(raw)) if raw else None
-
-
-def start_fleet(
-    fleets: Fleets, runner: PodRunnerProcess, client: redis.Redis, name: str, replicas: int
-) -> dict[str, Any]:
-    """A fleet whose agents are running as processes and have registered in Redis."""
-    fleets.create(name, replicas=replicas, env=FAST_AGENT_ENV)
-    body = fleets.wait_available(name, replicas)
-    keys = FleetKeys(fleets.namespace, name)
-
-    def registered() -> bool:
-        entries = agents_of(runner, fleets.namespace)
-        states = [agent_state(client, keys, e.pod) for e in entries]
-        active = [s for s in states if s is not None and s.state.status is AgentStatus.ACTIVE]
-        return len(entries) >= replicas and len(active) >= replicas
-
-    wait_for(registered, 60, what=f"{replicas} agent processes running and registered")
-    return body
 
 
 def submit(fleet: str, namespace: str, redis_url: str, *args: str) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from factories import NOW, fleet, pod
+from newfuse.api.rollout import RolloutPhase, RolloutState
 from newfuse.api.v1alpha1 import (
     ConditionType,
     FleetMetrics,
@@ -16,7 +17,7 @@ from newfuse.api.v1alpha1 import (
     Phase,
     Reason,
 )
-from newfuse.core.planner import Plan, PodToCreate, plan
+from newfuse.core.planner import Plan, PodToCreate, plan, plan_revisions
 from newfuse.core.pods import ObservedPod, PodHealth
 from newfuse.core.status import RedisObservation, StatusInputs, derive_status
 
@@ -204,3 +205,86 @@ def test_selector_and_capabilities() -> None:
     assert "newfuse.io/fleet=demo" in (status.selector or "")
     assert status.capabilities == ["chat", "summarize"]
     assert derive(fleet(capabilities=["chat"]), []).capabilities == []
+
+
+def _rollout(phase: RolloutPhase) -> RolloutState:
+    return RolloutState(
+        phase=phase,
+        stable_revision="old",
+        canary_revision="new",
+        step_started_at=NOW,
+        message="why: 50.0%",
+    )
+
+
+@pytest.mark.parametrize(
+    ("phase", "pods", "target", "expected_phase", "conditions"),
+    [
+        (
+            RolloutPhase.ANALYZING,
+            [pod(0, "old"), pod(1, "old"), pod(0, "new")],
+            "new",
+            Phase.PROGRESSING,
+            {P: ("True", Reason.ROLLOUT_IN_PROGRESS), D: ("False", Reason.PODS_HEALTHY)},
+        ),
+        (
+            RolloutPhase.ROLLED_BACK,
+            [pod(0, "old"), pod(1, "old")],
+            "old",
+            Phase.DEGRADED,
+            {P: ("False", Reason.ROLLED_BACK), D: ("True", Reason.ROLLED_BACK)},
+        ),
+        (
+            RolloutPhase.ABORTED,
+            [pod(0, "old"), pod(1, "old")],
+            "old",
+            Phase.DEGRADED,
+            {D: ("True", Reason.ROLLOUT_ABORTED)},
+        ),
+        (
+            RolloutPhase.PAUSED,
+            [pod(0, "old"), pod(0, "new")],
+            "new",
+            Phase.PAUSED,
+            {PA: ("True", Reason.ROLLOUT_PAUSED)},
+        ),
+        (
+            RolloutPhase.DEGRADED,
+            [pod(0, "old"), pod(0, "new")],
+            "new",
+            Phase.DEGRADED,
+            {D: ("True", Reason.ROLLOUT_DEGRADED)},
+        ),
+    ],
+    ids=["in progress", "rolled back", "aborted", "paused", "stuck"],
+)
+def test_status_during_and_after_a_rollout(
+    phase: RolloutPhase,
+    pods: list[ObservedPod],
+    target: str,
+    expected_phase: Phase,
+    conditions: dict[ConditionType, tuple[str, Reason]],
+) -> None:
+    f = fleet(replicas=2)
+    decided = plan_revisions({target: 2}, pods)
+    status = derive_status(
+        StatusInputs(
+            f,
+            "new",
+            pods,
+            decided,
+            True,
+            None,
+            None,
+            NOW,
+            rollout=_rollout(phase),
+            target_revision=target,
+        )
+    )
+    assert status.phase == expected_phase
+    got = {c.type: (c.status.value, c.reason) for c in status.conditions}
+    for kind, expected in conditions.items():
+        assert got[kind] == expected, kind
+    assert status.current_revision == "old"
+    assert status.rollout is not None
+    assert status.rollout.phase is phase

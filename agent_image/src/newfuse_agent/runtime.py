@@ -111,10 +111,17 @@ class Agent:
         await self._draining.wait()
         metrics.DRAINING.set(1)
         self.ready = False
+        # Inactive from the moment it stops taking tasks: even if the drain is cut short by
+        # SIGKILL, the fleet's state already says this agent is going.
+        self.status = AgentStatus.INACTIVE
+        with contextlib.suppress(RedisError, OSError):
+            await asyncio.wait_for(self._heartbeat_once(), 5)
+        watchdog = asyncio.create_task(self._watch_drain(), name="drain-watchdog")
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
         await self._drain_inflight()
+        watchdog.cancel()
         heartbeat.cancel()
         await asyncio.gather(heartbeat, return_exceptions=True)
         self.status = AgentStatus.INACTIVE
@@ -123,6 +130,16 @@ class Agent:
             if await self.queue.pending_count() == 0:
                 await self.queue.leave()
         log.info("drained", extra={"agent": self.config.agent_id})
+
+    async def _watch_drain(self) -> None:
+        """Log every task's stack if draining overruns its grace period (to find what hangs)."""
+        await asyncio.sleep(self.config.drain_grace_seconds + 2)
+        for task in asyncio.all_tasks():
+            frames = [
+                f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}"
+                for f in task.get_stack(limit=6)
+            ]
+            log.error("drain overran: task %s at %s", task.get_name(), " <- ".join(frames))
 
     async def _until_redis(self, step: Callable[[], Any]) -> None:
         delay = 0.2

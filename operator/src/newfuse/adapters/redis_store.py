@@ -92,15 +92,23 @@ class RedisStore:
             slot[0 if parts[2] == COUNTER_COMPLETED else 1] += int(value)
         return {rev: (c[0], c[1]) for rev, c in counts.items()}
 
-    async def retire_agents(
-        self, keys: FleetKeys, agent_ids: list[str], summary: StateUpdate
-    ) -> None:
-        """Remove agents' registrations, keeping their counts in one inactive summary record."""
+    async def retire_agents(self, keys: FleetKeys, retiring: list[StateUpdate]) -> None:
+        """Move agents' registrations out of the live set, keeping their last counts.
+
+        Retired records are overwritten, never summed, so an agent whose final heartbeat lands
+        after it was retired is simply retired again without being counted twice.
+        """
+        ids = [u.agent_id for u in retiring]
         pipe = self._client.pipeline(transaction=True)
-        pipe.hdel(keys.agents, *agent_ids)
-        pipe.hdel(keys.versions, *(keys.agent_version_field(a) for a in agent_ids))
-        pipe.hset(keys.agents, summary.agent_id, summary.to_json())
+        pipe.hdel(keys.agents, *ids)
+        pipe.hdel(keys.versions, *(keys.agent_version_field(a) for a in ids))
+        pipe.hset(keys.retired, mapping={u.agent_id: u.to_json() for u in retiring})
         await pipe.execute()
+
+    async def retired_states(self, keys: FleetKeys) -> list[StateUpdate]:
+        """The last StateUpdates of retired agents."""
+        raw = cast(dict[str, str], await self._client.hgetall(keys.retired))
+        return [StateUpdate.model_validate_json(v) for v in raw.values()]
 
     async def delete_fleet(self, keys: FleetKeys) -> int:
         """Delete every key of the fleet. Returns how many were deleted."""

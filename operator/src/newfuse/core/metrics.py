@@ -7,8 +7,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from newfuse.api.v1alpha1 import FleetMetrics
-from newfuse.core.naming import RETIRED_AGENTS_ID
-from newfuse.wire.state import AgentMetrics, AgentState, AgentStatus, StateUpdate, next_version
+from newfuse.wire.state import AgentMetrics, AgentState, AgentStatus, StateUpdate
 
 
 def fold_agent_states(
@@ -81,6 +80,12 @@ class AgentReports:
 
     updates: list[StateUpdate]
     counts: dict[str, tuple[int, int]]
+    retired: list[StateUpdate]
+
+    def all_agents(self) -> list[StateUpdate]:
+        """Live registrations, plus retired ones not registered again (each agent counted once)."""
+        live = {u.agent_id for u in self.updates}
+        return self.updates + [r for r in self.retired if r.agent_id not in live]
 
     def p95_by_revision(self) -> dict[str, float]:
         """The worst p95 latency reported by any agent of each revision."""
@@ -90,22 +95,3 @@ class AgentReports:
             if revision is not None and p95 is not None:
                 worst[revision] = max(p95, worst.get(revision, 0.0))
         return worst
-
-
-def retired_summary(
-    previous: StateUpdate | None, retiring: list[StateUpdate], now: dt.datetime
-) -> StateUpdate:
-    """One inactive record holding the counts of every retired agent (so totals never shrink)."""
-    records = ([previous] if previous is not None else []) + retiring
-    total = AgentMetrics(
-        requests_handled=sum(r.state.metrics.requests_handled for r in records),
-        tasks_completed=sum(r.state.metrics.tasks_completed for r in records),
-        tasks_failed=sum(r.state.metrics.tasks_failed for r in records),
-        last_active=max(
-            (r.state.metrics.last_active for r in records if r.state.metrics.last_active),
-            default=None,
-        ),
-    )
-    version = next_version(previous.version if previous else 0, now)
-    state = AgentState(id=RETIRED_AGENTS_ID, status=AgentStatus.INACTIVE, metrics=total)
-    return StateUpdate(agent_id=RETIRED_AGENTS_ID, state=state, version=version, timestamp=now)

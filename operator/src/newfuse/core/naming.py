@@ -20,8 +20,6 @@ COMPONENT_AGENT: Final = "agent"
 # One-shot rollout controls, written by `newfuse rollout promote|promote-full|abort|retry`
 # as "<action>@<timestamp>"; the controller acts on a value once and records it in status.
 ROLLOUT_ACTION_ANNOTATION: Final = "newfuse.io/rollout-action"
-# Counts of agents retired with a legacy revision, so fleet totals never shrink.
-RETIRED_AGENTS_ID: Final = "retired"
 
 # Blocks deletion of a fleet until its Redis keys are gone.
 FINALIZER: Final = "newfuse.io/redis-cleanup"

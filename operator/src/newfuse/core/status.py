@@ -130,17 +130,33 @@ def derive_status(inputs: StatusInputs) -> NewFuseAgentStatus:
         if available
         else cond(ConditionType.AVAILABLE, FALSE, Reason.MINIMUM_REPLICAS_UNAVAILABLE, counts),
     ]
+    held_back_reason = (
+        Reason.ROLLOUT_ABORTED
+        if rollout is not None and rollout.phase is RolloutPhase.ABORTED
+        else Reason.ROLLED_BACK
+    )
     if spec.paused:
         wanted.append(
             cond(ConditionType.PROGRESSING, FALSE, Reason.SPEC_PAUSED, "spec.paused is true")
         )
+    elif rollout is not None and rollout_active:
+        wanted.append(
+            cond(
+                ConditionType.PROGRESSING,
+                TRUE,
+                Reason.ROLLOUT_IN_PROGRESS,
+                f"{rollout.phase}: {rollout.message}",
+            )
+        )
+    elif rollout is not None and rolled_back:
+        wanted.append(cond(ConditionType.PROGRESSING, FALSE, held_back_reason, rollout.message))
     elif converged:
         wanted.append(
             cond(
                 ConditionType.PROGRESSING,
                 FALSE,
                 Reason.CONVERGED,
-                f"all agents at revision {inputs.update_revision}",
+                f"all agents at revision {target}",
             )
         )
     else:
@@ -166,6 +182,10 @@ def derive_status(inputs: StatusInputs) -> NewFuseAgentStatus:
         wanted.append(
             cond(ConditionType.DEGRADED, TRUE, reason, f"failing pods: {_sorted_names(failing)}")
         )
+    elif rollout is not None and rolled_back:
+        wanted.append(cond(ConditionType.DEGRADED, TRUE, held_back_reason, rollout.message))
+    elif rollout is not None and rollout.phase is RolloutPhase.DEGRADED:
+        wanted.append(cond(ConditionType.DEGRADED, TRUE, Reason.ROLLOUT_DEGRADED, rollout.message))
     else:
         wanted.append(cond(ConditionType.DEGRADED, FALSE, Reason.PODS_HEALTHY, "no failing pods"))
     rollout_paused = rollout is not None and rollout.phase is RolloutPhase.PAUSED
@@ -237,10 +257,10 @@ def derive_status(inputs: StatusInputs) -> NewFuseAgentStatus:
         phase = Phase.PROGRESSING
 
     current_revision = previous.current_revision
-    if converged or current_revision is None:
-        current_revision = (
-            inputs.update_revision if converged or not live else _majority_revision(live)
-        )
+    if rollout is not None:
+        current_revision = rollout.stable_revision
+    elif converged or current_revision is None:
+        current_revision = target if converged or not live else _majority_revision(live)
     return NewFuseAgentStatus(
         observed_generation=generation
         if inputs.acted_on_generation

@@ -39,7 +39,6 @@ from newfuse.core.metrics import (
     AgentReports,
     fleet_state_update,
     fold_agent_states,
-    retired_summary,
 )
 from newfuse.core.planner import Plan, plan, plan_revisions
 from newfuse.core.pods import AgentDefaults, ObservedPod, build_pod, observe_pod
@@ -55,7 +54,7 @@ from newfuse.core.rollout import (
 from newfuse.core.status import RedisObservation, StatusInputs, derive_status
 from newfuse.runtime.workqueue import WorkQueue
 from newfuse.wire.keys import FleetKeys
-from newfuse.wire.state import AgentStatus, StateUpdate, next_version
+from newfuse.wire.state import AgentStatus, next_version
 
 log = logging.getLogger("newfuse.controller")
 Clock = Callable[[], dt.datetime]
@@ -286,7 +285,9 @@ class Controller:
         keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
         try:
             return AgentReports(
-                await self.redis.agent_states(keys), await self.redis.revision_counts(keys)
+                await self.redis.agent_states(keys),
+                await self.redis.revision_counts(keys),
+                await self.redis.retired_states(keys),
             )
         except (RedisError, OSError) as exc:
             return RedisObservation(reachable=False, error=f"{type(exc).__name__}: {exc}")
@@ -402,10 +403,8 @@ class Controller:
         keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
         live = {p.name for p in observed if not p.terminating}
         try:
-            await self._retire_legacy(
-                keys, reports.updates, live, {p.revision for p in observed}, now
-            )
-            metrics = fold_agent_states(reports.updates, live, now, self._heartbeat_timeout)
+            await self._retire_legacy(keys, reports, live, {p.revision for p in observed})
+            metrics = fold_agent_states(reports.all_agents(), live, now, self._heartbeat_timeout)
             version = next_version(self._versions.get(key, 0), now)
             self._versions[key] = version
             ready = any(p.ready for p in observed)
@@ -420,31 +419,21 @@ class Controller:
         return RedisObservation(reachable=True), metrics
 
     async def _retire_legacy(
-        self,
-        keys: FleetKeys,
-        updates: list[StateUpdate],
-        live: set[str],
-        revisions: set[str],
-        now: dt.datetime,
+        self, keys: FleetKeys, reports: AgentReports, live: set[str], revisions: set[str]
     ) -> None:
-        """Remove registrations of drained agents of revisions no pod runs any more.
-
-        Their counts move into one inactive summary record, so the fleet's totals never shrink.
-        """
+        """Retire drained agents of revisions no pod runs any more (a decommissioned legacy)."""
         legacy = [
             u
-            for u in updates
-            if u.agent_id != naming.RETIRED_AGENTS_ID
-            and u.agent_id not in live
+            for u in reports.updates
+            if u.agent_id not in live
             and u.state.status is AgentStatus.INACTIVE
             and u.state.revision not in revisions
         ]
         if not legacy:
             return
-        previous = next((u for u in updates if u.agent_id == naming.RETIRED_AGENTS_ID), None)
-        summary = retired_summary(previous, legacy, now)
-        await self.redis.retire_agents(keys, [u.agent_id for u in legacy], summary)
-        updates[:] = [u for u in updates if u not in legacy and u is not previous] + [summary]
+        await self.redis.retire_agents(keys, legacy)
+        reports.updates[:] = [u for u in reports.updates if u not in legacy]
+        reports.retired[:] = [r for r in reports.retired if r not in legacy] + legacy
 
     async def _write_status(
         self, key: str, fleet: NewFuseAgent, status: NewFuseAgentStatus, now: dt.datetime

@@ -40,6 +40,11 @@ class FleetKeys:
         return f"{self.prefix}:agents"
 
     @property
+    def retired(self) -> str:
+        """Hash: agent id -> last StateUpdate of an agent retired with a legacy revision."""
+        return f"{self.prefix}:retired"
+
+    @property
     def versions(self) -> str:
         """Hash: record id -> version of the stored StateUpdate, for compare-and-set."""
         return f"{self.prefix}:versions"
