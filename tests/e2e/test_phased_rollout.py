@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from kubernetes import client as k8s_client
 
-from harness import FAST_AGENT_ENV, Fleets, Kubectl, RedisHandle, start_fleet
+from harness import FAST_AGENT_ENV, Fleets, Kubectl, OperatorProcess, RedisHandle, start_fleet
 from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
 from newfuse.adapters.taskclient import TaskClient, TaskSpec
 from newfuse.core import naming
 from newfuse.wire.keys import FleetKeys
 
+NEWFUSE = str(Path(sys.executable).with_name("newfuse"))
 # Short soaks and small gates so a whole rollout fits in a test; the logic is the same.
 FAST_PHASED: dict[str, Any] = {
     "strategy": "Phased",
@@ -177,3 +183,197 @@ def test_bad_revision_fails_the_phase_one_gate_and_rolls_back_losing_nothing(
     assert rollback_events, "an Event says why"
     assert "%" in rollback_events[0]["message"]
     every_task_accounted_for(redis_client, keys, traffic.ids)
+
+
+class Sampler:
+    """Samples a fleet's Ready agents (those with ``capability``, if given) every 50 ms."""
+
+    def __init__(self, fleets: Fleets, name: str, capability: str | None = None) -> None:
+        self.fleets, self.name, self.capability = fleets, name, capability
+        self.minimum: int | None = None
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _ready(self) -> int:
+        count = 0
+        for pod in self.fleets.pods(self.name):
+            labels = pod.metadata.labels or {}
+            if pod.metadata.deletion_timestamp is not None:
+                continue
+            if self.capability and labels.get(naming.capability_label(self.capability)) != "true":
+                continue
+            conditions = pod.status.conditions or []
+            count += any(c.type == "Ready" and c.status == "True" for c in conditions)
+        return count
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            ready = self._ready()
+            self.samples += 1
+            self.minimum = ready if self.minimum is None else min(self.minimum, ready)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_operator_killed_in_phase_two_resumes_the_same_step_within_budgets(
+    fleets: Fleets,
+    pod_runner: PodRunnerProcess,
+    redis_server: RedisHandle,
+    redis_client: redis.Redis,
+    operator: OperatorProcess,
+) -> None:
+    policy = {**FAST_PHASED, "gradual": {"step": 1, "intervalSeconds": 3, "gate": {"minTasks": 5}}}
+    start_fleet(fleets, pod_runner, redis_client, "sturdy", 6, rollout=policy)
+    with (
+        Traffic(redis_server.url, fleets.namespace, "sturdy"),
+        Sampler(fleets, "sturdy") as sampler,
+    ):
+        fleets.patch_spec("sturdy", image="newfuse/agent:0.3.0")
+        before = wait_for(
+            lambda: (
+                (r := rollout_of(fleets, "sturdy")).get("stage") == "Gradual"
+                and r.get("step", 0) >= 2
+                and r
+            ),
+            180,
+            what="phase 2, step 2",
+        )
+        operator.kill(signal.SIGKILL)
+        operator.start()
+        done = wait_for(
+            lambda: (
+                rollout_of(fleets, "sturdy").get("phase") == "Completed"
+                and rollout_of(fleets, "sturdy")
+            ),
+            240,
+            what="the rollout to complete after the restart",
+        )
+    history = done["history"]
+    killed_at = next(i for i, h in enumerate(history) if h["at"] >= before["history"][-1]["at"])
+    after_restart = history[killed_at:]
+    assert not [
+        h
+        for h in after_restart
+        if h["reason"] in ("RolloutStarted", "RolloutRestartedForNewRevision")
+    ]
+    steps = [h["canaryAgents"] for h in history if h["reason"] in ("RolloutStarted", "StepStarted")]
+    assert steps == [1, 2, 3, 4, 5, 6], "every step once, in order, none repeated from the start"
+    assert sampler.samples > 50
+    assert sampler.minimum is not None
+    assert sampler.minimum >= 6, "maxUnavailable 0: never below 6 Ready"
+
+
+def test_the_capability_budget_never_takes_both_holders_away(
+    fleets: Fleets,
+    pod_runner: PodRunnerProcess,
+    redis_server: RedisHandle,
+    redis_client: redis.Redis,
+) -> None:
+    """Both gpu agents move at once and may both be unavailable: only the budget keeps one.
+
+    The new revision's pods can never become Ready (no node matches their selector), so without
+    the budget both stable agents would go at once and stay gone until the rollback.
+    """
+    policy = {
+        **FAST_PHASED,
+        "initial": {"count": 2, "soakSeconds": 1, "gate": {"minTasks": 0}},
+        "maxUnavailable": 2,
+        "maxSurge": 0,
+        "capabilityBudget": 1,
+        "progressDeadlineSeconds": 8,
+    }
+    start_fleet(fleets, pod_runner, redis_client, "rare", 2, rollout=policy, capabilities=["gpu"])
+    with Sampler(fleets, "rare", capability="gpu") as sampler:
+        fleets.patch_spec("rare", nodeSelector={"newfuse.io/no-such-node": "true"})
+        wait_for(
+            lambda: len([p for p in fleets.pods("rare") if p.status.phase == "Pending"]) >= 1,
+            30,
+            what="an unschedulable canary",
+        )
+        wait_for(
+            lambda: rollout_of(fleets, "rare").get("phase") == "RolledBack",
+            60,
+            what="the deadline rollback",
+        )
+    assert sampler.samples > 20
+    assert sampler.minimum == 1, "exactly one gpu agent was held back by the budget; never zero"
+    history = [h["reason"] for h in rollout_of(fleets, "rare")["history"]]
+    assert history[-1] == "ProgressDeadlineExceeded"
+
+
+def newfuse_rollout(kubectl: Kubectl, *args: str) -> str:
+    result = subprocess.run(
+        [NEWFUSE, "rollout", *args, "--kubeconfig", str(kubectl.kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_pause_resume_promote_abort_and_retry_from_the_cli(
+    fleets: Fleets, pod_runner: PodRunnerProcess, redis_client: redis.Redis, kubectl: Kubectl
+) -> None:
+    ns = fleets.namespace
+    slow = {
+        "strategy": "Phased",
+        "initial": {"soakSeconds": 3600},
+        "gradual": {"intervalSeconds": 3600},
+    }
+    start_fleet(fleets, pod_runner, redis_client, "steered", 4, rollout=slow)
+    fleets.patch_spec("steered", image="newfuse/agent:0.5.0")
+
+    def phase_is(phase: str, **fields: Any) -> bool:
+        rollout = rollout_of(fleets, "steered")
+        return rollout.get("phase") == phase and all(rollout.get(k) == v for k, v in fields.items())
+
+    wait_for(lambda: phase_is("Analyzing", stage="Initial"), 60, what="phase 1 soaking")
+    newfuse_rollout(kubectl, "pause", "steered", "-n", ns)
+    wait_for(lambda: phase_is("Paused"), 30, what="Paused")
+    paused = {c["type"]: c for c in fleets.get("steered")["status"]["conditions"]}["Paused"]
+    assert (paused["status"], paused["reason"]) == ("True", "RolloutPaused")
+    newfuse_rollout(kubectl, "resume", "steered", "-n", ns)
+    wait_for(lambda: phase_is("Analyzing", stage="Initial"), 30, what="resumed")
+    newfuse_rollout(kubectl, "promote", "steered", "-n", ns)
+    wait_for(
+        lambda: rollout_of(fleets, "steered").get("stage") == "Gradual",
+        30,
+        what="promoted to phase 2",
+    )
+    assert rollout_of(fleets, "steered")["canaryAgents"] == 2
+    newfuse_rollout(kubectl, "abort", "steered", "-n", ns)
+    wait_for(lambda: phase_is("Aborted"), 30, what="Aborted")
+    stable = rollout_of(fleets, "steered")["stableRevision"]
+    wait_for(
+        lambda: (
+            {p.metadata.labels[naming.LABEL_REVISION] for p in fleets.pods("steered")} == {stable}
+        ),
+        60,
+        what="every agent back on stable",
+    )
+    assert "Aborted" in newfuse_rollout(kubectl, "status", "steered", "-n", ns)
+    newfuse_rollout(kubectl, "retry", "steered", "-n", ns)
+    wait_for(
+        lambda: rollout_of(fleets, "steered").get("phase") in ("Progressing", "Analyzing"),
+        30,
+        what="retried",
+    )
+    reasons = [h["reason"] for h in rollout_of(fleets, "steered")["history"]]
+    for expected in (
+        "RolloutPaused",
+        "RolloutResumed",
+        "Promoted",
+        "RolloutAborted",
+        "RolloutRetried",
+    ):
+        assert expected in reasons, expected
