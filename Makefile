@@ -57,6 +57,7 @@ test-integration: deps binaries ## Run only the integration and e2e tests
 bench: deps binaries ## Benchmarks (not tests): figures as ratios against baselines from the same run
 	$(PY) bench/operator_scale.py
 	$(PY) bench/task_throughput.py
+	$(PY) bench/rollout_steps.py
 
 .PHONY: lint
 lint: deps ## ruff (lint + format check), mypy --strict and import-linter
