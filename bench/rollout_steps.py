@@ -73,7 +73,7 @@ def step_gaps(
     """Seconds from each new pod becoming Ready to the next new pod being created."""
     new = sorted(
         (p for p in times.created if p not in initial and is_new(times.labels[p])),
-        key=times.created.get,
+        key=lambda name: times.created[name],
     )
     gaps = []
     for current, following in itertools.pairwise(new):
