@@ -26,6 +26,7 @@ from newfuse.core.rollout import (
     decide,
     evaluate_gate,
     initial_canary,
+    rollout_started_at,
 )
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
@@ -412,3 +413,22 @@ def test_initial_canary_size(initial: InitialStage, replicas: int, expected: int
 
 def replace_policy(initial: InitialStage) -> PhasedPolicy:
     return POLICY.model_copy(update={"initial": initial})
+
+
+def test_the_canary_share_of_traffic_is_reported_with_the_verdict() -> None:
+    verdict = evaluate_gate(GateSpec(min_tasks=1), RevisionStats(20, 0), RevisionStats(60, 0), T0)
+    assert verdict.measured.canary_share == 0.25
+    assert (
+        evaluate_gate(GateSpec(min_tasks=0), RevisionStats(), None, T0).measured.canary_share
+        is None
+    )
+
+
+def test_rollout_start_time_is_the_latest_start() -> None:
+    first = started()
+    assert rollout_started_at(first) == T0
+    restarted = decide(
+        POLICY, observe({"old": 5, "new": 1}, update_revision="newer"), first, at(50)
+    )
+    assert rollout_started_at(restarted.state) == at(50)
+    assert rollout_started_at(None) is None

@@ -26,6 +26,12 @@ POD_ACTIONS = Counter("newfuse_pod_actions_total", "Pods created or deleted.", [
 REDIS_UP = Gauge("newfuse_redis_up", "1 if the last Redis round trip succeeded.")
 QUEUE_DEPTH = Gauge("newfuse_workqueue_depth", "Fleets waiting for reconcile.")
 ROLLOUT_PHASE = Gauge("newfuse_rollout_phase", "Fleets by phased-rollout phase.", ["phase"])
+ROLLOUT_SECONDS = Histogram(
+    "newfuse_rollout_duration_seconds",
+    "From a rollout's start to its end (completed, rolled back or aborted), by outcome.",
+    ["outcome"],
+    buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
 GATE_VERDICTS = Counter("newfuse_rollout_gate_verdicts_total", "Rollout gate verdicts.", ["result"])
 
 tracer = trace.get_tracer("newfuse.operator")

@@ -6,6 +6,7 @@ reconcile of pods.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import cast
 
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from newfuse.adapters.redis_connect import connect
+from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import COUNTER_COMPLETED
 from newfuse.wire.state import STATE_CAS_LUA, StateUpdate
@@ -109,6 +111,11 @@ class RedisStore:
         """The last StateUpdates of retired agents."""
         raw = cast(dict[str, str], await self._client.hgetall(keys.retired))
         return [StateUpdate.model_validate_json(v) for v in raw.values()]
+
+    async def publish_drain(self, keys: FleetKeys, target: str, now: dt.datetime) -> int:
+        """Ask the agents matching ``target`` to drain; returns how many heard it."""
+        raw = encode(MessageType.DRAIN, {"target": target}, "newfuse-operator", now=now)
+        return int(await self._client.publish(keys.coordination_channel, raw))
 
     async def delete_fleet(self, keys: FleetKeys) -> int:
         """Delete every key of the fleet. Returns how many were deleted."""

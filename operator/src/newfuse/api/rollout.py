@@ -160,6 +160,9 @@ class Measured(KubeModel):
     error_rate: float | None = None
     p95_latency_ms: float | None = None
     stable_error_rate: float | None = None
+    canary_share: float | None = Field(
+        default=None, description="The canary's share of the fleet's finished tasks in this step."
+    )
 
 
 class GateVerdict(KubeModel):

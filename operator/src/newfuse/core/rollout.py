@@ -34,6 +34,16 @@ from newfuse.api.rollout import (
 )
 
 MAX_HISTORY = 100
+# History entries that end a rollout (their time minus the start is the rollout's duration).
+ENDING_ROLLOUT_REASONS = frozenset(
+    {
+        RolloutReason.COMPLETED,
+        RolloutReason.ROLLED_BACK,
+        RolloutReason.ABORTED,
+        RolloutReason.REVERTED,
+        RolloutReason.DEADLINE_EXCEEDED,
+    }
+)
 # History entries that are posted as Warning Events (the rest are Normal).
 WARNING_ROLLOUT_REASONS = frozenset(
     {
@@ -118,6 +128,7 @@ def evaluate_gate(
         error_rate=None if canary.error_rate is None else round(canary.error_rate, 4),
         p95_latency_ms=canary.p95_latency_ms,
         stable_error_rate=None if stable_error is None else round(stable_error, 4),
+        canary_share=_share(canary, stable),
     )
 
     def verdict(result: GateResult, reason: str) -> GateVerdict:
@@ -148,6 +159,13 @@ def evaluate_gate(
             f"p95 latency {canary.p95_latency_ms:.0f} ms > {gate.max_p95_latency_ms:.0f} ms",
         )
     return verdict(GateResult.PASSED, f"{canary.tasks} tasks, error rate {error:.1%}")
+
+
+def _share(canary: RevisionStats, stable: RevisionStats | None) -> float | None:
+    # Canary agents read from the same consumer group, so their share of the work follows their
+    # share of the agents; reporting it shows the gate judged real traffic.
+    total = canary.tasks + (stable.tasks if stable is not None else 0)
+    return round(canary.tasks / total, 4) if total else None
 
 
 def initial_canary(policy: PhasedPolicy, replicas: int) -> int:
@@ -508,3 +526,11 @@ def revision_stats(
         rev: RevisionStats(*counts.get(rev, (0, 0)), p95_latency_ms=p95_by_revision.get(rev))
         for rev in revisions
     }
+
+
+def rollout_started_at(state: RolloutState | None) -> dt.datetime | None:
+    """When the rollout in ``state`` began (its last start, restart or retry)."""
+    if state is None:
+        return None
+    starts = {RolloutReason.STARTED, RolloutReason.RESTARTED, RolloutReason.RETRIED}
+    return next((h.at for h in reversed(state.history) if h.reason in starts), None)

@@ -23,7 +23,13 @@ from redis.exceptions import RedisError
 from newfuse import observability as obs
 from newfuse.adapters.kube import KubeClient
 from newfuse.adapters.redis_store import RedisStore
-from newfuse.api.rollout import TERMINAL_PHASES, HistoryEntry, RolloutPhase, RolloutState
+from newfuse.api.rollout import (
+    TERMINAL_PHASES,
+    HistoryEntry,
+    RolloutPhase,
+    RolloutReason,
+    RolloutState,
+)
 from newfuse.api.v1alpha1 import (
     FleetMetrics,
     NewFuseAgent,
@@ -44,12 +50,14 @@ from newfuse.core.planner import Plan, plan, plan_revisions
 from newfuse.core.pods import AgentDefaults, ObservedPod, build_pod, observe_pod
 from newfuse.core.revision import spec_with_template, template_hash, template_of
 from newfuse.core.rollout import (
+    ENDING_ROLLOUT_REASONS,
     WARNING_ROLLOUT_REASONS,
     Decision,
     Observation,
     decide,
     parse_action,
     revision_stats,
+    rollout_started_at,
 )
 from newfuse.core.status import RedisObservation, StatusInputs, derive_status
 from newfuse.runtime.workqueue import WorkQueue
@@ -235,7 +243,7 @@ class Controller:
             decided = plan_revisions(desired, observed, paused=fleet.spec.paused)
             if rollout is not None and rollout.phase in TERMINAL_PHASES:
                 target = rollout.stable_revision
-            await self._post_rollout_events(fleet, decision.happened, now)
+            await self._post_rollout_events(fleet, rollout, decision.happened, now)
         else:
             decided = plan(fleet.spec.replicas, revision, observed, paused=fleet.spec.paused)
         await self._apply(fleet, specs, decided, now)
@@ -279,6 +287,13 @@ class Controller:
                 return None
             self._templates[(key, revision)] = template
         return spec_with_template(fleet.spec, template)
+
+    async def _drain_revision(self, fleet: NewFuseAgent, revision: str, now: dt.datetime) -> None:
+        keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
+        try:
+            await self.redis.publish_drain(keys, f"revision:{revision}", now)
+        except (RedisError, OSError) as exc:
+            log.warning("could not publish drain for %s: %s", revision, exc)
 
     async def _read_reports(self, fleet: NewFuseAgent) -> AgentReports | RedisObservation:
         """The agents' state updates and per-revision task counts, or why Redis could not say."""
@@ -341,10 +356,25 @@ class Controller:
         return decision
 
     async def _post_rollout_events(
-        self, fleet: NewFuseAgent, happened: tuple[HistoryEntry, ...], now: dt.datetime
+        self,
+        fleet: NewFuseAgent,
+        state: RolloutState | None,
+        happened: tuple[HistoryEntry, ...],
+        now: dt.datetime,
     ) -> None:
+        started = rollout_started_at(state)
+        previous = fleet.status.rollout
+        legacy = previous.stable_revision if previous is not None else None
         meta = fleet.metadata
         for entry in happened:
+            if entry.reason in ENDING_ROLLOUT_REASONS and started is not None:
+                obs.ROLLOUT_SECONDS.labels(entry.reason).observe(
+                    (entry.at - started).total_seconds()
+                )
+            if entry.reason is RolloutReason.COMPLETED and legacy is not None:
+                # Phase 3: tell the legacy agents to stop taking tasks now; deleting their pods
+                # (SIGTERM) follows in this same reconcile, and both paths drain the same way.
+                await self._drain_revision(fleet, legacy, now)
             warning = entry.reason in WARNING_ROLLOUT_REASONS
             if entry.verdict is not None:
                 obs.GATE_VERDICTS.labels(entry.verdict.result).inc()
