@@ -94,7 +94,7 @@ def test_deleted_pod_is_recreated(fleets: Fleets, namespace: str) -> None:
 
 
 def test_changed_image_replaces_pods_with_a_new_revision(fleets: Fleets) -> None:
-    fleets.create("upgrader", replicas=3)
+    fleets.create("upgrader", replicas=3, rollout={"strategy": "Replace"})
     old = fleets.wait_available("upgrader", 3)["status"]["updateRevision"]
     fleets.patch_spec("upgrader", image="newfuse/agent:0.2.0")
 

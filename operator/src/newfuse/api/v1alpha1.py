@@ -327,7 +327,7 @@ class RolloutSpec(PhasedPolicy):
     )
 
     strategy: RolloutStrategy = Field(
-        default=RolloutStrategy.REPLACE,
+        default=RolloutStrategy.PHASED,
         description="Replace: start the new revision's pods, then remove old ones as new ones "
         "become Ready. Phased: canary, gradual steps and full cutover, each behind gates on "
         "agent metrics.",
