@@ -372,3 +372,11 @@ def test_namespace_scoping(
         scoped.kill()
         operator.start()
         core.delete_namespace(outside)
+
+
+@pytest.mark.parametrize("sample", sorted(p.name for p in SAMPLES.glob("*.yaml")))
+def test_every_sample_is_accepted_by_the_api_server(
+    kubectl: Kubectl, namespace: str, sample: str
+) -> None:
+    out = kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(SAMPLES / sample))
+    assert "created (server dry run)" in out
