@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -21,14 +20,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from localcluster import LocalCluster, RedisServer
-from localcluster.binaries import REPO_ROOT, Binaries
-from localcluster.demo import CRD, OperatorRunner
+from environment import bench_environment
 from localcluster.waiting import wait_for
 
 console = Console()
@@ -152,38 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the bench cluster running")
     args = parser.parse_args(argv)
 
-    state = REPO_ROOT / ".local" / "bench"
-    binaries = Binaries.ensure()
-    cluster = LocalCluster(
-        state / "cluster", node_count=3, log=lambda m: console.print(f"[dim]{m}")
-    )
-    redis = RedisServer(state / "redis")
-    operator = OperatorRunner(state / "operator")
-    try:
-        info = cluster.up(binaries)
-        redis_info = redis.up()
-        api = k8s_config.new_client_from_config(config_file=str(info.kubeconfig))  # type: ignore[no-untyped-call]
-        core = k8s_client.CoreV1Api(api)
-        for ns in ("bench-deployments", "bench-fleets"):
-            core.create_namespace(k8s_client.V1Namespace(metadata=k8s_client.V1ObjectMeta(name=ns)))
-        kubectl = [str(binaries.kubectl), "--kubeconfig", str(info.kubeconfig)]
-        subprocess.run(
-            [*kubectl, "apply", "--server-side", "-f", str(CRD)], check=True, capture_output=True
-        )
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", "crd/newfuseagents.newfuse.io"],
-            check=True,
-            capture_output=True,
-        )
-        baseline = deployments(api, "bench-deployments", args.count)
-        operator.up(info.kubeconfig, redis_info.url, lambda m: console.print(f"[dim]{m}"))
-        [pid] = operator.pids()
-        ours = fleets(api, "bench-fleets", args.count, pid)
-    finally:
-        if not args.keep:
-            operator.down()
-            cluster.down(quiet=True)
-            redis.down()
+    with bench_environment("scale", ("bench-deployments", "bench-fleets"), keep=args.keep) as env:
+        baseline = deployments(env.api, "bench-deployments", args.count)
+        ours = fleets(env.api, "bench-fleets", args.count, env.start_operator())
 
     table = Table(
         title=f"{args.count} single-replica resources to Available (same cluster, same run)"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -22,14 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from rich.console import Console
 from rich.table import Table
 
-from localcluster import LocalCluster, RedisServer
-from localcluster.binaries import REPO_ROOT, Binaries
-from localcluster.demo import CRD, OperatorRunner
+from environment import bench_environment
 from localcluster.waiting import wait_for
 
 console = Console()
@@ -118,31 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run both rollouts on a fresh control plane and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
-    state = REPO_ROOT / ".local" / "bench" / "rollout"
-    binaries = Binaries.ensure()
-    cluster = LocalCluster(
-        state / "cluster", node_count=3, log=lambda m: console.print(f"[dim]{m}")
-    )
-    redis = RedisServer(state / "redis")
-    operator = OperatorRunner(state / "operator")
-    try:
-        info = cluster.up(binaries)
-        redis_info = redis.up()
-        api = k8s_config.new_client_from_config(config_file=str(info.kubeconfig))  # type: ignore[no-untyped-call]
-        core, apps = k8s_client.CoreV1Api(api), k8s_client.AppsV1Api(api)
-        custom = k8s_client.CustomObjectsApi(api)
-        for ns in ("bench-deploy", "bench-phased"):
-            core.create_namespace(k8s_client.V1Namespace(metadata=k8s_client.V1ObjectMeta(name=ns)))
-        kubectl = [str(binaries.kubectl), "--kubeconfig", str(info.kubeconfig)]
-        subprocess.run(
-            [*kubectl, "apply", "--server-side", "-f", str(CRD)], check=True, capture_output=True
-        )
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", "crd/newfuseagents.newfuse.io"],
-            check=True,
-            capture_output=True,
-        )
-        operator.up(info.kubeconfig, redis_info.url, lambda m: console.print(f"[dim]{m}"))
+    with bench_environment("rollout", ("bench-deploy", "bench-phased")) as env:
+        env.start_operator()
+        api = env.api
+        apps, custom = k8s_client.AppsV1Api(api), k8s_client.CustomObjectsApi(api)
 
         def deployment(image: str) -> dict[str, Any]:
             labels = {"app": "steps"}
@@ -233,10 +208,6 @@ def main(argv: list[str] | None = None) -> int:
             fleet_done,
             lambda _: True,
         )
-    finally:
-        operator.down()
-        cluster.down(quiet=True)
-        redis.down()
 
     table = Table(
         title=f"per-step overhead: new pod Ready -> next step's pod created ({REPLICAS} replicas)"

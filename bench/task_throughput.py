@@ -106,7 +106,9 @@ def dramatiq_run(url: str, count: int, state: Path) -> Throughput:
     workers = [_spawn([dramatiq, "dramatiq_echo", *options], env, state / "dramatiq.log")]
     sys.path.insert(0, str(HERE))
     os.environ["BENCH_REDIS_URL"] = url
-    import dramatiq_echo  # type: ignore[import-not-found]
+    import dramatiq
+
+    import dramatiq_echo
 
     try:
         # Let the workers come up first, like NewFuse's agents are up before timing starts.
@@ -122,7 +124,7 @@ def dramatiq_run(url: str, count: int, state: Path) -> Throughput:
     finally:
         _stop(workers)
     return Throughput(
-        f"Dramatiq {dramatiq_echo.dramatiq.__version__} (Redis broker + results)", count, elapsed
+        f"Dramatiq {dramatiq_module.__version__} (Redis broker + results)", count, elapsed
     )
 
 
