@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+import dramatiq
 import redis
 from rich.console import Console
 from rich.table import Table
@@ -101,12 +102,11 @@ def dramatiq_run(url: str, count: int, state: Path) -> Throughput:
         "BENCH_REDIS_URL": url,
         "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
-    dramatiq = str(Path(sys.executable).with_name("dramatiq"))
+    dramatiq_cli = str(Path(sys.executable).with_name("dramatiq"))
     options = ["--processes", str(AGENTS), "--threads", str(CONCURRENCY)]
-    workers = [_spawn([dramatiq, "dramatiq_echo", *options], env, state / "dramatiq.log")]
+    workers = [_spawn([dramatiq_cli, "dramatiq_echo", *options], env, state / "dramatiq.log")]
     sys.path.insert(0, str(HERE))
     os.environ["BENCH_REDIS_URL"] = url
-    import dramatiq
 
     import dramatiq_echo
 
@@ -123,9 +123,7 @@ def dramatiq_run(url: str, count: int, state: Path) -> Throughput:
         elapsed = time.perf_counter() - started
     finally:
         _stop(workers)
-    return Throughput(
-        f"Dramatiq {dramatiq_module.__version__} (Redis broker + results)", count, elapsed
-    )
+    return Throughput(f"Dramatiq {dramatiq.__version__} (Redis broker + results)", count, elapsed)
 
 
 def agent_env(url: str, namespace: str, fleet: str, index: int) -> dict[str, str]:
