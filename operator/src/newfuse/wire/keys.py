@@ -83,11 +83,6 @@ class FleetKeys:
         return f"{self.prefix}:results:index"
 
     @property
-    def shadow_result_stream(self) -> str:
-        """Results of shadow copies run by canary agents, never shown to clients."""
-        return f"{self.prefix}:results:shadow"
-
-    @property
     def dead_letters(self) -> str:
         """Stream of dead letters: malformed, refused or exhausted messages, with the reason."""
         return f"{self.prefix}:dlq"

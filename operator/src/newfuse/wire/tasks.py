@@ -46,8 +46,6 @@ class TaskPayload(BaseModel):
     max_attempts: int = Field(default=3, ge=1, le=20)
     timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     attempt: int = Field(default=1, ge=1)
-    # Set on copies sent to canary agents in shadow mode (results go to the shadow stream).
-    shadow: bool = False
 
 
 class ResultStatus(StrEnum):
