@@ -23,7 +23,9 @@ GENERATED_HEADER = (
 )
 CRD_FILENAME = f"{api.GROUP}_{api.PLURAL}.yaml"
 # Paths relative to the repository root.
-OUTPUTS = (Path("crds") / CRD_FILENAME, Path("charts/newfuse-operator/crds") / CRD_FILENAME)
+# The chart loads its copy from files/ into a template, so `helm upgrade` upgrades the CRD too
+# (Helm never upgrades what it finds in a chart's crds/ directory).
+OUTPUTS = (Path("crds") / CRD_FILENAME, Path("charts/newfuse-operator/files") / CRD_FILENAME)
 
 # JSON Schema keywords pydantic emits that a structural schema may not carry (or that mean
 # nothing to the API server).
