@@ -373,6 +373,7 @@ def test_a_failing_gateway_opens_the_circuit_then_recovery_closes_it(fleet_url: 
     from newfuse_agent.gateway import CircuitState
 
     stub = {"failing": True, "hits": 0}
+    now = [0.0]
 
     async def completions(request: web.Request) -> web.Response:
         stub["hits"] += 1
@@ -396,8 +397,11 @@ def test_a_failing_gateway_opens_the_circuit_then_recovery_closes_it(fleet_url: 
                 backoff_base_seconds=0.01,
                 backoff_max_seconds=0.02,
                 breaker_failure_threshold=3,
-                breaker_recovery_seconds=1.0,
-            )
+                breaker_recovery_seconds=30.0,
+            ),
+            # The breaker's clock only moves when the test says so: a slow machine must not
+            # half-open the circuit in the middle of the failing tasks.
+            clock=lambda: now[0],
         )
 
         def circuit() -> CircuitState:
@@ -417,6 +421,7 @@ def test_a_failing_gateway_opens_the_circuit_then_recovery_closes_it(fleet_url: 
                 assert sum("circuit" in (r.error or "") for r in results) == 7
                 assert len(await fleet.dead_letters()) == 10
                 stub["failing"] = False
+                now[0] += 31.0  # past the recovery time: the next call is the half-open trial
 
                 async def recovered() -> bool:
                     done = await fleet.client.submit(TaskSpec("chat", "again", max_attempts=1))
@@ -424,7 +429,7 @@ def test_a_failing_gateway_opens_the_circuit_then_recovery_closes_it(fleet_url: 
                         await fleet.client.wait(done.task_id, 10)
                     ).status is ResultStatus.SUCCEEDED
 
-                await eventually(recovered, 15, "a chat task to succeed after the recovery time")
+                assert await recovered(), "the half-open trial succeeds and closes the circuit"
                 assert circuit() is CircuitState.CLOSED
         finally:
             await gateway.aclose()
