@@ -9,7 +9,7 @@ import pytest
 
 from factories import NOW
 from newfuse.config import LogFormat, OperatorConfig
-from newfuse.core.metrics import fold_agent_states
+from newfuse.core.metrics import fold_agent_states, legacy_agents
 from newfuse.runtime.workqueue import WorkQueue
 from newfuse.wire.state import AgentMetrics, AgentState, AgentStatus, StateUpdate, next_version
 
@@ -122,3 +122,23 @@ def test_queue_delays_and_backoff() -> None:
         q.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("status", "agent", "revision", "retired"),
+    [
+        (AgentStatus.INACTIVE, "gone", "old", True),
+        (AgentStatus.ACTIVE, "gone", "old", False),
+        (AgentStatus.INACTIVE, "live", "old", False),
+        (AgentStatus.INACTIVE, "gone", "current", False),
+    ],
+    ids=["drained legacy agent", "still active", "pod still exists", "revision still runs"],
+)
+def test_legacy_agents(status: AgentStatus, agent: str, revision: str, retired: bool) -> None:
+    update = StateUpdate(
+        agent_id=agent,
+        state=AgentState(id=agent, status=status, revision=revision),
+        version=1,
+        timestamp=NOW,
+    )
+    assert (legacy_agents([update], {"live"}, {"current"}) == [update]) is retired

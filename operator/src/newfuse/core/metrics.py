@@ -95,3 +95,16 @@ class AgentReports:
             if revision is not None and p95 is not None:
                 worst[revision] = max(p95, worst.get(revision, 0.0))
         return worst
+
+
+def legacy_agents(
+    updates: Iterable[StateUpdate], live_agents: Collection[str], live_revisions: Collection[str]
+) -> list[StateUpdate]:
+    """Registrations to retire: drained (inactive) agents whose pod and revision are both gone."""
+    return [
+        u
+        for u in updates
+        if u.agent_id not in live_agents
+        and u.state.status is AgentStatus.INACTIVE
+        and u.state.revision not in live_revisions
+    ]

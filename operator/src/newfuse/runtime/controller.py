@@ -45,6 +45,7 @@ from newfuse.core.metrics import (
     AgentReports,
     fleet_state_update,
     fold_agent_states,
+    legacy_agents,
 )
 from newfuse.core.planner import Plan, plan, plan_revisions
 from newfuse.core.pods import AgentDefaults, ObservedPod, build_pod, observe_pod
@@ -62,7 +63,7 @@ from newfuse.core.rollout import (
 from newfuse.core.status import RedisObservation, StatusInputs, derive_status
 from newfuse.runtime.workqueue import WorkQueue
 from newfuse.wire.keys import FleetKeys
-from newfuse.wire.state import AgentStatus, next_version
+from newfuse.wire.state import next_version
 
 log = logging.getLogger("newfuse.controller")
 Clock = Callable[[], dt.datetime]
@@ -452,13 +453,7 @@ class Controller:
         self, keys: FleetKeys, reports: AgentReports, live: set[str], revisions: set[str]
     ) -> None:
         """Retire drained agents of revisions no pod runs any more (a decommissioned legacy)."""
-        legacy = [
-            u
-            for u in reports.updates
-            if u.agent_id not in live
-            and u.state.status is AgentStatus.INACTIVE
-            and u.state.revision not in revisions
-        ]
+        legacy = legacy_agents(reports.updates, live, revisions)
         if not legacy:
             return
         await self.redis.retire_agents(keys, legacy)
