@@ -143,6 +143,14 @@ class LocalCluster:
             return current
         self.down(quiet=True)
         binaries = binaries or Binaries.ensure(link_dir=self.state_dir.parent / "bin")
+        try:
+            return self._start(binaries, timeout)
+        except BaseException:
+            # Never leave half a control plane running: stop whatever this attempt started.
+            self.down(quiet=True)
+            raise
+
+    def _start(self, binaries: Binaries, timeout: float) -> ClusterInfo:
         started_at = time.monotonic()
         shutil.rmtree(self.state_dir, ignore_errors=True)
         self.state_dir.mkdir(parents=True)

@@ -70,6 +70,9 @@ def is_running(record: ProcessRecord) -> bool:
         executable = os.path.realpath(proc / "exe")
     except (FileNotFoundError, ProcessLookupError, IndexError, PermissionError):
         return False
+    # A binary replaced since the process started (a rebuild of the cache) reads as
+    # "<path> (deleted)"; it is still the process that was recorded.
+    executable = executable.removesuffix(" (deleted)")
     return state != "Z" and executable == record.executable
 
 

@@ -80,3 +80,20 @@ def test_redis_restarts_on_the_same_port_and_down_leaves_nothing(
     wait_for(server.running, 10, what="redis answering PING again")
     server.down()
     assert _processes_mentioning(str(tmp_path / "redis")) == []
+
+
+def test_a_failed_start_leaves_nothing_running(tmp_path: Path) -> None:
+    """If a component dies during start-up, the ones already started are stopped too."""
+    import dataclasses
+
+    false = Path("/bin/false")
+    broken = dataclasses.replace(Binaries.ensure(), kwok=false)
+    cluster = LocalCluster(tmp_path / "cluster", node_count=1, log=lambda _: None)
+    try:
+        cluster.up(broken, timeout=60)
+    except (RuntimeError, FileNotFoundError):
+        pass
+    else:
+        raise AssertionError("a cluster whose kwok exits must not come up")
+    assert cluster.pids() == []
+    assert _processes_mentioning(str(tmp_path / "cluster")) == []

@@ -44,3 +44,16 @@ def test_process_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
 def test_round_trips_through_json(tmp_path: Path) -> None:
     record = processes.ProcessRecord("etcd", 42, "/bin/etcd", str(tmp_path / "etcd.log"))
     assert processes.ProcessRecord.from_json(record.to_json()) == record
+
+
+def test_a_process_whose_binary_was_replaced_is_still_ours(tmp_path: Path) -> None:
+    """A rebuilt cache replaces binaries under running processes; they must still be stoppable."""
+    sleep = shutil.which("sleep")
+    assert sleep
+    copy = tmp_path / "sleep-copy"
+    shutil.copy(sleep, copy)
+    record = processes.start("sleeper", [str(copy), "300"], tmp_path / "s.log")
+    copy.unlink()
+    assert processes.is_running(record)
+    processes.stop(record, grace=5)
+    assert not processes.is_running(record)
