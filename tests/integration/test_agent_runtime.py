@@ -436,3 +436,30 @@ def test_a_failing_gateway_opens_the_circuit_then_recovery_closes_it(fleet_url: 
             await runner.cleanup()
 
     with_fleet(fleet_url, body)
+
+
+def test_drain_finishes_when_redis_turns_a_cancellation_into_an_error(fleet_url: str) -> None:
+    """redis-py raises ConnectionError for a read cancelled mid-way; that must not stall a drain."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    async def body(fleet: Fleet) -> None:
+        entered = asyncio.Event()
+
+        async def fetch_like_redis_py(count: int, block_ms: int) -> list[Any]:
+            entered.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise RedisConnectionError("Connection closed by server.") from None
+            return []
+
+        loop = asyncio.get_running_loop()
+        async with fleet.agent("stubborn") as agent:
+            agent.queue.fetch = fetch_like_redis_py  # type: ignore[method-assign]
+            await asyncio.wait_for(entered.wait(), 10)
+            started = loop.time()
+        assert loop.time() - started < 8, (
+            "the drain finished (it used to loop on the error forever)"
+        )
+
+    with_fleet(fleet_url, body)

@@ -119,7 +119,8 @@ class Agent:
         watchdog = asyncio.create_task(self._watch_drain(), name="drain-watchdog")
         for task in loops:
             task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
+        # Bounded: a loop stuck in a library call must not hold the drain past its grace period.
+        await asyncio.wait(loops, timeout=5)
         await self._drain_inflight()
         watchdog.cancel()
         heartbeat.cancel()
@@ -159,7 +160,10 @@ class Agent:
 
     async def _consume(self) -> None:
         backoff = 0.2
-        while True:
+        # Each loop also stops on `_draining`, not only on cancellation: redis-py turns a
+        # cancellation that lands mid-read into a connection error, which an outage handler would
+        # otherwise swallow and retry forever (a drain that never finishes).
+        while not self._draining.is_set():
             free = self.config.concurrency - len(self._inflight)
             if free <= 0:
                 await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
@@ -167,6 +171,8 @@ class Agent:
             try:
                 deliveries = await self.queue.fetch(free, block_ms=1000)
             except (RedisError, OSError) as exc:
+                if self._draining.is_set():
+                    return
                 metrics.REDIS_UP.set(0)
                 log.warning("fetching tasks failed (%s), retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
@@ -180,7 +186,7 @@ class Agent:
     async def _reclaim(self) -> None:
         idle_ms = int(self.config.claim_idle_seconds * 1000)
         rounds = 0
-        while True:
+        while not self._draining.is_set():
             await asyncio.sleep(self.config.reclaim_interval_seconds)
             free = self.config.concurrency - len(self._inflight)
             if free <= 0:
@@ -191,6 +197,8 @@ class Agent:
                 if rounds % 12 == 0:
                     await self.queue.prune_consumers(idle_ms * 4)
             except (RedisError, OSError) as exc:
+                if self._draining.is_set():
+                    return
                 log.warning("reclaiming failed: %s", exc)
                 continue
             for delivery in claimed:
@@ -255,7 +263,7 @@ class Agent:
         # Pub/sub, not a stream: drain, reload and ping are notices about the present. A missed one
         # loses nothing (a drain is also delivered as SIGTERM by Kubernetes, a ping is re-sent), so
         # they need neither persistence nor acknowledgement.
-        while True:
+        while not self._draining.is_set():
             pubsub = self.client.pubsub()
             try:
                 await pubsub.subscribe(self.keys.coordination_channel)
@@ -263,11 +271,13 @@ class Agent:
                     if message.get("type") == "message":
                         await self._on_coordination(message["data"])
             except (RedisError, OSError) as exc:
+                if self._draining.is_set():
+                    return
                 log.warning("coordination channel lost (%s), resubscribing", exc)
                 await asyncio.sleep(1.0)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await asyncio.wait_for(pubsub.aclose(), 2)  # type: ignore[no-untyped-call]
 
     async def _on_coordination(self, raw: str | bytes) -> None:
         try:
