@@ -17,7 +17,7 @@ import redis
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from harness import Cluster, Kubectl, OperatorProcess, RedisHandle
+from harness import Cluster, Fleets, Kubectl, OperatorProcess, RedisHandle
 from localcluster import LocalCluster, RedisServer
 from localcluster.cluster import default_state_dir as cluster_state_dir
 from localcluster.demo import OperatorRunner
@@ -167,3 +167,9 @@ def pod_runner(
     runner.up(cluster.kubeconfig, redis_server.url, print, namespace=namespace)
     yield runner
     runner.down()
+
+
+@pytest.fixture
+def fleets(k8s_api: k8s_client.ApiClient, namespace: str) -> Fleets:
+    """Read and write fleets in this test's namespace."""
+    return Fleets(k8s_api, namespace)

@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import orjson
-import pytest
 import redis
-from kubernetes import client as k8s_client
 
 from harness import Fleets, RedisHandle, agent_state, agents_of, start_fleet
 from localcluster import wait_for
@@ -29,11 +27,6 @@ from newfuse.wire.tasks import CONSUMER_GROUP, Priority
 
 REPO = Path(__file__).resolve().parents[2]
 NEWFUSE = str(Path(sys.executable).with_name("newfuse"))
-
-
-@pytest.fixture
-def fleets(k8s_api: k8s_client.ApiClient, namespace: str) -> Fleets:
-    return Fleets(k8s_api, namespace)
 
 
 def submit(fleet: str, namespace: str, redis_url: str, *args: str) -> str:

@@ -26,11 +26,6 @@ SAMPLES = Path(__file__).resolve().parents[2] / "crds" / "samples"
 pytestmark = pytest.mark.usefixtures("operator")
 
 
-@pytest.fixture
-def fleets(k8s_api: k8s_client.ApiClient, namespace: str) -> Fleets:
-    return Fleets(k8s_api, namespace)
-
-
 def test_sample_becomes_available_with_status_and_printer_columns(
     fleets: Fleets, kubectl: Kubectl, namespace: str
 ) -> None:

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import redis
-from kubernetes import client as k8s_client
 
 from harness import FAST_AGENT_ENV, Fleets, Kubectl, OperatorProcess, RedisHandle, start_fleet
 from localcluster import wait_for
@@ -65,11 +64,6 @@ class Traffic:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-
-
-@pytest.fixture
-def fleets(k8s_api: k8s_client.ApiClient, namespace: str) -> Fleets:
-    return Fleets(k8s_api, namespace)
 
 
 def rollout_of(fleets: Fleets, name: str) -> dict[str, Any]:
