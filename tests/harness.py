@@ -142,6 +142,13 @@ class Kubectl:
         )
 
 
+def metric_value(text: str, prefix: str) -> float:
+    """The sum of every sample in Prometheus text ``text`` whose line starts with ``prefix``."""
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
 class Fleets:
     """Read fleets and their pods in one namespace."""
 

@@ -15,7 +15,7 @@ import pytest
 import redis
 from kubernetes import client as k8s_client
 
-from harness import Cluster, Fleets, Kubectl, OperatorProcess, RedisHandle
+from harness import Cluster, Fleets, Kubectl, OperatorProcess, RedisHandle, metric_value
 from localcluster import wait_for
 from newfuse.api.v1alpha1 import GROUP, PLURAL, VERSION
 from newfuse.core import naming
@@ -319,10 +319,6 @@ def test_redis_outage_is_a_condition_and_reconcile_goes_on(
     )
 
 
-def _sample(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
-
-
 def test_operator_exposes_prometheus_metrics(operator: OperatorProcess, fleets: Fleets) -> None:
     fleets.create("observed", replicas=1)
     fleets.wait_available("observed", 1)
@@ -335,8 +331,8 @@ def test_operator_exposes_prometheus_metrics(operator: OperatorProcess, fleets: 
     ):
         assert name in text, name
     # This very process did the work (not some other operator watching the same cluster).
-    assert _sample(text, 'newfuse_reconciles_total{result="success"}') > 0
-    assert _sample(text, 'newfuse_pod_actions_total{action="create"') >= 1
+    assert metric_value(text, 'newfuse_reconciles_total{result="success"}') > 0
+    assert metric_value(text, 'newfuse_pod_actions_total{action="create"') >= 1
 
 
 def test_namespace_scoping(

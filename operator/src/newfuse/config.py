@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class LogFormat(StrEnum):
@@ -58,6 +58,33 @@ class OperatorConfig(BaseModel):
     log_format: LogFormat = LogFormat.JSON
     log_level: str = "INFO"
     trace_exporter: TraceExporter = TraceExporter.NONE
+    leader_election: bool = Field(
+        default=False,
+        description="Reconcile only while holding a Lease (the chart turns it on).",
+    )
+    leader_election_namespace: str = Field(
+        default="default", description="Namespace of the leader Lease (the chart: its own)."
+    )
+    leader_election_name: str = Field(
+        default="newfuse-operator", description="Name of the leader Lease."
+    )
+    pod_name: str | None = Field(
+        default=None, description="This replica's pod name, the base of its election identity."
+    )
+    lease_duration_seconds: float = Field(default=15.0, gt=0)
+    renew_deadline_seconds: float = Field(default=10.0, gt=0)
+    retry_period_seconds: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _election_timings_are_safe(self) -> OperatorConfig:
+        if not (
+            self.retry_period_seconds < self.renew_deadline_seconds < self.lease_duration_seconds
+        ):
+            raise ValueError(
+                "NEWFUSE_RETRY_PERIOD_SECONDS < NEWFUSE_RENEW_DEADLINE_SECONDS < "
+                "NEWFUSE_LEASE_DURATION_SECONDS is required, or two replicas could both lead"
+            )
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -77,7 +104,8 @@ class OperatorConfig(BaseModel):
             return cls.model_validate(values)
         except ValidationError as exc:
             problems = "; ".join(
-                f"NEWFUSE_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors()
+                f"NEWFUSE_{str(e['loc'][0]).upper()}: {e['msg']}" if e["loc"] else e["msg"]
+                for e in exc.errors()
             )
             raise ValueError(f"invalid operator configuration: {problems}") from exc
 

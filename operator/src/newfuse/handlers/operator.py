@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
 from typing import Any
 
 import kopf
 
 from newfuse.adapters.kube import KubeClient, credentials_of, load_config
+from newfuse.adapters.lease import LeaseClient
 from newfuse.adapters.redis_store import RedisStore
 from newfuse.api.v1alpha1 import GROUP, PLURAL, VERSION
 from newfuse.config import OperatorConfig
 from newfuse.core import naming
+from newfuse.core.leader import ElectionTimings
+from newfuse.observability import LEADER
 from newfuse.runtime.controller import Controller
+from newfuse.runtime.leader import LeaderElector, run_as_leader
 
 log = logging.getLogger("newfuse.operator")
 POD_SELECTOR = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
@@ -53,6 +60,18 @@ def tune(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.networking.request_timeout = 30
 
 
+def election_identity(config: OperatorConfig) -> str:
+    """A unique identity per process (client-go's hostname_uuid), readable in the Lease."""
+    return f"{config.pod_name or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+
+
+def exit_on_lost_lease() -> None:
+    """Stop the process at once: another replica may already be reconciling."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(1)
+
+
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     """A registry with every handler of the operator (nothing global)."""
     registry = kopf.OperatorRegistry()
@@ -82,8 +101,29 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         controller = Controller(config, kube, redis)
         state["controller"] = controller
         state["kube"], state["redis"] = kube, redis
-        state["task"] = asyncio.create_task(controller.run(), name="controller")
-        log.info("controller started with %d workers", config.workers)
+        if config.leader_election:
+            timings = ElectionTimings(
+                config.lease_duration_seconds,
+                config.renew_deadline_seconds,
+                config.retry_period_seconds,
+            )
+            leases = LeaseClient(
+                api,
+                config.leader_election_namespace,
+                config.leader_election_name,
+                request_timeout=timings.retry_period,
+            )
+            elector = LeaderElector(leases, election_identity(config), timings)
+            work = run_as_leader(elector, controller.run, exit_on_lost_lease)
+            state["task"] = asyncio.create_task(work, name="leader-election")
+        else:
+            LEADER.set(1)
+            state["task"] = asyncio.create_task(controller.run(), name="controller")
+        log.info(
+            "controller ready with %d workers (leader election: %s)",
+            config.workers,
+            "on" if config.leader_election else "off",
+        )
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:
