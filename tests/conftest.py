@@ -16,6 +16,10 @@ import pytest
 import redis
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from harness import Cluster, Fleets, Kubectl, OperatorProcess, RedisHandle
 from localcluster import LocalCluster, RedisServer
@@ -173,3 +177,21 @@ def pod_runner(
 def fleets(k8s_api: k8s_client.ApiClient, namespace: str) -> Fleets:
     """Read and write fleets in this test's namespace."""
     return Fleets(k8s_api, namespace)
+
+
+@pytest.fixture(scope="session")
+def _session_tracer_provider() -> InMemorySpanExporter:
+    # OpenTelemetry lets a process set its global tracer provider once; every test that checks
+    # spans shares this one and clears its exporter first.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+@pytest.fixture
+def span_exporter(_session_tracer_provider: InMemorySpanExporter) -> InMemorySpanExporter:
+    """The in-memory exporter that receives every span this process finishes (cleared)."""
+    _session_tracer_provider.clear()
+    return _session_tracer_provider

@@ -102,7 +102,7 @@ def test_sigkilled_leader_is_replaced_within_the_lease_and_standby_never_reconci
     assert str(_holder(k8s_api, namespace)).startswith(f"replica-{standby}_")
     # No double reconcile: one pod per ordinal, none created twice.
     assert fleets.live_pod_names("steady") == sorted(
-        {p.metadata.name for p in fleets.pods("steady")}
+        {str(p.metadata.name) for p in fleets.pods("steady")}
     )
     assert len(fleets.pods("steady")) == 3
 

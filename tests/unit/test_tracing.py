@@ -6,8 +6,6 @@ import asyncio
 from typing import Any, cast
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from newfuse.config import OperatorConfig
@@ -25,11 +23,10 @@ class RecordingController(Controller):
             raise RuntimeError("boom")
 
 
-def test_each_reconcile_is_a_span_and_errors_are_recorded() -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
+def test_each_reconcile_is_a_span_and_errors_are_recorded(
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    exporter = span_exporter
 
     async def scenario() -> list[str]:
         controller = RecordingController(

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pythonjsonlogger.json import JsonFormatter
 
 from newfuse.adapters.redis_connect import connect
+from newfuse.tracing import configure_tracing
 from newfuse.wire.keys import FleetKeys
 from newfuse_agent.config import AgentConfig
 from newfuse_agent.gateway import GatewayClient, GatewayConfig
@@ -92,10 +93,12 @@ def main() -> int:
                 "agent": config.agent_id,
                 "fleet": config.fleet,
                 "namespace": config.namespace,
+                "revision": config.revision,
             },
         )
     )
     logging.basicConfig(level=config.log_level.upper(), handlers=[handler], force=True)
+    configure_tracing(config.trace_exporter, "newfuse-agent")
     asyncio.run(serve(config))
     return 0
 

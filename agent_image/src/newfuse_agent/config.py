@@ -8,6 +8,8 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from newfuse.tracing import TraceExporter
+
 # Env var name -> field, for the variables whose names are fixed by the operator's pod template.
 _ENV = {
     "NEWFUSE_AGENT_ID": "agent_id",
@@ -28,6 +30,7 @@ _ENV = {
     "NEWFUSE_DRAIN_GRACE_SECONDS": "drain_grace_seconds",
     "NEWFUSE_LOG_LEVEL": "log_level",
     "NEWFUSE_FAULT_RATE": "fault_rate",
+    "NEWFUSE_TRACE_EXPORTER": "trace_exporter",
 }
 
 
@@ -62,6 +65,10 @@ class AgentConfig(BaseModel):
         ge=0,
         le=1,
         description="Fail this share of tasks on purpose (canary drills, tests).",
+    )
+    trace_exporter: TraceExporter = Field(
+        default=TraceExporter.NONE,
+        description="Where task spans go (otlp: set OTEL_EXPORTER_OTLP_ENDPOINT in spec.env).",
     )
     boot_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:8])
 

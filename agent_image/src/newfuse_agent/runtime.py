@@ -24,8 +24,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
+from opentelemetry import trace
 from redis.exceptions import RedisError
 
+from newfuse.tracing import context_from, current_traceparent
 from newfuse.wire.envelope import (
     MessageRejectedError,
     MessageType,
@@ -51,6 +53,7 @@ from newfuse_agent.metrics import TaskOutcome
 from newfuse_agent.queue import Delivery, TaskQueue, utc_now
 
 log = logging.getLogger("newfuse_agent")
+tracer = trace.get_tracer("newfuse.agent")
 Clock = Callable[[], dt.datetime]
 REPLAY_WINDOW_SECONDS = 600
 
@@ -336,6 +339,24 @@ class Agent:
         except MessageRejectedError as exc:
             await self._reject(delivery, exc, None)
             return
+        # The task's trace continues here from the submitter's span (metadata.traceparent).
+        with tracer.start_as_current_span(
+            "newfuse.task.process",
+            context=context_from(envelope.metadata.traceparent),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "newfuse.task_id": task.task_id,
+                "newfuse.namespace": self.config.namespace,
+                "newfuse.fleet": self.config.fleet,
+                "newfuse.revision": self.config.revision,
+                "newfuse.agent_id": self.config.agent_id,
+                "newfuse.handler": task.handler,
+                "newfuse.attempt": task.attempt,
+            },
+        ):
+            await self._handle(delivery, envelope.metadata.traceparent, task)
+
+    async def _handle(self, delivery: Delivery, traceparent: str | None, task: TaskPayload) -> None:
         self._tasks[delivery.entry_id] = task
         handler = self.handlers.get(task.handler)
         if handler is None:
@@ -379,7 +400,7 @@ class Agent:
                 await self.queue.requeue(
                     delivery,
                     task.task_id,
-                    self._task_envelope(retry, envelope.metadata.traceparent),
+                    self._task_envelope(retry, traceparent),
                     task.priority,
                 )
                 metrics.TASKS.labels(TaskOutcome.RETRIED).inc()
@@ -395,7 +416,7 @@ class Agent:
             output,
             None,
             elapsed,
-            envelope.metadata.traceparent,
+            traceparent,
         )
 
     def _inject_fault(self) -> bool:
@@ -451,18 +472,23 @@ class Agent:
             latency_ms=round(elapsed * 1000, 3),
             finished_at=now,
         )
-        envelope = encode(
-            MessageType.RESULT,
-            result.model_dump(mode="json"),
-            self.config.agent_id,
-            now=now,
-            key=self._key,
-            traceparent=traceparent,
-        )
         succeeded = status is ResultStatus.SUCCEEDED
-        stored = await self.queue.complete(
-            delivery, task.task_id, envelope, succeeded, self.config.revision
-        )
+        with tracer.start_as_current_span(
+            "newfuse.task.result",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={"newfuse.task_id": task.task_id, "newfuse.result_status": status.value},
+        ):
+            envelope = encode(
+                MessageType.RESULT,
+                result.model_dump(mode="json"),
+                self.config.agent_id,
+                now=now,
+                key=self._key,
+                traceparent=current_traceparent() or traceparent,
+            )
+            stored = await self.queue.complete(
+                delivery, task.task_id, envelope, succeeded, self.config.revision
+            )
         if not stored:
             metrics.TASKS.labels(TaskOutcome.DUPLICATE).inc()
             return
@@ -483,6 +509,7 @@ class Agent:
             delivery, self._letter(delivery, reason, detail, task.task_id), acknowledge=False
         )
         metrics.TASKS.labels(TaskOutcome.DEAD_LETTERED).inc()
+        trace.get_current_span().set_status(trace.StatusCode.ERROR, f"{reason}: {detail}")
         await self._store(
             delivery, task, ResultStatus.FAILED, None, f"{reason}: {detail}", elapsed, None
         )

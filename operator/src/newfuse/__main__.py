@@ -11,7 +11,8 @@ from prometheus_client import start_http_server
 
 from newfuse.config import OperatorConfig
 from newfuse.handlers.operator import build_registry
-from newfuse.observability import configure_logging, configure_tracing
+from newfuse.observability import configure_logging
+from newfuse.tracing import configure_tracing
 
 
 def main() -> int:
@@ -22,7 +23,7 @@ def main() -> int:
         print(f"newfuse: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_format, config.log_level)
-    configure_tracing(config.trace_exporter)
+    configure_tracing(config.trace_exporter, "newfuse-operator")
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.metrics_address)
     logging.getLogger("newfuse").info(

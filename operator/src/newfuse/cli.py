@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
+from opentelemetry import trace
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from rich.console import Console
@@ -31,6 +32,7 @@ from rich.progress import (
 from rich.table import Table
 
 from newfuse.adapters.taskclient import FleetNotFoundError, TaskClient, TaskSpec
+from newfuse.tracing import TraceExporter, configure_tracing
 from newfuse.wire.tasks import Priority, ResultStatus
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -52,6 +54,9 @@ DEFAULT_NAMESPACE = os.environ.get("NEWFUSE_NAMESPACE", "default")
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 
+cli_tracer = trace.get_tracer("newfuse.cli")
+
+
 def _signing_key() -> bytes | None:
     key = os.environ.get("NEWFUSE_SIGNING_KEY")
     return key.encode() if key else None
@@ -63,7 +68,9 @@ def _run(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
-            return asyncio.run(fn(*args, **kwargs))
+            # One trace per command: every task it submits is a child of this span.
+            with cli_tracer.start_as_current_span(f"newfuse.cli.{fn.__name__}"):
+                return asyncio.run(fn(*args, **kwargs))
         except FleetNotFoundError as exc:
             errors.print(f"[red]error:[/] {exc}")
         except RedisConnectionError as exc:
@@ -505,6 +512,13 @@ def rollout_retry(
 
 def main() -> None:
     """Console-script entry point."""
+    exporter = os.environ.get("NEWFUSE_TRACE_EXPORTER", TraceExporter.NONE.value)
+    try:
+        configure_tracing(TraceExporter(exporter), "newfuse-cli")
+    except ValueError:
+        choices = ", ".join(e.value for e in TraceExporter)
+        errors.print(f"[red]error:[/] NEWFUSE_TRACE_EXPORTER={exporter!r}: use one of {choices}")
+        raise SystemExit(2) from None
     app()
 
 

@@ -8,20 +8,14 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from newfuse.tracing import TraceExporter
+
 
 class LogFormat(StrEnum):
     """How log lines are written."""
 
     JSON = "json"
     TEXT = "text"
-
-
-class TraceExporter(StrEnum):
-    """Where reconcile spans go."""
-
-    NONE = "none"
-    CONSOLE = "console"
-    OTLP = "otlp"
 
 
 class OperatorConfig(BaseModel):

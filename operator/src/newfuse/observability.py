@@ -6,13 +6,10 @@ import logging
 import sys
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from prometheus_client import Counter, Gauge, Histogram
 from pythonjsonlogger.json import JsonFormatter
 
-from newfuse.config import LogFormat, TraceExporter
+from newfuse.config import LogFormat
 
 RECONCILES = Counter("newfuse_reconciles_total", "Fleet reconciles, by result.", ["result"])
 RECONCILE_SECONDS = Histogram(
@@ -57,21 +54,3 @@ def configure_logging(fmt: LogFormat, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-
-
-def configure_tracing(exporter: TraceExporter, service_name: str = "newfuse-operator") -> None:
-    """Install a tracer provider; spans are dropped unless an exporter is chosen."""
-    if exporter is TraceExporter.NONE:
-        return
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    span_exporter: SpanExporter
-    if exporter is TraceExporter.CONSOLE:
-        span_exporter = ConsoleSpanExporter()
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
-            OTLPSpanExporter,
-        )
-
-        span_exporter = OTLPSpanExporter()
-    provider.add_span_processor(BatchSpanProcessor(span_exporter))
-    trace.set_tracer_provider(provider)

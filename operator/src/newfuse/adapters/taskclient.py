@@ -17,14 +17,18 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from newfuse.adapters.redis_connect import connect
+from newfuse.tracing import current_traceparent
 from newfuse.wire.envelope import MessageType, decode, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import SUBMIT_LUA
 from newfuse.wire.state import StateUpdate
 from newfuse.wire.tasks import PRIORITY_ORDER, DeadLetter, Priority, ResultPayload, TaskPayload
+
+tracer = trace.get_tracer("newfuse.taskclient")
 
 
 class FleetNotFoundError(LookupError):
@@ -98,6 +102,7 @@ class TaskClient:
             )
 
     def _envelope(self, spec: TaskSpec) -> tuple[str, bytes]:
+        """The task's id and envelope, inside its own producer span (the trace's first hop)."""
         task = TaskPayload(
             task_id=spec.task_id or uuid.uuid4().hex,
             handler=spec.handler,
@@ -106,9 +111,26 @@ class TaskClient:
             max_attempts=spec.max_attempts,
             timeout_seconds=spec.timeout_seconds,
         )
-        raw = encode(
-            MessageType.TASK, task.model_dump(mode="json"), self.sender, now=_now(), key=self._key
-        )
+        with tracer.start_as_current_span(
+            "newfuse.task.submit",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "newfuse.task_id": task.task_id,
+                "newfuse.namespace": self.namespace,
+                "newfuse.fleet": self.fleet,
+                "newfuse.handler": task.handler,
+                "messaging.system": "redis",
+                "messaging.destination.name": self.keys.tasks(spec.priority),
+            },
+        ):
+            raw = encode(
+                MessageType.TASK,
+                task.model_dump(mode="json"),
+                self.sender,
+                now=_now(),
+                key=self._key,
+                traceparent=current_traceparent(),
+            )
         return task.task_id, raw
 
     async def submit(self, spec: TaskSpec) -> Submitted:
