@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from kubernetes import client as k8s_client
 
 from harness import FAST_AGENT_ENV, Fleets, Kubectl, OperatorProcess, RedisHandle, start_fleet
 from localcluster import wait_for
@@ -316,7 +317,12 @@ def newfuse_rollout(kubectl: Kubectl, *args: str) -> str:
 
 
 def test_pause_resume_promote_abort_and_retry_from_the_cli(
-    fleets: Fleets, pod_runner: PodRunnerProcess, redis_client: redis.Redis, kubectl: Kubectl
+    fleets: Fleets,
+    pod_runner: PodRunnerProcess,
+    redis_client: redis.Redis,
+    kubectl: Kubectl,
+    operator: OperatorProcess,
+    k8s_api: k8s_client.ApiClient,
 ) -> None:
     ns = fleets.namespace
     slow = {
@@ -371,3 +377,19 @@ def test_pause_resume_promote_abort_and_retry_from_the_cli(
         "RolloutRetried",
     ):
         assert expected in reasons, expected
+
+    # Every control action left one audit line in the operator's JSON log, naming the
+    # Kubernetes identity the CLI authenticated as.
+    me = k8s_client.AuthenticationV1Api(k8s_api).create_self_subject_review(
+        k8s_client.V1SelfSubjectReview()
+    )
+
+    def audited() -> list[dict[str, Any]]:
+        lines = operator.log_path.read_text().splitlines()
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        return [r for r in records if r.get("audit") and r.get("namespace") == ns]
+
+    wait_for(lambda: len(audited()) >= 5, 10, what="five audit lines")
+    assert [r["action"] for r in audited()] == ["pause", "resume", "promote", "abort", "retry"]
+    assert {r["by"] for r in audited()} == {me.status.user_info.username}
+    assert all(r["fleet"] == "steered" and r["requested_at"] for r in audited())

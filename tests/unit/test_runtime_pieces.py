@@ -8,8 +8,10 @@ import datetime as dt
 import pytest
 
 from factories import NOW
+from newfuse.api.v1alpha1 import NewFuseAgent
 from newfuse.config import LogFormat, OperatorConfig
 from newfuse.core.metrics import fold_agent_states, legacy_agents
+from newfuse.runtime.controller import is_older
 from newfuse.runtime.workqueue import WorkQueue
 from newfuse.wire.state import AgentMetrics, AgentState, AgentStatus, StateUpdate, next_version
 
@@ -142,3 +144,28 @@ def test_legacy_agents(status: AgentStatus, agent: str, revision: str, retired: 
         timestamp=NOW,
     )
     assert (legacy_agents([update], {"live"}, {"current"}) == [update]) is retired
+
+
+@pytest.mark.parametrize(
+    ("event_meta", "older"),
+    [
+        ({"uid": "u1", "resourceVersion": "99"}, True),
+        ({"uid": "u1", "resourceVersion": "100"}, False),
+        ({"uid": "u1", "resourceVersion": "101"}, False),
+        ({"uid": "u2", "resourceVersion": "5"}, False),  # a new fleet of the same name
+        ({"uid": "u1", "resourceVersion": "opaque"}, False),
+        ({"uid": "u1"}, False),
+    ],
+)
+def test_only_strictly_older_versions_of_the_same_fleet_are_stale(
+    event_meta: dict[str, str], older: bool
+) -> None:
+    cached = NewFuseAgent.model_validate(
+        {
+            "apiVersion": "newfuse.io/v1alpha1",
+            "kind": "NewFuseAgent",
+            "metadata": {"name": "f", "namespace": "ns", "uid": "u1", "resourceVersion": "100"},
+            "spec": {"image": "a:1"},
+        }
+    )
+    assert is_older(event_meta, cached) is older

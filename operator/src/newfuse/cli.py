@@ -322,6 +322,25 @@ def _custom(kubeconfig: str | None) -> Any:
     return k8s_client.CustomObjectsApi(api)
 
 
+def _whoami(kubeconfig: str | None) -> str:
+    """The identity the API server sees for this kubeconfig (SelfSubjectReview), for audit."""
+    from kubernetes import client as k8s_client
+    from kubernetes import config as k8s_config
+
+    try:
+        api = k8s_config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        review: Any = k8s_client.AuthenticationV1Api(api).create_self_subject_review(
+            k8s_client.V1SelfSubjectReview()
+        )
+        return str(review.status.user_info.username)
+    except Exception:
+        return f"{os.environ.get('USER', 'unknown')} (local user; API identity unavailable)"
+
+
+def _audit_stamp(kubeconfig: str | None) -> str:
+    return f"{_whoami(kubeconfig)}@{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}"
+
+
 def _fleet_call(
     kubeconfig: str | None, namespace: str, fleet: str, patch: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -346,15 +365,14 @@ def _fleet_call(
 
 
 def _action(fleet: str, verb: str, namespace: str, kubeconfig: str | None) -> None:
-    from newfuse.core.naming import ROLLOUT_ACTION_ANNOTATION
+    from newfuse.core.naming import ROLLOUT_ACTION_ANNOTATION, ROLLOUT_ACTION_BY_ANNOTATION
 
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    user = os.environ.get("USER", "unknown")
     patch = {
         "metadata": {
             "annotations": {
                 ROLLOUT_ACTION_ANNOTATION: f"{verb}@{stamp}",
-                "newfuse.io/rollout-action-by": user,
+                ROLLOUT_ACTION_BY_ANNOTATION: _audit_stamp(kubeconfig),
             }
         }
     }
@@ -458,7 +476,13 @@ def rollout_status(
 
 
 def _set_paused(fleet: str, paused: bool, namespace: str, kubeconfig: str | None) -> None:
-    _fleet_call(kubeconfig, namespace, fleet, {"spec": {"rollout": {"paused": paused}}})
+    from newfuse.core.naming import PAUSED_BY_ANNOTATION
+
+    patch = {
+        "metadata": {"annotations": {PAUSED_BY_ANNOTATION: _audit_stamp(kubeconfig)}},
+        "spec": {"rollout": {"paused": paused}},
+    }
+    _fleet_call(kubeconfig, namespace, fleet, patch)
     console.print(
         f"{namespace}/{fleet}: rollout {'paused' if paused else 'resumed'} "
         f"(spec.rollout.paused={str(paused).lower()})"

@@ -117,12 +117,15 @@ class KubeClient:
             raise
         return True
 
-    async def patch_fleet_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Replace the fleet's status (merge patch on the status subresource)."""
-        await self._run(
+    async def patch_fleet_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Replace the fleet's status (merge patch on the status subresource); the new object."""
+        updated: Any = await self._run(
             self._custom.patch_namespaced_custom_object_status,
             GROUP, VERSION, namespace, PLURAL, name, {"status": status},
         )  # fmt: skip
+        return dict(updated)
 
     async def set_finalizers(
         self, namespace: str, name: str, finalizers: list[str], resource_version: str

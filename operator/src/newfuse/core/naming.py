@@ -20,6 +20,10 @@ COMPONENT_AGENT: Final = "agent"
 # One-shot rollout controls, written by `newfuse rollout promote|promote-full|abort|retry`
 # as "<action>@<timestamp>"; the controller acts on a value once and records it in status.
 ROLLOUT_ACTION_ANNOTATION: Final = "newfuse.io/rollout-action"
+# Who asked for the last control action (and pause/resume), as "<user>@<timestamp>"; the CLI
+# writes the Kubernetes identity it authenticated as, and the operator's audit line repeats it.
+ROLLOUT_ACTION_BY_ANNOTATION: Final = "newfuse.io/rollout-action-by"
+PAUSED_BY_ANNOTATION: Final = "newfuse.io/paused-by"
 
 # Blocks deletion of a fleet until its Redis keys are gone.
 FINALIZER: Final = "newfuse.io/redis-cleanup"

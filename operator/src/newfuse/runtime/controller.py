@@ -41,6 +41,7 @@ from newfuse.api.v1alpha1 import (
 )
 from newfuse.config import OperatorConfig
 from newfuse.core import naming
+from newfuse.core.audit import audit_record
 from newfuse.core.metrics import (
     AgentReports,
     fleet_state_update,
@@ -80,6 +81,20 @@ def fleet_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
+def is_older(meta: Mapping[str, Any], cached: NewFuseAgent) -> bool:
+    """True if an event's object is an older version of the same fleet than the cached one.
+
+    resourceVersions are etcd revisions: integers that grow with every write. They are compared
+    only for the same object (same uid) and only when both parse; otherwise the event wins.
+    """
+    if meta.get("uid") != cached.metadata.uid:
+        return False
+    try:
+        return int(meta.get("resourceVersion", "")) < int(cached.metadata.resource_version)
+    except ValueError:
+        return False
+
+
 class Controller:
     """Owns the caches and the queue; `run()` reconciles until cancelled."""
 
@@ -117,6 +132,11 @@ class Controller:
             self._versions.pop(key, None)
             self._stored_revisions.pop(key, None)
             self._refresh_gauges()
+            return
+        cached = self.fleets.get(key)
+        if cached is not None and is_older(meta, cached):
+            # Our own status write already put a newer version in the cache (write-through);
+            # an event from before it must not roll the cache back.
             return
         try:
             self.fleets[key] = NewFuseAgent.model_validate(body)
@@ -376,6 +396,26 @@ class Controller:
                 # Phase 3: tell the legacy agents to stop taking tasks now; deleting their pods
                 # (SIGTERM) follows in this same reconcile, and both paths drain the same way.
                 await self._drain_revision(fleet, legacy, now)
+            record = audit_record(entry.reason, meta.annotations, meta.namespace, meta.name)
+            if record is not None:
+                log.info(
+                    "audit: %s of %s/%s by %s",
+                    record.action,
+                    record.namespace,
+                    record.fleet,
+                    record.by,
+                    extra={
+                        "audit": True,
+                        "action": record.action,
+                        "by": record.by,
+                        "requested_at": record.requested_at,
+                        "done_at": now.isoformat(),
+                        "namespace": record.namespace,
+                        "fleet": record.fleet,
+                        "stage": entry.stage,
+                        "step": entry.step,
+                    },
+                )
             warning = entry.reason in WARNING_ROLLOUT_REASONS
             if entry.verdict is not None:
                 obs.GATE_VERDICTS.labels(entry.verdict.result).inc()
@@ -468,7 +508,10 @@ class Controller:
         if status != fleet.status:
             # Explicit nulls: under a merge patch, a field left out would keep its old value.
             body = status.model_dump(mode="json", by_alias=True)
-            await self.kube.patch_fleet_status(meta.namespace, meta.name, body)
+            updated = await self.kube.patch_fleet_status(meta.namespace, meta.name, body)
+            # Write-through: a reconcile triggered before the watch delivers this write (a pod
+            # event, say) must see the new status, or it would act on a one-shot action twice.
+            self.observe_fleet("MODIFIED", updated)
         if status.phase != previous_phase and status.phase is not None:
             event_type = "Warning" if status.phase is Phase.DEGRADED else "Normal"
             await self.kube.post_event(
