@@ -53,3 +53,55 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
 {{- end -}}
+
+{{/* Names of the Secrets the chart may generate or reference. */}}
+{{- define "newfuse.signingSecretName" -}}
+{{- default (printf "%s-signing" (include "newfuse.fullname" .)) .Values.signing.existingSecret -}}
+{{- end -}}
+
+{{- define "newfuse.redisName" -}}
+{{- printf "%s-redis" (include "newfuse.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "newfuse.redisSelectorLabels" -}}
+app.kubernetes.io/name: newfuse-redis
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The PromQL label matchers that select the operator's own series in alert expressions. */}}
+{{- define "newfuse.ruleSelector" -}}
+{{- .Values.metrics.prometheusRule.selector | default (printf "job=%q" (printf "%s-metrics" (include "newfuse.fullname" .))) -}}
+{{- end -}}
+
+{{/* A Secret value generated once and then kept: the live Secret's value on upgrade (lookup),
+     else a new random one. `helm template` and --dry-run=client cannot look up, so they always
+     show a new value. Call with (list $ secretName dataKey length). Returns the base64 value. */}}
+{{- define "newfuse.keptRandom" -}}
+{{- $ := index . 0 -}}
+{{- $existing := lookup "v1" "Secret" $.Release.Namespace (index . 1) -}}
+{{- if and $existing $existing.data (hasKey $existing.data (index . 2)) -}}
+{{- index $existing.data (index . 2) -}}
+{{- else -}}
+{{- randAlphaNum (index . 3) | b64enc -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Refuse value combinations the schema cannot express, with a message naming the fix. */}}
+{{- define "newfuse.validate" -}}
+{{- if and (not .Values.redis.existingSecret) (not .Values.redis.internal.enabled) (contains "@" .Values.redis.url) -}}
+{{- fail "redis.url must not contain credentials (it has an '@'): values end up in plain text in the Deployment. Put the full URL in a Secret and set redis.existingSecret (and redis.existingSecretKey) instead." -}}
+{{- end -}}
+{{- if and .Values.redis.internal.enabled .Values.redis.existingSecret -}}
+{{- fail "redis.internal.enabled and redis.existingSecret are mutually exclusive: choose the in-chart Redis (trials) or your own Redis (a Secret with its URL)." -}}
+{{- end -}}
+{{- $le := .Values.leaderElection -}}
+{{- if and $le.enabled (not (and (lt (int $le.retryPeriodSeconds) (int $le.renewDeadlineSeconds)) (lt (int $le.renewDeadlineSeconds) (int $le.leaseDurationSeconds)))) -}}
+{{- fail (printf "leaderElection needs retryPeriodSeconds < renewDeadlineSeconds < leaseDurationSeconds (got %v, %v, %v), or two replicas could both lead." $le.retryPeriodSeconds $le.renewDeadlineSeconds $le.leaseDurationSeconds) -}}
+{{- end -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not $le.enabled) -}}
+{{- fail "replicaCount > 1 needs leaderElection.enabled=true: replicas without election would all reconcile the same fleets." -}}
+{{- end -}}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) -}}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled=true (the ServiceMonitor selects that Service)." -}}
+{{- end -}}
+{{- end -}}
