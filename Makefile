@@ -67,8 +67,13 @@ lint: deps ## ruff (lint + format check), mypy --strict and import-linter
 	$(VENV)/bin/lint-imports
 
 .PHONY: crds
-crds: deps ## Regenerate crds/ and the chart's CRDs from the pydantic models
+crds: deps ## Regenerate crds/ and the chart's CRDs from the pydantic models (then `make manifests`)
 	$(PY) -m newfuse.api.crdgen
+	@$(MAKE) --no-print-directory manifests
+
+.PHONY: manifests
+manifests: deps ## Regenerate the kustomize base in config/ from the chart (helm template) and crds/
+	$(PY) hack/gen_kustomize.py
 
 .PHONY: fmt
 fmt: deps ## Format and auto-fix with ruff
