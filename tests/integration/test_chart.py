@@ -1,11 +1,18 @@
 """The Helm chart: lint, render, validate, refuse bad values, least privilege, and a full lifecycle.
 
+Rendering tests check the wiring (leader election, signing, Redis Secrets, the trial Redis,
+NetworkPolicies); the API server validates every object by server-side dry run, except the
+Prometheus Operator kinds, which the session cluster has no CRDs for (tests/unit/test_chart_rules.py
+checks their content, and the lifecycle applies them on stand-in CRDs). The kustomize base in
+config/ must be what hack/gen_kustomize.py generates, and must pass a server-side dry run too.
+
 The lifecycle runs on a throwaway control plane, so that Helm can own the CRD there without
 touching the session cluster's.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -16,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+import gen_kustomize
 from harness import Cluster, Kubectl, OperatorProcess, RedisHandle
 from localcluster import LocalCluster, wait_for
 from localcluster.binaries import Binaries
@@ -24,6 +32,33 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "newfuse-operator"
 SAMPLE = ROOT / "crds" / "samples" / "summarizer.yaml"
 KUBE_VERSION = "1.35.4"
+# Every optional object of the chart at once (signing is on by default).
+EVERYTHING = [
+    "--set",
+    "redis.internal.enabled=true",
+    "--set",
+    "networkPolicy.enabled=true",
+    "--set",
+    "networkPolicy.agents.namespaces={team-a}",
+    "--set",
+    "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
+    "--set",
+    "redis.agentSecret.name=redis-url",
+    "--set",
+    "redis.tls.caSecret.name=redis-ca",
+    "--set",
+    "metrics.serviceMonitor.enabled=true",
+    "--set",
+    "metrics.agentPodMonitor.enabled=true",
+    "--set",
+    "metrics.prometheusRule.enabled=true",
+    "--set",
+    "metrics.dashboard.enabled=true",
+]
+# Prometheus Operator kinds: the session cluster has no CRDs for them, so its dry run leaves them
+# out (tests/unit/test_chart_rules.py checks their content); the lifecycle test installs minimal
+# CRDs for them on its throwaway cluster and applies them for real.
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +98,13 @@ def test_lint_passes(binaries: Binaries) -> None:
     assert "0 chart(s) failed" in result.stdout
 
 
+NAMESPACED = ["--set", "rbac.namespaced=true", "--set", "watchNamespaces={team-a,team-b}"]
+
+
 @pytest.mark.parametrize(
     "mode",
-    [[], ["--set", "rbac.namespaced=true", "--set", "watchNamespaces={team-a,team-b}"]],
-    ids=["cluster-wide", "namespaced"],
+    [[], NAMESPACED, EVERYTHING],
+    ids=["cluster-wide", "namespaced", "everything"],
 )
 def test_rendered_chart_is_accepted_by_the_api_server(
     binaries: Binaries, kubectl: Kubectl, cluster: Cluster, mode: list[str]
@@ -79,8 +117,14 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         "Service",
         "PodDisruptionBudget",
         "CustomResourceDefinition",
+        "Role",
+        "RoleBinding",
+        "Secret",
     }
+    if mode is EVERYTHING:
+        expected |= {"NetworkPolicy", "ConfigMap"} | MONITORING_KINDS
     assert expected <= set(kinds)
+    docs = [d for d in docs if d["kind"] not in MONITORING_KINDS]
     for namespace in ("newfuse-system", "team-a", "team-b"):
         kubectl(
             "apply",
@@ -96,8 +140,11 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         stdin=yaml.safe_dump_all(docs),
     )
     assert out.count("(server dry run)") == len(docs)
-    if mode:
-        assert [d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"] == [
+    roles = [d for d in docs if d["kind"] == "Role"]
+    [lease_role] = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
+    assert lease_role["metadata"]["namespace"] == "newfuse-system"
+    if mode is NAMESPACED:
+        assert [r["metadata"]["namespace"] for r in roles if r is not lease_role] == [
             "team-a",
             "team-b",
         ]
@@ -113,8 +160,23 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         ("surprise: 1\n", "surprise"),
         ("redis:\n  url: http://not-redis\n", "redis/url"),
         ("operator:\n  logFormat: xml\n", "logFormat"),
+        ("leaderElection:\n  enabled: 'yes'\n", "leaderElection/enabled"),
+        ("redis:\n  internal:\n    persistence: true\n", "persistence"),
+        ("signing:\n  existingSecretKey: ''\n", "signing/existingSecretKey"),
+        ("networkPolicy:\n  apiServer:\n    ports: [0]\n", "networkPolicy/apiServer/ports"),
+        ("metrics:\n  prometheusRule:\n    selector: '{job=\"x\"}'\n", "selector"),
     ],
-    ids=["wrong type", "unknown key", "bad redis url", "bad enum"],
+    ids=[
+        "wrong type",
+        "unknown key",
+        "bad redis url",
+        "bad enum",
+        "election flag not a boolean",
+        "unknown internal redis key",
+        "empty signing key name",
+        "port out of range",
+        "selector with braces",
+    ],
 )
 def test_bad_values_are_refused_by_the_schema(
     binaries: Binaries, tmp_path: Path, values: str, message: str
@@ -154,6 +216,248 @@ def test_rbac_is_least_privilege_without_wildcards(binaries: Binaries) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["redis.url=redis://:secret@redis:6379/0"], "set redis.existingSecret"),
+        (["redis.url=rediss://user:secret@redis:6380/0"], "must not contain credentials"),
+        (["redis.internal.enabled=true", "redis.existingSecret=mine"], "mutually exclusive"),
+        (["leaderElection.renewDeadlineSeconds=20"], "retryPeriodSeconds < renewDeadlineSeconds"),
+        (["leaderElection.enabled=false"], "replicaCount > 1 needs leaderElection.enabled"),
+        (
+            ["metrics.service.enabled=false", "metrics.serviceMonitor.enabled=true"],
+            "needs metrics.service.enabled",
+        ),
+    ],
+    ids=[
+        "password in url",
+        "acl user in url",
+        "two redis",
+        "unsafe election timings",
+        "replicas without election",
+        "monitor without service",
+    ],
+)
+def test_unsafe_values_fail_with_a_clear_message(
+    binaries: Binaries, sets: list[str], message: str
+) -> None:
+    argv = ["template", "nf", str(CHART), "--kube-version", KUBE_VERSION]
+    for value in sets:
+        argv += ["--set", value]
+    result = helm(binaries, *argv, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def _env(docs: list[dict[str, Any]], name: str = "nf-newfuse-operator") -> dict[str, Any]:
+    [deployment] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+@pytest.mark.parametrize("mode", [[], NAMESPACED], ids=["cluster-wide", "namespaced"])
+def test_leader_election_is_wired_with_a_lease_only_role(
+    binaries: Binaries, mode: list[str]
+) -> None:
+    docs = render(binaries, *mode)
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == 2
+    env = _env(docs)
+    assert env["NEWFUSE_LEADER_ELECTION"] == "true"
+    assert env["NEWFUSE_LEADER_ELECTION_NAMESPACE"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}
+    }
+    assert env["NEWFUSE_LEADER_ELECTION_NAME"] == "nf-newfuse-operator"
+    assert env["NEWFUSE_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["NEWFUSE_LEASE_DURATION_SECONDS"] == "15"
+    assert env["NEWFUSE_RENEW_DEADLINE_SECONDS"] == "10"
+    assert env["NEWFUSE_RETRY_PERIOD_SECONDS"] == "2"
+    [role] = [d for d in docs if d["kind"] == "Role" and "leader" in d["metadata"]["name"]]
+    assert role["metadata"]["namespace"] == "newfuse-system"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "update"],
+        }
+    ]
+    [binding] = [
+        d for d in docs if d["kind"] == "RoleBinding" and "leader" in d["metadata"]["name"]
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "nf-newfuse-operator", "namespace": "newfuse-system"}
+    ]
+    # No other object grants anything on leases.
+    for doc in docs:
+        if doc["kind"] in ("Role", "ClusterRole") and doc is not role:
+            assert all("leases" not in r["resources"] for r in doc["rules"])
+
+    off = render(binaries, "--set", "leaderElection.enabled=false", "--set", "replicaCount=1")
+    assert _env(off)["NEWFUSE_LEADER_ELECTION"] == "false"
+    assert not [d for d in off if d["kind"] == "Role"]
+
+
+def test_signing_is_on_by_default_with_a_generated_kept_secret(binaries: Binaries) -> None:
+    docs = render(binaries)
+    [secret] = [d for d in docs if d["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == "nf-newfuse-operator-signing"
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    key = base64.b64decode(secret["data"]["key"]).decode()
+    assert len(key) == 48
+    assert key.isalnum()
+    assert _env(docs)["NEWFUSE_SIGNING_KEY"] == {
+        "secretKeyRef": {"name": "nf-newfuse-operator-signing", "key": "key"}
+    }
+
+    own = render(
+        binaries, "--set", "signing.existingSecret=mine", "--set", "signing.existingSecretKey=k"
+    )
+    assert not [d for d in own if d["kind"] == "Secret"]
+    assert _env(own)["NEWFUSE_SIGNING_KEY"] == {"secretKeyRef": {"name": "mine", "key": "k"}}
+    off = render(binaries, "--set", "signing.enabled=false")
+    assert "NEWFUSE_SIGNING_KEY" not in _env(off)
+    assert not [d for d in off if d["kind"] == "Secret"]
+
+
+def test_redis_credentials_only_come_from_secrets(binaries: Binaries) -> None:
+    env = _env(render(binaries))
+    assert env["NEWFUSE_REDIS_URL"] == "redis://redis:6379/0"
+    assert "NEWFUSE_AGENT_REDIS_SECRET" not in env
+    assert "NEWFUSE_REDIS_CA_FILE" not in env
+
+    docs = render(
+        binaries,
+        "--set",
+        "redis.existingSecret=redis-creds",
+        "--set",
+        "redis.agentSecret.name=agent-redis",
+        "--set",
+        "redis.agentSecret.key=the-url",
+        "--set",
+        "redis.tls.caSecret.name=redis-ca",
+    )
+    env = _env(docs)
+    assert env["NEWFUSE_REDIS_URL"] == {"secretKeyRef": {"name": "redis-creds", "key": "url"}}
+    assert env["NEWFUSE_AGENT_REDIS_SECRET"] == "agent-redis/the-url"
+    assert env["NEWFUSE_REDIS_CA_FILE"] == "/etc/newfuse/redis-ca/ca.crt"
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "redis-ca"]
+    assert volume["secret"]["secretName"] == "redis-ca"
+    assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "redis-ca"]
+    assert mount == {"name": "redis-ca", "mountPath": "/etc/newfuse/redis-ca", "readOnly": True}
+
+
+def test_internal_redis_is_restricted_and_uses_one_generated_password(
+    binaries: Binaries,
+) -> None:
+    docs = render(binaries, "--set", "redis.internal.enabled=true")
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    password = base64.b64decode(secrets["nf-newfuse-operator-redis"]["data"]["password"]).decode()
+    url = base64.b64decode(secrets["nf-newfuse-operator-redis-url"]["data"]["url"]).decode()
+    assert len(password) == 32
+    assert url == (f"redis://:{password}@nf-newfuse-operator-redis.newfuse-system.svc:6379/0")
+    assert _env(docs)["NEWFUSE_REDIS_URL"] == {
+        "secretKeyRef": {"name": "nf-newfuse-operator-redis-url", "key": "url"}
+    }
+    [redis] = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-redis")
+    ]
+    pod = redis["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"] == "redis:7.4-alpine"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 999
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    assert {"name": "data", "emptyDir": {}} in pod["volumes"]
+    # The password reaches redis-server through the environment, from the Secret.
+    assert container["args"][:2] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    assert password not in json.dumps(redis)
+    [password_env] = [e for e in container["env"] if e["name"] == "REDIS_PASSWORD"]
+    assert password_env["valueFrom"]["secretKeyRef"] == {
+        "name": "nf-newfuse-operator-redis",
+        "key": "password",
+    }
+
+
+def test_network_policies_open_only_what_the_operator_needs(binaries: Binaries) -> None:
+    assert not [d for d in render(binaries) if d["kind"] == "NetworkPolicy"]
+    docs = render(binaries, *EVERYTHING)
+    policies = {
+        (d["metadata"]["namespace"], d["metadata"]["name"]): d["spec"]
+        for d in docs
+        if d["kind"] == "NetworkPolicy"
+    }
+    assert set(policies) == {
+        ("newfuse-system", "nf-newfuse-operator"),
+        ("newfuse-system", "nf-newfuse-operator-redis"),
+        ("team-a", "nf-newfuse-operator-agents"),
+    }
+    operator = policies[("newfuse-system", "nf-newfuse-operator")]
+    assert operator["policyTypes"] == ["Ingress", "Egress"]
+    assert operator["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    egress_ports = [
+        sorted((p["protocol"], p["port"]) for p in rule["ports"]) for rule in operator["egress"]
+    ]
+    assert egress_ports == [
+        [("TCP", 53), ("UDP", 53)],
+        [("TCP", 443), ("TCP", 6443)],
+        [("TCP", 6379), ("TCP", 6380)],
+    ]
+    assert operator["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    redis = policies[("newfuse-system", "nf-newfuse-operator-redis")]
+    assert redis["egress"] == []
+    assert redis["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 6379}]
+
+
+def test_kustomize_base_is_up_to_date(binaries: Binaries) -> None:
+    for relative, text in gen_kustomize.render(binaries.helm).items():
+        committed = ROOT / relative
+        assert committed.exists(), f"{relative} is missing: run `make manifests`"
+        assert committed.read_text() == text, f"{relative} is stale: run `make manifests`"
+
+
+def test_kustomize_base_builds_and_is_accepted_by_the_api_server(
+    kubectl: Kubectl, cluster: Cluster
+) -> None:
+    built = kubectl("kustomize", str(ROOT / "config" / "default"))
+    docs = [doc for doc in yaml.safe_load_all(built) if doc]
+    kinds = {d["kind"] for d in docs}
+    assert {"Namespace", "CustomResourceDefinition", "Deployment", "Role", "ClusterRole"} <= kinds
+    assert "Secret" not in kinds, "the base carries no key material"
+    for doc in docs:
+        cluster_scoped = (
+            "Namespace",
+            "CustomResourceDefinition",
+            "ClusterRole",
+            "ClusterRoleBinding",
+        )
+        if doc["kind"] not in cluster_scoped:
+            assert doc["metadata"]["namespace"] == "newfuse-system", doc["metadata"]
+        assert doc["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by") != "Helm"
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["NEWFUSE_SIGNING_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "newfuse-operator-signing",
+        "key": "key",
+    }
+    assert env["NEWFUSE_LEADER_ELECTION_NAME"]["value"] == "newfuse-operator"
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=kubectl("create", "namespace", "newfuse-system", "--dry-run=client", "-o", "yaml"),
+    )
+    out = kubectl("apply", "--dry-run=server", "-f", "-", stdin=built)
+    assert out.count("(server dry run)") == len(docs)
+
+
 @pytest.fixture(scope="module")
 def helm_cluster(
     tmp_path_factory: pytest.TempPathFactory, binaries: Binaries
@@ -175,6 +479,56 @@ def _token_kubeconfig(kubectl: Kubectl, namespace: str, account: str, target: Pa
     config["contexts"][0]["context"]["user"] = "operator"
     target.write_text(yaml.safe_dump(config))
     return target
+
+
+def _secret_value(k: Kubectl, namespace: str, name: str, key: str) -> str:
+    secret = json.loads(k("get", "secret", name, "-n", namespace, "-o", "json"))
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def _pod_env(k: Kubectl, namespace: str, pod: dict[str, Any]) -> dict[str, str]:
+    """The env a container of ``pod`` gets, resolved like the kubelet does (fieldRef, Secrets)."""
+    fields = {"metadata.namespace": namespace, "metadata.name": pod["metadata"]["name"]}
+    env = {}
+    for var in pod["spec"]["containers"][0]["env"]:
+        source = var.get("valueFrom")
+        if source is None:
+            env[var["name"]] = var.get("value", "")  # the API server drops empty values
+        elif "fieldRef" in source:
+            env[var["name"]] = fields[source["fieldRef"]["fieldPath"]]
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            env[var["name"]] = _secret_value(k, namespace, ref["name"], ref["key"])
+        else:
+            raise AssertionError(f"unhandled env source: {var}")
+    return env
+
+
+def _monitoring_crd(kind: str, plural: str) -> dict[str, Any]:
+    """A minimal stand-in for a Prometheus Operator CRD: the kind exists, any spec is accepted."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
 
 
 def test_install_run_as_configured_upgrade_and_uninstall(
@@ -206,10 +560,32 @@ def test_install_run_as_configured_upgrade_and_uninstall(
     assert deployment["status"]["readyReplicas"] == 2, (
         "the operator pods pass the restricted policy"
     )
+    signing = json.loads(
+        k("get", "secret", "nf-newfuse-operator-signing", "-n", "newfuse-system", "-o", "json")
+    )
+    assert signing["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    signing_key = _secret_value(k, "newfuse-system", "nf-newfuse-operator-signing", "key")
+    assert len(signing_key) == 48
 
-    # The operator as the chart configures it: its env, and its ServiceAccount's credentials.
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    # The operator as the chart configures it: one pod's env as the kubelet resolves it (fieldRefs,
+    # the signing Secret), and its ServiceAccount's credentials.
+    pods = json.loads(
+        k(
+            "get",
+            "pods",
+            "-n",
+            "newfuse-system",
+            "-l",
+            "app.kubernetes.io/instance=nf",
+            "-o",
+            "json",
+        )
+    )["items"]
+    pod = next(p for p in pods if p["metadata"]["name"].startswith("nf-newfuse-operator-"))
+    env = _pod_env(k, "newfuse-system", pod)
+    assert env["NEWFUSE_SIGNING_KEY"] == signing_key
+    assert env["NEWFUSE_LEADER_ELECTION"] == "true"
+    assert env["NEWFUSE_LEADER_ELECTION_NAMESPACE"] == "newfuse-system"
     for local_only in (
         "NEWFUSE_METRICS_ADDRESS",
         "NEWFUSE_METRICS_PORT",
@@ -235,6 +611,11 @@ def test_install_run_as_configured_upgrade_and_uninstall(
             return bool(status.get("phase") == "Available" and status.get("readyReplicas") == 3)
 
         wait_for(available, 90, what="the sample fleet Available under the chart's RBAC")
+        # It leads through the Lease the chart names, which its Role lets it take.
+        lease = json.loads(
+            k("get", "lease", "nf-newfuse-operator", "-n", "newfuse-system", "-o", "json")
+        )
+        assert pod["metadata"]["name"] in lease["spec"]["holderIdentity"]
         k("delete", "nfa", "summarizer", "-n", "agents", "--wait=true", "--timeout=60s")
     finally:
         operator.kill()
@@ -242,7 +623,9 @@ def test_install_run_as_configured_upgrade_and_uninstall(
     assert "Forbidden" not in log, "the chart's RBAC covers everything the operator does"
     assert " 403" not in log
 
-    # A chart whose CRD changed: `helm upgrade` must upgrade the CRD too.
+    # A chart whose CRD changed: `helm upgrade` must upgrade the CRD too. The upgrade also turns
+    # on every optional object, for real on this cluster (minimal Prometheus Operator CRDs
+    # stand in for the real ones), and the trial Redis must pass the restricted policy.
     changed = tmp_path / "chart"
     shutil.copytree(CHART, changed)
     crd_file = changed / "files" / "newfuse.io_newfuseagents.yaml"
@@ -251,6 +634,16 @@ def test_install_run_as_configured_upgrade_and_uninstall(
         {"name": "Upgraded", "type": "string", "jsonPath": ".status.message"}
     )
     crd_file.write_text(yaml.safe_dump(crd))
+    monitoring = [
+        _monitoring_crd("ServiceMonitor", "servicemonitors"),
+        _monitoring_crd("PodMonitor", "podmonitors"),
+        _monitoring_crd("PrometheusRule", "prometheusrules"),
+    ]
+    k("apply", "-f", "-", stdin=yaml.safe_dump_all(monitoring))
+    for item in monitoring:
+        k("wait", "--for=condition=Established", f"crd/{item['metadata']['name']}")
+    everything = [value.replace("{team-a}", "{agents}") for value in EVERYTHING]
+    k("create", "secret", "generic", "redis-ca", "-n", "newfuse-system", "--from-literal=ca.crt=x")
     helm(
         binaries,
         "upgrade",
@@ -258,14 +651,50 @@ def test_install_run_as_configured_upgrade_and_uninstall(
         str(changed),
         "-n",
         "newfuse-system",
-        "--set",
-        f"redis.url={redis_server.url}",
+        *everything,
+        "--wait",
+        "--timeout",
+        "90s",
         kubeconfig=kubeconfig,
     )
     live = json.loads(k("get", "crd", "newfuseagents.newfuse.io", "-o", "json"))
     assert "Upgraded" in [
         c["name"] for c in live["spec"]["versions"][0]["additionalPrinterColumns"]
     ]
+    redis = json.loads(
+        k("get", "deployment", "nf-newfuse-operator-redis", "-n", "newfuse-system", "-o", "json")
+    )
+    assert redis["status"]["readyReplicas"] == 1, "the trial Redis passes the restricted policy"
+    created = k(
+        "get",
+        "servicemonitor,podmonitor,prometheusrule,networkpolicy,configmap",
+        "-A",
+        "-l",
+        "app.kubernetes.io/instance=nf",
+        "-o",
+        "name",
+    ).split()
+    assert len(created) == 7, created  # 3 monitoring objects, 3 policies, the dashboard
+    redis_url = _secret_value(k, "newfuse-system", "nf-newfuse-operator-redis-url", "url")
+
+    # Generated secrets survive upgrades: the same signing key and Redis password.
+    helm(
+        binaries,
+        "upgrade",
+        "nf",
+        str(changed),
+        "-n",
+        "newfuse-system",
+        "--reuse-values",
+        "--set",
+        "replicaCount=3",
+        "--wait",
+        "--timeout",
+        "90s",
+        kubeconfig=kubeconfig,
+    )
+    assert _secret_value(k, "newfuse-system", "nf-newfuse-operator-signing", "key") == signing_key
+    assert _secret_value(k, "newfuse-system", "nf-newfuse-operator-redis-url", "url") == redis_url
 
     helm(binaries, "uninstall", "nf", "-n", "newfuse-system", "--wait", kubeconfig=kubeconfig)
     assert k("get", "crd", "newfuseagents.newfuse.io", "-o", "name").strip() == (
@@ -273,9 +702,9 @@ def test_install_run_as_configured_upgrade_and_uninstall(
     ), "crds.keep leaves the CRD"
     leftovers = k(
         "get",
-        "deployment,serviceaccount,service,pdb",
-        "-n",
-        "newfuse-system",
+        "deployment,serviceaccount,service,pdb,role,rolebinding,networkpolicy,configmap,"
+        "servicemonitor,podmonitor,prometheusrule",
+        "-A",
         "-l",
         "app.kubernetes.io/instance=nf",
         "-o",
@@ -285,3 +714,7 @@ def test_install_run_as_configured_upgrade_and_uninstall(
     assert (
         k("get", "clusterrole", "-l", "app.kubernetes.io/instance=nf", "-o", "name").strip() == ""
     )
+    kept = k(
+        "get", "secret", "-n", "newfuse-system", "-l", "app.kubernetes.io/instance=nf", "-o", "name"
+    )
+    assert kept.split() == ["secret/nf-newfuse-operator-signing"], "only the signing key is kept"
