@@ -540,7 +540,7 @@ def test_install_run_as_configured_upgrade_and_uninstall(
     for namespace in ("newfuse-system", "agents"):
         k("create", "namespace", namespace)
         k("label", "namespace", namespace, restricted)
-    helm(
+    installed = helm(
         binaries,
         "install",
         "nf",
@@ -560,6 +560,8 @@ def test_install_run_as_configured_upgrade_and_uninstall(
     assert deployment["status"]["readyReplicas"] == 2, (
         "the operator pods pass the restricted policy"
     )
+    # NOTES tell how fleets use the signing key.
+    assert "keySecretRef: {name: nf-newfuse-operator-signing, key: key}" in installed.stdout
     signing = json.loads(
         k("get", "secret", "nf-newfuse-operator-signing", "-n", "newfuse-system", "-o", "json")
     )
