@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import orjson
 import redis
+from kubernetes import client as k8s_client
 
 from harness import Fleets, RedisHandle, agent_state, agents_of, start_fleet
 from localcluster import wait_for
@@ -189,3 +190,49 @@ def test_scale_down_drains_the_agent_which_finishes_its_work_and_goes_inactive(
         r for r in map(_payload, redis_client.hvals(keys.result_index)) if r["agent_id"] == leaving
     ]
     assert finished_by_leaver, "the draining agent finished the work it held"
+
+
+def test_a_signing_fleet_runs_signed_tasks_and_dead_letters_unsigned_ones(
+    fleets: Fleets,
+    pod_runner: PodRunnerProcess,
+    redis_server: RedisHandle,
+    redis_client: redis.Redis,
+    k8s_api: k8s_client.ApiClient,
+) -> None:
+    """The key reaches agents only through a Secret; unsigned work is refused, never run."""
+    ns, key = fleets.namespace, "e2e-signing-key-0123456789abcdef"
+    k8s_client.CoreV1Api(k8s_api).create_namespaced_secret(
+        ns,
+        k8s_client.V1Secret(
+            metadata=k8s_client.V1ObjectMeta(name="signing"), string_data={"key": key}
+        ),
+    )
+    start_fleet(
+        fleets, pod_runner, redis_client, "signed", 1,
+        signing={"keySecretRef": {"name": "signing", "key": "key"}},
+    )  # fmt: skip
+    [pod] = fleets.pods("signed")
+    env = {e.name: e for e in pod.spec.containers[0].env}
+    assert env["NEWFUSE_SIGNING_KEY"].value is None, "never a plain value in the pod spec"
+    assert env["NEWFUSE_SIGNING_KEY"].value_from.secret_key_ref.name == "signing"
+    assert env["NEWFUSE_REQUIRE_SIGNATURES"].value == "true"
+
+    keys = FleetKeys(ns, "signed")
+    unsigned = submit("signed", ns, redis_server.url, "--id", "unsigned-1", "--payload", "1")
+    assert "submitted" in unsigned
+    wait_for(
+        lambda: redis_client.xlen(keys.dead_letters) >= 1, 30, what="the unsigned task's DLQ entry"
+    )
+    [(_, letter)] = cast(StreamEntries, redis_client.xrange(keys.dead_letters))
+    assert letter["reason"] == "unsigned"
+
+    signed = subprocess.run(
+        [NEWFUSE, "task", "submit", "signed", "-n", ns, "--id", "signed-1", "--payload", "2",
+         "--wait", "--timeout", "30"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "NEWFUSE_REDIS_URL": redis_server.url, "NEWFUSE_SIGNING_KEY": key,
+             "NO_COLOR": "1"},
+    )  # fmt: skip
+    assert signed.returncode == 0, signed.stderr
+    assert '"status": "succeeded"' in signed.stdout
+    assert result_ids(redis_client, keys) == ["signed-1"], "the unsigned task never ran"

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from factories import fleet, pod_body
+from newfuse.api.v1alpha1 import SecretKeyRef
 from newfuse.core import naming
 from newfuse.core.pods import AgentDefaults, PodHealth, build_pod, observe_pod
 from newfuse.core.revision import REVISION_LENGTH, template_hash
@@ -130,3 +131,64 @@ def test_secret_backed_redis_and_gateway() -> None:
     assert env["NEWFUSE_REDIS_URL"] == {"secretKeyRef": {"name": "redis", "key": "url"}}
     assert env["NEWFUSE_GATEWAY_API_KEY"] == {"secretKeyRef": {"name": "gw", "key": "k"}}
     assert env["NEWFUSE_GATEWAY_ENDPOINT"] == "http://gw:8080/v1"
+
+
+OPERATOR_REDIS = SecretKeyRef(name="newfuse-redis", key="url")
+OPERATOR_SIGNING = SecretKeyRef(name="newfuse-signing", key="key")
+
+
+def _ref(name: str, key: str) -> dict[str, Any]:
+    return {"secretKeyRef": {"name": name, "key": key}}
+
+
+@pytest.mark.parametrize(
+    ("spec", "defaults", "expected"),
+    [
+        # Nothing configured: the plain (credential-free) URL, no signing.
+        ({}, {}, {"NEWFUSE_REDIS_URL": "redis://default", "NEWFUSE_SIGNING_KEY": None,
+                  "NEWFUSE_REQUIRE_SIGNATURES": None}),
+        # The operator's default Secrets apply to fleets that say nothing.
+        ({}, {"redis_secret": OPERATOR_REDIS, "signing_secret": OPERATOR_SIGNING},
+         {"NEWFUSE_REDIS_URL": _ref("newfuse-redis", "url"),
+          "NEWFUSE_SIGNING_KEY": _ref("newfuse-signing", "key"),
+          "NEWFUSE_REQUIRE_SIGNATURES": "true"}),
+        # A fleet's own Secrets win over the operator's.
+        ({"redis": {"urlSecretRef": {"name": "mine", "key": "u"}},
+          "signing": {"keySecretRef": {"name": "my-key", "key": "k"}, "required": False}},
+         {"redis_secret": OPERATOR_REDIS, "signing_secret": OPERATOR_SIGNING},
+         {"NEWFUSE_REDIS_URL": _ref("mine", "u"), "NEWFUSE_SIGNING_KEY": _ref("my-key", "k"),
+          "NEWFUSE_REQUIRE_SIGNATURES": "false"}),
+        # spec.signing without a key uses the operator's key with the fleet's policy.
+        ({"signing": {"required": False}}, {"signing_secret": OPERATOR_SIGNING},
+         {"NEWFUSE_SIGNING_KEY": _ref("newfuse-signing", "key"),
+          "NEWFUSE_REQUIRE_SIGNATURES": "false"}),
+    ],
+)  # fmt: skip
+def test_credentials_reach_agents_only_through_secrets(
+    spec: dict[str, Any], defaults: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    env = _env(build_pod(fleet(**spec), "rev1", 0, AgentDefaults("redis://default", **defaults)))
+    for name, value in expected.items():
+        assert env.get(name) == value, name
+
+
+def test_a_redis_ca_bundle_is_mounted_read_only_and_named_to_the_agent() -> None:
+    f = fleet(redis={"urlSecretRef": {"name": "r", "key": "url"},
+                     "caSecretRef": {"name": "redis-tls", "key": "ca.pem"}})  # fmt: skip
+    manifest = build_pod(f, "rev1", 0, AgentDefaults(redis_url="redis://default"))
+    spec = manifest["spec"]
+    container = spec["containers"][0]
+    assert _env(manifest)["NEWFUSE_REDIS_CA_FILE"] == "/etc/newfuse/redis-ca/ca.crt"
+    assert {"name": "redis-ca", "mountPath": "/etc/newfuse/redis-ca", "readOnly": True} in (
+        container["volumeMounts"]
+    )
+    assert {
+        "name": "redis-ca",
+        "secret": {"secretName": "redis-tls", "items": [{"key": "ca.pem", "path": "ca.crt"}]},
+    } in spec["volumes"]
+
+
+def test_new_optional_fields_leave_existing_revisions_alone() -> None:
+    # Upgrading the operator must not roll every fleet: unset new fields do not enter the hash.
+    assert template_hash(fleet().spec) == "7lr78l27r4"
+    assert template_hash(fleet(signing={"required": True}).spec) != "7lr78l27r4"

@@ -8,8 +8,9 @@ import datetime as dt
 import pytest
 
 from factories import NOW
-from newfuse.api.v1alpha1 import NewFuseAgent
-from newfuse.config import LogFormat, OperatorConfig
+from newfuse.adapters.redis_connect import redacted
+from newfuse.api.v1alpha1 import NewFuseAgent, SecretKeyRef
+from newfuse.config import LogFormat, OperatorConfig, secret_key_ref
 from newfuse.core.metrics import fold_agent_states, legacy_agents
 from newfuse.runtime.controller import is_older
 from newfuse.runtime.workqueue import WorkQueue
@@ -169,3 +170,44 @@ def test_only_strictly_older_versions_of_the_same_fleet_are_stale(
         }
     )
     assert is_older(event_meta, cached) is older
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        ({"NEWFUSE_REDIS_URL": "redis://:s3cret@redis:6379/0"}, "NEWFUSE_AGENT_REDIS_SECRET"),
+        ({"NEWFUSE_AGENT_REDIS_URL": "rediss://a:pw@redis:6380/0"}, "NEWFUSE_AGENT_REDIS_SECRET"),
+        ({"NEWFUSE_AGENT_REDIS_SECRET": "Not_A_Name/url"}, "NEWFUSE_AGENT_REDIS_SECRET"),
+        ({"NEWFUSE_AGENT_SIGNING_SECRET": "no-key-part"}, "NEWFUSE_AGENT_SIGNING_SECRET"),
+        ({"NEWFUSE_LEASE_DURATION_SECONDS": "5"}, "NEWFUSE_RENEW_DEADLINE_SECONDS"),
+    ],
+)  # fmt: skip
+def test_unsafe_operator_configuration_is_refused_by_name(env: dict[str, str], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        OperatorConfig.from_env(env)
+
+
+def test_credentials_are_accepted_when_agents_read_them_from_a_secret() -> None:
+    config = OperatorConfig.from_env(
+        {
+            "NEWFUSE_REDIS_URL": "rediss://operator:pw@redis:6380/0",
+            "NEWFUSE_AGENT_REDIS_SECRET": "newfuse-redis/url",
+            "NEWFUSE_SIGNING_KEY": "k" * 32,
+        }
+    )
+    assert secret_key_ref(config.agent_redis_secret) == SecretKeyRef(
+        name="newfuse-redis", key="url"
+    )
+    assert "k" * 32 not in repr(config), "the signing key never shows in reprs or logs"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:pw@redis:6379/0", "redis://:***@redis:6379/0"),
+        ("rediss://agent:pw@redis:6380/1", "rediss://agent:***@redis:6380/1"),
+    ],
+)
+def test_redis_urls_are_logged_without_passwords(url: str, shown: str) -> None:
+    assert redacted(url) == shown

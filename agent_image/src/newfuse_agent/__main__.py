@@ -48,7 +48,12 @@ def _http_app(agent: Agent) -> web.Application:
 async def serve(config: AgentConfig) -> None:
     """Run one agent until it has drained."""
     # Every in-flight task may hold a connection, plus fetch, reclaim, heartbeat and pub/sub.
-    client = connect(config.redis_url, timeout=5, max_connections=config.concurrency + 8)
+    client = connect(
+        config.redis_url,
+        timeout=5,
+        max_connections=config.concurrency + 8,
+        ca_file=config.redis_ca_file,
+    )
     gateway_config = GatewayConfig.from_env(os.environ)
     keys = FleetKeys(config.namespace, config.fleet)
     gateway = GatewayClient(gateway_config, redis=client, keys=keys) if gateway_config else None

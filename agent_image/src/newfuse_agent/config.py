@@ -31,6 +31,7 @@ _ENV = {
     "NEWFUSE_LOG_LEVEL": "log_level",
     "NEWFUSE_FAULT_RATE": "fault_rate",
     "NEWFUSE_TRACE_EXPORTER": "trace_exporter",
+    "NEWFUSE_REDIS_CA_FILE": "redis_ca_file",
 }
 
 
@@ -50,6 +51,7 @@ class AgentConfig(BaseModel):
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_address: str = "0.0.0.0"  # noqa: S104 - a pod's probes and scrapes come from outside
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_ca_file: str | None = None
     signing_key: str | None = None
     require_signatures: bool = False
     claim_idle_seconds: float = Field(

@@ -9,6 +9,7 @@ import sys
 import kopf
 from prometheus_client import start_http_server
 
+from newfuse.adapters.redis_connect import redacted
 from newfuse.config import OperatorConfig
 from newfuse.handlers.operator import build_registry
 from newfuse.observability import configure_logging
@@ -28,7 +29,7 @@ def main() -> int:
         start_http_server(config.metrics_port, addr=config.metrics_address)
     logging.getLogger("newfuse").info(
         "starting",
-        extra={"namespaces": list(config.namespaces) or "all", "redis": config.redis_url},
+        extra={"namespaces": list(config.namespaces) or "all", "redis": redacted(config.redis_url)},
     )
     asyncio.run(
         kopf.operator(

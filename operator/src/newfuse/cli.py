@@ -75,7 +75,8 @@ def _run(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
             errors.print(f"[red]error:[/] {exc}")
         except RedisConnectionError as exc:
             errors.print(
-                f"[red]error:[/] cannot reach Redis ({exc}); set --redis-url or NEWFUSE_REDIS_URL"
+                f"[red]error:[/] cannot reach Redis ({exc}); set --redis-url or NEWFUSE_REDIS_URL "
+                "(and NEWFUSE_REDIS_CA_FILE for a private CA)"
             )
         except RedisError as exc:
             errors.print(f"[red]error:[/] Redis refused the request: {exc}")
@@ -90,7 +91,12 @@ async def _with_client(
     url: str, namespace: str, fleet: str, body: Callable[[TaskClient], Awaitable[T]]
 ) -> T:
     client = TaskClient.from_url(
-        url, namespace, fleet, sender="newfuse-cli", signing_key=_signing_key()
+        url,
+        namespace,
+        fleet,
+        sender="newfuse-cli",
+        signing_key=_signing_key(),
+        ca_file=os.environ.get("NEWFUSE_REDIS_CA_FILE"),
     )
     try:
         await client.ensure_fleet()

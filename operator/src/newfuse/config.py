@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from enum import StrEnum
+from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from newfuse.adapters.redis_connect import has_password
+from newfuse.api.v1alpha1 import SecretKeyRef
 from newfuse.tracing import TraceExporter
 
 
@@ -16,6 +19,18 @@ class LogFormat(StrEnum):
 
     JSON = "json"
     TEXT = "text"
+
+
+# "<secret name>/<key>": a DNS-1123 name, then a Secret data key.
+NAME_SLASH_KEY_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[-._a-zA-Z0-9]+$"
+
+
+def secret_key_ref(value: str | None) -> SecretKeyRef | None:
+    """The SecretKeyRef that "<secret>/<key>" names."""
+    if not value:
+        return None
+    name, key = value.split("/", 1)
+    return SecretKeyRef(name=name, key=key)
 
 
 class OperatorConfig(BaseModel):
@@ -33,6 +48,29 @@ class OperatorConfig(BaseModel):
         description="Redis URL given to agent pods when spec.redis is unset (default: redis_url).",
     )
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
+    redis_ca_file: str | None = Field(
+        default=None,
+        description="PEM CA bundle verifying a rediss:// server (the chart mounts it).",
+    )
+    agent_redis_secret: str | None = Field(
+        default=None,
+        pattern=NAME_SLASH_KEY_PATTERN,
+        description=(
+            "<secret>/<key> in each fleet's namespace holding the agents' Redis URL "
+            "(for fleets without spec.redis); required when that URL has a password."
+        ),
+    )
+    signing_key: SecretStr | None = Field(
+        default=None, description="Signs the operator's messages to agents (drain notices)."
+    )
+    agent_signing_secret: str | None = Field(
+        default=None,
+        pattern=NAME_SLASH_KEY_PATTERN,
+        description=(
+            "<secret>/<key> in each fleet's namespace holding the agents' signing key "
+            "(for fleets without spec.signing)."
+        ),
+    )
     workers: int = Field(default=16, ge=1, le=256, description="Fleets reconciled concurrently.")
     api_threads: int = Field(default=32, ge=1, le=512, description="Threads for API calls.")
     resync_seconds: float = Field(
@@ -68,6 +106,16 @@ class OperatorConfig(BaseModel):
     lease_duration_seconds: float = Field(default=15.0, gt=0)
     renew_deadline_seconds: float = Field(default=10.0, gt=0)
     retry_period_seconds: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _no_credentials_in_plain_agent_env(self) -> OperatorConfig:
+        if has_password(self.effective_agent_redis_url) and not self.agent_redis_secret:
+            raise ValueError(
+                "the agents' Redis URL carries a password, which would be put in every agent "
+                "pod as a plain env value: set NEWFUSE_AGENT_REDIS_SECRET=<secret>/<key> (a "
+                "Secret in each fleet namespace) or NEWFUSE_AGENT_REDIS_URL without credentials"
+            )
+        return self
 
     @model_validator(mode="after")
     def _election_timings_are_safe(self) -> OperatorConfig:

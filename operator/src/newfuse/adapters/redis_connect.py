@@ -7,9 +7,27 @@ fleets reconciling at once) wait briefly for a free connection, which is the beh
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 import redis.asyncio as aioredis
 
 DEFAULT_MAX_CONNECTIONS = 64
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.hostname or ""
+    netloc = f"{user}***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def has_password(url: str) -> bool:
+    """True if ``url`` carries a password (so it belongs in a Secret, not a plain env value)."""
+    return urlsplit(url).password is not None
 
 
 def connect(
@@ -19,13 +37,18 @@ def connect(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     pool_wait: float = 30.0,
     health_check_interval: int = 15,
+    ca_file: str | None = None,
 ) -> aioredis.Redis:
     """A client (decoded strings) whose commands give up after ``timeout`` seconds.
 
-    ``pool_wait`` bounds how long a command waits for a free connection.
+    ``pool_wait`` bounds how long a command waits for a free connection. ``ca_file`` is the PEM
+    bundle that verifies a rediss:// server (default: the system's trust store). ACL users and
+    passwords come in the URL itself.
     """
+    tls: dict[str, str] = {"ssl_ca_certs": ca_file} if ca_file and url.startswith("rediss") else {}
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        **tls,
         max_connections=max_connections,
         timeout=pool_wait,
         decode_responses=True,

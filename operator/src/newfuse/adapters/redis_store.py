@@ -26,10 +26,24 @@ log = logging.getLogger(__name__)
 class RedisStore:
     """The operator's view of Redis."""
 
-    def __init__(self, url: str, timeout: float = 2.0) -> None:
-        """Connect lazily to ``url``; each command gives up after ``timeout`` seconds."""
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 2.0,
+        *,
+        signing_key: bytes | None = None,
+        ca_file: str | None = None,
+    ) -> None:
+        """Connect lazily to ``url``; each command gives up after ``timeout`` seconds.
+
+        ``signing_key`` signs what the operator publishes to agents (drain notices), which
+        agents requiring signatures would otherwise dead-letter.
+        """
         self.url = url
-        self._client: aioredis.Redis = connect(url, timeout=timeout, pool_wait=timeout)
+        self._signing_key = signing_key
+        self._client: aioredis.Redis = connect(
+            url, timeout=timeout, pool_wait=timeout, ca_file=ca_file
+        )
         self._cas = self._client.register_script(STATE_CAS_LUA)
 
     async def close(self) -> None:
@@ -114,7 +128,13 @@ class RedisStore:
 
     async def publish_drain(self, keys: FleetKeys, target: str, now: dt.datetime) -> int:
         """Ask the agents matching ``target`` to drain; returns how many heard it."""
-        raw = encode(MessageType.DRAIN, {"target": target}, "newfuse-operator", now=now)
+        raw = encode(
+            MessageType.DRAIN,
+            {"target": target},
+            "newfuse-operator",
+            now=now,
+            key=self._signing_key,
+        )
         return int(await self._client.publish(keys.coordination_channel, raw))
 
     async def delete_fleet(self, keys: FleetKeys) -> int:

@@ -84,9 +84,11 @@ class TaskClient:
         self._submit = client.register_script(SUBMIT_LUA)
 
     @classmethod
-    def from_url(cls, url: str, namespace: str, fleet: str, **kwargs: Any) -> TaskClient:
-        """A client with its own connection pool."""
-        client = connect(url, timeout=30)
+    def from_url(
+        cls, url: str, namespace: str, fleet: str, *, ca_file: str | None = None, **kwargs: Any
+    ) -> TaskClient:
+        """A client with its own connection pool (``ca_file`` verifies a rediss:// server)."""
+        client = connect(url, timeout=30, ca_file=ca_file)
         return cls(client, namespace, fleet, **kwargs)
 
     async def aclose(self) -> None:

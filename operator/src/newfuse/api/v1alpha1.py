@@ -307,7 +307,27 @@ class RedisSpec(KubeModel):
     """Which Redis the fleet uses. Omitted: the operator's own Redis."""
 
     url_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret key holding a redis:// or rediss:// URL."
+        default=None,
+        description=(
+            "Secret key holding a redis:// or rediss:// URL (ACL user and password go in it: "
+            "rediss://user:password@host:6380/0)."
+        ),
+    )
+    ca_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the PEM CA bundle that signed the rediss:// server's cert.",
+    )
+
+
+class SigningSpec(KubeModel):
+    """HMAC signing of every message the fleet's agents send and accept."""
+
+    key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the fleet's signing key (default: the operator's).",
+    )
+    required: bool = Field(
+        default=True, description="Refuse (dead-letter) unsigned messages once a key is set."
     )
 
 
@@ -366,6 +386,7 @@ class NewFuseAgentSpec(KubeModel):
     concurrency: int = Field(default=4, ge=1, le=256, description="Tasks each agent runs at once.")
     gateway: GatewaySpec | None = Field(default=None, description="Model gateway configuration.")
     redis: RedisSpec | None = Field(default=None, description="Redis connection override.")
+    signing: SigningSpec | None = Field(default=None, description="Message signing override.")
     protocol_version: str = Field(
         default=DEFAULT_PROTOCOL_VERSION,
         pattern=r"^[0-9]+\.[0-9]+$",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-from newfuse.api.v1alpha1 import API_VERSION, KIND, NewFuseAgent
+from newfuse.api.v1alpha1 import API_VERSION, KIND, NewFuseAgent, SecretKeyRef
 from newfuse.core import naming
 from newfuse.wire.keys import FleetKeys
 
@@ -91,6 +91,10 @@ class AgentDefaults:
     redis_url: str
     heartbeat_seconds: float = 5.0
     termination_grace_seconds: int = 30
+    # Secrets (same name in every fleet's namespace) that fleets use unless their spec says
+    # otherwise: credentials never travel as plain env values.
+    redis_secret: SecretKeyRef | None = None
+    signing_secret: SecretKeyRef | None = None
 
 
 def _env(name: str, value: str) -> dict[str, Any]:
@@ -122,11 +126,18 @@ def agent_env(fleet: NewFuseAgent, revision: str, defaults: AgentDefaults) -> li
         _env("AI_TASK_CHANNEL", keys.task_stream),
         _env("AI_RESULT_CHANNEL", keys.result_stream),
     ]
-    if spec.redis and spec.redis.url_secret_ref:
-        ref = spec.redis.url_secret_ref
-        env.append(_secret_env("NEWFUSE_REDIS_URL", ref.name, ref.key))
+    redis_ref = (spec.redis.url_secret_ref if spec.redis else None) or defaults.redis_secret
+    if redis_ref:
+        env.append(_secret_env("NEWFUSE_REDIS_URL", redis_ref.name, redis_ref.key))
     else:
         env.append(_env("NEWFUSE_REDIS_URL", defaults.redis_url))
+    if spec.redis and spec.redis.ca_secret_ref:
+        env.append(_env("NEWFUSE_REDIS_CA_FILE", REDIS_CA_FILE))
+    signing_ref = (spec.signing.key_secret_ref if spec.signing else None) or defaults.signing_secret
+    if signing_ref:
+        env.append(_secret_env("NEWFUSE_SIGNING_KEY", signing_ref.name, signing_ref.key))
+        required = spec.signing.required if spec.signing else True
+        env.append(_env("NEWFUSE_REQUIRE_SIGNATURES", str(required).lower()))
     gateway = spec.gateway
     if gateway and gateway.endpoint:
         env.append(_env("NEWFUSE_GATEWAY_ENDPOINT", gateway.endpoint))
@@ -151,6 +162,10 @@ RESTRICTED_CONTAINER_SECURITY: Final = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
+
+
+REDIS_CA_DIR: Final = "/etc/newfuse/redis-ca"
+REDIS_CA_FILE: Final = f"{REDIS_CA_DIR}/ca.crt"
 
 
 def build_pod(
@@ -192,6 +207,17 @@ def build_pod(
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
     }
+    if spec.redis and spec.redis.ca_secret_ref:
+        ca = spec.redis.ca_secret_ref
+        pod_spec["volumes"].append(
+            {
+                "name": "redis-ca",
+                "secret": {"secretName": ca.name, "items": [{"key": ca.key, "path": "ca.crt"}]},
+            }
+        )
+        container["volumeMounts"].append(
+            {"name": "redis-ca", "mountPath": REDIS_CA_DIR, "readOnly": True}
+        )
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
     if spec.node_selector:

@@ -28,6 +28,7 @@ TEMPLATE_FIELDS: Final = frozenset(
         "concurrency",
         "gateway",
         "redis",
+        "signing",
         "protocol_version",
     }
 )

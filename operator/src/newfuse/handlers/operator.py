@@ -97,7 +97,14 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         tune(settings, config)
         api = load_config(config.kubeconfig, config.api_threads)
         kube = KubeClient(api, config.api_threads)
-        redis = RedisStore(config.redis_url, timeout=config.redis_timeout_seconds)
+        redis = RedisStore(
+            config.redis_url,
+            timeout=config.redis_timeout_seconds,
+            signing_key=config.signing_key.get_secret_value().encode()
+            if config.signing_key
+            else None,
+            ca_file=config.redis_ca_file,
+        )
         controller = Controller(config, kube, redis)
         state["controller"] = controller
         state["kube"], state["redis"] = kube, redis

@@ -39,7 +39,7 @@ from newfuse.api.v1alpha1 import (
     Reason,
     RolloutStrategy,
 )
-from newfuse.config import OperatorConfig
+from newfuse.config import OperatorConfig, secret_key_ref
 from newfuse.core import naming
 from newfuse.core.audit import audit_record
 from newfuse.core.metrics import (
@@ -116,6 +116,8 @@ class Controller:
         self._defaults = AgentDefaults(
             redis_url=config.effective_agent_redis_url,
             heartbeat_seconds=config.agent_heartbeat_seconds,
+            redis_secret=secret_key_ref(config.agent_redis_secret),
+            signing_secret=secret_key_ref(config.agent_signing_secret),
         )
         self._heartbeat_timeout = dt.timedelta(seconds=config.heartbeat_timeout_seconds)
 
