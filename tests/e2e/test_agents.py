@@ -18,7 +18,15 @@ import orjson
 import redis
 from kubernetes import client as k8s_client
 
-from harness import Fleets, RedisHandle, agent_state, agents_of, start_fleet
+from harness import (
+    Fleets,
+    OperatorProcess,
+    RedisHandle,
+    agent_state,
+    agents_of,
+    metric_value,
+    start_fleet,
+)
 from localcluster import wait_for
 from localcluster.podrunner import AgentEntry, PodRunnerProcess
 from newfuse.adapters.taskclient import StreamEntries
@@ -198,6 +206,7 @@ def test_a_signing_fleet_runs_signed_tasks_and_dead_letters_unsigned_ones(
     redis_server: RedisHandle,
     redis_client: redis.Redis,
     k8s_api: k8s_client.ApiClient,
+    operator: OperatorProcess,
 ) -> None:
     """The key reaches agents only through a Secret; unsigned work is refused, never run."""
     ns, key = fleets.namespace, "e2e-signing-key-0123456789abcdef"
@@ -225,6 +234,9 @@ def test_a_signing_fleet_runs_signed_tasks_and_dead_letters_unsigned_ones(
     )
     [(_, letter)] = cast(StreamEntries, redis_client.xrange(keys.dead_letters))
     assert letter["reason"] == "unsigned"
+    # The operator exports the DLQ depth per fleet (what the DeadLettersGrowing alert watches).
+    series = f'newfuse_dead_letters{{fleet="signed",namespace="{ns}"}}'
+    wait_for(lambda: metric_value(operator.metrics(), series) == 1.0, 30, what=series)
 
     signed = subprocess.run(
         [NEWFUSE, "task", "submit", "signed", "-n", ns, "--id", "signed-1", "--payload", "2",

@@ -137,6 +137,10 @@ class RedisStore:
         )
         return int(await self._client.publish(keys.coordination_channel, raw))
 
+    async def dead_letter_count(self, keys: FleetKeys) -> int:
+        """How many entries the fleet's dead-letter stream holds."""
+        return int(await self._client.xlen(keys.dead_letters))
+
     async def delete_fleet(self, keys: FleetKeys) -> int:
         """Delete every key of the fleet. Returns how many were deleted."""
         deleted = 0

@@ -10,6 +10,7 @@ current level of the world, which makes a restart at any point safe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -128,6 +129,8 @@ class Controller:
         meta = body["metadata"]
         key = fleet_key(meta["namespace"], meta["name"])
         if event_type == "DELETED":
+            with contextlib.suppress(KeyError):
+                obs.DEAD_LETTERS.remove(meta["namespace"], meta["name"])
             self.fleets.pop(key, None)
             self.phases.pop(key, None)
             self.rollout_phases.pop(key, None)
@@ -244,6 +247,8 @@ class Controller:
         observed = list(self.pods.get(key, {}).values())
         await self._store_revision(key, fleet, revision)
         reports = await self._read_reports(fleet)
+        if isinstance(reports, AgentReports):
+            await self._count_dead_letters(fleet)
         specs: dict[str, NewFuseAgentSpec] = {revision: fleet.spec}
         rollout: RolloutState | None = None
         target = revision
@@ -317,6 +322,15 @@ class Controller:
             await self.redis.publish_drain(keys, f"revision:{revision}", now)
         except (RedisError, OSError) as exc:
             log.warning("could not publish drain for %s: %s", revision, exc)
+
+    async def _count_dead_letters(self, fleet: NewFuseAgent) -> None:
+        """Export the DLQ depth (an alert on its growth catches poisoned work early)."""
+        meta = fleet.metadata
+        try:
+            depth = await self.redis.dead_letter_count(FleetKeys(meta.namespace, meta.name))
+        except (RedisError, OSError):
+            return  # the Redis condition already reports the outage
+        obs.DEAD_LETTERS.labels(meta.namespace, meta.name).set(depth)
 
     async def _read_reports(self, fleet: NewFuseAgent) -> AgentReports | RedisObservation:
         """The agents' state updates and per-revision task counts, or why Redis could not say."""
