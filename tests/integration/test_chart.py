@@ -309,14 +309,20 @@ def test_signing_is_on_by_default_with_a_generated_kept_secret(binaries: Binarie
     assert _env(docs)["NEWFUSE_SIGNING_KEY"] == {
         "secretKeyRef": {"name": "nf-newfuse-operator-signing", "key": "key"}
     }
+    # Agents sign by default too, from a copy of that Secret in their own namespace.
+    assert _env(docs)["NEWFUSE_AGENT_SIGNING_SECRET"] == "nf-newfuse-operator-signing/key"
+    fleet_opt_in = render(binaries, "--set", "signing.agentsByDefault=false")
+    assert "NEWFUSE_AGENT_SIGNING_SECRET" not in _env(fleet_opt_in)
 
     own = render(
         binaries, "--set", "signing.existingSecret=mine", "--set", "signing.existingSecretKey=k"
     )
     assert not [d for d in own if d["kind"] == "Secret"]
     assert _env(own)["NEWFUSE_SIGNING_KEY"] == {"secretKeyRef": {"name": "mine", "key": "k"}}
+    assert _env(own)["NEWFUSE_AGENT_SIGNING_SECRET"] == "mine/k"
     off = render(binaries, "--set", "signing.enabled=false")
     assert "NEWFUSE_SIGNING_KEY" not in _env(off)
+    assert "NEWFUSE_AGENT_SIGNING_SECRET" not in _env(off)
     assert not [d for d in off if d["kind"] == "Secret"]
 
 
