@@ -7,6 +7,7 @@ tests can give them test handlers and stop them precisely; the e2e suite runs th
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from localcluster.netutil import free_port
 from newfuse.adapters.redis_store import RedisStore
 from newfuse.adapters.taskclient import StreamEntries, TaskClient, TaskSpec
 from newfuse.cli import app as cli_app
+from newfuse.logcontext import ContextFilter
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.state import AgentState, AgentStatus, StateUpdate
 from newfuse.wire.tasks import CONSUMER_GROUP, Priority, ResultStatus
@@ -521,3 +523,23 @@ def test_cli_submit_agent_handling_and_result_write_share_one_trace(
         f"{result.context.trace_id:032x}",
         f"{result.context.span_id:016x}",
     )
+
+
+def test_log_lines_written_while_handling_a_task_carry_its_id(
+    fleet_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def chatty(task_input: Any, context: TaskContext) -> Any:
+        logging.getLogger("newfuse_agent.handlers.test").info("working on %s", task_input)
+        return task_input
+
+    caplog.handler.addFilter(ContextFilter())  # what `python -m newfuse_agent` installs
+    caplog.set_level(logging.INFO)
+
+    async def body(fleet: Fleet) -> None:
+        async with fleet.agent("a-0", handlers={"chatty": chatty}):
+            submitted = await fleet.client.submit(TaskSpec("chatty", "x", task_id="logged-1"))
+            await fleet.client.wait(submitted.task_id, 10)
+
+    with_fleet(fleet_url, body)
+    [line] = [r for r in caplog.records if r.getMessage() == "working on x"]
+    assert getattr(line, "task_id", None) == "logged-1"

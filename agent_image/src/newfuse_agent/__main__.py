@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pythonjsonlogger.json import JsonFormatter
 
 from newfuse.adapters.redis_connect import connect
+from newfuse.logcontext import ContextFilter
 from newfuse.tracing import configure_tracing
 from newfuse.wire.keys import FleetKeys
 from newfuse_agent.config import AgentConfig
@@ -102,6 +103,7 @@ def main() -> int:
             },
         )
     )
+    handler.addFilter(ContextFilter())
     logging.basicConfig(level=config.log_level.upper(), handlers=[handler], force=True)
     configure_tracing(config.trace_exporter, "newfuse-agent")
     asyncio.run(serve(config))

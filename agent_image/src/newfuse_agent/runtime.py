@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from opentelemetry import trace
 from redis.exceptions import RedisError
 
+from newfuse import logcontext
 from newfuse.tracing import context_from, current_traceparent
 from newfuse.wire.envelope import (
     MessageRejectedError,
@@ -339,20 +340,24 @@ class Agent:
         except MessageRejectedError as exc:
             await self._reject(delivery, exc, None)
             return
-        # The task's trace continues here from the submitter's span (metadata.traceparent).
-        with tracer.start_as_current_span(
-            "newfuse.task.process",
-            context=context_from(envelope.metadata.traceparent),
-            kind=trace.SpanKind.CONSUMER,
-            attributes={
-                "newfuse.task_id": task.task_id,
-                "newfuse.namespace": self.config.namespace,
-                "newfuse.fleet": self.config.fleet,
-                "newfuse.revision": self.config.revision,
-                "newfuse.agent_id": self.config.agent_id,
-                "newfuse.handler": task.handler,
-                "newfuse.attempt": task.attempt,
-            },
+        # The task's trace continues here from the submitter's span (metadata.traceparent);
+        # every log line about it carries its id.
+        with (
+            logcontext.bound(task_id=task.task_id),
+            tracer.start_as_current_span(
+                "newfuse.task.process",
+                context=context_from(envelope.metadata.traceparent),
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    "newfuse.task_id": task.task_id,
+                    "newfuse.namespace": self.config.namespace,
+                    "newfuse.fleet": self.config.fleet,
+                    "newfuse.revision": self.config.revision,
+                    "newfuse.agent_id": self.config.agent_id,
+                    "newfuse.handler": task.handler,
+                    "newfuse.attempt": task.attempt,
+                },
+            ),
         ):
             await self._handle(delivery, envelope.metadata.traceparent, task)
 

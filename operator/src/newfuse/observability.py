@@ -10,6 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from pythonjsonlogger.json import JsonFormatter
 
 from newfuse.config import LogFormat
+from newfuse.logcontext import ContextFilter
 
 RECONCILES = Counter("newfuse_reconciles_total", "Fleet reconciles, by result.", ["result"])
 RECONCILE_SECONDS = Histogram(
@@ -51,6 +52,7 @@ def configure_logging(fmt: LogFormat, level: str) -> None:
         )
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from newfuse import logcontext
 from newfuse import observability as obs
 from newfuse.adapters.kube import KubeClient
 from newfuse.adapters.redis_store import RedisStore
@@ -80,6 +81,12 @@ def utc_now() -> dt.datetime:
 def fleet_key(namespace: str, name: str) -> str:
     """The work-queue key of a fleet."""
     return f"{namespace}/{name}"
+
+
+def key_fields(key: str) -> dict[str, str]:
+    """The log fields naming a fleet: its namespace and name, separately (as agents log them)."""
+    namespace, _, name = key.partition("/")
+    return {"namespace": namespace, "fleet": name}
 
 
 def is_older(meta: Mapping[str, Any], cached: NewFuseAgent) -> bool:
@@ -147,7 +154,7 @@ class Controller:
             self.fleets[key] = NewFuseAgent.model_validate(body)
         except ValidationError as exc:
             # The API server validated it, so this means the CRD and the operator disagree.
-            log.error("cannot parse fleet %s: %s", key, exc.errors()[:3], extra={"fleet": key})
+            log.error("cannot parse fleet %s: %s", key, exc.errors()[:3], extra=key_fields(key))
             return
         self.queue.add(key)
 
@@ -190,8 +197,11 @@ class Controller:
             obs.QUEUE_DEPTH.set(len(self.queue))
             started = time.perf_counter()
             try:
-                with obs.tracer.start_as_current_span(
-                    "reconcile", attributes={"newfuse.fleet": key}
+                with (
+                    logcontext.bound(**key_fields(key)),
+                    obs.tracer.start_as_current_span(
+                        "reconcile", attributes={"newfuse.fleet": key}
+                    ),
                 ):
                     await self.reconcile(key)
             except asyncio.CancelledError:
@@ -204,7 +214,7 @@ class Controller:
                     key,
                     delay,
                     exc,
-                    extra={"fleet": key},
+                    extra=key_fields(key),
                 )
             else:
                 self.queue.forget(key)
@@ -244,6 +254,12 @@ class Controller:
 
         now = self.clock()
         revision = template_hash(fleet.spec)
+        with logcontext.bound(revision=revision):
+            await self._reconcile_revision(key, fleet, revision, now)
+
+    async def _reconcile_revision(
+        self, key: str, fleet: NewFuseAgent, revision: str, now: dt.datetime
+    ) -> None:
         observed = list(self.pods.get(key, {}).values())
         await self._store_revision(key, fleet, revision)
         reports = await self._read_reports(fleet)
@@ -310,7 +326,7 @@ class Controller:
             )
             if template is None:
                 log.warning(
-                    "no stored template for revision %s of %s", revision, key, extra={"fleet": key}
+                    "no stored template for revision %s of %s", revision, key, extra=key_fields(key)
                 )
                 return None
             self._templates[(key, revision)] = template
