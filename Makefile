@@ -17,6 +17,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STATE := .local
 KIND_CLUSTER ?= newfuse
+KIND_KUBECONFIG := $(abspath $(STATE)/kind/kubeconfig)
 PYTEST_ARGS ?=
 
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
@@ -24,7 +25,7 @@ export PYTHONPATH := $(abspath hack)
 
 ifeq ($(CLUSTER),kind)
   # The tests and tooling honour NEWFUSE_KUBECONFIG instead of starting the local control plane.
-  export NEWFUSE_KUBECONFIG := $(abspath $(STATE)/kind/kubeconfig)
+  export NEWFUSE_KUBECONFIG := $(KIND_KUBECONFIG)
 else ifneq ($(CLUSTER),local)
   $(error CLUSTER must be 'local' or 'kind', not '$(CLUSTER)')
 endif
@@ -142,3 +143,21 @@ redis-down: deps ## Stop only Redis
 .PHONY: clean
 clean: cluster-down ## Stop everything and delete local state (.local/, .venv/); keeps the binary cache
 	rm -rf $(STATE) $(VENV)
+
+##@ kind (needs Docker; hack/kind/kind.sh; not exercised in CI here)
+
+# These always act on the kind cluster $(KIND_CLUSTER), with or without CLUSTER=kind; its
+# kubeconfig is the one CLUSTER=kind uses. helm and kubectl: .local/bin, else PATH.
+KIND_SH := KIND_CLUSTER=$(KIND_CLUSTER) KIND_KUBECONFIG=$(KIND_KUBECONFIG) bash hack/kind/kind.sh
+
+.PHONY: kind-up
+kind-up: ## kind cluster + both images built and loaded + the chart (with its trial Redis)
+	$(KIND_SH) up
+
+.PHONY: kind-e2e
+kind-e2e: deps ## kind-up, then the sample fleet in a restricted namespace and tasks through it
+	$(KIND_SH) e2e
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster
+	$(KIND_SH) down
