@@ -22,7 +22,7 @@
 # environment (never on a command line).
 #
 # Settings (environment): KIND_CLUSTER (newfuse), KIND_KUBECONFIG (.local/kind/kubeconfig),
-# IMAGE_TAG (dev), PYTHON_IMAGE (python:3.12-slim, for both images), RELEASE (newfuse),
+# IMAGE_TAG (dev), PYTHON_IMAGE (python:3.11-slim, for both images), RELEASE (newfuse),
 # OPERATOR_NAMESPACE (newfuse-system), E2E_NAMESPACE (newfuse-e2e), E2E_TASKS (5),
 # WAIT_TIMEOUT (300s), and the tools: DOCKER, KIND, HELM, KUBECTL (default: .local/bin, then
 # PATH), VENV_BIN (.venv/bin: python and the newfuse CLI).
@@ -34,7 +34,7 @@ cd "$ROOT"
 KIND_CLUSTER=${KIND_CLUSTER:-newfuse}
 KIND_KUBECONFIG=${KIND_KUBECONFIG:-$ROOT/.local/kind/kubeconfig}
 IMAGE_TAG=${IMAGE_TAG:-dev}
-PYTHON_IMAGE=${PYTHON_IMAGE:-python:3.12-slim}
+PYTHON_IMAGE=${PYTHON_IMAGE:-python:3.11-slim}
 OPERATOR_REPOSITORY=newfuse/operator
 AGENT_REPOSITORY=newfuse/agent
 RELEASE=${RELEASE:-newfuse}
