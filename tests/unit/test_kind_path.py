@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from gen_kustomize import helm_binary
 from newfuse.api.v1alpha1 import SINGULAR, ConditionType, NewFuseAgent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,16 +328,11 @@ def test_up_creates_the_cluster_and_only_ever_uses_its_own_kubeconfig(up_run: Ru
     }, "every Deployment of the release is waited for"
 
 
-def find_helm() -> str | None:
-    linked = ROOT / ".local" / "bin" / "helm"
-    return str(linked) if linked.exists() else shutil.which("helm")
-
-
-@pytest.mark.skipif(find_helm() is None, reason="no helm (make cluster-up links it in .local/bin)")
 def test_the_chart_takes_the_scripts_values_and_wires_what_e2e_reads(up_run: Run) -> None:
     """Render the chart with exactly the script's helm arguments (the real helm, no cluster)."""
-    helm = find_helm()
-    assert helm
+    # The pinned helm (built into the cache on first use), never skipped: a skip would let the
+    # script and the chart drift apart unnoticed.
+    helm = str(helm_binary())
     [args] = up_run.of("helm", "upgrade", "--install")
     release, chart = args[2], args[3]
     sets = [a for i, a in enumerate(args) if i and args[i - 1] == "--set"]
