@@ -316,30 +316,36 @@ Kubeconfig = Annotated[
 ]
 
 
-def _custom(kubeconfig: str | None) -> Any:
-    from kubernetes import client as k8s_client
+def _api_client(kubeconfig: str | None) -> Any:
+    """An API client from the kubeconfig, or one clear line and exit code 1."""
     from kubernetes import config as k8s_config
 
     try:
-        api = k8s_config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        return k8s_config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
     except (k8s_config.ConfigException, OSError) as exc:
         errors.print(f"[red]error:[/] no usable kubeconfig ({exc}); set --kubeconfig or KUBECONFIG")
         raise typer.Exit(1) from None
-    return k8s_client.CustomObjectsApi(api)
+
+
+def _custom(kubeconfig: str | None) -> Any:
+    from kubernetes import client as k8s_client
+
+    return k8s_client.CustomObjectsApi(_api_client(kubeconfig))
 
 
 def _whoami(kubeconfig: str | None) -> str:
     """The identity the API server sees for this kubeconfig (SelfSubjectReview), for audit."""
     from kubernetes import client as k8s_client
-    from kubernetes import config as k8s_config
 
+    api = _api_client(kubeconfig)
     try:
-        api = k8s_config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
         review: Any = k8s_client.AuthenticationV1Api(api).create_self_subject_review(
             k8s_client.V1SelfSubjectReview()
         )
         return str(review.status.user_info.username)
     except Exception:
+        # An old or locked-down API server cannot say who we are: attribute to the local user
+        # (marked as such) rather than fail the control action itself.
         return f"{os.environ.get('USER', 'unknown')} (local user; API identity unavailable)"
 
 

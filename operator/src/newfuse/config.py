@@ -152,6 +152,11 @@ class OperatorConfig(BaseModel):
             raise ValueError(f"invalid operator configuration: {problems}") from exc
 
     @property
+    def signing_key_bytes(self) -> bytes | None:
+        """The signing key as the envelope code takes it (None: messages go unsigned)."""
+        return self.signing_key.get_secret_value().encode() if self.signing_key else None
+
+    @property
     def effective_agent_redis_url(self) -> str:
         """The Redis URL agents get by default."""
         return self.agent_redis_url or self.redis_url

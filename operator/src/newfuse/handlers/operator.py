@@ -100,9 +100,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         redis = RedisStore(
             config.redis_url,
             timeout=config.redis_timeout_seconds,
-            signing_key=config.signing_key.get_secret_value().encode()
-            if config.signing_key
-            else None,
+            signing_key=config.signing_key_bytes,
             ca_file=config.redis_ca_file,
         )
         controller = Controller(config, kube, redis)
