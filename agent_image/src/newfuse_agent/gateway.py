@@ -13,7 +13,14 @@ would pile up hung requests, hammer it while it recovers and overrun its quota. 
   counts as a success for the breaker: one malformed task must not cut the fleet off. A 2xx that
   is not a JSON object is not retried but counts as a failure: the gateway is broken;
 - waits for the fleet-wide rate limiter (ratelimit.RedisTokenBucket) before each HTTP attempt,
-  retries included, since each attempt spends the gateway's quota.
+  retries included, since each attempt spends the gateway's quota; at most
+  `rate_limit_max_wait_seconds`: a call whose slot would be further out fails at once, retryably.
+
+A retryable failure says when another try makes sense (HandlerError.retry_after) and whether the
+work was tried at all (counts_as_attempt): the task runtime schedules its task-level retries from
+them. An open circuit answers "after the recovery time, and this was no attempt"; a call whose
+retries are spent on 429/5xx answers with the later of the gateway's last Retry-After and the
+circuit's recovery time, if it just opened; the rate limiter answers with the wait it refused.
 
 The circuit breaker is hand-written (CircuitBreaker below) rather than the `circuitbreaker`
 library's. That library does wrap coroutines, but its half-open state lets every concurrent call
@@ -49,8 +56,8 @@ from tenacity import (
 )
 
 from newfuse.wire.keys import FleetKeys
-from newfuse_agent.handlers import HandlerError
-from newfuse_agent.ratelimit import RedisTokenBucket
+from newfuse_agent.contract import HandlerError
+from newfuse_agent.ratelimit import DEFAULT_MAX_WAIT_SECONDS, RateLimitedError, RedisTokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,9 @@ ENV_TIMEOUT = "NEWFUSE_GATEWAY_TIMEOUT_SECONDS"
 ENV_RATE_LIMIT = "NEWFUSE_GATEWAY_RATE_LIMIT"
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
+# When a half-open circuit refuses a call because its one trial is still running, the trial's
+# verdict is a request's time away; a caller should come back about this much later.
+HALF_OPEN_RETRY_SECONDS = 1.0
 # How much of a gateway's error body goes into an error message.
 _MAX_DETAIL_CHARS = 300
 
@@ -72,6 +82,7 @@ class GatewayOutcome(StrEnum):
     RETRY = "retry"
     FAILURE = "failure"
     CIRCUIT_OPEN = "circuit_open"
+    RATE_LIMITED = "rate_limited"
 
 
 class CircuitState(StrEnum):
@@ -116,6 +127,7 @@ class GatewayConfig:
     api_key: str | None = None
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     rate_limit_per_second: float | None = None
+    rate_limit_max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS
     max_retries: int = 3
     backoff_base_seconds: float = 0.2
     backoff_max_seconds: float = 5.0
@@ -131,6 +143,14 @@ class GatewayConfig:
         if self.rate_limit_per_second is not None and not _positive(self.rate_limit_per_second):
             raise ValueError(
                 f"rate_limit_per_second must be > 0 or None, got {self.rate_limit_per_second!r}"
+            )
+        if not (
+            math.isfinite(self.rate_limit_max_wait_seconds)
+            and self.rate_limit_max_wait_seconds >= 0
+        ):
+            raise ValueError(
+                "rate_limit_max_wait_seconds must be a finite number >= 0, got "
+                f"{self.rate_limit_max_wait_seconds!r}"
             )
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
@@ -283,6 +303,16 @@ class CircuitBreaker:
             self._on_change(state)
 
 
+@dataclass
+class _Call:
+    """What one chat() call learnt across its attempts."""
+
+    # Whether a request went out (the work was tried), and until when (on the client's clock) the
+    # gateway's latest Retry-After asked us to stay away.
+    sent: bool = False
+    retry_at: float | None = None
+
+
 class _RetryableGatewayError(Exception):
     """A failure another attempt may fix: connection error, timeout, HTTP 429 or 5xx."""
 
@@ -308,9 +338,11 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
     if raw is None:
         return None
     try:
-        return max(0.0, float(raw))
+        seconds = float(raw)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError):
@@ -349,6 +381,7 @@ class GatewayClient:
     ) -> None:
         """Prepare a client; no connection is made until the first call."""
         self.config = config
+        self._clock = clock
         self._sleep = sleep
         # Full jitter: a random wait up to base * 2^attempt, so agents that failed together do
         # not come back together.
@@ -367,7 +400,11 @@ class GatewayClient:
         if config.rate_limit_per_second is not None:
             if redis is not None and keys is not None:
                 self.limiter = RedisTokenBucket(
-                    redis, keys.rate_limit, config.rate_limit_per_second, sleep=sleep
+                    redis,
+                    keys.rate_limit,
+                    config.rate_limit_per_second,
+                    max_wait_seconds=config.rate_limit_max_wait_seconds,
+                    sleep=sleep,
                 )
             else:
                 log.warning(
@@ -386,31 +423,41 @@ class GatewayClient:
     async def chat(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         """Send one chat-completions request; return the gateway's JSON answer.
 
-        Raises HandlerError: retryable when the circuit is open, the retries are spent or the
-        rate limiter's Redis is unreachable; not retryable when the gateway rejects the request
-        (4xx other than 429) or answers with something that is not a JSON object.
+        Raises HandlerError: retryable when the circuit is open, the retries are spent, the rate
+        limiter has no slot within its max wait or its Redis is unreachable; not retryable when
+        the gateway rejects the request (4xx other than 429) or answers with something that is
+        not a JSON object. A retryable error carries retry_after and counts_as_attempt (see the
+        module docstring).
         """
         admission = self.breaker.admit()
         if admission is Admission.REFUSED:
             GATEWAY_REQUESTS.labels(GatewayOutcome.CIRCUIT_OPEN).inc()
+            # Open: come back when the trial may go. Half-open with the trial running: its
+            # verdict is due within about one request.
+            retry_after = self.breaker.retry_in() or HALF_OPEN_RETRY_SECONDS
             raise HandlerError(
                 f"model gateway circuit is open after {self.breaker.consecutive_failures} "
-                f"consecutive failed calls; failing fast for {self.breaker.retry_in():.1f}s more",
+                f"consecutive failed calls; failing fast for {retry_after:.1f}s more",
                 retryable=True,
+                retry_after=retry_after,
+                counts_as_attempt=False,
             )
         body: dict[str, Any] = {"messages": messages}
         if self.config.model:
             body["model"] = self.config.model
+        call = _Call()
         verdict = False
         try:
-            result = await self._with_retries(body)
+            result = await self._with_retries(body, call)
         except _RetryableGatewayError as exc:
             verdict = True
             self.breaker.record_failure(admission)
             GATEWAY_REQUESTS.labels(GatewayOutcome.FAILURE).inc()
             attempts = self.config.max_retries + 1
             raise HandlerError(
-                f"model gateway failed after {attempts} attempt(s): {exc}", retryable=True
+                f"model gateway failed after {attempts} attempt(s): {exc}",
+                retryable=True,
+                retry_after=self._retry_after_spent(call),
             ) from exc
         except _BadResponseError as exc:
             verdict = True
@@ -426,6 +473,13 @@ class GatewayClient:
         except _CannotCallError as exc:
             GATEWAY_REQUESTS.labels(GatewayOutcome.FAILURE).inc()
             raise HandlerError(str(exc), retryable=False) from exc
+        except RateLimitedError as exc:
+            # Says nothing about the gateway (no verdict); the work was tried only if an earlier
+            # attempt of this call was sent before a retry found no slot.
+            GATEWAY_REQUESTS.labels(GatewayOutcome.RATE_LIMITED).inc()
+            raise HandlerError(
+                str(exc), retryable=True, retry_after=exc.wait, counts_as_attempt=call.sent
+            ) from exc
         except RedisError as exc:
             GATEWAY_REQUESTS.labels(GatewayOutcome.FAILURE).inc()
             raise HandlerError(
@@ -433,14 +487,23 @@ class GatewayClient:
             ) from exc
         finally:
             if not verdict:
-                # Success is recorded below; anything else (cancellation, Redis, a bad URL) says
-                # nothing about the gateway but must not hold a half-open trial slot forever.
+                # Success is recorded below; anything else (cancellation, Redis, a bad URL, the
+                # rate limit) says nothing about the gateway but must not hold a half-open trial
+                # slot forever.
                 self.breaker.release(admission)
         self.breaker.record_success(admission)
         GATEWAY_REQUESTS.labels(GatewayOutcome.SUCCESS).inc()
         return result
 
-    async def _with_retries(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _retry_after_spent(self, call: _Call) -> float | None:
+        """When a call whose retries are spent may be tried again, if anyone said so."""
+        waits = [self.breaker.retry_in()]  # > 0 if this failure opened the circuit
+        if call.retry_at is not None:
+            waits.append(call.retry_at - self._clock())
+        longest = max(waits)
+        return longest if longest > 0 else None
+
+    async def _with_retries(self, body: dict[str, Any], call: _Call) -> dict[str, Any]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.config.max_retries + 1),
             wait=self._backoff,
@@ -449,7 +512,7 @@ class GatewayClient:
             sleep=self._sleep,
             reraise=True,
         )
-        result: dict[str, Any] = await retrying(self._attempt, body)
+        result: dict[str, Any] = await retrying(self._attempt, body, call)
         return result
 
     def _backoff(self, retry_state: RetryCallState) -> float:
@@ -470,9 +533,10 @@ class GatewayClient:
             outcome.exception() if outcome is not None else "?",
         )
 
-    async def _attempt(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _attempt(self, body: dict[str, Any], call: _Call) -> dict[str, Any]:
         if self.limiter is not None:
             await self.limiter.acquire()
+        call.sent = True
         url = self.config.completions_url
         try:
             response = await self._http.post(url, json=body, headers=self._headers)
@@ -486,8 +550,11 @@ class GatewayClient:
             raise _CannotCallError(f"cannot call the model gateway at {url}: {exc!r}") from exc
         status = response.status_code
         if status == httpx.codes.TOO_MANY_REQUESTS or status >= httpx.codes.INTERNAL_SERVER_ERROR:
+            retry_after = _retry_after_seconds(response)
+            if retry_after is not None:
+                call.retry_at = self._clock() + retry_after
             raise _RetryableGatewayError(
-                f"HTTP {status}: {_detail(response)}", retry_after=_retry_after_seconds(response)
+                f"HTTP {status}: {_detail(response)}", retry_after=retry_after
             )
         if not response.is_success:
             raise _RequestRejectedError(

@@ -1,44 +1,28 @@
 """Task handlers, pluggable by name: a task's `handler` field picks one from HANDLERS.
 
-A handler is an async function of (input, context) returning a JSON-serialisable output. Raising
-HandlerError(retryable=True) asks for another attempt (up to the task's max_attempts); any other
-exception is a failed attempt too; HandlerError(retryable=False) fails the task at once.
+A handler is an async function of (input, context) returning a JSON-serialisable output; the
+contract (Handler, TaskContext, HandlerError: how a failure asks for another attempt) is in
+newfuse_agent.contract.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
-if TYPE_CHECKING:
-    from newfuse_agent.gateway import GatewayClient
+# The contract lives in a leaf module (see newfuse_agent.contract); it is re-exported here, where
+# handlers have always found it.
+from newfuse_agent.contract import ChatGateway, Handler, HandlerError, TaskContext
 
+__all__ = [
+    "HANDLERS",
+    "ChatGateway",
+    "Handler",
+    "HandlerError",
+    "TaskContext",
+    "handler",
+    "load_builtin_handlers",
+]
 
-class HandlerError(Exception):
-    """A handler's failure, saying whether another attempt could succeed."""
-
-    def __init__(self, message: str, *, retryable: bool) -> None:
-        """Fail with ``message``; ``retryable`` says whether to try again."""
-        super().__init__(message)
-        self.retryable = retryable
-
-
-@dataclass(frozen=True)
-class TaskContext:
-    """What a handler may use besides its input."""
-
-    agent_id: str
-    fleet: str
-    namespace: str
-    revision: str
-    capabilities: tuple[str, ...]
-    gateway: GatewayClient | None = None
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("newfuse_agent.handler"))
-
-
-Handler = Callable[[Any, TaskContext], Awaitable[Any]]
 HANDLERS: dict[str, Handler] = {}
 
 
