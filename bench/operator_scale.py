@@ -4,7 +4,8 @@ Baseline, measured in the same run on the same fresh local control plane: N sing
 Deployments brought to Available by Kubernetes' own Go controllers (kube-controller-manager at its
 default client QPS of 20 and burst of 30 per controller). Both sides are created the same way (16
 client threads) and timed from the first create to the last Available. Also reports the operator's
-peak RSS (VmHWM). Not a test: it prints figures; `make bench` runs it.
+peak RSS (VmHWM). Not a test: it prints figures; `make bench` runs it. In shared mode (see
+environment.py) the RSS is the shared operator's and says nothing about this run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from environment import bench_environment
+from environment import bench_environment, report_figures, size
 from localcluster.waiting import wait_for
 
 console = Console()
@@ -143,14 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the comparison on a fresh, dedicated control plane and print a table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--count", type=int, default=int(os.environ.get("NEWFUSE_BENCH_COUNT", "1000"))
+        "--count", type=int, default=int(os.environ.get("NEWFUSE_BENCH_COUNT", size("1000", "5")))
     )
     parser.add_argument("--keep", action="store_true", help="leave the bench cluster running")
     args = parser.parse_args(argv)
 
     with bench_environment("scale", ("bench-deployments", "bench-fleets"), keep=args.keep) as env:
-        baseline = deployments(env.api, "bench-deployments", args.count)
-        ours = fleets(env.api, "bench-fleets", args.count, env.start_operator())
+        baseline = deployments(env.api, env.namespace("bench-deployments"), args.count)
+        ours = fleets(env.api, env.namespace("bench-fleets"), args.count, env.start_operator())
 
     table = Table(
         title=f"{args.count} single-replica resources to Available (same cluster, same run)"
@@ -168,6 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     console.print(table)
     console.print("targets: time ratio ≤ 1.00; operator peak RSS ≤ 250 MB")
+    report_figures(
+        "operator_scale",
+        {
+            "count": args.count,
+            "deployments_s": baseline.seconds,
+            "newfuse_s": ours.seconds,
+            "time_ratio": ours.seconds / baseline.seconds,
+            "operator_peak_rss_mb": ours.peak_rss_mb or 0.0,
+        },
+    )
     return 0
 
 

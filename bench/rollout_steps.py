@@ -6,6 +6,14 @@ one agent per step gives 20 steps. Baseline, same cluster, same run: a 21-replic
 rolling update with maxSurge 1 and maxUnavailable 0 (the Deployment controller creating the next
 pod once the previous new one is Ready), timed the same way. Times come from one pod watch stream,
 read in this process, so both sides carry the same observation delay. Not a test: `make bench`.
+
+Two things made the baseline record no step at all, so they are guarded here:
+- a rollout is finished only once its controller has observed the change (observedGeneration);
+  before that its status still describes the previous, finished rollout, so "done" was true the
+  moment after the patch and the watch was stopped before the first new pod existed;
+- the watch resumes from the last resourceVersion it saw instead of starting afresh every few
+  seconds (a fresh watch only replays the current pods: one created and replaced in between is
+  never seen), and the step count is checked, so a missed event fails the run instead of skewing it.
 """
 
 from __future__ import annotations
@@ -22,60 +30,97 @@ from typing import Any, cast
 
 from kubernetes import client as k8s_client
 from kubernetes import watch as k8s_watch
+from kubernetes.client.exceptions import ApiException
 from rich.console import Console
 from rich.table import Table
 
-from environment import bench_environment
+from environment import bench_environment, report_figures, size
 from localcluster.waiting import wait_for
 
 console = Console()
-REPLICAS = 21
 GROUP, VERSION, PLURAL = "newfuse.io", "v1alpha1", "newfuseagents"
+HTTP_GONE = 410
 
 
 @dataclass
 class PodTimes:
-    """When each pod was first seen, and first seen Ready (monotonic seconds)."""
+    """When each pod (by UID) was first seen, and first seen Ready (monotonic seconds)."""
 
     created: dict[str, float] = field(default_factory=dict)
     ready: dict[str, float] = field(default_factory=dict)
-    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    relists: int = 0
+
+    def record(self, pod: k8s_client.V1Pod, now: float) -> None:
+        """Fold one observation of ``pod`` in."""
+        uid = str(pod.metadata.uid if pod.metadata else "")
+        self.created.setdefault(uid, now)
+        conditions = (pod.status.conditions if pod.status else None) or []
+        if any(c.type == "Ready" and c.status == "True" for c in conditions):
+            self.ready.setdefault(uid, now)
 
 
-def watch_pods(
-    api: k8s_client.ApiClient, namespace: str, times: PodTimes, stop: threading.Event
-) -> None:
-    """Record pod creation and readiness as the watch stream reports them."""
-    core = k8s_client.CoreV1Api(api)
-    stream = k8s_watch.Watch()  # type: ignore[no-untyped-call]
-    while not stop.is_set():
-        for event in stream.stream(core.list_namespaced_pod, namespace, timeout_seconds=5):  # type: ignore[no-untyped-call]
-            now = time.monotonic()
-            pod = event["object"]
-            name = pod.metadata.name
-            times.created.setdefault(name, now)
-            times.labels[name] = dict(pod.metadata.labels or {})
-            conditions = (pod.status.conditions if pod.status else None) or []
-            if any(c.type == "Ready" and c.status == "True" for c in conditions):
-                times.ready.setdefault(name, now)
-            if stop.is_set():
-                stream.stop()  # type: ignore[no-untyped-call]
-                return
+class PodWatcher(threading.Thread):
+    """Lists the namespace's pods once, then follows one resumed watch until stopped."""
+
+    def __init__(self, api: k8s_client.ApiClient, namespace: str) -> None:
+        """Watch ``namespace``; call start(), then wait for ``listed``."""
+        super().__init__(daemon=True, name=f"watch-{namespace}")
+        self.core, self.namespace = k8s_client.CoreV1Api(api), namespace
+        self.times, self.stop_event, self.listed = PodTimes(), threading.Event(), threading.Event()
+        self.error: BaseException | None = None
+
+    def _list(self) -> str:
+        listing = self.core.list_namespaced_pod(self.namespace)
+        now = time.monotonic()
+        for pod in listing.items:
+            self.times.record(pod, now)
+        return str(listing.metadata.resource_version if listing.metadata else "")
+
+    def run(self) -> None:
+        """Record events until stopped; a watch too old to resume (410) re-lists and is counted."""
+        try:
+            version = self._list()
+            self.listed.set()
+            while not self.stop_event.is_set():
+                stream = k8s_watch.Watch()  # type: ignore[no-untyped-call]
+                try:
+                    for event in stream.stream(  # type: ignore[no-untyped-call]
+                        self.core.list_namespaced_pod,
+                        self.namespace,
+                        resource_version=version,
+                        allow_watch_bookmarks=True,
+                        timeout_seconds=2,  # only so that a stop is noticed while nothing happens
+                    ):
+                        if event["type"] != "BOOKMARK":
+                            self.times.record(event["object"], time.monotonic())
+                        if self.stop_event.is_set():
+                            stream.stop()  # type: ignore[no-untyped-call]
+                except ApiException as exc:
+                    if exc.status != HTTP_GONE:
+                        raise
+                    self.times.relists += 1
+                    version = self._list()
+                    continue
+                version = stream.resource_version or version
+        except BaseException as exc:
+            self.error = exc
+            self.listed.set()
+
+    def check(self) -> PodTimes:
+        """The times so far; re-raise in the caller what ended the watch."""
+        if self.error is not None:
+            raise RuntimeError(f"the pod watch of {self.namespace} failed") from self.error
+        return self.times
 
 
-def step_gaps(
-    times: PodTimes, is_new: Callable[[dict[str, str]], bool], initial: set[str]
-) -> list[float]:
+def step_gaps(times: PodTimes, initial: set[str]) -> list[float]:
     """Seconds from each new pod becoming Ready to the next new pod being created."""
-    new = sorted(
-        (p for p in times.created if p not in initial and is_new(times.labels[p])),
-        key=lambda name: times.created[name],
-    )
-    gaps = []
-    for current, following in itertools.pairwise(new):
-        if current in times.ready:
-            gaps.append(times.created[following] - times.ready[current])
-    return gaps
+    new = sorted((p for p in times.created if p not in initial), key=times.created.__getitem__)
+    return [
+        times.created[following] - times.ready[current]
+        for current, following in itertools.pairwise(new)
+        if current in times.ready
+    ]
 
 
 def summary(gaps: list[float]) -> tuple[float, float]:
@@ -87,78 +132,105 @@ def summary(gaps: list[float]) -> tuple[float, float]:
 def measure(
     api: k8s_client.ApiClient,
     namespace: str,
+    replicas: int,
     start: Callable[[], object],
     change: Callable[[], object],
     done: Callable[[], bool],
-    is_new: Callable[[dict[str, str]], bool],
-) -> list[float]:
-    """Start a workload, let it settle, change it, and collect the per-step gaps of its rollout."""
-    times, stop = PodTimes(), threading.Event()
-    watcher = threading.Thread(target=watch_pods, args=(api, namespace, times, stop), daemon=True)
+) -> tuple[list[float], int]:
+    """Start a workload, let it settle, change it; return its rollout's step gaps and re-lists."""
+    watcher = PodWatcher(api, namespace)
     watcher.start()
+    watcher.listed.wait(60)
     start()
     wait_for(
-        lambda: len(times.ready) >= REPLICAS, 300, what=f"{REPLICAS} Ready pods in {namespace}"
+        lambda: len(watcher.check().ready) >= replicas,
+        300,
+        what=f"{replicas} Ready pods in {namespace}",
     )
-    initial = set(times.created)
+    initial = set(watcher.check().created)
     change()
     wait_for(
         done, 600, what=f"the rollout in {namespace} to finish", interval=0.5, max_interval=1.0
     )
-    stop.set()
+
+    def all_new_ready_seen() -> bool:
+        # The controller's status can run ahead of this process's watch stream.
+        times = watcher.check()
+        return len([uid for uid in times.ready if uid not in initial]) >= replicas
+
+    wait_for(all_new_ready_seen, 60, what=f"the watch to see {replicas} new Ready pods")
+    watcher.stop_event.set()
     watcher.join(timeout=10)
-    return step_gaps(times, is_new, initial)
+    times = watcher.check()
+    return step_gaps(times, initial), times.relists
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run both rollouts on a fresh control plane and print the comparison."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
+def deployment_body(replicas: int, image: str) -> dict[str, Any]:
+    """The baseline Deployment: maxSurge 1, maxUnavailable 0."""
+    labels = {"app": "steps"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "steps"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "agent", "image": image}]},
+            },
+        },
+    }
+
+
+def deployment_finished(d: k8s_client.V1Deployment, replicas: int) -> bool:
+    """The rolling update of the current spec is over (not a stale status of the previous one)."""
+    s = d.status
+    return bool(
+        s is not None
+        and d.metadata is not None
+        and (s.observed_generation or 0) >= (d.metadata.generation or 0)
+        and s.updated_replicas == replicas
+        and s.ready_replicas == replicas
+        and s.replicas == replicas
+    )
+
+
+def fleet_finished(body: dict[str, Any], replicas: int) -> bool:
+    """The phased rollout of the current spec completed (not a stale status of an earlier one)."""
+    status = body.get("status") or {}
+    rollout = status.get("rollout") or {}
+    return bool(
+        status.get("observedGeneration", 0) >= body["metadata"].get("generation", 0)
+        and rollout.get("phase") == "Completed"
+        and rollout.get("canaryRevision") == status.get("updateRevision")
+        and status.get("updatedReplicas") == replicas
+    )
+
+
+def run(replicas: int) -> tuple[list[float], list[float], int]:
+    """Both rollouts on one control plane: baseline gaps, NewFuse gaps, watch re-lists."""
     with bench_environment("rollout", ("bench-deploy", "bench-phased")) as env:
         env.start_operator()
         api = env.api
         apps, custom = k8s_client.AppsV1Api(api), k8s_client.CustomObjectsApi(api)
-
-        def deployment(image: str) -> dict[str, Any]:
-            labels = {"app": "steps"}
-            return {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": "steps"},
-                "spec": {
-                    "replicas": REPLICAS,
-                    "selector": {"matchLabels": labels},
-                    "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {"containers": [{"name": "agent", "image": image}]},
-                    },
-                },
-            }
-
-        def deployment_done() -> bool:
-            d = apps.read_namespaced_deployment("steps", "bench-deploy")
-            s = d.status
-            if s is None:
-                return False
-            return bool(
-                s.updated_replicas == REPLICAS
-                and s.ready_replicas == REPLICAS
-                and s.replicas == REPLICAS
-            )
+        deploy_ns, fleet_ns = env.namespace("bench-deploy"), env.namespace("bench-phased")
 
         console.print("[dim]Deployment rolling update (maxSurge 1, maxUnavailable 0)")
-        baseline = measure(
+        baseline, relists = measure(
             api,
-            "bench-deploy",
+            deploy_ns,
+            replicas,
             lambda: apps.create_namespaced_deployment(
-                "bench-deploy", cast(Any, deployment("agent:1"))
+                deploy_ns, cast(Any, deployment_body(replicas, "agent:1"))
             ),
             lambda: apps.patch_namespaced_deployment(
-                "steps", "bench-deploy", cast(Any, deployment("agent:2"))
+                "steps", deploy_ns, cast(Any, deployment_body(replicas, "agent:2"))
             ),
-            deployment_done,
-            lambda _: True,
+            lambda: deployment_finished(
+                apps.read_namespaced_deployment("steps", deploy_ns), replicas
+            ),
         )
 
         phased = {
@@ -172,48 +244,51 @@ def main(argv: list[str] | None = None) -> int:
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "NewFuseAgent",
             "metadata": {"name": "steps"},
-            "spec": {"replicas": REPLICAS, "image": "newfuse/agent:1", "rollout": phased},
+            "spec": {"replicas": replicas, "image": "newfuse/agent:1", "rollout": phased},
         }
 
-        def fleet_done() -> bool:
-            body = cast(
+        def read_fleet() -> dict[str, Any]:
+            return cast(
                 dict[str, Any],
-                custom.get_namespaced_custom_object(
-                    GROUP, VERSION, "bench-phased", PLURAL, "steps"
-                ),
-            )
-            rollout = (body.get("status") or {}).get("rollout") or {}
-            return rollout.get("phase") == "Completed"
-
-        def change_fleet() -> None:
-            custom.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                "bench-phased",
-                PLURAL,
-                "steps",
-                {"spec": {"image": "newfuse/agent:2"}},
+                custom.get_namespaced_custom_object(GROUP, VERSION, fleet_ns, PLURAL, "steps"),
             )
 
         console.print(
-            f"[dim]NewFuseAgent phased rollout ({REPLICAS - 1} steps, zero soak, minTasks 0)"
+            f"[dim]NewFuseAgent phased rollout ({replicas - 1} steps, zero soak, minTasks 0)"
         )
-        ours = measure(
+        ours, more = measure(
             api,
-            "bench-phased",
-            lambda: custom.create_namespaced_custom_object(
-                GROUP, VERSION, "bench-phased", PLURAL, fleet
+            fleet_ns,
+            replicas,
+            lambda: custom.create_namespaced_custom_object(GROUP, VERSION, fleet_ns, PLURAL, fleet),
+            lambda: custom.patch_namespaced_custom_object(
+                GROUP, VERSION, fleet_ns, PLURAL, "steps", {"spec": {"image": "newfuse/agent:2"}}
             ),
-            change_fleet,
-            fleet_done,
-            lambda _: True,
+            lambda: fleet_finished(read_fleet(), replicas),
         )
+    return baseline, ours, relists + more
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both rollouts and print the comparison; non-zero if a step went unobserved."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", type=int, default=size(21, 4))
+    args = parser.parse_args(argv)
+    replicas: int = args.replicas
+    baseline, ours, relists = run(replicas)
+
+    expected = replicas - 1
     table = Table(
-        title=f"per-step overhead: new pod Ready -> next step's pod created ({REPLICAS} replicas)"
+        title=f"per-step overhead: new pod Ready -> next step's pod created ({replicas} replicas)"
     )
     for column in ("rollout", "steps", "median s", "p95 s", "median ratio"):
         table.add_column(column, justify="left" if column == "rollout" else "right")
+    if len(baseline) != expected or len(ours) != expected:
+        console.print(
+            f"[red]expected {expected} steps on each side, observed {len(baseline)} (Deployment) "
+            f"and {len(ours)} (NewFuse); watch re-lists: {relists}"
+        )
+        return 1
     base_median, base_p95 = summary(baseline)
     our_median, our_p95 = summary(ours)
     table.add_row(
@@ -232,6 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     console.print(table)
     console.print("target: NewFuse median <= 1 s per step")
+    report_figures(
+        "rollout_steps",
+        {
+            "replicas": replicas,
+            "deployment_median_s": base_median,
+            "deployment_p95_s": base_p95,
+            "newfuse_median_s": our_median,
+            "newfuse_p95_s": our_p95,
+            "median_ratio": our_median / base_median,
+        },
+    )
     return 0
 
 

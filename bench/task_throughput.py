@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -29,14 +27,17 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from localcluster import RedisServer
-from localcluster.binaries import REPO_ROOT
-from localcluster.netutil import free_port
-from newfuse.adapters.taskclient import StreamReply, TaskClient, TaskSpec
+from agentprocs import spawn, start_agents, stop, stop_agents
+from environment import STATE_ROOT, bench_redis, report_figures, size
+from newfuse.adapters.taskclient import TaskClient, TaskSpec
+from newfuse.wire.keys import FleetKeys
 
 console = Console()
 AGENTS = 4
 CONCURRENCY = 4
+NAMESPACE = "bench"
+# What XREADGROUP returns with decode_responses=True: [(stream, [(entry id, fields)])] or None.
+StreamReply = list[tuple[str, list[tuple[str, dict[str, str]]]]] | None
 HERE = Path(__file__).resolve().parent
 
 
@@ -79,34 +80,19 @@ def raw_ceiling(url: str, count: int) -> Throughput:
     return Throughput("raw redis-py pipeline (XADD + XREADGROUP + XACK)", count, elapsed)
 
 
-def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def dramatiq_run(url: str, count: int, state: Path) -> Throughput:
+def dramatiq_run(url: str, count: int, state: Path, namespace: str) -> Throughput:
     """Dramatiq with its Redis broker and results backend doing the same echo work."""
+    settings = {"BENCH_REDIS_URL": url, "BENCH_DRAMATIQ_NAMESPACE": namespace}
     env = {
         **os.environ,
-        "BENCH_REDIS_URL": url,
+        **settings,
         "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
     dramatiq_cli = str(Path(sys.executable).with_name("dramatiq"))
     options = ["--processes", str(AGENTS), "--threads", str(CONCURRENCY)]
-    workers = [_spawn([dramatiq_cli, "dramatiq_echo", *options], env, state / "dramatiq.log")]
+    workers = [spawn([dramatiq_cli, "dramatiq_echo", *options], env, state / "dramatiq.log")]
     sys.path.insert(0, str(HERE))
-    os.environ["BENCH_REDIS_URL"] = url
+    os.environ.update(settings)  # read by dramatiq_echo when imported below
 
     import dramatiq_echo
 
@@ -122,24 +108,8 @@ def dramatiq_run(url: str, count: int, state: Path) -> Throughput:
             message.get_result(block=True, timeout=300_000)
         elapsed = time.perf_counter() - started
     finally:
-        _stop(workers)
+        stop(workers)
     return Throughput(f"Dramatiq {dramatiq.__version__} (Redis broker + results)", count, elapsed)
-
-
-def agent_env(url: str, namespace: str, fleet: str, index: int) -> dict[str, str]:
-    """The env the operator would give agent ``index`` of the fleet."""
-    return {
-        **os.environ,
-        "NEWFUSE_AGENT_ID": f"{fleet}-bench-{index}",
-        "NEWFUSE_NAMESPACE": namespace,
-        "NEWFUSE_FLEET": fleet,
-        "NEWFUSE_REVISION": "bench",
-        "NEWFUSE_REDIS_URL": url,
-        "NEWFUSE_CONCURRENCY": str(CONCURRENCY),
-        "NEWFUSE_HTTP_PORT": str(free_port()),
-        "NEWFUSE_HTTP_ADDRESS": "127.0.0.1",
-        "NEWFUSE_LOG_LEVEL": "WARNING",
-    }
 
 
 async def _newfuse_throughput(client: TaskClient, count: int) -> float:
@@ -182,18 +152,13 @@ async def _newfuse_latency(client: TaskClient, rate: float, seconds: float) -> l
 
 
 def newfuse_run(
-    url: str, count: int, state: Path, rate: float, seconds: float
+    url: str, count: int, state: Path, rate: float, seconds: float, fleet: str
 ) -> tuple[Throughput, list[float]]:
     """NewFuse agents as processes, the way pods run them."""
-    namespace, fleet = "bench", f"echo{uuid.uuid4().hex[:6]}"
-    argv = [sys.executable, "-m", "newfuse_agent"]
-    agents = [
-        _spawn(argv, agent_env(url, namespace, fleet, i), state / f"agent-{i}.log")
-        for i in range(AGENTS)
-    ]
+    agents = start_agents(url, NAMESPACE, fleet, AGENTS, CONCURRENCY, state)
 
     async def measure() -> tuple[float, list[float]]:
-        client = TaskClient.from_url(url, namespace, fleet)
+        client = TaskClient.from_url(url, NAMESPACE, fleet)
         try:
             elapsed = await _newfuse_throughput(client, count)
             return elapsed, await _newfuse_latency(client, rate, seconds)
@@ -203,7 +168,7 @@ def newfuse_run(
     try:
         elapsed, latencies = asyncio.run(measure())
     finally:
-        _stop(agents)
+        stop_agents(agents)
     return Throughput(
         f"NewFuse agents ({AGENTS} processes x concurrency {CONCURRENCY})", count, elapsed
     ), latencies
@@ -216,33 +181,39 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run all three on a dedicated Redis and print the comparison."""
+    """Run all three on one Redis and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--tasks", type=int, default=size(20_000, 300))
     parser.add_argument(
-        "--rate", type=float, default=500.0, help="offered load for the latency run"
+        "--rate", type=float, default=size(500.0, 100.0), help="offered load for the latency run"
     )
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
+    parser.add_argument(
+        "--seconds", type=float, default=size(10.0, 1.0), help="length of the latency run"
+    )
     args = parser.parse_args(argv)
-    state = REPO_ROOT / ".local" / "bench" / "tasks"
+    state = STATE_ROOT / "tasks"
     state.mkdir(parents=True, exist_ok=True)
-    server = RedisServer(state / "redis")
-    info = server.up()
-    flush: Callable[[], object] = lambda: redis.Redis.from_url(info.url).flushdb()  # noqa: E731
-    try:
-        flush()
-        console.print(f"[dim]raw ceiling with {args.tasks} entries")
-        raw = raw_ceiling(info.url, args.tasks)
-        flush()
-        console.print(f"[dim]Dramatiq with {args.tasks} tasks")
-        drama = dramatiq_run(info.url, args.tasks, state)
-        flush()
-        console.print(
-            f"[dim]NewFuse with {args.tasks} tasks, then {args.rate:g}/s for {args.seconds:g}s"
-        )
-        ours, latencies = newfuse_run(info.url, args.tasks, state, args.rate, args.seconds)
-    finally:
-        server.down()
+    # Names of their own, so that on a shared Redis (tiny mode in CI) only these keys are removed.
+    run_id = uuid.uuid4().hex[:6]
+    dramatiq_namespace, fleet = f"bench-dramatiq-{run_id}", f"echo{run_id}"
+    mine = (f"{dramatiq_namespace}*", FleetKeys(NAMESPACE, fleet).pattern)
+    with bench_redis("tasks") as server:
+        try:
+            server.clear(*mine)
+            console.print(f"[dim]raw ceiling with {args.tasks} entries")
+            raw = raw_ceiling(server.url, args.tasks)
+            server.clear(*mine)
+            console.print(f"[dim]Dramatiq with {args.tasks} tasks")
+            drama = dramatiq_run(server.url, args.tasks, state, dramatiq_namespace)
+            server.clear(*mine)
+            console.print(
+                f"[dim]NewFuse with {args.tasks} tasks, then {args.rate:g}/s for {args.seconds:g}s"
+            )
+            ours, latencies = newfuse_run(
+                server.url, args.tasks, state, args.rate, args.seconds, fleet
+            )
+        finally:
+            server.clear(*mine)
 
     table = Table(
         title=f"echo tasks, submit -> result stored ({args.tasks} tasks, same Redis, same run)"
@@ -262,6 +233,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     console.print(
         f"NewFuse throughput is {ours.per_second / drama.per_second:.2f}x Dramatiq (target >= 1.0)"
+    )
+    report_figures(
+        "task_throughput",
+        {
+            "tasks": args.tasks,
+            "raw_per_s": raw.per_second,
+            "dramatiq_per_s": drama.per_second,
+            "newfuse_per_s": ours.per_second,
+            "newfuse_ratio_to_dramatiq": ours.per_second / drama.per_second,
+            "latency_tasks": len(latencies),
+            "latency_p50_ms": p50,
+            "latency_p99_ms": p99,
+        },
     )
     return 0
 
