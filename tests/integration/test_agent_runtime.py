@@ -27,6 +27,7 @@ from newfuse.cli import app as cli_app
 from newfuse.logcontext import ContextFilter
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.state import AgentState, AgentStatus, StateUpdate
+from newfuse.wire.taskpolicy import TaskPolicy
 from newfuse.wire.tasks import CONSUMER_GROUP, Priority, ResultStatus
 from newfuse_agent.config import AgentConfig
 from newfuse_agent.gateway import GatewayClient, GatewayConfig
@@ -36,7 +37,7 @@ from newfuse_agent.handlers.echo import echo
 from newfuse_agent.queue import utc_now
 from newfuse_agent.runtime import Agent
 
-KEY = "test-signing-key"
+KEY = "test-signing-key-of-at-least-32-bytes"
 
 
 def run(coro: Awaitable[None]) -> None:
@@ -70,8 +71,11 @@ class Fleet:
             "redis_url": self.url,
             "concurrency": 4,
             "heartbeat_seconds": 0.2,
-            "claim_idle_seconds": 0.5,
-            "reclaim_interval_seconds": 0.2,
+            # Short bounds so reclaims and retries happen within a test's seconds; the e2e suite
+            # runs the defaults.
+            "tasks": TaskPolicy(
+                claim_idle_seconds=0.5, lease_renew_seconds=0.2, retry_base_seconds=0.05
+            ),
             "drain_grace_seconds": 5,
             **overrides,
         }
@@ -284,7 +288,8 @@ def test_a_dead_consumers_tasks_are_reclaimed_and_completed_once(fleet_url: str)
         # A consumer takes the tasks and dies without acknowledging them.
         taken = await fleet.redis.xreadgroup(CONSUMER_GROUP, "dead-agent:1", {stream: ">"}, count=5)
         assert len(taken[0][1]) == 5
-        async with fleet.agent("rescuer", claim_idle_seconds=0.3):
+        fast = TaskPolicy(claim_idle_seconds=0.3, lease_renew_seconds=0.1)
+        async with fleet.agent("rescuer", tasks=fast):
             await eventually(lambda: _count(fleet, 5), 20, "reclaimed tasks completed")
         results = await fleet.results()
         assert sorted(r["task_id"] for r in results) == sorted(s.task_id for s in specs)

@@ -54,6 +54,7 @@ async def serve(config: AgentConfig) -> None:
         timeout=5,
         max_connections=config.concurrency + 8,
         ca_file=config.redis_ca_file,
+        encoding_errors="replace",  # hostile bytes on a stream are refused, not a crash
     )
     gateway_config = GatewayConfig.from_env(os.environ)
     keys = FleetKeys(config.namespace, config.fleet)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Mapping
+from typing import Final, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from newfuse.tracing import TraceExporter
+from newfuse.wire.taskpolicy import TaskPolicy
+
+# An HMAC key shorter than this is guessable; the chart generates 48 characters.
+MIN_KEY_BYTES: Final = 32
 
 # Env var name -> field, for the variables whose names are fixed by the operator's pod template.
 _ENV = {
@@ -25,8 +30,6 @@ _ENV = {
     "NEWFUSE_REDIS_URL": "redis_url",
     "NEWFUSE_SIGNING_KEY": "signing_key",
     "NEWFUSE_REQUIRE_SIGNATURES": "require_signatures",
-    "NEWFUSE_CLAIM_IDLE_SECONDS": "claim_idle_seconds",
-    "NEWFUSE_RECLAIM_INTERVAL_SECONDS": "reclaim_interval_seconds",
     "NEWFUSE_DRAIN_GRACE_SECONDS": "drain_grace_seconds",
     "NEWFUSE_LOG_LEVEL": "log_level",
     "NEWFUSE_FAULT_RATE": "fault_rate",
@@ -54,10 +57,6 @@ class AgentConfig(BaseModel):
     redis_ca_file: str | None = None
     signing_key: str | None = None
     require_signatures: bool = False
-    claim_idle_seconds: float = Field(
-        default=30.0, gt=0, description="Reclaim tasks pending this long."
-    )
-    reclaim_interval_seconds: float = Field(default=5.0, gt=0)
     drain_grace_seconds: float = Field(
         default=25.0, ge=0, description="In-flight time allowed on SIGTERM."
     )
@@ -73,6 +72,21 @@ class AgentConfig(BaseModel):
         description="Where task spans go (otlp: set OTEL_EXPORTER_OTLP_ENDPOINT in spec.env).",
     )
     boot_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:8])
+    # Timeouts, liveness, retries, retention and size limits: the fleet's spec.tasks.
+    tasks: TaskPolicy = Field(default_factory=TaskPolicy)
+
+    @model_validator(mode="after")
+    def _fail_closed(self) -> Self:
+        # Requiring signatures with no usable key must not quietly verify nothing.
+        if self.require_signatures and len((self.signing_key or "").encode()) < MIN_KEY_BYTES:
+            what = (
+                "is not set" if not self.signing_key else f"is shorter than {MIN_KEY_BYTES} bytes"
+            )
+            raise ValueError(
+                f"NEWFUSE_SIGNING_KEY {what}, but NEWFUSE_REQUIRE_SIGNATURES=true: refusing to "
+                "start an agent that would accept unverified tasks"
+            )
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AgentConfig:
@@ -86,12 +100,16 @@ class AgentConfig(BaseModel):
             values[field] = (
                 tuple(c for c in raw.split(",") if c) if field == "capabilities" else raw
             )
+        values["tasks"] = TaskPolicy.from_env(env)
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
             by_field = {f: v for v, f in _ENV.items()}
             problems = "; ".join(
-                f"{by_field.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors()
+                f"{by_field.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}"
+                if e["loc"]
+                else str(e["ctx"]["error"] if "ctx" in e else e["msg"])
+                for e in exc.errors()
             )
             raise ValueError(f"invalid agent configuration: {problems}") from exc
 

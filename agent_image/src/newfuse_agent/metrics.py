@@ -15,14 +15,22 @@ class TaskOutcome(StrEnum):
     RETRIED = "retried"
     DEAD_LETTERED = "dead_lettered"
     HANDED_BACK = "handed_back"
+    # A handler ran although another run had already stored the task's result.
     DUPLICATE = "duplicate"
+    # Delivered again after its result was stored (a replay of finished work): not run.
+    ALREADY_DONE = "already_done"
+    # Put off without being tried (the gateway's circuit was open).
+    DEFERRED = "deferred"
+    # Another agent took the entry over while this one ran it (this one stalled past the bound).
+    LEASE_LOST = "lease_lost"
 
 
 TASKS = Counter("newfuse_agent_tasks_total", "Task deliveries by outcome.", ["outcome"])
 TASK_SECONDS = Histogram(
     "newfuse_agent_task_duration_seconds",
     "Handler time per task.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    # Up to half an hour: model calls take minutes, and agent tasks chain several of them.
+    buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
 )
 REJECTED = Counter(
     "newfuse_agent_messages_rejected_total", "Messages refused, by reason.", ["reason"]

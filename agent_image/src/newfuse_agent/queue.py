@@ -1,16 +1,18 @@
-"""The agent's side of the task streams: fetch by priority, reclaim, complete, requeue, dead-letter.
+"""The agent's side of the task streams: fetch, renew, reclaim, complete, retry, dead-letter, sweep.
 
 Tasks live on one Redis stream per priority, read through one consumer group per fleet. An entry
-stays in the group's pending list until COMPLETE stores its result and acknowledges it, so a crash
-loses nothing: after `claim_idle` another agent takes the entry over with XAUTOCLAIM. Every agent
-process is its own consumer (agent id plus a boot id), so a restarted pod never mistakes a dead
-incarnation's entries for its own in-flight work.
+stays in the group's pending list until COMPLETE stores its result, acknowledges and deletes it, so
+a crash loses nothing. A worker renews the entries it holds every `lease_renew_seconds` (RENEW),
+so only the entries of a consumer that stopped renewing, a dead one, ever go idle for
+`claim_idle_seconds` and are taken over by another agent with XAUTOCLAIM, however long the task
+itself runs. Every agent process is its own consumer (agent id plus a boot id), so a restarted pod
+never mistakes a dead incarnation's entries for its own in-flight work.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +25,16 @@ from newfuse.wire.scripts import (
     COUNTER_COMPLETED,
     COUNTER_FAILED,
     DEAD_LETTER_LUA,
+    GUARD_LUA,
+    PROMOTE_DUE_LUA,
+    RENEW_LUA,
     REQUEUE_LUA,
+    SWEEP_LUA,
 )
+from newfuse.wire.taskpolicy import TaskPolicy
 from newfuse.wire.tasks import CONSUMER_GROUP, PRIORITY_ORDER, DeadLetter, Priority
+
+SWEEP_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -54,17 +63,30 @@ def _entries(response: Any, stream_priority: dict[str, Priority]) -> list[Delive
     return out
 
 
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
 class TaskQueue:
     """Stream operations of one agent process on one fleet's task streams."""
 
-    def __init__(self, client: aioredis.Redis, keys: FleetKeys, consumer: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis, keys: FleetKeys, consumer: str, policy: TaskPolicy
+    ) -> None:
         """Read as ``consumer`` in the fleet's consumer group through ``client`` (decoded)."""
-        self.client, self.keys, self.consumer = client, keys, consumer
+        self.client, self.keys, self.consumer, self.policy = client, keys, consumer, policy
         self.streams = {p: keys.tasks(p) for p in PRIORITY_ORDER}
         self._priority_of = {s: p for p, s in self.streams.items()}
+        # XAUTOCLAIM walks the pending list in pages; the cursor must be kept between passes, or
+        # idle entries behind a page of busy ones would never be reached.
+        self._cursors = dict.fromkeys(self.streams.values(), "0-0")
         self._complete = client.register_script(COMPLETE_LUA)
         self._requeue = client.register_script(REQUEUE_LUA)
         self._dead_letter = client.register_script(DEAD_LETTER_LUA)
+        self._promote = client.register_script(PROMOTE_DUE_LUA)
+        self._renew = client.register_script(RENEW_LUA)
+        self._sweep = client.register_script(SWEEP_LUA)
+        self._guard = client.register_script(GUARD_LUA)
 
     async def ensure_groups(self) -> None:
         """Create the consumer group on every priority stream (idempotent)."""
@@ -99,70 +121,170 @@ class TaskQueue:
             _entries(response, self._priority_of), key=lambda d: PRIORITY_ORDER.index(d.priority)
         )
 
-    async def reclaim(self, min_idle_ms: int, count: int) -> list[Delivery]:
-        """Take over entries another consumer left pending for ``min_idle_ms`` (it died or hung)."""
+    async def renew(self, held: Iterable[Delivery]) -> set[str]:
+        """Refresh the claims on ``held``; return the entry ids this consumer no longer owns."""
+        by_stream: dict[str, list[str]] = {}
+        for delivery in held:
+            by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
+        lost: set[str] = set()
+        for stream, ids in by_stream.items():
+            reply = await self._renew(keys=[stream], args=[CONSUMER_GROUP, self.consumer, *ids])
+            lost.update(str(i) for i in reply)
+        return lost
+
+    async def reclaim(self, count: int) -> list[Delivery]:
+        """Take over entries whose owner stopped renewing them for the claim bound (it died)."""
+        min_idle = _ms(self.policy.claim_idle_seconds)
         claimed: list[Delivery] = []
         for priority in PRIORITY_ORDER:
             stream = self.streams[priority]
+            want = count - len(claimed)
+            if want <= 0:
+                break
             response = await self.client.xautoclaim(
                 stream,
                 CONSUMER_GROUP,
                 self.consumer,
-                min_idle_time=min_idle_ms,
-                start_id="0-0",
-                count=count,
+                min_idle_time=min_idle,
+                start_id=self._cursors[stream],
+                count=want,
             )
+            self._cursors[stream] = str(response[0])
             entries = [(eid, fields) for eid, fields in response[1] if fields]
-            if not entries:
-                continue
-            # XAUTOCLAIM bumped each entry's delivery count; read it to spot poison messages.
-            pending = await self.client.xpending_range(
-                stream,
-                CONSUMER_GROUP,
-                min=entries[0][0],
-                max=entries[-1][0],
-                count=len(entries) * 2,
-                consumername=self.consumer,
-            )
-            delivered = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-            claimed += [
-                Delivery(priority, stream, eid, dict(fields), delivered.get(eid, 2))
-                for eid, fields in entries
-            ]
+            if entries:
+                claimed += await self._with_delivery_counts(priority, stream, entries)
         return claimed
 
+    async def _with_delivery_counts(
+        self, priority: Priority, stream: str, entries: list[tuple[str, dict[str, str]]]
+    ) -> list[Delivery]:
+        # XAUTOCLAIM bumped each entry's delivery count: an owner died holding it.
+        pending = await self.client.xpending_range(
+            stream,
+            CONSUMER_GROUP,
+            min=entries[0][0],
+            max=entries[-1][0],
+            count=len(entries) * 2,
+            consumername=self.consumer,
+        )
+        delivered = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        return [
+            Delivery(priority, stream, eid, dict(fields), delivered.get(eid, 2))
+            for eid, fields in entries
+        ]
+
     async def complete(
-        self, delivery: Delivery, task_id: str, result: bytes, succeeded: bool, revision: str
+        self,
+        delivery: Delivery,
+        task_id: str,
+        result: bytes,
+        *,
+        succeeded: bool,
+        revision: str,
+        executed: bool,
+        letter: DeadLetter | None = None,
     ) -> bool:
-        """Store the task's result (first one wins), count it and acknowledge the delivery."""
-        keys = self.keys
+        """Store the task's first result (and its dead letter), count it, ack and delete it."""
+        keys, policy = self.keys, self.policy
         counter = COUNTER_COMPLETED if succeeded else COUNTER_FAILED
         stored = await self._complete(
-            keys=[keys.result_index, keys.result_stream, delivery.stream, keys.counters],
-            args=[task_id, result, CONSUMER_GROUP, delivery.entry_id, counter, revision],
+            keys=[
+                keys.result_index,
+                keys.result_stream,
+                delivery.stream,
+                keys.counters,
+                keys.expiry_of(keys.result_index),
+                keys.expiry_of(keys.task_index),
+                keys.dead_letters,
+            ],
+            args=[
+                task_id,
+                result,
+                CONSUMER_GROUP,
+                delivery.entry_id,
+                counter,
+                revision,
+                _ms(policy.result_ttl_seconds),
+                policy.result_stream_max,
+                policy.dead_letter_max,
+                "1" if executed else "0",
+                *(_flat(letter) if letter is not None else ()),
+            ],
         )
         return bool(stored)
 
     async def requeue(
-        self, delivery: Delivery, task_id: str, envelope: bytes, priority: Priority
+        self,
+        delivery: Delivery,
+        task_id: str,
+        envelope: bytes,
+        priority: Priority,
+        delay_seconds: float | None = None,
     ) -> str:
-        """Acknowledge the delivery and put the task back (a retry, or a hand-back on drain)."""
-        new_id = await self._requeue(
-            keys=[delivery.stream, self.streams[priority], self.keys.task_index],
-            args=[CONSUMER_GROUP, delivery.entry_id, task_id, envelope],
-        )
-        return str(new_id)
+        """Move the delivery back: now (a hand-back) or after ``delay_seconds`` (a retry).
 
-    async def dead_letter(self, delivery: Delivery, letter: DeadLetter, acknowledge: bool) -> None:
-        """Record a dead letter; acknowledge the delivery too unless a result step will."""
-        fields = letter.model_dump(mode="json", exclude_none=True)
-        flat: list[str] = []
-        for name, value in fields.items():
-            flat += [name, str(value)]
+        Returns 'done' if the task already has a result (it is dropped, never run again), 'lost'
+        if another consumer owns the delivery now, 'retry' when scheduled, else the new entry id.
+        """
+        keys = self.keys
+        reply = await self._requeue(
+            keys=[
+                delivery.stream,
+                self.streams[priority],
+                keys.task_index,
+                keys.result_index,
+                keys.retries,
+            ],
+            args=[
+                CONSUMER_GROUP,
+                delivery.entry_id,
+                self.consumer,
+                task_id,
+                envelope,
+                -1 if delay_seconds is None else _ms(delay_seconds),
+                priority.value,
+            ],
+        )
+        return str(reply)
+
+    async def promote_due(self, limit: int = 500) -> int:
+        """Move retries that are due back onto their streams; returns how many were due."""
+        keys = self.keys
+        moved = await self._promote(
+            keys=[keys.retries, keys.task_index, keys.result_index, *self.streams.values()],
+            args=[limit, *(p.value for p in self.streams)],
+        )
+        return int(moved)
+
+    async def guard(self, message_id: str, entry_id: str) -> str:
+        """Remember a signed message id; returns the entry id it first arrived as."""
+        keys = self.keys
+        first = await self._guard(
+            keys=[keys.seen, keys.expiry_of(keys.seen)],
+            args=[message_id, entry_id, _ms(self.policy.result_ttl_seconds)],
+        )
+        return str(first)
+
+    async def has_result(self, task_id: str) -> bool:
+        """Whether the task already has its result."""
+        return bool(await self.client.hexists(self.keys.result_index, task_id))
+
+    async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None:
+        """Record a message that is not a usable task, then acknowledge and delete it."""
         await self._dead_letter(
             keys=[self.keys.dead_letters, delivery.stream],
-            args=[CONSUMER_GROUP, delivery.entry_id if acknowledge else "", *flat],
+            args=[CONSUMER_GROUP, delivery.entry_id, self.policy.dead_letter_max, *_flat(letter)],
         )
+
+    async def sweep(self) -> int:
+        """Expire results, idempotency ids and replay guards; trim the result stream by age."""
+        keys = self.keys
+        pairs = [k for h in keys.expiring_hashes for k in (h, keys.expiry_of(h))]
+        expired = await self._sweep(
+            keys=[keys.result_stream, *pairs],
+            args=[_ms(self.policy.result_ttl_seconds), SWEEP_BATCH],
+        )
+        return int(expired)
 
     async def pending_count(self) -> int:
         """Entries this consumer holds unacknowledged."""
@@ -194,6 +316,13 @@ class TaskQueue:
                     await self.client.xgroup_delconsumer(stream, CONSUMER_GROUP, name)
                     removed += 1
         return removed
+
+
+def _flat(letter: DeadLetter) -> list[str]:
+    flat: list[str] = []
+    for name, value in letter.model_dump(mode="json", exclude_none=True).items():
+        flat += [name, str(value)]
+    return flat
 
 
 def utc_now() -> dt.datetime:

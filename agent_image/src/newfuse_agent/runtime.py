@@ -3,9 +3,13 @@
 Delivery is at-least-once and results are exactly-once: a task is acknowledged only in the same
 atomic step that stores its first result (COMPLETE_LUA), so a crash before that step leaves the
 task pending for another agent to reclaim, and a crash after it cannot produce a second result.
-
-Bad input never crashes the agent: whatever a message is, it ends as a result, a retry, or a
-dead letter with a reason, and is counted.
+What one delivery goes through is newfuse_agent.process; this module runs the loops around it:
+- consume: new entries, higher priorities first, up to `concurrency` at once;
+- maintain: renew the claims on in-flight work (its liveness: a task may run for as long as its
+  timeout, and is only taken over if this process stops renewing), reclaim dead consumers'
+  entries, move due retries back onto the streams, and expire results past their retention;
+- heartbeat: the agent's versioned state in Redis;
+- coordination: drain, reload and ping notices (pub/sub).
 
 On SIGTERM (or a `drain` on the coordination channel) the agent stops taking tasks, lets in-flight
 ones finish within the grace period, hands the rest back to the stream, marks itself inactive and
@@ -18,45 +22,27 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from newfuse import logcontext
-from newfuse.tracing import context_from, current_traceparent
-from newfuse.wire.envelope import (
-    MessageRejectedError,
-    MessageType,
-    RejectReason,
-    decode,
-    encode,
-    validate,
-)
+from newfuse.adapters.state_store import put_state
+from newfuse.wire.envelope import MessageRejectedError, MessageType, decode, encode
 from newfuse.wire.keys import FleetKeys
-from newfuse.wire.state import (
-    STATE_CAS_LUA,
-    AgentMetrics,
-    AgentState,
-    AgentStatus,
-    StateUpdate,
-    next_version,
-)
-from newfuse.wire.tasks import DeadLetter, ResultPayload, ResultStatus, TaskPayload
+from newfuse.wire.state import AgentMetrics, AgentState, AgentStatus, StateUpdate, next_version
 from newfuse_agent import metrics
 from newfuse_agent.config import AgentConfig
-from newfuse_agent.handlers import Handler, HandlerError, TaskContext
+from newfuse_agent.contract import Handler, TaskContext
 from newfuse_agent.metrics import TaskOutcome
+from newfuse_agent.process import Processor, Stats, task_id_of
 from newfuse_agent.queue import Delivery, TaskQueue, utc_now
 
 log = logging.getLogger("newfuse_agent")
-tracer = trace.get_tracer("newfuse.agent")
 Clock = Callable[[], dt.datetime]
-REPLAY_WINDOW_SECONDS = 600
+MAINTENANCE_TICK_SECONDS = 1.0
 
 
 class Agent:
@@ -71,25 +57,18 @@ class Agent:
         clock: Clock = utc_now,
     ) -> None:
         """Run ``handlers`` for the fleet in ``config``, talking to Redis through ``client``."""
-        self.config, self.client, self.handlers, self.context, self.clock = (
-            config,
-            client,
-            handlers,
-            context,
-            clock,
-        )
+        self.config, self.client, self.handlers, self.clock = config, client, handlers, clock
         self.keys = FleetKeys(config.namespace, config.fleet)
-        self.queue = TaskQueue(client, self.keys, config.consumer)
+        self.queue = TaskQueue(client, self.keys, config.consumer, config.tasks)
+        self.stats = Stats()
+        self.processor = Processor(
+            config, self.queue, handlers, context, clock, self.stats, self._inject_fault
+        )
         self._key = config.signing_key.encode() if config.signing_key else None
-        self._cas = client.register_script(STATE_CAS_LUA)
         self._inflight: dict[asyncio.Task[None], Delivery] = {}
-        self._tasks: dict[str, TaskPayload] = {}  # entry id -> decoded task, for hand-backs
         self._draining = asyncio.Event()
         self.ready = False
         self.status = AgentStatus.ACTIVE
-        self.requests_handled = self.tasks_completed = self.tasks_failed = 0
-        self.last_active: dt.datetime | None = None
-        self._latencies: deque[float] = deque(maxlen=500)
         self._version = 0
         self._fault_credit = 0.0
 
@@ -104,14 +83,15 @@ class Agent:
     async def run(self) -> None:
         """Work until drained."""
         await self._until_redis(self.queue.ensure_groups)
-        await self._heartbeat_once()
+        await self._until_redis(self._heartbeat_once)
         self.ready = True
         loops = [
             asyncio.create_task(self._consume(), name="consume"),
-            asyncio.create_task(self._reclaim(), name="reclaim"),
+            asyncio.create_task(self._maintain(), name="maintain"),
             asyncio.create_task(self._coordination(), name="coordination"),
         ]
         heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeat")
+        renewals = asyncio.create_task(self._renewals(), name="renew")
         await self._draining.wait()
         metrics.DRAINING.set(1)
         self.ready = False
@@ -120,31 +100,19 @@ class Agent:
         self.status = AgentStatus.INACTIVE
         with contextlib.suppress(RedisError, OSError):
             await asyncio.wait_for(self._heartbeat_once(), 5)
-        watchdog = asyncio.create_task(self._watch_drain(), name="drain-watchdog")
         for task in loops:
             task.cancel()
         # Bounded: a loop stuck in a library call must not hold the drain past its grace period.
         await asyncio.wait(loops, timeout=5)
-        await self._drain_inflight()
-        watchdog.cancel()
-        heartbeat.cancel()
-        await asyncio.gather(heartbeat, return_exceptions=True)
-        self.status = AgentStatus.INACTIVE
+        await self._drain_inflight()  # claims are still renewed meanwhile
+        for task in (heartbeat, renewals):
+            task.cancel()
+        await asyncio.gather(heartbeat, renewals, return_exceptions=True)
         with contextlib.suppress(RedisError, OSError):
             await self._heartbeat_once()
             if await self.queue.pending_count() == 0:
                 await self.queue.leave()
         log.info("drained", extra={"agent": self.config.agent_id})
-
-    async def _watch_drain(self) -> None:
-        """Log every task's stack if draining overruns its grace period (to find what hangs)."""
-        await asyncio.sleep(self.config.drain_grace_seconds + 2)
-        for task in asyncio.all_tasks():
-            frames = [
-                f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}"
-                for f in task.get_stack(limit=6)
-            ]
-            log.error("drain overran: task %s at %s", task.get_name(), " <- ".join(frames))
 
     async def _until_redis(self, step: Callable[[], Any]) -> None:
         delay = 0.2
@@ -187,27 +155,58 @@ class Agent:
             for delivery in deliveries:
                 self._spawn(delivery)
 
-    async def _reclaim(self) -> None:
-        idle_ms = int(self.config.claim_idle_seconds * 1000)
-        rounds = 0
-        while not self._draining.is_set():
-            await asyncio.sleep(self.config.reclaim_interval_seconds)
-            free = self.config.concurrency - len(self._inflight)
-            if free <= 0:
+    async def _renewals(self) -> None:
+        # Liveness of in-flight work: its own loop, so that it keeps running while draining.
+        while True:
+            await asyncio.sleep(self.config.tasks.lease_renew_seconds)
+            held = {d.entry_id: t for t, d in self._inflight.items()}
+            if not held:
                 continue
             try:
-                claimed = await self.queue.reclaim(idle_ms, free)
-                rounds += 1
-                if rounds % 12 == 0:
-                    await self.queue.prune_consumers(idle_ms * 4)
+                lost = await self.queue.renew(self._inflight.values())
+            except (RedisError, OSError) as exc:
+                log.warning("renewing claims failed: %s", exc)
+                continue
+            for entry_id in lost:
+                # Another agent took it over: this one stalled past the claim bound. Its run is
+                # the one that counts now; stop ours rather than run the task twice.
+                task = held.get(entry_id)
+                if task is not None:
+                    metrics.TASKS.labels(TaskOutcome.LEASE_LOST).inc()
+                    log.warning("lost the claim on %s to another agent", entry_id)
+                    task.cancel()
+
+    async def _maintain(self) -> None:
+        policy = self.config.tasks
+        tick = min(MAINTENANCE_TICK_SECONDS, policy.lease_renew_seconds)
+        reclaim_every = max(1, round(policy.lease_renew_seconds / tick))
+        sweep_every = max(1, round(min(60.0, policy.result_ttl_seconds / 10) / tick))
+        prune_every = max(1, round(policy.claim_idle_seconds * 4 / tick))
+        ticks = 0
+        while not self._draining.is_set():
+            await asyncio.sleep(tick)
+            ticks += 1
+            try:
+                await self.queue.promote_due()
+                if ticks % reclaim_every == 0:
+                    self._reclaim_into_free_slots(await self._reclaimable())
+                if ticks % sweep_every == 0:
+                    await self.queue.sweep()
+                if ticks % prune_every == 0:
+                    await self.queue.prune_consumers(int(policy.claim_idle_seconds * 4000))
             except (RedisError, OSError) as exc:
                 if self._draining.is_set():
                     return
-                log.warning("reclaiming failed: %s", exc)
-                continue
-            for delivery in claimed:
-                metrics.RECLAIMED.inc()
-                self._spawn(delivery)
+                log.warning("task maintenance failed: %s", exc)
+
+    async def _reclaimable(self) -> list[Delivery]:
+        free = self.config.concurrency - len(self._inflight)
+        return await self.queue.reclaim(free) if free > 0 else []
+
+    def _reclaim_into_free_slots(self, claimed: list[Delivery]) -> None:
+        for delivery in claimed:
+            metrics.RECLAIMED.inc()
+            self._spawn(delivery)
 
     def _spawn(self, delivery: Delivery) -> None:
         task = asyncio.create_task(self._process(delivery), name=f"task-{delivery.entry_id}")
@@ -215,13 +214,28 @@ class Agent:
         metrics.INFLIGHT.set(len(self._inflight))
         task.add_done_callback(self._done)
 
+    async def _process(self, delivery: Delivery) -> None:
+        with logcontext.bound(task_id=task_id_of(delivery) or "-"):
+            await self.processor.process(delivery)
+
     def _done(self, task: asyncio.Task[None]) -> None:
         delivery = self._inflight.pop(task, None)
         if delivery is not None:
-            self._tasks.pop(delivery.entry_id, None)
+            self.processor.tasks.pop(delivery.entry_id, None)
         metrics.INFLIGHT.set(len(self._inflight))
         if not task.cancelled() and task.exception() is not None:
             log.error("task processing crashed: %r", task.exception())
+
+    def _inject_fault(self) -> bool:
+        # Deterministic, not random: exactly `fault_rate` of tasks fail, so a drill (or a test) of a
+        # bad canary sees the error rate it configured.
+        self._fault_credit += self.config.fault_rate
+        if self._fault_credit >= 1.0:
+            self._fault_credit -= 1.0
+            return True
+        return False
+
+    # -- state ----------------------------------------------------------------------------------
 
     async def _heartbeats(self) -> None:
         while True:
@@ -232,6 +246,7 @@ class Agent:
     async def _heartbeat_once(self) -> None:
         now = self.clock()
         self._version = next_version(self._version, now)
+        stats = self.stats
         update = StateUpdate(
             agent_id=self.config.agent_id,
             state=AgentState(
@@ -240,28 +255,26 @@ class Agent:
                 capabilities=list(self.config.capabilities),
                 revision=self.config.revision,
                 metrics=AgentMetrics(
-                    requests_handled=self.requests_handled,
-                    last_active=self.last_active,
-                    tasks_completed=self.tasks_completed,
-                    tasks_failed=self.tasks_failed,
+                    requests_handled=stats.requests_handled,
+                    last_active=stats.last_active,
+                    tasks_completed=stats.tasks_completed,
+                    tasks_failed=stats.tasks_failed,
                     latency_p95_ms=self.latency_p95_ms(),
                 ),
             ),
             version=self._version,
             timestamp=now,
         )
-        field = self.config.agent_id
-        await self._cas(
-            keys=[self.keys.agents, self.keys.versions],
-            args=[field, self.keys.agent_version_field(field), update.version, update.to_json()],
-        )
+        await put_state(self.client, self.keys, update)
 
     def latency_p95_ms(self) -> float | None:
         """95th percentile handler latency over the recent tasks."""
-        if not self._latencies:
+        if not self.stats.latencies:
             return None
-        ordered = sorted(self._latencies)
+        ordered = sorted(self.stats.latencies)
         return round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))], 3)
+
+    # -- coordination ---------------------------------------------------------------------------
 
     async def _coordination(self) -> None:
         # Pub/sub, not a stream: drain, reload and ping are notices about the present. A missed one
@@ -273,7 +286,7 @@ class Agent:
                 await pubsub.subscribe(self.keys.coordination_channel)
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
-                        await self._on_coordination(message["data"])
+                        await self._on_coordination_safely(message["data"])
             except (RedisError, OSError) as exc:
                 if self._draining.is_set():
                     return
@@ -283,13 +296,27 @@ class Agent:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
                     await asyncio.wait_for(pubsub.aclose(), 2)  # type: ignore[no-untyped-call]
 
+    async def _on_coordination_safely(self, raw: Any) -> None:
+        try:
+            await self._on_coordination(raw)
+        except (RedisError, OSError):
+            raise
+        except Exception:  # no message may kill the listener
+            metrics.REJECTED.labels("invalid_envelope").inc()
+            log.exception("a coordination message could not be handled")
+
     async def _on_coordination(self, raw: str | bytes) -> None:
+        if len(raw) > self.config.tasks.max_payload_bytes:
+            metrics.REJECTED.labels("oversize").inc()
+            log.warning("refused a coordination message of %d bytes", len(raw))
+            return
         try:
             envelope = decode(
                 raw,
                 key=self._key,
                 require_signature=self.config.require_signatures,
                 now=self.clock(),
+                max_skew=dt.timedelta(seconds=self.config.tasks.max_clock_skew_seconds),
             )
         except MessageRejectedError as exc:
             metrics.REJECTED.labels(exc.reason).inc()
@@ -315,235 +342,11 @@ class Agent:
             await self.client.publish(self.keys.coordination_channel, pong)
         elif envelope.type is MessageType.RELOAD:
             level = envelope.payload.get("log_level")
-            if isinstance(level, str):
+            if isinstance(level, str) and level.upper() in logging.getLevelNamesMapping():
                 logging.getLogger().setLevel(level.upper())
             log.info("reloaded", extra={"payload": envelope.payload})
 
-    # -- one task -------------------------------------------------------------------------------
-
-    async def _process(self, delivery: Delivery) -> None:
-        now = self.clock()
-        try:
-            envelope = decode(
-                delivery.raw,
-                key=self._key,
-                require_signature=self.config.require_signatures,
-                now=now,
-            )
-            if envelope.type is not MessageType.TASK:
-                raise MessageRejectedError(
-                    RejectReason.INVALID_ENVELOPE, f"expected a task, got {envelope.type}"
-                )
-            task = validate(TaskPayload, envelope.payload, RejectReason.INVALID_PAYLOAD, "payload.")
-            if self._key is not None and envelope.metadata.signature is not None:
-                await self._guard_replay(envelope.metadata.message_id, delivery.entry_id)
-        except MessageRejectedError as exc:
-            await self._reject(delivery, exc, None)
-            return
-        # The task's trace continues here from the submitter's span (metadata.traceparent);
-        # every log line about it carries its id.
-        with (
-            logcontext.bound(task_id=task.task_id),
-            tracer.start_as_current_span(
-                "newfuse.task.process",
-                context=context_from(envelope.metadata.traceparent),
-                kind=trace.SpanKind.CONSUMER,
-                attributes={
-                    "newfuse.task_id": task.task_id,
-                    "newfuse.namespace": self.config.namespace,
-                    "newfuse.fleet": self.config.fleet,
-                    "newfuse.revision": self.config.revision,
-                    "newfuse.agent_id": self.config.agent_id,
-                    "newfuse.handler": task.handler,
-                    "newfuse.attempt": task.attempt,
-                },
-            ),
-        ):
-            await self._handle(delivery, envelope.metadata.traceparent, task)
-
-    async def _handle(self, delivery: Delivery, traceparent: str | None, task: TaskPayload) -> None:
-        self._tasks[delivery.entry_id] = task
-        handler = self.handlers.get(task.handler)
-        if handler is None:
-            known = ", ".join(sorted(self.handlers))
-            await self._fail(
-                delivery,
-                task,
-                RejectReason.UNKNOWN_HANDLER,
-                f"no handler {task.handler!r} (known: {known})",
-                0.0,
-            )
-            return
-        if delivery.times_delivered > task.max_attempts:
-            detail = (
-                f"delivered {delivery.times_delivered} times without a result "
-                "(an agent may crash on it)"
-            )
-            await self._fail(delivery, task, "exhausted", detail, 0.0)
-            return
-        self.requests_handled += 1
-        if self._inject_fault():
-            await self._fail(
-                delivery,
-                task,
-                "injected_fault",
-                f"NEWFUSE_FAULT_RATE={self.config.fault_rate:g}",
-                0.0,
-            )
-            return
-        started = time.perf_counter()
-        try:
-            output = await asyncio.wait_for(handler(task.input, self.context), task.timeout_seconds)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a handler's failure is data, never the agent's crash
-            elapsed = time.perf_counter() - started
-            retryable = exc.retryable if isinstance(exc, HandlerError) else True
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            if retryable and task.attempt < task.max_attempts:
-                retry = task.model_copy(update={"attempt": task.attempt + 1})
-                await self.queue.requeue(
-                    delivery,
-                    task.task_id,
-                    self._task_envelope(retry, traceparent),
-                    task.priority,
-                )
-                metrics.TASKS.labels(TaskOutcome.RETRIED).inc()
-                return
-            await self._fail(delivery, task, "handler_failed", error, elapsed)
-            return
-        elapsed = time.perf_counter() - started
-        metrics.TASK_SECONDS.observe(elapsed)
-        await self._store(
-            delivery,
-            task,
-            ResultStatus.SUCCEEDED,
-            output,
-            None,
-            elapsed,
-            traceparent,
-        )
-
-    def _inject_fault(self) -> bool:
-        # Deterministic, not random: exactly `fault_rate` of tasks fail, so a drill (or a test) of a
-        # bad canary sees the error rate it configured.
-        self._fault_credit += self.config.fault_rate
-        if self._fault_credit >= 1.0:
-            self._fault_credit -= 1.0
-            return True
-        return False
-
-    async def _guard_replay(self, message_id: str, entry_id: str) -> None:
-        # A redelivery of the same stream entry is legitimate (at-least-once); the same signed
-        # message under a different entry id is somebody replaying it.
-        key = self.keys.replay_guard(message_id)
-        if await self.client.set(key, entry_id, nx=True, ex=REPLAY_WINDOW_SECONDS):
-            return
-        seen = await self.client.get(key)
-        if seen != entry_id:
-            raise MessageRejectedError(
-                RejectReason.REPLAYED, f"message {message_id} was already delivered as {seen!r}"
-            )
-
-    def _task_envelope(self, task: TaskPayload, traceparent: str | None) -> bytes:
-        return encode(
-            MessageType.TASK,
-            task.model_dump(mode="json"),
-            self.config.agent_id,
-            now=self.clock(),
-            key=self._key,
-            traceparent=traceparent,
-        )
-
-    async def _store(
-        self,
-        delivery: Delivery,
-        task: TaskPayload,
-        status: ResultStatus,
-        output: Any,
-        error: str | None,
-        elapsed: float,
-        traceparent: str | None,
-    ) -> None:
-        now = self.clock()
-        result = ResultPayload(
-            task_id=task.task_id,
-            status=status,
-            output=output,
-            error=error,
-            agent_id=self.config.agent_id,
-            revision=self.config.revision,
-            attempts=task.attempt,
-            latency_ms=round(elapsed * 1000, 3),
-            finished_at=now,
-        )
-        succeeded = status is ResultStatus.SUCCEEDED
-        with tracer.start_as_current_span(
-            "newfuse.task.result",
-            kind=trace.SpanKind.PRODUCER,
-            attributes={"newfuse.task_id": task.task_id, "newfuse.result_status": status.value},
-        ):
-            envelope = encode(
-                MessageType.RESULT,
-                result.model_dump(mode="json"),
-                self.config.agent_id,
-                now=now,
-                key=self._key,
-                traceparent=current_traceparent() or traceparent,
-            )
-            stored = await self.queue.complete(
-                delivery, task.task_id, envelope, succeeded, self.config.revision
-            )
-        if not stored:
-            metrics.TASKS.labels(TaskOutcome.DUPLICATE).inc()
-            return
-        self.last_active = now
-        self._latencies.append(elapsed * 1000)
-        if succeeded:
-            self.tasks_completed += 1
-            metrics.TASKS.labels(TaskOutcome.SUCCEEDED).inc()
-        else:
-            self.tasks_failed += 1
-            metrics.TASKS.labels(TaskOutcome.FAILED).inc()
-
-    async def _fail(
-        self, delivery: Delivery, task: TaskPayload, reason: str, detail: str, elapsed: float
-    ) -> None:
-        """A task that will not succeed: dead-letter it, and give the client a failed result."""
-        await self.queue.dead_letter(
-            delivery, self._letter(delivery, reason, detail, task.task_id), acknowledge=False
-        )
-        metrics.TASKS.labels(TaskOutcome.DEAD_LETTERED).inc()
-        trace.get_current_span().set_status(trace.StatusCode.ERROR, f"{reason}: {detail}")
-        await self._store(
-            delivery, task, ResultStatus.FAILED, None, f"{reason}: {detail}", elapsed, None
-        )
-
-    async def _reject(
-        self, delivery: Delivery, exc: MessageRejectedError, task_id: str | None
-    ) -> None:
-        metrics.REJECTED.labels(exc.reason).inc()
-        metrics.TASKS.labels(TaskOutcome.DEAD_LETTERED).inc()
-        log.warning(
-            "dead-lettered %s: %s", delivery.entry_id, exc, extra={"agent": self.config.agent_id}
-        )
-        await self.queue.dead_letter(
-            delivery, self._letter(delivery, exc.reason, exc.detail, task_id), acknowledge=True
-        )
-
-    def _letter(
-        self, delivery: Delivery, reason: str, detail: str, task_id: str | None
-    ) -> DeadLetter:
-        return DeadLetter(
-            reason=reason,
-            detail=detail[:2000],
-            raw=delivery.raw[:65536],
-            agent_id=self.config.agent_id,
-            source_stream=delivery.stream,
-            task_id=task_id or delivery.fields.get("task_id"),
-            attempts=delivery.times_delivered,
-            at=self.clock(),
-        )
+    # -- drain ----------------------------------------------------------------------------------
 
     async def _drain_inflight(self) -> None:
         if not self._inflight:
@@ -551,18 +354,13 @@ class Agent:
         grace = self.config.drain_grace_seconds
         log.info("waiting up to %.0fs for %d in-flight task(s)", grace, len(self._inflight))
         _, unfinished = await asyncio.wait(list(self._inflight), timeout=grace)
-        handed_back = []
+        # Read what each one was before cancelling: the done callback forgets it.
+        leaving = [
+            (self._inflight[t], self.processor.tasks.get(self._inflight[t].entry_id))
+            for t in unfinished
+        ]
         for task in unfinished:
-            delivery = self._inflight[task]
-            payload = self._tasks.get(delivery.entry_id)
             task.cancel()
-            handed_back.append((delivery, payload))
         await asyncio.gather(*unfinished, return_exceptions=True)
-        for delivery, payload in handed_back:
-            with contextlib.suppress(RedisError, OSError):
-                if payload is None:
-                    continue  # not even decoded: it stays pending and is reclaimed after claim_idle
-                await self.queue.requeue(
-                    delivery, payload.task_id, self._task_envelope(payload, None), payload.priority
-                )
-                metrics.TASKS.labels(TaskOutcome.HANDED_BACK).inc()
+        for delivery, payload in leaving:
+            await self.processor.hand_back(delivery, payload)

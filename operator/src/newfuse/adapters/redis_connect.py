@@ -38,12 +38,14 @@ def connect(
     pool_wait: float = 30.0,
     health_check_interval: int = 15,
     ca_file: str | None = None,
+    encoding_errors: str = "strict",
 ) -> aioredis.Redis:
     """A client (decoded strings) whose commands give up after ``timeout`` seconds.
 
     ``pool_wait`` bounds how long a command waits for a free connection. ``ca_file`` is the PEM
     bundle that verifies a rediss:// server (default: the system's trust store). ACL users and
-    passwords come in the URL itself.
+    passwords come in the URL itself. ``encoding_errors="replace"`` lets a reader of streams that
+    anybody can write survive bytes that are not UTF-8 (the message is then refused, not the read).
     """
     tls: dict[str, str] = {"ssl_ca_certs": ca_file} if ca_file and url.startswith("rediss") else {}
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -52,6 +54,7 @@ def connect(
         max_connections=max_connections,
         timeout=pool_wait,
         decode_responses=True,
+        encoding_errors=encoding_errors,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=health_check_interval,

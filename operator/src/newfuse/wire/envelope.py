@@ -24,7 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 PROTOCOL_VERSION: Final = "1.0"
 SUPPORTED_MAJOR_VERSIONS: Final = frozenset({1})
-# A signed message older (or newer) than this is refused as a possible replay.
+# A message stamped further ahead than this is refused (a broken clock, or a forgery); a signed
+# system message older than this is refused as a possible replay. Tasks are not aged by it: a
+# task's age is bounded by its own deadline (see newfuse.core.tasklife).
 MAX_CLOCK_SKEW: Final = dt.timedelta(minutes=5)
 
 
@@ -49,8 +51,10 @@ class RejectReason(StrEnum):
     UNSIGNED = "unsigned"
     BAD_SIGNATURE = "bad_signature"
     STALE = "stale"
+    FUTURE_TIMESTAMP = "future_timestamp"
     REPLAYED = "replayed"
     UNKNOWN_HANDLER = "unknown_handler"
+    OVERSIZE = "oversize"
 
 
 class MessageRejectedError(ValueError):
@@ -69,11 +73,13 @@ class Metadata(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     timestamp: dt.datetime
+    # Every field is bounded: a hostile value must fail validation, not a later step (a 5,000-digit
+    # version used to crash int(), a non-ASCII signature hmac.compare_digest).
     sender: str = Field(min_length=1, max_length=253)
-    protocol_version: str = Field(pattern=r"^[0-9]+\.[0-9]+$")
-    message_id: str = Field(min_length=1, max_length=128)
+    protocol_version: str = Field(max_length=19, pattern=r"^[0-9]{1,9}\.[0-9]{1,9}$")
+    message_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
     traceparent: str | None = Field(default=None, max_length=128)
-    signature: str | None = Field(default=None, max_length=128)
+    signature: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class Envelope(BaseModel):
@@ -137,13 +143,38 @@ def encode(
 
 
 def decode(
-    raw: bytes | str, *, key: bytes | None = None, require_signature: bool = False, now: dt.datetime
+    raw: bytes | str,
+    *,
+    key: bytes | None = None,
+    require_signature: bool = False,
+    now: dt.datetime,
+    max_skew: dt.timedelta = MAX_CLOCK_SKEW,
+    max_age: dt.timedelta | None = MAX_CLOCK_SKEW,
 ) -> Envelope:
     """Parse and check one envelope; raise MessageRejectedError on anything wrong.
 
-    Checks, in order: JSON, envelope shape, protocol major version, then (if ``key`` is given)
-    the signature and the timestamp's freshness. Message-id replay checks are the caller's.
+    Checks, in order: JSON, envelope shape, protocol major version, a timestamp no further ahead
+    than ``max_skew``, then (if ``key`` is given) the signature and, for a signed message, an age
+    of at most ``max_age`` (None: any age). Message-id replay checks are the caller's.
     """
+    try:
+        return _decode(raw, key, require_signature, now, max_skew, max_age)
+    except MessageRejectedError:
+        raise
+    except Exception as exc:  # total by contract: no input may crash a listener
+        raise MessageRejectedError(
+            RejectReason.INVALID_ENVELOPE, f"undecodable ({type(exc).__name__})"
+        ) from None
+
+
+def _decode(
+    raw: bytes | str,
+    key: bytes | None,
+    require_signature: bool,
+    now: dt.datetime,
+    max_skew: dt.timedelta,
+    max_age: dt.timedelta | None,
+) -> Envelope:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -161,6 +192,14 @@ def decode(
             f"protocol_version {envelope.metadata.protocol_version} is not supported "
             f"(supported: {supported})",
         )
+    timestamp = envelope.metadata.timestamp
+    if timestamp.tzinfo is None:
+        timestamp = timestamp.replace(tzinfo=dt.UTC)
+    if timestamp - now > max_skew:
+        raise MessageRejectedError(
+            RejectReason.FUTURE_TIMESTAMP,
+            f"timestamp {timestamp.isoformat()} is more than {max_skew} ahead of this clock",
+        )
     signature = envelope.metadata.signature
     if key is None:
         return envelope
@@ -176,11 +215,8 @@ def decode(
         raise MessageRejectedError(
             RejectReason.BAD_SIGNATURE, "the signature does not match the message"
         )
-    timestamp = envelope.metadata.timestamp
-    if timestamp.tzinfo is None:
-        timestamp = timestamp.replace(tzinfo=dt.UTC)
-    if abs(now - timestamp) > MAX_CLOCK_SKEW:
+    if max_age is not None and now - timestamp > max_age:
         raise MessageRejectedError(
-            RejectReason.STALE, f"timestamp {timestamp.isoformat()} is outside ±{MAX_CLOCK_SKEW}"
+            RejectReason.STALE, f"timestamp {timestamp.isoformat()} is older than {max_age}"
         )
     return envelope

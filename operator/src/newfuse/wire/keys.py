@@ -1,13 +1,20 @@
 """The Redis key layout, namespaced by Kubernetes namespace and fleet.
 
 Every key of a fleet shares the hash tag `{<namespace>/<fleet>}`, so on Redis Cluster they live in
-one slot (multi-key Lua scripts keep working) and two fleets never see each other's keys. Deleting a
-fleet deletes everything matching `pattern`.
+one slot (multi-key Lua scripts keep working) and two fleets never see each other's keys.
+
+The set of keys is closed: `all_keys()` names every key a fleet can have, so deleting a fleet is
+one UNLINK of known names, never a SCAN of the keyspace. Per-item records that must expire
+(results, idempotency ids, replay guards) are fields of a hash with a companion sorted set of
+expiry times (`expiry_of`), because Redis 7.0 has no per-field TTL and per-item keys could only be
+found again by scanning.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from newfuse.wire.tasks import PRIORITY_ORDER
 
 KEY_ROOT = "newfuse"
 
@@ -69,8 +76,19 @@ class FleetKeys:
 
     @property
     def task_index(self) -> str:
-        """Hash: task id -> stream entry id at submission (makes task ids idempotent)."""
+        """Hash: task id -> stream entry id at submission (makes task ids idempotent).
+
+        A field expires with the task's result (see `expiry_of`).
+        """
         return f"{self.prefix}:tasks:index"
+
+    @property
+    def retries(self) -> str:
+        """Sorted set of tasks waiting to be retried: score = due time (Redis ms), member = entry.
+
+        Members are moved back onto their priority stream atomically once due (PROMOTE_DUE_LUA).
+        """
+        return f"{self.prefix}:tasks:retries"
 
     @property
     def result_stream(self) -> str:
@@ -97,9 +115,45 @@ class FleetKeys:
         """Key of the fleet-wide gateway rate limiter."""
         return f"{self.prefix}:ratelimit"
 
-    def replay_guard(self, message_id: str) -> str:
-        """Marks a signed message id as seen (expires after the allowed clock skew)."""
-        return f"{self.prefix}:seen:{message_id}"
+    @property
+    def rate_limit_holes(self) -> str:
+        """Sorted set of rate-limit slots given back by cancelled waiters (see ratelimit.py)."""
+        return f"{self.rate_limit}:holes"
+
+    @property
+    def seen(self) -> str:
+        """Hash: signed message id -> the stream entry it arrived as (the replay guard)."""
+        return f"{self.prefix}:seen"
+
+    @staticmethod
+    def expiry_of(hash_key: str) -> str:
+        """Sorted set of (field, expiry time in Redis ms) for a hash whose fields expire."""
+        return f"{hash_key}:expiry"
+
+    @property
+    def expiring_hashes(self) -> tuple[str, ...]:
+        """The hashes whose fields expire, swept by SWEEP_LUA."""
+        return (self.result_index, self.task_index, self.seen)
+
+    def all_keys(self) -> tuple[str, ...]:
+        """Every key this fleet can have in Redis (deleting these deletes the fleet)."""
+        return (
+            self.fleet_state,
+            self.agents,
+            self.retired,
+            self.versions,
+            *(self.tasks(p) for p in PRIORITY_ORDER),
+            self.task_index,
+            self.retries,
+            self.result_stream,
+            self.result_index,
+            self.dead_letters,
+            self.counters,
+            self.rate_limit,
+            self.rate_limit_holes,
+            self.seen,
+            *(self.expiry_of(h) for h in self.expiring_hashes),
+        )
 
     FLEET_VERSION_FIELD = "fleet"
     FLEET_STATE_FIELD = "state"

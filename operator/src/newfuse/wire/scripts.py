@@ -2,16 +2,30 @@
 
 Each script is one step that must not be half-done by a crash between two commands:
 - SUBMIT: idempotent task ids (a resubmitted id is not enqueued twice);
-- COMPLETE: store the first result of a task, append it to the result stream, count it, and
-  acknowledge the task, so a task redelivered after a crash never yields a second result;
-- REQUEUE: acknowledge a delivery and enqueue the task again (a retry, or a hand-back on drain);
-- DEAD_LETTER: record a dead letter and, optionally, acknowledge the delivery.
-All keys of one fleet share a hash tag, so these also work on Redis Cluster.
+- COMPLETE: store the first result of a task (with its expiry), append it to the bounded result
+  stream, count it, record its dead letter if it failed for good, then acknowledge and delete the
+  delivery, so a task redelivered after a crash never yields a second result or a second letter;
+- REQUEUE: move a delivery back onto a stream (a hand-back on drain) or into the retry set (a retry
+  with backoff), but only while this consumer still owns it and the task has no result: finished
+  work never runs again;
+- PROMOTE_DUE: move retries whose time has come back onto their stream;
+- RENEW: refresh the idle time of the entries this consumer is working on (its liveness), and say
+  which it no longer owns;
+- GUARD: remember a signed message id with the entry it arrived as (the replay guard);
+- DEAD_LETTER: record a message that is not a task at all, acknowledge and delete it;
+- SWEEP: expire results, idempotency ids and replay guards, and trim the result stream by age.
+Times come from Redis `TIME`, one clock for every agent, whatever their own clocks say. All keys
+of one fleet share a hash tag, so these also work on Redis Cluster.
 """
 
 from __future__ import annotations
 
 from typing import Final
+
+_NOW_MS: Final = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
 
 # KEYS: task index, task stream. ARGV: task id, envelope.
 # Returns {1, entry id} when enqueued, {0, existing entry id} when the id was seen before.
@@ -23,38 +37,149 @@ redis.call('HSET', KEYS[1], ARGV[1], id)
 return {1, id}
 """
 
-# KEYS: result index, result stream, task stream, counters.
-# ARGV: task id, result envelope, group, entry id, outcome counter field, revision.
+# KEYS: result index, result stream, task stream, counters, result expiry, task index expiry, DLQ.
+# ARGV: task id, result envelope, group, entry id, outcome counter field, revision, ttl ms,
+# result stream max length, DLQ max length, executed (1: a handler ran), then the dead letter's
+# field/value pairs (none: no dead letter).
 # Returns 1 if this result was stored, 0 if the task already had one (still acknowledged).
-COMPLETE_LUA: Final = """
+COMPLETE_LUA: Final = (
+    _NOW_MS
+    + """
 local stored = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 if stored == 1 then
-  redis.call('XADD', KEYS[2], '*', 'task_id', ARGV[1], 'envelope', ARGV[2])
+  local expires = now + tonumber(ARGV[7])
+  redis.call('ZADD', KEYS[5], expires, ARGV[1])
+  redis.call('ZADD', KEYS[6], expires, ARGV[1])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'task_id', ARGV[1], 'envelope', ARGV[2])
   redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
   redis.call('HINCRBY', KEYS[4], 'rev:' .. ARGV[6] .. ':' .. ARGV[5], 1)
+  if #ARGV > 10 then
+    local fields = {}
+    for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
+    redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[9], '*', unpack(fields))
+  end
+elseif ARGV[10] == '1' then
+  redis.call('HINCRBY', KEYS[4], 'duplicates', 1)
 end
 redis.call('XACK', KEYS[3], ARGV[3], ARGV[4])
+redis.call('XDEL', KEYS[3], ARGV[4])
 return stored
 """
+)
 
-# KEYS: source task stream, target task stream, task index.
-# ARGV: group, entry id, task id, new envelope. Returns the new entry id.
-REQUEUE_LUA: Final = """
+# KEYS: source stream, target stream, task index, result index, retry set.
+# ARGV: group, entry id, consumer, task id, new envelope, delay ms (negative: enqueue now),
+# target priority. Returns 'done' (the task has a result: dropped), 'lost' (another consumer owns
+# the delivery now: left alone), 'retry' (scheduled) or the new entry id.
+REQUEUE_LUA: Final = (
+    _NOW_MS
+    + """
+local owner = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #owner == 0 or owner[1][2] ~= ARGV[3] then return 'lost' end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-local id = redis.call('XADD', KEYS[2], '*', 'task_id', ARGV[3], 'envelope', ARGV[4])
-redis.call('HSET', KEYS[3], ARGV[3], id)
+redis.call('XDEL', KEYS[1], ARGV[2])
+if redis.call('HEXISTS', KEYS[4], ARGV[4]) == 1 then return 'done' end
+local delay = tonumber(ARGV[6])
+if delay >= 0 then
+  redis.call('ZADD', KEYS[5], now + delay, ARGV[7] .. '\\n' .. ARGV[4] .. '\\n' .. ARGV[5])
+  redis.call('HSET', KEYS[3], ARGV[4], 'retry')
+  return 'retry'
+end
+local id = redis.call('XADD', KEYS[2], '*', 'task_id', ARGV[4], 'envelope', ARGV[5])
+redis.call('HSET', KEYS[3], ARGV[4], id)
 return id
 """
+)
 
-# KEYS: dead-letter stream, source stream. ARGV: group, entry id (empty: do not ack), then
+# KEYS: retry set, task index, result index, then the task streams in the order of ARGV[2..].
+# ARGV: most to move, then the priority names matching KEYS[4..]. Returns how many moved.
+PROMOTE_DUE_LUA: Final = (
+    _NOW_MS
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local streams = {}
+for i = 2, #ARGV do streams[ARGV[i]] = KEYS[i + 2] end
+for _, member in ipairs(due) do
+  redis.call('ZREM', KEYS[1], member)
+  local first = string.find(member, '\\n', 1, true)
+  local second = first and string.find(member, '\\n', first + 1, true)
+  if second then
+    local priority = string.sub(member, 1, first - 1)
+    local task_id = string.sub(member, first + 1, second - 1)
+    local stream = streams[priority]
+    if stream and redis.call('HEXISTS', KEYS[3], task_id) == 0 then
+      local id = redis.call('XADD', stream, '*', 'task_id', task_id,
+        'envelope', string.sub(member, second + 1))
+      redis.call('HSET', KEYS[2], task_id, id)
+    end
+  end
+end
+return #due
+"""
+)
+
+# KEYS: one task stream. ARGV: group, consumer, entry ids. XCLAIM ... JUSTID resets an entry's
+# idle time without counting a delivery. Returns the ids another consumer owns now (an entry no
+# longer pending at all has just been finished, by this consumer or another: not reported).
+RENEW_LUA: Final = """
+local lost = {}
+for i = 3, #ARGV do
+  local owner = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #owner == 1 then
+    if owner[1][2] == ARGV[2] then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    else
+      lost[#lost + 1] = ARGV[i]
+    end
+  end
+end
+return lost
+"""
+
+# KEYS: replay-guard hash, its expiry set. ARGV: message id, entry id, ttl ms.
+# Returns the entry id the message first arrived as (ARGV[2] itself the first time).
+GUARD_LUA: Final = (
+    _NOW_MS
+    + """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+  return ARGV[2]
+end
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+)
+
+# KEYS: dead-letter stream, source stream. ARGV: group, entry id, DLQ max length, then the
 # field/value pairs of the dead letter.
 DEAD_LETTER_LUA: Final = """
 local fields = {}
-for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
-local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
-if ARGV[2] ~= '' then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]) end
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[2])
 return id
 """
 
+# KEYS: result stream, then (hash, its expiry set) pairs. ARGV: result ttl ms, most fields per
+# hash. Returns how many fields expired.
+SWEEP_LUA: Final = (
+    _NOW_MS
+    + """
+local expired = 0
+for i = 2, #KEYS, 2 do
+  local fields = redis.call('ZRANGEBYSCORE', KEYS[i + 1], '-inf', now,
+    'LIMIT', 0, tonumber(ARGV[2]))
+  if #fields > 0 then
+    redis.call('HDEL', KEYS[i], unpack(fields))
+    redis.call('ZREM', KEYS[i + 1], unpack(fields))
+    expired = expired + #fields
+  end
+end
+redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring(now - tonumber(ARGV[1])))
+return expired
+"""
+)
+
 COUNTER_COMPLETED: Final = "tasksCompleted"
 COUNTER_FAILED: Final = "tasksFailed"
+COUNTER_DUPLICATES: Final = "duplicates"

@@ -34,6 +34,18 @@ PRIORITY_ORDER: Final = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 CONSUMER_GROUP: Final = "agents"
 
 
+class AttemptRecord(BaseModel):
+    """One attempt of a task that did not end it: when it ended, why, and who ran it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    attempt: int = Field(ge=1)
+    at: dt.datetime
+    error: str = Field(max_length=500)
+    agent_id: str = Field(max_length=253)
+    retry_in_seconds: float | None = None
+
+
 class TaskPayload(BaseModel):
     """What to do: a handler name and its input."""
 
@@ -44,8 +56,17 @@ class TaskPayload(BaseModel):
     input: Any = None
     priority: Priority = Priority.NORMAL
     max_attempts: int = Field(default=3, ge=1, le=20)
-    timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # None: the fleet's default (TaskPolicy.default_timeout_seconds).
+    timeout_seconds: float | None = Field(default=None, gt=0, le=86400)
+    # Past this instant the task is not started (or retried) any more: a FAILED result, `deadline`.
+    deadline: dt.datetime | None = None
+    # Failed attempts so far + 1; a delivery lost with its dead owner counts as well (see
+    # newfuse.core.tasklife), a hand-back on drain does not.
     attempt: int = Field(default=1, ge=1)
+    # Times the task was put off without being tried (the gateway's circuit was open).
+    deferrals: int = Field(default=0, ge=0)
+    # When each failed attempt ended, and why (newest last): shown in results and `newfuse dlq`.
+    history: list[AttemptRecord] = Field(default_factory=list, max_length=64)
 
 
 class ResultStatus(StrEnum):
@@ -69,6 +90,9 @@ class ResultPayload(BaseModel):
     attempts: int = 1
     latency_ms: float = 0.0
     finished_at: dt.datetime
+    # Machine-readable cause of a FAILED result (timeout, deadline, exhausted, a RejectReason...).
+    reason: str | None = None
+    history: list[AttemptRecord] = Field(default_factory=list)
 
 
 class DeadLetter(BaseModel):
