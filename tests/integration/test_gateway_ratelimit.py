@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestServer
 
 from harness import RedisHandle
 from newfuse.wire.keys import FleetKeys
+from newfuse_agent.contract import HandlerError
 from newfuse_agent.gateway import GatewayClient, GatewayConfig
 from newfuse_agent.ratelimit import RedisTokenBucket
 
@@ -98,7 +99,7 @@ def shared_bucket_run(redis_server: RedisHandle) -> Iterator[Run]:
     try:
         yield asyncio.run(hammer(redis_server.url, keys.rate_limit))
     finally:
-        conn.delete(keys.rate_limit)
+        conn.delete(keys.rate_limit, keys.rate_limit_holes)
         assert not list(conn.scan_iter(match=keys.pattern)), "keys left behind"
         conn.close()
 
@@ -198,7 +199,7 @@ def test_gateway_clients_share_the_limit(redis_server: RedisHandle) -> None:
     try:
         asyncio.run(scenario(keys))
     finally:
-        conn.delete(keys.rate_limit)
+        conn.delete(keys.rate_limit, keys.rate_limit_holes)
         conn.close()
     # Through HTTP, the stub and every caller share one event loop, so arrival times bunch; the
     # steady rate itself is measured on the bucket (test_two_agents_together_get_the_fleet_rate).
@@ -213,3 +214,52 @@ def test_gateway_clients_share_the_limit(redis_server: RedisHandle) -> None:
     )
     per_agent = Counter(agent for agent, _ in arrivals)
     assert all(per_agent[agent] >= 0.3 * len(arrivals) for agent in AGENTS), dict(per_agent)
+
+
+def test_a_call_with_no_slot_within_its_max_wait_fails_retryably_at_once(
+    redis_server: RedisHandle,
+) -> None:
+    """The gateway turns the limiter's refusal into a retryable HandlerError that was no attempt."""
+    requests: list[float] = []
+
+    async def completions(request: web.Request) -> web.Response:
+        requests.append(time.monotonic())
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "ok"}}]})
+
+    async def scenario(keys: FleetKeys) -> HandlerError:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", completions)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        conn = aioredis.Redis.from_url(redis_server.url)
+        config = GatewayConfig(
+            endpoint=str(server.make_url("/v1")),
+            rate_limit_per_second=RATE,
+            rate_limit_max_wait_seconds=0.5,
+        )
+        client = GatewayClient(config, redis=conn, keys=keys)
+        try:
+            # Another agent holds the burst and the next two seconds of slots.
+            other = RedisTokenBucket(conn, keys.rate_limit, RATE)
+            for _ in range(CAPACITY + int(2 * RATE)):
+                await other.reserve(max_wait=5.0)
+            with pytest.raises(HandlerError) as caught:
+                await client.chat([{"role": "user", "content": "hi"}])
+            return caught.value
+        finally:
+            await client.aclose()
+            await conn.aclose()
+            await server.close()
+
+    keys = FleetKeys("ratelimit", uuid.uuid4().hex[:8])
+    conn = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        error = asyncio.run(scenario(keys))
+    finally:
+        conn.delete(keys.rate_limit, keys.rate_limit_holes)
+        conn.close()
+    assert error.retryable
+    assert error.counts_as_attempt is False
+    assert error.retry_after is not None
+    assert 0.5 < error.retry_after <= 2.0 + 1 / RATE
+    assert requests == [], "refused without touching the gateway"

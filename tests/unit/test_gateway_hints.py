@@ -31,7 +31,7 @@ from newfuse_agent.gateway import (
     GatewayOutcome,
     _retry_after_seconds,
 )
-from newfuse_agent.ratelimit import RateLimitedError, RedisTokenBucket
+from newfuse_agent.ratelimit import RateLimitedError, RedisTokenBucket, holes_key
 
 T = TypeVar("T")
 HELLO = [{"role": "user", "content": "hello"}]
@@ -319,3 +319,10 @@ def test_the_rate_limit_wait_bound_reaches_the_limiter() -> None:
 def test_a_meaningless_wait_bound_is_refused(value: float) -> None:
     with pytest.raises(ValueError, match="rate_limit_max_wait_seconds"):
         GatewayConfig(endpoint="http://gw/v1", rate_limit_max_wait_seconds=value)
+
+
+def test_the_free_slots_key_is_one_of_the_fleets_keys() -> None:
+    # Deleting a fleet deletes FleetKeys.all_keys(); the limiter's second key must be among them.
+    keys = FleetKeys("ns", "fleet")
+    assert holes_key(keys.rate_limit) == keys.rate_limit_holes
+    assert keys.rate_limit_holes in keys.all_keys()
