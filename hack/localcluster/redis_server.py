@@ -1,21 +1,31 @@
 """A real redis-server (Debian's package) on a free loopback port, with its PID tracked.
 
 Tests stop and restart it on the same port to prove that the operator and agents survive a Redis
-outage, so the port is kept in the state file across stop/start.
+outage, so the port is kept in the state file across stop/start. It persists to an append-only
+file in the state dir (appendonly yes; appendfsync everysec unless told otherwise), as a real
+deployment should, so a restart keeps the queue: a graceful stop loses nothing, a crash (`kill()`)
+at most the last second or so of writes under everysec (measured in
+tests/integration/test_redis_durability.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final, Literal
 
 from localcluster import processes
 from localcluster.binaries import redis_server_binary
 from localcluster.netutil import free_port
 from localcluster.waiting import wait_for
+
+# Redis's own choices: fsync the AOF after every write, once a second, or when the kernel likes.
+Appendfsync = Literal["always", "everysec", "no"]
+APPENDFSYNC_CHOICES: Final = ("always", "everysec", "no")
 
 
 @dataclass(frozen=True)
@@ -39,10 +49,24 @@ def _ping(port: int) -> bool:
 class RedisServer:
     """One redis-server whose state (port, PID, log) lives in ``state_dir``."""
 
-    def __init__(self, state_dir: Path) -> None:
-        """Manage the Redis recorded in ``state_dir`` (created on first start)."""
+    def __init__(self, state_dir: Path, appendfsync: Appendfsync = "everysec") -> None:
+        """Manage the Redis recorded in ``state_dir`` (created on first start).
+
+        Its data (the append-only file) lives in ``state_dir / "redis-data"``; ``appendfsync``
+        is Redis's setting of that name.
+        """
+        if appendfsync not in APPENDFSYNC_CHOICES:
+            raise ValueError(
+                f"appendfsync must be one of {APPENDFSYNC_CHOICES}, not {appendfsync!r}"
+            )
         self.state_dir = state_dir
+        self.appendfsync = appendfsync
         self._state_file = state_dir / "redis.json"
+
+    @property
+    def data_dir(self) -> Path:
+        """Where redis-server keeps its append-only file."""
+        return self.state_dir / "redis-data"
 
     def _load(self) -> tuple[int | None, processes.ProcessRecord | None]:
         if not self._state_file.exists():
@@ -77,16 +101,17 @@ class RedisServer:
             processes.stop(stale)
         if port is None or _ping(port):
             port = free_port()
-        data_dir = self.state_dir / "redis-data"
-        data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
             str(redis_server_binary()),
             "--bind", "127.0.0.1",
             "--port", str(port),
             "--protected-mode", "yes",
+            # The AOF alone is the persistence: no RDB snapshots besides it.
             "--save", "",
-            "--appendonly", "no",
-            "--dir", str(data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", self.appendfsync,
+            "--dir", str(self.data_dir),
             "--daemonize", "no",
         ]  # fmt: skip
         record = processes.start("redis-server", argv, self.state_dir / "logs" / "redis.log")
@@ -103,6 +128,20 @@ class RedisServer:
         processes.stop(record)
         self._save(port, None)
         return was_running
+
+    def kill(self) -> bool:
+        """Crash Redis: SIGKILL, no shutdown, no final fsync (what a power cut or OOM kill does).
+
+        Keeps the port and the data dir, so `up()` restarts it from its append-only file. True if
+        it was running.
+        """
+        port, record = self._load()
+        if record is None or port is None or not processes.is_running(record):
+            return False
+        os.kill(record.pid, signal.SIGKILL)
+        wait_for(lambda: not processes.is_running(record), 10, what="redis-server to die")
+        self._save(port, None)
+        return True
 
     def pids(self) -> list[int]:
         """PIDs of the recorded process that still run it (for leak checks)."""

@@ -3,6 +3,13 @@
 Used by the `newfuse` CLI and by anything that submits work. Submission is idempotent on the task id
 (SUBMIT_LUA), bulk submission is pipelined, and a result is read from the result index (one per
 task) or followed on the result stream.
+
+Anybody who can reach the fleet's Redis can write to its streams, so everything read back is
+untrusted: replies are read as raw bytes (redis-py would otherwise fail the whole read on one value
+that is not UTF-8) and every entry is decoded on its own. `follow()` skips and reports an entry
+that is not a result envelope; `result()` raises MalformedResultError for one (see there why).
+An envelope over the size limit is refused before anything is written, so an oversize task never
+reaches an agent.
 """
 
 from __future__ import annotations
@@ -11,28 +18,64 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final
 
-import orjson
 import redis.asyncio as aioredis
 from opentelemetry import trace
 from pydantic import ValidationError
 
 from newfuse.adapters.redis_connect import connect
+from newfuse.adapters.streamread import (
+    RAW,
+    MalformedEntry,
+    dead_letter_of_entry,
+    decode_result,
+    letter_task,
+    range_entries,
+    read_entries,
+    result_of_entry,
+    text,
+)
 from newfuse.tracing import current_traceparent
-from newfuse.wire.envelope import MessageType, decode, encode
+from newfuse.wire.envelope import MessageRejectedError, MessageType, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import SUBMIT_LUA
 from newfuse.wire.state import StateUpdate
+from newfuse.wire.taskpolicy import TaskPolicy
 from newfuse.wire.tasks import PRIORITY_ORDER, DeadLetter, Priority, ResultPayload, TaskPayload
 
 tracer = trace.get_tracer("newfuse.taskclient")
 
 
+DEFAULT_MAX_PAYLOAD_BYTES: Final = TaskPolicy().max_payload_bytes
+
+
 class FleetNotFoundError(LookupError):
     """No fleet of that name has state in Redis (never created, or the operator is not running)."""
+
+
+class PayloadTooLargeError(ValueError):
+    """A task's encoded envelope is over the size limit; nothing of it was written to Redis."""
+
+    def __init__(self, task_id: str, size: int, limit: int) -> None:
+        """Refuse task ``task_id`` whose envelope is ``size`` bytes, over ``limit``."""
+        super().__init__(
+            f"task {task_id}: the encoded task is {size:,} bytes, over the limit of {limit:,} "
+            f"bytes ({size / 1048576:.2f} MiB > {limit / 1048576:.2f} MiB); send a reference "
+            "to the data (a URL, an object key) instead of the data itself"
+        )
+        self.task_id, self.size, self.limit = task_id, size, limit
+
+
+class MalformedResultError(ValueError):
+    """The result index holds, for this task, something that is not a valid result envelope."""
+
+    def __init__(self, task_id: str, reason: str, detail: str) -> None:
+        """Name the task and why its stored result is unreadable."""
+        super().__init__(f"the stored result of task {task_id} is unreadable: {reason}: {detail}")
+        self.task_id, self.reason, self.detail = task_id, reason, detail
 
 
 @dataclass(frozen=True)
@@ -53,7 +96,10 @@ class TaskSpec:
     priority: Priority = Priority.NORMAL
     task_id: str | None = None
     max_attempts: int = 3
-    timeout_seconds: float = 60.0
+    # None: the fleet's default timeout (TaskPolicy.default_timeout_seconds).
+    timeout_seconds: float | None = None
+    # Past this instant (timezone-aware) the task gets a FAILED result, reason `deadline`.
+    deadline: dt.datetime | None = None
 
 
 # redis-py's reply types are unions of everything; these are what XREAD/XRANGE return when decoded.
@@ -76,11 +122,19 @@ class TaskClient:
         *,
         sender: str = "newfuse-client",
         signing_key: bytes | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
-        """Use ``client`` (decode_responses=True) for the fleet ``namespace/fleet``."""
+        """Use ``client`` (decode_responses=True) for the fleet ``namespace/fleet``.
+
+        ``max_payload_bytes`` bounds one encoded task envelope (default: the fleet default of
+        TaskPolicy, 1 MiB); a larger task is refused with PayloadTooLargeError.
+        """
+        if max_payload_bytes < 1:
+            raise ValueError(f"max_payload_bytes must be positive, got {max_payload_bytes}")
         self.client, self.keys = client, FleetKeys(namespace, fleet)
         self.namespace, self.fleet = namespace, fleet
         self.sender, self._key = sender, signing_key
+        self.max_payload_bytes = max_payload_bytes
         self._submit = client.register_script(SUBMIT_LUA)
 
     @classmethod
@@ -95,6 +149,10 @@ class TaskClient:
         """Close the connection pool."""
         await self.client.aclose()
 
+    async def _raw(self, *command: Any) -> Any:
+        """Run ``command`` and return its reply undecoded (bytes), whatever the client decodes."""
+        return await self.client.execute_command(*command, **RAW)  # type: ignore[no-untyped-call]
+
     async def ensure_fleet(self) -> None:
         """Raise FleetNotFoundError unless the operator has mirrored this fleet to Redis."""
         if not await self.client.exists(self.keys.fleet_state):
@@ -104,7 +162,13 @@ class TaskClient:
             )
 
     def _envelope(self, spec: TaskSpec) -> tuple[str, bytes]:
-        """The task's id and envelope, inside its own producer span (the trace's first hop)."""
+        """The task's id and envelope, inside its own producer span (the trace's first hop).
+
+        Raises ValidationError for an invalid spec, ValueError for a naive deadline and
+        PayloadTooLargeError for an envelope over the limit.
+        """
+        if spec.deadline is not None and spec.deadline.utcoffset() is None:
+            raise ValueError("deadline must be timezone-aware (e.g. datetime.now(UTC) + ...)")
         task = TaskPayload(
             task_id=spec.task_id or uuid.uuid4().hex,
             handler=spec.handler,
@@ -112,6 +176,7 @@ class TaskClient:
             priority=spec.priority,
             max_attempts=spec.max_attempts,
             timeout_seconds=spec.timeout_seconds,
+            deadline=spec.deadline.astimezone(dt.UTC) if spec.deadline is not None else None,
         )
         with tracer.start_as_current_span(
             "newfuse.task.submit",
@@ -133,6 +198,8 @@ class TaskClient:
                 key=self._key,
                 traceparent=current_traceparent(),
             )
+        if len(raw) > self.max_payload_bytes:
+            raise PayloadTooLargeError(task.task_id, len(raw), self.max_payload_bytes)
         return task.task_id, raw
 
     async def submit(self, spec: TaskSpec) -> Submitted:
@@ -146,7 +213,12 @@ class TaskClient:
     async def submit_many(
         self, specs: Iterable[TaskSpec], batch: int = 500
     ) -> AsyncIterator[list[Submitted]]:
-        """Enqueue many tasks, one round trip per ``batch``; yields each batch's outcome."""
+        """Enqueue many tasks, one round trip per ``batch``; yields each batch's outcome.
+
+        Each batch is encoded (and size-checked) whole before it is sent, so an invalid or
+        oversize task stops the submission with nothing of its batch written; batches yielded
+        before it stay submitted.
+        """
         pending: list[tuple[str, bytes, Priority]] = []
 
         async def flush() -> list[Submitted]:
@@ -173,17 +245,28 @@ class TaskClient:
         if pending:
             yield await flush()
 
-    @staticmethod
-    def _result(raw: str) -> ResultPayload:
-        return ResultPayload.model_validate(decode(raw, now=_now()).payload)
-
     async def result(self, task_id: str) -> ResultPayload | None:
-        """The task's result, if it has one."""
-        raw = await self.client.hget(self.keys.result_index, task_id)
-        return self._result(cast(str, raw)) if raw else None
+        """The task's result, if it has one.
+
+        Raises MalformedResultError when the index holds anything but a valid result of this
+        task: the index keeps a task's first result (HSETNX), so a bad one is never replaced and
+        treating it as "no result yet" would only make `wait()` time out without saying why.
+        """
+        raw = await self._raw("HGET", self.keys.result_index, task_id)
+        if raw is None:
+            return None
+        try:
+            found = decode_result(raw)
+        except MessageRejectedError as exc:
+            raise MalformedResultError(task_id, exc.reason, exc.detail) from None
+        if found.task_id != task_id:
+            raise MalformedResultError(
+                task_id, "wrong_task", f"it is the result of task {found.task_id[:128]!r}"
+            )
+        return found
 
     async def wait(self, task_id: str, timeout: float) -> ResultPayload:
-        """Wait up to ``timeout`` seconds for the task's result."""
+        """Wait up to ``timeout`` seconds for the task's result (MalformedResultError at once)."""
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
@@ -196,19 +279,38 @@ class TaskClient:
             delay = min(delay * 2, 0.5)
 
     async def follow(
-        self, since: str = "$", block_ms: int = 1000
+        self,
+        since: str = "$",
+        block_ms: int = 1000,
+        on_malformed: Callable[[MalformedEntry], None] | None = None,
     ) -> AsyncIterator[tuple[str, ResultPayload]]:
-        """Yield (entry id, result) from the result stream, forever (cancel to stop)."""
+        """Yield (entry id, result) from the result stream, forever (cancel to stop).
+
+        An entry that is not a valid result envelope is skipped and handed to ``on_malformed``;
+        the watch goes on.
+        """
         last = since
-        while True:
-            response = cast(
-                StreamReply,
-                await self.client.xread({self.keys.result_stream: last}, count=500, block=block_ms),
+        if since == "$":
+            # Pin "$" to an id now: re-reading "$" after an empty BLOCK would miss whatever was
+            # added between two reads.
+            newest = range_entries(
+                await self._raw("XREVRANGE", self.keys.result_stream, "+", "-", "COUNT", 1)
             )
-            for _, entries in response or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    yield entry_id, self._result(fields["envelope"])
+            last = text(newest[0][0]) if newest else "0-0"
+        while True:
+            reply = await self._raw(
+                "XREAD", "COUNT", 500, "BLOCK", block_ms,
+                "STREAMS", self.keys.result_stream, last,
+            )  # fmt: skip
+            for raw_id, fields in read_entries(reply):
+                entry_id = last = text(raw_id)
+                try:
+                    result = result_of_entry(fields)
+                except MessageRejectedError as exc:
+                    if on_malformed is not None:
+                        on_malformed(MalformedEntry(entry_id, exc.reason, exc.detail[:300]))
+                    continue
+                yield entry_id, result
 
     async def result_count(self) -> int:
         """How many tasks have a result."""
@@ -220,7 +322,7 @@ class TaskClient:
 
     async def agents(self) -> list[StateUpdate]:
         """Every agent's latest StateUpdate."""
-        raw = cast(dict[str, str], await self.client.hgetall(self.keys.agents))
+        raw: dict[bytes, bytes] = await self._raw("HGETALL", self.keys.agents)
         out = []
         for payload in raw.values():
             try:
@@ -230,35 +332,39 @@ class TaskClient:
         return sorted(out, key=lambda u: u.agent_id)
 
     async def dead_letters(self, count: int = 100) -> list[tuple[str, DeadLetter]]:
-        """The newest dead letters, newest first."""
-        entries = cast(
-            StreamEntries, await self.client.xrevrange(self.keys.dead_letters, count=count)
-        )
-        return [(entry_id, DeadLetter.model_validate(fields)) for entry_id, fields in entries]
+        """The newest dead letters, newest first (an unreadable entry has reason `unreadable`)."""
+        reply = await self._raw("XREVRANGE", self.keys.dead_letters, "+", "-", "COUNT", count)
+        return [
+            (text(raw_id), dead_letter_of_entry(text(raw_id), fields))
+            for raw_id, fields in range_entries(reply)
+        ]
 
     async def requeue_dead_letter(self, entry_id: str) -> Submitted | None:
-        """Submit a dead-lettered task again (attempts reset); None if it holds no valid task."""
-        entries = await self.client.xrange(self.keys.dead_letters, min=entry_id, max=entry_id)
+        """Submit a dead-lettered task again (attempts reset); None if it holds no valid task.
+
+        The task keeps its timeout and its deadline: one past its deadline fails at once.
+        """
+        reply = await self._raw("XRANGE", self.keys.dead_letters, entry_id, entry_id)
+        entries = range_entries(reply)
         if not entries:
             raise KeyError(f"no dead letter {entry_id}")
-        letter = DeadLetter.model_validate(entries[0][1])
-        try:
-            task = TaskPayload.model_validate(orjson.loads(letter.raw)["payload"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError):
+        task = letter_task(dead_letter_of_entry(entry_id, entries[0][1]))
+        if task is None:
             return None
         # A requeue is a deliberate second chance: forget the old failed result and submission.
-        await self.client.hdel(self.keys.result_index, task.task_id)
-        await self.client.hdel(self.keys.task_index, task.task_id)
-        submitted = await self.submit(
-            TaskSpec(
-                task.handler,
-                task.input,
-                task.priority,
-                task.task_id,
-                task.max_attempts,
-                task.timeout_seconds,
-            )
+        for index in (self.keys.result_index, self.keys.task_index):
+            await self.client.hdel(index, task.task_id)
+            await self.client.zrem(self.keys.expiry_of(index), task.task_id)
+        spec = TaskSpec(
+            task.handler,
+            task.input,
+            task.priority,
+            task.task_id,
+            task.max_attempts,
+            task.timeout_seconds,
+            task.deadline,
         )
+        submitted = await self.submit(spec)
         await self.client.xdel(self.keys.dead_letters, entry_id)
         return submitted
 

@@ -1,0 +1,123 @@
+"""Reading back what anybody may have written to a fleet's result and dead-letter streams.
+
+Whoever can reach the fleet's Redis can XADD to its streams, so every entry is untrusted input. The
+task client reads those replies as raw bytes (redis-py would otherwise fail the whole read on a
+single value that is not UTF-8, losing the good entries with the bad) and decodes each entry on its
+own here, where every failure becomes a MessageRejectedError with a reason, never a crash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from pydantic import ValidationError
+from redis.client import NEVER_DECODE
+
+from newfuse.wire.envelope import MessageRejectedError, MessageType, RejectReason, decode, validate
+from newfuse.wire.tasks import DeadLetter, ResultPayload, TaskPayload
+
+# execute_command(..., **RAW): the reply's values stay bytes, whatever the client decodes.
+RAW: Final = {NEVER_DECODE: True}
+# One stream entry as read raw: its id and its field map.
+RawEntry = tuple[bytes, Mapping[bytes, bytes]]
+
+
+@dataclass(frozen=True)
+class MalformedEntry:
+    """An entry of the result stream that `TaskClient.follow()` skipped, and why."""
+
+    entry_id: str
+    reason: str
+    detail: str
+
+
+def text(value: Any) -> str:
+    """A reply value as text; bytes that are not UTF-8 are shown as U+FFFD, never refused."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def decode_result(raw: bytes | str) -> ResultPayload:
+    """A result envelope's payload; MessageRejectedError (only) for anything else."""
+    try:
+        # A result is a record of what happened, not an order: one stamped by an agent whose clock
+        # runs ahead is still shown (and waited for), so no skew bound here.
+        envelope = decode(raw, now=dt.datetime.now(dt.UTC), max_skew=dt.timedelta.max)
+        if envelope.type is not MessageType.RESULT:
+            raise MessageRejectedError(
+                RejectReason.INVALID_ENVELOPE, f"a {envelope.type} envelope, not a result"
+            )
+        return validate(ResultPayload, envelope.payload, RejectReason.INVALID_PAYLOAD, "payload.")
+    except MessageRejectedError:
+        raise
+    except (ValueError, TypeError, RecursionError) as exc:
+        # decode() is meant to be total; should hostile input still get past it (a protocol
+        # version of 5,000 digits, say), it must end here rather than kill a watcher.
+        raise MessageRejectedError(RejectReason.INVALID_ENVELOPE, repr(exc)[:200]) from None
+
+
+def result_of_entry(fields: Mapping[bytes, bytes]) -> ResultPayload:
+    """The result a result-stream entry holds; MessageRejectedError if it holds none."""
+    envelope = fields.get(b"envelope")
+    if envelope is None:
+        raise MessageRejectedError(
+            RejectReason.INVALID_ENVELOPE, "the entry has no `envelope` field"
+        )
+    return decode_result(envelope)
+
+
+def _stream_entries(entries: Any) -> list[RawEntry]:
+    # RESP3 wraps a stream's entries in one more list; XDEL'd entries come back as (None, None).
+    if entries and isinstance(entries[0], list):
+        entries = entries[0]
+    return [(e[0], e[1]) for e in entries or [] if e is not None and e[0] is not None]
+
+
+def read_entries(reply: Any) -> list[RawEntry]:
+    """The entries of a raw XREAD reply on one stream (RESP2 list or RESP3 map)."""
+    if not reply:
+        return []
+    streams = reply.values() if isinstance(reply, Mapping) else (s[1] for s in reply)
+    return [e for entries in streams for e in _stream_entries(entries)]
+
+
+def range_entries(reply: Any) -> list[RawEntry]:
+    """The entries of a raw XRANGE / XREVRANGE reply."""
+    return _stream_entries(reply)
+
+
+def entry_time(entry_id: str) -> dt.datetime | None:
+    """When Redis stored a stream entry (an id is `<milliseconds>-<sequence>`)."""
+    try:
+        return dt.datetime.fromtimestamp(int(entry_id.split("-", 1)[0]) / 1000, dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def dead_letter_of_entry(entry_id: str, fields: Mapping[bytes, bytes]) -> DeadLetter:
+    """The dead letter an entry holds; anything else is shown as reason `unreadable`.
+
+    An unreadable entry gets the time of its id and no task, so it is listed but never requeued.
+    """
+    try:
+        return DeadLetter.model_validate({text(k): text(v) for k, v in fields.items()})
+    except ValidationError as exc:
+        return DeadLetter(
+            reason="unreadable",
+            detail=f"not a dead letter: {exc.errors()[0]['msg']}",
+            raw="",
+            agent_id="-",
+            source_stream="-",
+            at=entry_time(entry_id) or dt.datetime.now(dt.UTC),
+        )
+
+
+def letter_task(letter: DeadLetter) -> TaskPayload | None:
+    """The task a dead letter holds (with its attempt history), or None if it holds no task."""
+    try:
+        return TaskPayload.model_validate(orjson.loads(letter.raw)["payload"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError):
+        return None
