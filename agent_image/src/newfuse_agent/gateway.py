@@ -68,8 +68,8 @@ ENV_TIMEOUT = "NEWFUSE_GATEWAY_TIMEOUT_SECONDS"
 ENV_RATE_LIMIT = "NEWFUSE_GATEWAY_RATE_LIMIT"
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
-# When a half-open circuit refuses a call because its one trial is still running, the trial's
-# verdict is a request's time away; a caller should come back about this much later.
+# When a half-open circuit refuses a call because its one trial is still running, a caller should
+# come back about this much later (the retry_after it is given).
 HALF_OPEN_RETRY_SECONDS = 1.0
 # How much of a gateway's error body goes into an error message.
 _MAX_DETAIL_CHARS = 300
@@ -432,12 +432,18 @@ class GatewayClient:
         admission = self.breaker.admit()
         if admission is Admission.REFUSED:
             GATEWAY_REQUESTS.labels(GatewayOutcome.CIRCUIT_OPEN).inc()
-            # Open: come back when the trial may go. Half-open with the trial running: its
-            # verdict is due within about one request.
-            retry_after = self.breaker.retry_in() or HALF_OPEN_RETRY_SECONDS
+            # Open: come back when the trial may go. Half-open: the running trial's verdict may
+            # come at any moment, and asking again costs nothing but a refusal.
+            open_for = self.breaker.retry_in()
+            retry_after = open_for or HALF_OPEN_RETRY_SECONDS
+            wait = (
+                f"failing fast for {open_for:.1f}s more"
+                if open_for
+                else "a trial call is under way"
+            )
             raise HandlerError(
                 f"model gateway circuit is open after {self.breaker.consecutive_failures} "
-                f"consecutive failed calls; failing fast for {retry_after:.1f}s more",
+                f"consecutive failed calls; {wait}",
                 retryable=True,
                 retry_after=retry_after,
                 counts_as_attempt=False,

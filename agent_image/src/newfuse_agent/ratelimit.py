@@ -195,7 +195,11 @@ class RedisTokenBucket:
         return Reservation(wait, slot.decode() if isinstance(slot, bytes) else str(slot))
 
     async def release(self, reservation: Reservation) -> bool:
-        """Give an unused slot back; True if it was not yet due, so another caller may use it."""
+        """Give an unused slot back; True if it was not yet due, so another caller may use it.
+
+        Once per reservation, and only if it will not be used: a slot given back is someone
+        else's (acquire does this itself for a cancelled caller).
+        """
         returned = await self._release(keys=[self.holes_key], args=[reservation.slot])
         return bool(int(returned))
 
