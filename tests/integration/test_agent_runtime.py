@@ -238,6 +238,10 @@ def test_malformed_messages_are_dead_lettered_counted_and_survived(fleet_url: st
     with_fleet(fleet_url, body)
 
 
+async def _deferred(fleet: Fleet, n: int) -> bool:
+    return int(await fleet.redis.zcard(fleet.client.keys.retries)) >= n
+
+
 async def _dead(fleet: Fleet, n: int) -> bool:
     return int(await fleet.redis.xlen(fleet.client.keys.dead_letters)) >= n
 
@@ -334,17 +338,19 @@ def test_task_ids_are_idempotent_and_signed_replays_refused(fleet_url: str) -> N
         first = await signed.submit(TaskSpec("echo", 1, task_id="same-id"))
         again = await signed.submit(TaskSpec("echo", 2, task_id="same-id"))
         assert (first.created, again.created, again.entry_id) == (True, False, first.entry_id)
+        # Someone captures the signed message (a finished entry is deleted from the stream)...
+        stream = fleet.client.keys.tasks(Priority.NORMAL)
+        [(_, fields)] = cast(StreamEntries, await fleet.redis.xrange(stream, count=1))
         async with fleet.agent("a", signing_key=KEY, require_signatures=True):
             assert (await fleet.client.wait("same-id", 10)).output == 1
-            # Someone re-adds the captured signed message under a new stream entry.
-            stream = fleet.client.keys.tasks(Priority.NORMAL)
-            [(_, fields)] = cast(StreamEntries, await fleet.redis.xrange(stream, count=1))
+            # ... and re-adds it under a new stream entry.
             await fleet.redis.xadd(
                 stream, {"task_id": fields["task_id"], "envelope": fields["envelope"]}
             )
             await eventually(lambda: _dead(fleet, 1), 10, "the replay dead-lettered")
         assert [d["reason"] for d in await fleet.dead_letters()] == ["replayed"]
         assert len(await fleet.results()) == 1
+        assert int(await fleet.redis.xlen(stream)) == 0, "both entries left the stream"
 
     with_fleet(fleet_url, body)
 
@@ -424,23 +430,28 @@ def test_a_failing_gateway_opens_the_circuit_then_recovery_closes_it(fleet_url: 
                     await fleet.client.submit(TaskSpec("chat", f"q{i}", max_attempts=1))
                     for i in range(10)
                 ]
-                results = [await fleet.client.wait(s.task_id, 20) for s in failing]
-                assert {r.status for r in results} == {ResultStatus.FAILED}
+                keys = fleet.client.keys
+                await eventually(lambda: _deferred(fleet, 7), 20, "7 tasks put aside")
+                tried = [await fleet.client.wait(s.task_id, 20) for s in failing[:3]]
+                assert {r.status for r in tried} == {ResultStatus.FAILED}
                 assert circuit() is CircuitState.OPEN
-                # 3 failing calls (each tried twice) opened the circuit; the other 7 failed fast.
+                # 3 failing calls (each tried twice) opened the circuit; the other 7 never
+                # reached the gateway: they wait for the circuit to half-open instead of failing.
                 assert stub["hits"] == 6
-                assert sum("circuit" in (r.error or "") for r in results) == 7
-                assert len(await fleet.dead_letters()) == 10
+                assert len(await fleet.dead_letters()) == 3
+                for spec in failing[3:]:
+                    assert await fleet.client.result(spec.task_id) is None
+                due = await fleet.redis.zrange(keys.retries, 0, -1, withscores=True)
+                wait_s = [score / 1000 - (await fleet.redis.time())[0] for _, score in due]
+                assert all(25 < w <= 35 for w in wait_s), f"due at the half-open time: {wait_s}"
                 stub["failing"] = False
                 now[0] += 31.0  # past the recovery time: the next call is the half-open trial
-
-                async def recovered() -> bool:
-                    done = await fleet.client.submit(TaskSpec("chat", "again", max_attempts=1))
-                    return (
-                        await fleet.client.wait(done.task_id, 10)
-                    ).status is ResultStatus.SUCCEEDED
-
-                assert await recovered(), "the half-open trial succeeds and closes the circuit"
+                # Let the put-aside tasks come due now rather than in 30 s of real time.
+                await fleet.redis.zadd(keys.retries, {m: 0 for m, _ in due})
+                later = [await fleet.client.wait(s.task_id, 20) for s in failing[3:]]
+                assert {r.status for r in later} == {ResultStatus.SUCCEEDED}
+                assert all(r.attempts == 1 for r in later), "a deferral is not an attempt"
+                assert all("circuit" in r.history[0].error for r in later)
                 assert circuit() is CircuitState.CLOSED
         finally:
             await gateway.aclose()

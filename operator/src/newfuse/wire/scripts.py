@@ -42,6 +42,7 @@ return {1, id}
 # result stream max length, DLQ max length, executed (1: a handler ran), then the dead letter's
 # field/value pairs (none: no dead letter).
 # Returns 1 if this result was stored, 0 if the task already had one (still acknowledged).
+# A stored result expires after the ttl, and so does the task id's idempotency record.
 COMPLETE_LUA: Final = (
     _NOW_MS
     + """
@@ -53,13 +54,15 @@ if stored == 1 then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'task_id', ARGV[1], 'envelope', ARGV[2])
   redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
   redis.call('HINCRBY', KEYS[4], 'rev:' .. ARGV[6] .. ':' .. ARGV[5], 1)
-  if #ARGV > 10 then
-    local fields = {}
-    for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
-    redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[9], '*', unpack(fields))
-  end
 elseif ARGV[10] == '1' then
   redis.call('HINCRBY', KEYS[4], 'duplicates', 1)
+end
+-- Every refused or failed delivery leaves its letter, even when its task id already has a
+-- result (a second message claiming a finished id is worth seeing); the ack below makes it once.
+if #ARGV > 10 then
+  local fields = {}
+  for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[9], '*', unpack(fields))
 end
 redis.call('XACK', KEYS[3], ARGV[3], ARGV[4])
 redis.call('XDEL', KEYS[3], ARGV[4])

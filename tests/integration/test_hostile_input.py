@@ -1,0 +1,220 @@
+"""Hostile input at the agent's process boundary: any bytes on any channel are refused once.
+
+A real agent process (as shipped, default task policy, signatures required) reads a real Redis.
+Each table entry is written straight to the task stream, as anybody with access to it could: it
+must be dead-lettered exactly once with its reason, within the claim bound, with a FAILED result
+when it names a task id (so a waiting client returns at once), and the agent must keep working.
+The same bytes on the coordination channel must leave the listener answering pings, and
+hypothesis then throws arbitrary stream entries at the same process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agentproc import AgentProcess
+from harness import RedisHandle, wait_for
+from newfuse.wire.envelope import MessageType, encode
+from newfuse.wire.keys import FleetKeys
+from newfuse.wire.taskpolicy import TaskPolicy
+from newfuse.wire.tasks import CONSUMER_GROUP, PRIORITY_ORDER, Priority
+
+KEY = b"hostile-input-test-key-of-32-bytes-or-more"
+CLAIM_BOUND = TaskPolicy().claim_bound_seconds
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _task(task_id: str, handler: str = "echo", **kwargs: Any) -> bytes:
+    payload: dict[str, Any] = {
+        "task_id": task_id,
+        "handler": handler,
+        "input": kwargs.pop("input", 1),
+    }
+    return encode(
+        MessageType.TASK, payload, "tester", now=kwargs.pop("now", _now()), key=KEY, **kwargs
+    )
+
+
+def _tampered(raw: bytes, **metadata: Any) -> bytes:
+    data = orjson.loads(raw)
+    data["metadata"].update(metadata)
+    return orjson.dumps(data)
+
+
+def hostile_table() -> dict[str, tuple[str, str | None, bytes]]:
+    """name -> (expected reason, task id field, envelope bytes)."""
+    return {
+        "non-JSON": ("malformed_json", None, b"{not json"),
+        "not UTF-8": ("malformed_json", None, b"\xff\xfe\x00garbage"),
+        "non-ASCII signature": (
+            "invalid_envelope",
+            "sig",
+            _tampered(_task("sig"), signature="é" * 64),
+        ),
+        "5,000-digit version": (
+            "invalid_envelope",
+            "ver",
+            _tampered(_task("ver"), protocol_version="1" * 5000 + ".0"),
+        ),
+        "2 MiB payload": ("oversize", "big", _task("big", input="x" * (2 * 1024 * 1024))),
+        "wrong types": (
+            "invalid_payload",
+            None,
+            encode(MessageType.TASK, {"task_id": 5, "handler": ["x"]}, "t", now=_now(), key=KEY),
+        ),
+        "unknown handler": ("unknown_handler", "nohandler", _task("nohandler", handler="nope")),
+        "future timestamp": (
+            "future_timestamp",
+            "future",
+            _task("future", now=_now() + dt.timedelta(hours=1)),
+        ),
+    }
+
+
+@pytest.fixture
+def fleet(redis_server: RedisHandle) -> Iterator[tuple[FleetKeys, redis.Redis, AgentProcess]]:
+    keys = FleetKeys("hostile", f"f{uuid.uuid4().hex[:8]}")
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    agent = AgentProcess(
+        redis_server.url,
+        keys.namespace,
+        keys.fleet,
+        env={"NEWFUSE_SIGNING_KEY": KEY.decode(), "NEWFUSE_REQUIRE_SIGNATURES": "true"},
+    ).start()
+    wait_for(lambda: client.hexists(keys.agents, agent.agent_id), 30, what="agent registered")
+    yield keys, client, agent
+    agent.stop()
+    client.delete(*keys.all_keys())
+    client.close()
+
+
+def _letters(client: redis.Redis, keys: FleetKeys) -> list[dict[str, str]]:
+    return [fields for _, fields in client.xrange(keys.dead_letters)]
+
+
+def _submit(client: redis.Redis, keys: FleetKeys, task_id: str, raw: bytes) -> None:
+    client.hset(keys.task_index, task_id, "x")
+    client.xadd(keys.tasks(Priority.NORMAL), {"task_id": task_id, "envelope": raw})
+
+
+def test_each_hostile_input_is_dead_lettered_once_with_its_reason(
+    fleet: tuple[FleetKeys, redis.Redis, AgentProcess],
+) -> None:
+    keys, client, agent = fleet
+    stream = keys.tasks(Priority.NORMAL)
+    table = hostile_table()
+    original = _task("replayed-task")
+    started = time.monotonic()
+    for _, task_id, raw in table.values():
+        fields: dict[str, Any] = {"envelope": raw}
+        if task_id is not None:
+            fields["task_id"] = task_id
+        client.xadd(stream, fields)
+    # A replay: the same signed message under a second entry.
+    client.xadd(stream, {"task_id": "replayed-task", "envelope": original})
+    client.xadd(stream, {"task_id": "replayed-task", "envelope": original})
+    expected = sorted([*(reason for reason, _, _ in table.values()), "replayed"])
+    wait_for(lambda: len(_letters(client, keys)) >= len(expected), CLAIM_BOUND, what="letters")
+    elapsed = time.monotonic() - started
+    wait_for(lambda: client.hexists(keys.result_index, "replayed-task"), 10, what="original ran")
+    wait_for(lambda: client.xlen(stream) == 0, 10, what="every entry acknowledged and deleted")
+    assert sorted(d["reason"] for d in _letters(client, keys)) == expected, "each exactly once"
+    print(f"{len(expected)} hostile entries dead-lettered in {elapsed:.2f}s")
+    for reason, task_id, _ in table.values():
+        if task_id is None:
+            continue
+        result = orjson.loads(client.hget(keys.result_index, task_id) or "{}")["payload"]
+        assert (result["status"], result["reason"]) == ("failed", reason), task_id
+    pending = sum(client.xpending(keys.tasks(p), CONSUMER_GROUP)["pending"] for p in PRIORITY_ORDER)
+    assert pending == 0
+    assert agent.alive
+    _submit(client, keys, "after", _task("after", input="still working"))
+    wait_for(lambda: client.hexists(keys.result_index, "after"), 10, what="a task after them")
+
+
+def test_the_same_bytes_on_the_coordination_channel_leave_the_listener_working(
+    fleet: tuple[FleetKeys, redis.Redis, AgentProcess],
+) -> None:
+    keys, client, agent = fleet
+    raw_client = redis.Redis.from_url(agent.env["NEWFUSE_REDIS_URL"])
+    listener = raw_client.pubsub()
+    listener.subscribe(keys.coordination_channel)
+    for _, _, raw in hostile_table().values():
+        client.publish(keys.coordination_channel, raw)
+    ping = encode(MessageType.PING, {"target": "*"}, "tester", now=_now(), key=KEY)
+    client.publish(keys.coordination_channel, ping)
+    deadline = time.monotonic() + 10
+    pong = None
+    while pong is None and time.monotonic() < deadline:
+        message = listener.get_message(timeout=0.5)
+        if message and message["type"] == "message":
+            try:
+                data = orjson.loads(message["data"])
+            except orjson.JSONDecodeError:
+                continue  # this test hears the hostile bytes too
+            if isinstance(data, dict) and data.get("type") == "pong":
+                pong = data
+    listener.close()
+    raw_client.close()
+    assert pong is not None, "a signed ping after the hostile bytes still gets its pong"
+    assert pong["payload"]["agent_id"] == agent.agent_id
+    assert agent.alive
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+envelopes = st.builds(
+    lambda t, p, m: orjson.dumps({"type": t, "payload": p, "metadata": m}),
+    st.sampled_from(["task", "result", "ping", "drain", "x"]) | st.text(max_size=5),
+    json_values,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "timestamp": st.datetimes().map(lambda d: d.isoformat()) | st.text(max_size=30),
+            "sender": st.text(max_size=10),
+            "protocol_version": st.text(max_size=12) | st.just("1.0"),
+            "message_id": st.text(max_size=12),
+            "signature": st.text(max_size=70),
+        },
+    ),
+)
+entries = st.fixed_dictionaries(
+    {"envelope": envelopes | st.binary(max_size=200) | st.text(max_size=50)},
+    optional={"task_id": st.text(max_size=20) | st.binary(max_size=10), "x": st.binary(max_size=8)},
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(entry=entries)
+def test_fuzz_the_agent_process_at_its_stream(
+    fleet: tuple[FleetKeys, redis.Redis, AgentProcess], entry: dict[str, Any]
+) -> None:
+    keys, client, agent = fleet
+    before = client.xlen(keys.dead_letters)
+    client.xadd(keys.tasks(Priority.NORMAL), entry)
+    wait_for(lambda: client.xlen(keys.dead_letters) > before, 10, what="the entry dead-lettered")
+    wait_for(lambda: client.xlen(keys.tasks(Priority.NORMAL)) == 0, 10, what="the entry gone")
+    assert client.xlen(keys.dead_letters) == before + 1, "dead-lettered exactly once"
+    assert agent.alive, agent.output()[-2000:]
