@@ -35,6 +35,16 @@ LEADER = Gauge("newfuse_leader", "1 while this process holds the leader Lease (o
 DEAD_LETTERS = Gauge(
     "newfuse_dead_letters", "Entries in a fleet's dead-letter stream.", ["namespace", "fleet"]
 )
+FLEET_BACKLOG = Gauge(
+    "newfuse_fleet_backlog",
+    "Tasks of a fleet not yet delivered to any agent, by priority.",
+    ["namespace", "fleet", "priority"],
+)
+FLEET_OLDEST_WAITING = Gauge(
+    "newfuse_fleet_oldest_waiting_seconds",
+    "How long the oldest waiting task of a fleet has waited, by priority (0: none waits).",
+    ["namespace", "fleet", "priority"],
+)
 
 tracer = trace.get_tracer("newfuse.operator")
 

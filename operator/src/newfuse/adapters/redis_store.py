@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from dataclasses import replace
 from typing import cast
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from newfuse.adapters.redis_connect import connect
+from newfuse.core.backlog import GroupInfo, StreamObservation, TaskObservation, waiting_of
+from newfuse.core.metrics import TaskCounters
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.keys import FleetKeys
-from newfuse.wire.scripts import COUNTER_COMPLETED
+from newfuse.wire.scripts import COUNTER_COMPLETED, COUNTER_DUPLICATES, COUNTER_FAILED
 from newfuse.wire.state import STATE_CAS_LUA, StateUpdate
+from newfuse.wire.tasks import CONSUMER_GROUP, PRIORITY_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +145,60 @@ class RedisStore:
         """How many entries the fleet's dead-letter stream holds."""
         return int(await self._client.xlen(keys.dead_letters))
 
+    async def task_observation(self, keys: FleetKeys) -> TaskObservation:
+        """What the fleet's task streams and retry set hold: two round trips, no scan.
+
+        Per priority: XLEN and XINFO GROUPS, then XRANGE COUNT 1 for the oldest waiting entry of
+        a stream that has one; plus ZCARD of the retry set and Redis' TIME. A stream or group
+        that does not exist yet is an empty stream or one without a group.
+        """
+        streams = [(p.value, keys.tasks(p)) for p in PRIORITY_ORDER]
+        pipe = self._client.pipeline(transaction=False)
+        for _, stream in streams:
+            pipe.xlen(stream)
+            pipe.xinfo_groups(stream)
+        pipe.zcard(keys.retries)
+        pipe.time()
+        replies = await pipe.execute(raise_on_error=False)
+        observed = []
+        for index, (priority, _) in enumerate(streams):
+            length, groups = replies[2 * index], replies[2 * index + 1]
+            observed.append(StreamObservation(priority, _reply_int(length), _agents_group(groups)))
+        retrying, clock = replies[-2], replies[-1]
+        if isinstance(clock, Exception):
+            raise clock
+        pipe = self._client.pipeline(transaction=False)
+        asked = []
+        for index, seen in enumerate(observed):
+            if waiting_of(seen):
+                after = "-" if seen.group is None else f"({seen.group.last_delivered_id}"
+                pipe.xrange(streams[index][1], after, "+", count=1)
+                asked.append(index)
+        if asked:
+            for index, entries in zip(asked, await pipe.execute(), strict=True):
+                if entries:
+                    observed[index] = replace(observed[index], first_waiting_id=entries[0][0])
+        seconds, micros = clock
+        return TaskObservation(
+            streams=observed,
+            retrying=_reply_int(retrying),
+            redis_now_ms=int(seconds) * 1000 + int(micros) // 1000,
+        )
+
+    async def task_counters(self, keys: FleetKeys) -> TaskCounters | None:
+        """The fleet's task counters (None while it has none, or they are not numbers)."""
+        raw = await self._client.hmget(
+            keys.counters, [COUNTER_COMPLETED, COUNTER_FAILED, COUNTER_DUPLICATES]
+        )
+        completed, failed, duplicates = (cast(str | None, v) for v in raw)
+        if completed is None and failed is None:
+            return None
+        try:
+            return TaskCounters(int(completed or 0), int(failed or 0), int(duplicates or 0))
+        except ValueError:
+            log.warning("ignoring malformed task counters of %s/%s", keys.namespace, keys.fleet)
+            return None
+
     async def delete_fleet(self, keys: FleetKeys) -> int:
         """Delete every key of the fleet. Returns how many were deleted."""
         deleted = 0
@@ -153,6 +211,34 @@ class RedisStore:
         if batch:
             deleted += await self._client.unlink(*batch)
         return deleted
+
+
+def _missing(reply: object) -> bool:
+    """True if a pipelined reply is Redis saying the key does not exist."""
+    return isinstance(reply, ResponseError) and "no such key" in str(reply).lower()
+
+
+def _reply_int(reply: object) -> int:
+    if isinstance(reply, Exception):
+        raise reply
+    return int(cast(int, reply))
+
+
+def _agents_group(reply: object) -> GroupInfo | None:
+    """The agents' consumer group among a stream's XINFO GROUPS rows (None: no such group)."""
+    if _missing(reply):
+        return None
+    if isinstance(reply, Exception):
+        raise reply
+    for row in cast(list[dict[str, object]], reply):
+        if row.get("name") == CONSUMER_GROUP:
+            lag = row.get("lag")
+            return GroupInfo(
+                pending=int(cast(int, row.get("pending") or 0)),
+                lag=None if lag is None else int(cast(int, lag)),
+                last_delivered_id=str(row.get("last-delivered-id") or "0-0"),
+            )
+    return None
 
 
 __all__ = ["RedisError", "RedisStore"]

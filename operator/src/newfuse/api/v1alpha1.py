@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field, WithJsonSchema
 
 from newfuse.api.base import CEL, KubeModel, cel
 from newfuse.api.rollout import PhasedPolicy, RolloutState
+from newfuse.api.tasks import Backlog, TaskPolicySpec
 
 GROUP: Final = "newfuse.io"
 VERSION: Final = "v1alpha1"
@@ -38,6 +39,7 @@ PRINTER_COLUMNS: Final = (
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Revision", "type": "string", "jsonPath": ".status.updateRevision"},
     {"name": "Tasks", "type": "integer", "jsonPath": ".status.metrics.tasksCompleted"},
+    {"name": "Backlog", "type": "integer", "jsonPath": ".status.backlog.waiting"},
     {
         "name": "Errors",
         "type": "number",
@@ -394,6 +396,11 @@ class NewFuseAgentSpec(KubeModel):
     )
     paused: bool = Field(default=False, description="Stop all changes to the fleet's pods.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout policy.")
+    tasks: TaskPolicySpec | None = Field(
+        default=None,
+        description="Task policy: timeouts, claims, retries, retention and size limits "
+        "(unset fields take the defaults).",
+    )
 
 
 # -- status -------------------------------------------------------------------------------------
@@ -421,8 +428,17 @@ class FleetMetrics(KubeModel):
     requests_handled: int = Field(
         default=0, ge=0, description="Tasks taken by agents, all revisions."
     )
-    tasks_completed: int = Field(default=0, ge=0, description="Tasks that produced a result.")
-    tasks_failed: int = Field(default=0, ge=0, description="Tasks that ended in an error.")
+    tasks_completed: int = Field(
+        default=0, ge=0, description="Tasks that produced a result (never decreases)."
+    )
+    tasks_failed: int = Field(
+        default=0, ge=0, description="Tasks that ended in an error (never decreases)."
+    )
+    duplicate_executions: int = Field(
+        default=0,
+        ge=0,
+        description="Task executions whose result was dropped because the task already had one.",
+    )
     error_rate: float = Field(
         default=0.0, ge=0, le=1, description="tasksFailed / (tasksCompleted + tasksFailed)."
     )
@@ -461,6 +477,9 @@ class NewFuseAgentStatus(KubeModel):
         default_factory=list, description="Capabilities offered by Ready agents."
     )
     metrics: FleetMetrics | None = None
+    backlog: Backlog | None = Field(
+        default=None, description="Tasks waiting, in flight and retrying, per priority."
+    )
     rollout: RolloutState | None = Field(
         default=None, description="The phased rollout, if one ran."
     )

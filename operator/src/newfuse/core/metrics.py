@@ -47,6 +47,48 @@ def fold_agent_states(
     )
 
 
+@dataclass(frozen=True)
+class TaskCounters:
+    """The fleet's task counters in Redis, incremented atomically by the agents' result step."""
+
+    completed: int = 0
+    failed: int = 0
+    duplicates: int = 0
+
+
+def settle_totals(
+    folded: FleetMetrics, counters: TaskCounters | None, previous: FleetMetrics | None
+) -> FleetMetrics:
+    """The fleet's totals: from the fleet counters, and never below what status showed before.
+
+    An agent's own counters start again from 0 when its process restarts, so their sum can fall;
+    the fleet counters cannot. ``counters`` is None while the fleet has none (no result stored
+    yet, or agents too old to count there): then the agents' sum is the best there is. Taking the
+    maximum with the previous status keeps a total from going backwards whichever source it came
+    from (and across a counter hash lost with its Redis).
+    """
+    completed, failed = folded.tasks_completed, folded.tasks_failed
+    duplicates = folded.duplicate_executions
+    if counters is not None:
+        completed, failed, duplicates = counters.completed, counters.failed, counters.duplicates
+    handled = folded.requests_handled
+    if previous is not None:
+        completed = max(completed, previous.tasks_completed)
+        failed = max(failed, previous.tasks_failed)
+        duplicates = max(duplicates, previous.duplicate_executions)
+        handled = max(handled, previous.requests_handled)
+    finished = completed + failed
+    return folded.model_copy(
+        update={
+            "requests_handled": handled,
+            "tasks_completed": completed,
+            "tasks_failed": failed,
+            "duplicate_executions": duplicates,
+            "error_rate": round(failed / finished, 4) if finished else 0.0,
+        }
+    )
+
+
 def fleet_state_update(
     agent_id: str,
     capabilities: list[str],

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+from newfuse.api.tasks import TaskPolicySpec
 from newfuse.api.v1alpha1 import API_VERSION, KIND, NewFuseAgent, SecretKeyRef
 from newfuse.core import naming
 from newfuse.wire.keys import FleetKeys
+from newfuse.wire.taskpolicy import TaskPolicy
 
 AGENT_HTTP_PORT: Final = 8080
 # Waiting reasons after which a pod will not become Ready by itself.
@@ -109,8 +111,31 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
+# spec.tasks field -> TaskPolicy field (the names differ where the API follows Kubernetes style).
+TASK_POLICY_FIELDS: Final = {
+    "timeout_seconds": "default_timeout_seconds",
+    "claim_idle_seconds": "claim_idle_seconds",
+    "lease_renew_seconds": "lease_renew_seconds",
+    "retry_base_seconds": "retry_base_seconds",
+    "retry_max_seconds": "retry_max_seconds",
+    "result_ttl_seconds": "result_ttl_seconds",
+    "result_stream_max_len": "result_stream_max",
+    "dead_letter_max_len": "dead_letter_max",
+    "max_payload_bytes": "max_payload_bytes",
+    "max_clock_skew_seconds": "max_clock_skew_seconds",
+}
+
+
+def task_policy(spec: TaskPolicySpec | None) -> TaskPolicy:
+    """The fleet's task policy: what spec.tasks sets, TaskPolicy's defaults for the rest."""
+    if spec is None:
+        return TaskPolicy()
+    values = spec.model_dump(exclude_none=True)
+    return TaskPolicy.model_validate({TASK_POLICY_FIELDS[k]: v for k, v in values.items()})
+
+
 def agent_env(fleet: NewFuseAgent, revision: str, defaults: AgentDefaults) -> list[dict[str, Any]]:
-    """What an agent needs to know: identity, Redis, channels, capabilities, gateway."""
+    """What an agent needs: identity, Redis, channels, capabilities, task policy, gateway."""
     spec, keys = fleet.spec, FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
     env = [
         _field_env("NEWFUSE_AGENT_ID", "metadata.name"),
@@ -125,6 +150,9 @@ def agent_env(fleet: NewFuseAgent, revision: str, defaults: AgentDefaults) -> li
         _env("AI_COORDINATION_CHANNEL", keys.coordination_channel),
         _env("AI_TASK_CHANNEL", keys.task_stream),
         _env("AI_RESULT_CHANNEL", keys.result_stream),
+        # Every policy variable, defaults included, so an agent never guesses (or keeps a default
+        # of its own image that differs from the operator's).
+        *(_env(name, value) for name, value in task_policy(spec.tasks).to_env().items()),
     ]
     redis_ref = (spec.redis.url_secret_ref if spec.redis else None) or defaults.redis_secret
     if redis_ref:

@@ -30,6 +30,7 @@ TEMPLATE_FIELDS: Final = frozenset(
         "redis",
         "signing",
         "protocol_version",
+        "tasks",
     }
 )
 # Like Kubernetes' pod-template-hash alphabet: no vowels, so no accidental words, and DNS-safe.

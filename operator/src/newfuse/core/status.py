@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from newfuse.api.rollout import TERMINAL_PHASES, RolloutPhase, RolloutState
+from newfuse.api.tasks import Backlog
 from newfuse.api.v1alpha1 import (
     Condition,
     ConditionStatus,
@@ -52,6 +53,8 @@ class StatusInputs:
     # stable one while a rollout is held back, the update revision otherwise).
     rollout: RolloutState | None = None
     target_revision: str | None = None
+    # The task backlog Redis showed (None: not read this time, the last known one stays).
+    backlog: Backlog | None = None
 
 
 def merge_conditions(
@@ -275,6 +278,7 @@ def derive_status(inputs: StatusInputs) -> NewFuseAgentStatus:
         selector=naming.selector(fleet.metadata.name),
         capabilities=sorted(spec.capabilities) if ready else [],
         metrics=metrics,
+        backlog=inputs.backlog if inputs.backlog is not None else previous.backlog,
         rollout=rollout,
         message=f"{counts}; revision {inputs.update_revision}",
     )

@@ -49,6 +49,7 @@ from newfuse.core.metrics import (
     fleet_state_update,
     fold_agent_states,
     legacy_agents,
+    settle_totals,
 )
 from newfuse.core.planner import Plan, plan, plan_revisions
 from newfuse.core.pods import AgentDefaults, ObservedPod, build_pod, observe_pod
@@ -64,6 +65,7 @@ from newfuse.core.rollout import (
     rollout_started_at,
 )
 from newfuse.core.status import RedisObservation, StatusInputs, derive_status
+from newfuse.runtime.backlog import forget_backlog, observe_backlog
 from newfuse.runtime.workqueue import WorkQueue
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.state import next_version
@@ -138,6 +140,7 @@ class Controller:
         if event_type == "DELETED":
             with contextlib.suppress(KeyError):
                 obs.DEAD_LETTERS.remove(meta["namespace"], meta["name"])
+            forget_backlog(meta["namespace"], meta["name"])
             self.fleets.pop(key, None)
             self.phases.pop(key, None)
             self.rollout_phases.pop(key, None)
@@ -263,8 +266,12 @@ class Controller:
         observed = list(self.pods.get(key, {}).values())
         await self._store_revision(key, fleet, revision)
         reports = await self._read_reports(fleet)
+        backlog = None
         if isinstance(reports, AgentReports):
             await self._count_dead_letters(fleet)
+            backlog = await observe_backlog(
+                self.redis, FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
+            )
         specs: dict[str, NewFuseAgentSpec] = {revision: fleet.spec}
         rollout: RolloutState | None = None
         target = revision
@@ -304,6 +311,7 @@ class Controller:
                 now=now,
                 rollout=rollout,
                 target_revision=target,
+                backlog=backlog,
             )
         )
         await self._write_status(key, fleet, status, now)
@@ -507,7 +515,11 @@ class Controller:
         live = {p.name for p in observed if not p.terminating}
         try:
             await self._retire_legacy(keys, reports, live, {p.revision for p in observed})
-            metrics = fold_agent_states(reports.all_agents(), live, now, self._heartbeat_timeout)
+            metrics = settle_totals(
+                fold_agent_states(reports.all_agents(), live, now, self._heartbeat_timeout),
+                await self.redis.task_counters(keys),
+                fleet.status.metrics,
+            )
             version = next_version(self._versions.get(key, 0), now)
             self._versions[key] = version
             ready = any(p.ready for p in observed)

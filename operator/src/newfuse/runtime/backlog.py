@@ -1,0 +1,49 @@
+"""Read a fleet's task backlog from Redis, fold it for status, and export it as gauges.
+
+The reads are a few O(1)/O(log n) commands per fleet (see RedisStore.task_observation), cheap
+enough for every reconcile. A failed read leaves the last known backlog in status: the
+RedisConnected condition already tells the outage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from redis.exceptions import RedisError, ResponseError
+
+from newfuse import observability as obs
+from newfuse.adapters.redis_store import RedisStore
+from newfuse.api.tasks import Backlog
+from newfuse.core.backlog import fold_backlog
+from newfuse.wire.keys import FleetKeys
+from newfuse.wire.tasks import PRIORITY_ORDER
+
+log = logging.getLogger("newfuse.controller")
+
+
+async def observe_backlog(redis: RedisStore, keys: FleetKeys) -> Backlog | None:
+    """The fleet's backlog (None if Redis could not say), with its gauges set."""
+    try:
+        backlog = fold_backlog(await redis.task_observation(keys))
+    except ResponseError as exc:
+        # Redis answered, with an error: a key of the wrong type, say. Worth a look.
+        log.warning("cannot read the backlog of %s/%s: %s", keys.namespace, keys.fleet, exc)
+        return None
+    except (RedisError, OSError) as exc:
+        # An outage: the RedisConnected condition reports it, once per fleet and not per read.
+        log.debug("could not read the backlog of %s/%s: %s", keys.namespace, keys.fleet, exc)
+        return None
+    for row in backlog.by_priority:
+        labels = (keys.namespace, keys.fleet, row.priority)
+        obs.FLEET_BACKLOG.labels(*labels).set(row.waiting)
+        obs.FLEET_OLDEST_WAITING.labels(*labels).set(row.oldest_waiting_seconds or 0)
+    return backlog
+
+
+def forget_backlog(namespace: str, fleet: str) -> None:
+    """Drop a deleted fleet's gauges (a gone fleet must not show a stale backlog forever)."""
+    for priority in PRIORITY_ORDER:
+        for gauge in (obs.FLEET_BACKLOG, obs.FLEET_OLDEST_WAITING):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, fleet, priority.value)
