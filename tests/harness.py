@@ -214,11 +214,10 @@ class Fleets:
         )
 
 
-FAST_AGENT_ENV = [
-    {"name": "NEWFUSE_CLAIM_IDLE_SECONDS", "value": "2"},
-    {"name": "NEWFUSE_RECLAIM_INTERVAL_SECONDS", "value": "0.5"},
-    {"name": "NEWFUSE_HEARTBEAT_SECONDS", "value": "1"},
-]
+FAST_AGENT_ENV = [{"name": "NEWFUSE_HEARTBEAT_SECONDS", "value": "1"}]
+# Short liveness and retry bounds for tests about something else (scaling, rollouts); the tests
+# of the task promises run the defaults (start_fleet(..., fast=False)).
+FAST_TASKS = {"claimIdleSeconds": 2, "leaseRenewSeconds": 0.5, "retryBaseSeconds": 0.1}
 
 
 def agents_of(runner: PodRunnerProcess, namespace: str) -> list[AgentEntry]:
@@ -236,10 +235,17 @@ def start_fleet(
     client: redis.Redis,
     name: str,
     replicas: int,
+    fast: bool = True,
     **spec: Any,
 ) -> dict[str, Any]:
-    """A fleet whose agents are running as processes and have registered in Redis."""
-    fleets.create(name, replicas=replicas, env=FAST_AGENT_ENV, **spec)
+    """A fleet whose agents are running as processes and have registered in Redis.
+
+    ``fast`` shortens the claim and retry bounds (spec.tasks) unless the spec sets its own.
+    """
+    if fast:
+        spec.setdefault("tasks", FAST_TASKS)
+    spec.setdefault("env", FAST_AGENT_ENV)
+    fleets.create(name, replicas=replicas, **spec)
     body = fleets.wait_available(name, replicas)
     keys = FleetKeys(fleets.namespace, name)
 

@@ -247,4 +247,10 @@ def test_a_signing_fleet_runs_signed_tasks_and_dead_letters_unsigned_ones(
     )  # fmt: skip
     assert signed.returncode == 0, signed.stderr
     assert '"status": "succeeded"' in signed.stdout
-    assert result_ids(redis_client, keys) == ["signed-1"], "the unsigned task never ran"
+    results = {r["task_id"]: r for r in map(_payload, redis_client.hvals(keys.result_index))}
+    assert results["signed-1"]["status"] == "succeeded"
+    # The unsigned one never ran; its client got a FAILED result at once, with the reason.
+    assert (results["unsigned-1"]["status"], results["unsigned-1"]["reason"]) == (
+        "failed",
+        "unsigned",
+    )

@@ -287,7 +287,7 @@ class Processor:
             history=task.history,
             agent_id=self.config.agent_id,
             revision=self.config.revision,
-            attempts=task.attempt,
+            attempts=tasklife.attempts_used(task, delivery.times_delivered),
             latency_ms=round(elapsed * 1000, 3),
             finished_at=now,
         )

@@ -178,7 +178,8 @@ for i = 2, #KEYS, 2 do
     expired = expired + #fields
   end
 end
-redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring(now - tonumber(ARGV[1])))
+-- Exact, not '~': an approximate trim keeps up to a node of expired results for ever when idle.
+redis.call('XTRIM', KEYS[1], 'MINID', tostring(now - tonumber(ARGV[1])))
 return expired
 """
 )

@@ -1,0 +1,38 @@
+"""An invariant for the whole e2e suite: no task runs twice unless the test meant it to.
+
+Agents count a duplicate execution (a handler run whose result was not stored because the task
+already had one) in their fleet's counters hash, atomically with the result step. After every e2e
+test, every fleet left in the test's namespace must show none; a test that causes duplicates on
+purpose says so with `@pytest.mark.duplicates_expected`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from harness import RedisHandle
+from newfuse.wire.keys import KEY_ROOT
+from newfuse.wire.scripts import COUNTER_DUPLICATES
+
+
+@pytest.fixture(autouse=True)
+def no_unplanned_duplicates(
+    request: pytest.FixtureRequest, redis_server: RedisHandle, namespace: str
+) -> Iterator[None]:
+    yield
+    if request.node.get_closest_marker("duplicates_expected"):
+        return
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        pattern = f"{KEY_ROOT}:\\{{{namespace}/*\\}}:counters"
+        found = {
+            key: int(client.hget(key, COUNTER_DUPLICATES) or 0)
+            for key in client.scan_iter(match=pattern, count=1000)
+        }
+    finally:
+        client.close()
+    duplicated = {key: n for key, n in found.items() if n}
+    assert not duplicated, f"duplicate task executions: {duplicated}"
