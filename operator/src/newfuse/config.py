@@ -23,6 +23,8 @@ class LogFormat(StrEnum):
 
 # "<secret name>/<key>": a DNS-1123 name, then a Secret data key.
 NAME_SLASH_KEY_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[-._a-zA-Z0-9]+$"
+# The README's configuration table documents this default (a unit test compares the two).
+DEFAULT_REDIS_CLEANUP_TIMEOUT_SECONDS: Final = 120.0
 
 
 def secret_key_ref(value: str | None) -> SecretKeyRef | None:
@@ -48,6 +50,22 @@ class OperatorConfig(BaseModel):
         description="Redis URL given to agent pods when spec.redis is unset (default: redis_url).",
     )
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
+    redis_backoff_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "After a Redis call fails to reach Redis, skip Redis for this long (status says "
+            "RedisConnected=False), then probe it again."
+        ),
+    )
+    redis_cleanup_timeout_seconds: float = Field(
+        default=DEFAULT_REDIS_CLEANUP_TIMEOUT_SECONDS,
+        gt=0,
+        description=(
+            "How long a deleted fleet's finalizer waits for Redis (and for the fleet's pods to "
+            "go) before it lets the fleet go without removing its Redis keys."
+        ),
+    )
     redis_ca_file: str | None = Field(
         default=None,
         description="PEM CA bundle verifying a rediss:// server (the chart mounts it).",

@@ -22,6 +22,11 @@ FLEETS = Gauge("newfuse_fleets", "NewFuseAgent resources, by phase.", ["phase"])
 PODS_MANAGED = Gauge("newfuse_pods_managed", "Agent pods the operator owns.")
 POD_ACTIONS = Counter("newfuse_pod_actions_total", "Pods created or deleted.", ["action", "reason"])
 REDIS_UP = Gauge("newfuse_redis_up", "1 if the last Redis round trip succeeded.")
+REDIS_MALFORMED_RECORDS = Counter(
+    "newfuse_redis_malformed_records",
+    "Agent-written Redis records skipped as malformed, by hash.",
+    ["key"],
+)
 QUEUE_DEPTH = Gauge("newfuse_workqueue_depth", "Fleets waiting for reconcile.")
 ROLLOUT_PHASE = Gauge("newfuse_rollout_phase", "Fleets by phased-rollout phase.", ["phase"])
 ROLLOUT_SECONDS = Histogram(

@@ -1,30 +1,48 @@
 """Redis I/O for the operator: versioned fleet state, agent reports, and fleet key cleanup.
 
-Every call has a short timeout: a Redis outage must show up as a condition, never stall the
-reconcile of pods.
+Every call has a short timeout, and all of them pass one circuit breaker (adapters.redis_guard):
+a Redis outage must show up as a condition, never stall the reconcile of pods.
+
+Whatever agents can write is read totally (newfuse.core.untrusted): a malformed record, or a key
+of the wrong type, is skipped, counted in newfuse_redis_malformed_records_total and logged (one
+line per read with examples, the same line once per LOG_INTERVAL_SECONDS), never failing the read.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import replace
 from typing import cast
 
 import redis.asyncio as aioredis
-from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
+from newfuse import observability as obs
 from newfuse.adapters.redis_connect import connect
+from newfuse.adapters.redis_guard import Breaker, GuardedRedis
+from newfuse.adapters.state_store import put_state
 from newfuse.core.backlog import GroupInfo, StreamObservation, TaskObservation, waiting_of
 from newfuse.core.metrics import TaskCounters
+from newfuse.core.untrusted import (
+    LogLimiter,
+    MalformedRecordError,
+    Skipped,
+    parse_count,
+    parse_revision_counts,
+    parse_state_update,
+    parse_states,
+)
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import COUNTER_COMPLETED, COUNTER_DUPLICATES, COUNTER_FAILED
-from newfuse.wire.state import STATE_CAS_LUA, StateUpdate
+from newfuse.wire.state import StateUpdate
 from newfuse.wire.tasks import CONSUMER_GROUP, PRIORITY_ORDER
 
 log = logging.getLogger(__name__)
+# Skipped records named in one log line.
+MAX_EXAMPLES = 3
 
 
 class RedisStore:
@@ -37,18 +55,25 @@ class RedisStore:
         *,
         signing_key: bytes | None = None,
         ca_file: str | None = None,
+        backoff: float = 5.0,
     ) -> None:
         """Connect lazily to ``url``; each command gives up after ``timeout`` seconds.
 
         ``signing_key`` signs what the operator publishes to agents (drain notices), which
-        agents requiring signatures would otherwise dead-letter.
+        agents requiring signatures would otherwise dead-letter. After a command fails to reach
+        Redis, commands are refused for ``backoff`` seconds, then `probe` tries again.
         """
         self.url = url
         self._signing_key = signing_key
-        self._client: aioredis.Redis = connect(
-            url, timeout=timeout, pool_wait=timeout, ca_file=ca_file
+        self.breaker = Breaker(backoff)
+        # "replace": bytes that are not UTF-8 in an agent-written value make that record
+        # malformed (skipped), not the whole read.
+        plain = connect(
+            url, timeout=timeout, pool_wait=timeout, ca_file=ca_file, encoding_errors="replace"
         )
-        self._cas = self._client.register_script(STATE_CAS_LUA)
+        self._client: aioredis.Redis = GuardedRedis(plain, self.breaker)
+        self._plain = plain  # the same pool without the breaker, for the probe
+        self._complaints = LogLimiter()
 
     async def close(self) -> None:
         """Release the connection pool."""
@@ -58,59 +83,89 @@ class RedisStore:
         """Raise RedisError if Redis does not answer."""
         await self._client.ping()
 
-    async def _put(
-        self, data_key: str, versions_key: str, field: str, version_field: str, update: StateUpdate
-    ) -> bool:
-        stored = await self._cas(
-            keys=[data_key, versions_key],
-            args=[field, version_field, update.version, update.to_json()],
+    async def probe(self) -> bool:
+        """Ping Redis if the open circuit's probe is due; True if Redis is (believed) reachable."""
+        if self.breaker.seconds_to_probe() == 0:
+            try:
+                async with self.breaker.call(probe=True):
+                    await self._plain.ping()
+            except (RedisError, OSError):
+                return False
+        return self.breaker.closed
+
+    def _skipped(self, keys: FleetKeys, kind: str, skipped: list[Skipped]) -> None:
+        """Count skipped records; log them in one line, unless the same was logged recently.
+
+        One line per read (with a few examples), so a hash full of garbage cannot flood the log.
+        """
+        if not skipped:
+            return
+        obs.REDIS_MALFORMED_RECORDS.labels(kind).inc(len(skipped))
+        examples = sorted(skipped, key=lambda item: item.field)[:MAX_EXAMPLES]
+        seen = (keys.prefix, kind, tuple(item.field for item in examples))
+        repeats = self._complaints.admit(seen, time.monotonic())
+        if repeats is None:
+            return
+        more = len(skipped) - len(examples)
+        log.warning(
+            "skipping %d malformed %s record(s) of %s/%s: %s%s%s",
+            len(skipped),
+            kind,
+            keys.namespace,
+            keys.fleet,
+            "; ".join(f"{item.field[:100]!r}: {item.reason}" for item in examples),
+            f" (and {more} more)" if more else "",
+            f" (also seen {repeats} time(s) since last logged)" if repeats else "",
+            extra={"namespace": keys.namespace, "fleet": keys.fleet},
         )
-        return bool(stored)
+
+    async def _hash(self, keys: FleetKeys, key: str, kind: str) -> dict[str, str]:
+        """HGETALL of an agent-writable hash; a key of another type reads as empty (skipped)."""
+        try:
+            return cast(dict[str, str], await self._client.hgetall(key))
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            self._skipped(keys, kind, [Skipped("*", f"{key} is not a hash")])
+            return {}
 
     async def put_fleet_state(self, keys: FleetKeys, update: StateUpdate) -> bool:
         """Mirror the operator's fleet summary unless a newer version is stored. True if stored."""
-        return await self._put(
-            keys.fleet_state,
-            keys.versions,
-            keys.FLEET_STATE_FIELD,
-            keys.FLEET_VERSION_FIELD,
-            update,
-        )
+        return await put_state(self._client, keys, update, fleet=True)
 
     async def put_agent_state(self, keys: FleetKeys, update: StateUpdate) -> bool:
         """Store an agent's StateUpdate unless a newer version is stored. True if stored."""
-        field = update.agent_id
-        return await self._put(
-            keys.agents, keys.versions, field, keys.agent_version_field(field), update
-        )
+        return await put_state(self._client, keys, update)
 
     async def get_fleet_state(self, keys: FleetKeys) -> StateUpdate | None:
-        """The stored fleet summary, if any."""
-        raw = await self._client.hget(keys.fleet_state, keys.FLEET_STATE_FIELD)
-        return StateUpdate.model_validate_json(cast(str, raw)) if raw else None
+        """The stored fleet summary, if any (a malformed one is skipped: None)."""
+        kind = "fleet"
+        try:
+            raw = await self._client.hget(keys.fleet_state, keys.FLEET_STATE_FIELD)
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            self._skipped(keys, kind, [Skipped("*", f"{keys.fleet_state} is not a hash")])
+            return None
+        if not raw:
+            return None
+        try:
+            return parse_state_update(cast(str, raw))
+        except MalformedRecordError as exc:
+            self._skipped(keys, kind, [Skipped(keys.FLEET_STATE_FIELD, str(exc))])
+            return None
 
     async def agent_states(self, keys: FleetKeys) -> list[StateUpdate]:
-        """Every agent's latest StateUpdate; malformed records are logged and skipped."""
-        raw = cast(dict[str, str], await self._client.hgetall(keys.agents))
-        updates = []
-        for agent_id, payload in raw.items():
-            try:
-                updates.append(StateUpdate.model_validate_json(payload))
-            except ValidationError as exc:
-                log.warning("ignoring malformed state of agent %s: %s", agent_id, exc.errors()[:1])
+        """Every agent's latest StateUpdate; malformed records are skipped."""
+        updates, skipped = parse_states(await self._hash(keys, keys.agents, "agents"))
+        self._skipped(keys, "agents", skipped)
         return updates
 
     async def revision_counts(self, keys: FleetKeys) -> dict[str, tuple[int, int]]:
         """(completed, failed) per revision, as counted by the agents' result step."""
-        raw = cast(dict[str, str], await self._client.hgetall(keys.counters))
-        counts: dict[str, list[int]] = {}
-        for field, value in raw.items():
-            parts = field.split(":")
-            if len(parts) != 3 or parts[0] != "rev":
-                continue
-            slot = counts.setdefault(parts[1], [0, 0])
-            slot[0 if parts[2] == COUNTER_COMPLETED else 1] += int(value)
-        return {rev: (c[0], c[1]) for rev, c in counts.items()}
+        counts, skipped = parse_revision_counts(await self._hash(keys, keys.counters, "counters"))
+        self._skipped(keys, "counters", skipped)
+        return counts
 
     async def retire_agents(self, keys: FleetKeys, retiring: list[StateUpdate]) -> None:
         """Move agents' registrations out of the live set, keeping their last counts.
@@ -126,9 +181,10 @@ class RedisStore:
         await pipe.execute()
 
     async def retired_states(self, keys: FleetKeys) -> list[StateUpdate]:
-        """The last StateUpdates of retired agents."""
-        raw = cast(dict[str, str], await self._client.hgetall(keys.retired))
-        return [StateUpdate.model_validate_json(v) for v in raw.values()]
+        """The last StateUpdates of retired agents; malformed records are skipped."""
+        updates, skipped = parse_states(await self._hash(keys, keys.retired, "retired"))
+        self._skipped(keys, "retired", skipped)
+        return updates
 
     async def publish_drain(self, keys: FleetKeys, target: str, now: dt.datetime) -> int:
         """Ask the agents matching ``target`` to drain; returns how many heard it."""
@@ -187,30 +243,35 @@ class RedisStore:
 
     async def task_counters(self, keys: FleetKeys) -> TaskCounters | None:
         """The fleet's task counters (None while it has none, or they are not numbers)."""
-        raw = await self._client.hmget(
-            keys.counters, [COUNTER_COMPLETED, COUNTER_FAILED, COUNTER_DUPLICATES]
-        )
-        completed, failed, duplicates = (cast(str | None, v) for v in raw)
-        if completed is None and failed is None:
-            return None
+        names = [COUNTER_COMPLETED, COUNTER_FAILED, COUNTER_DUPLICATES]
         try:
-            return TaskCounters(int(completed or 0), int(failed or 0), int(duplicates or 0))
-        except ValueError:
-            log.warning("ignoring malformed task counters of %s/%s", keys.namespace, keys.fleet)
+            raw = [cast(str | None, v) for v in await self._client.hmget(keys.counters, names)]
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            self._skipped(keys, "counters", [Skipped("*", f"{keys.counters} is not a hash")])
             return None
+        if raw[0] is None and raw[1] is None:
+            return None
+        counts = [0 if v is None else parse_count(v) for v in raw]
+        bad = [
+            Skipped(n, f"{v[:40]!r} is not a count")
+            for n, v, c in zip(names, raw, counts, strict=True)
+            if v is not None and c is None
+        ]
+        if bad:
+            self._skipped(keys, "counters", bad)
+            return None
+        completed, failed, duplicates = (c or 0 for c in counts)
+        return TaskCounters(completed, failed, duplicates)
 
     async def delete_fleet(self, keys: FleetKeys) -> int:
-        """Delete every key of the fleet. Returns how many were deleted."""
-        deleted = 0
-        batch: list[str] = []
-        async for key in self._client.scan_iter(match=keys.pattern, count=500):
-            batch.append(key)
-            if len(batch) >= 500:
-                deleted += await self._client.unlink(*batch)
-                batch.clear()
-        if batch:
-            deleted += await self._client.unlink(*batch)
-        return deleted
+        """Delete every key of the fleet: one UNLINK of the names in `FleetKeys.all_keys()`.
+
+        No SCAN: its cost grows with the whole keyspace, and the set of a fleet's keys is closed.
+        All share one hash tag, so this is one slot on Redis Cluster too. Returns how many existed.
+        """
+        return int(await self._client.unlink(*keys.all_keys()))
 
 
 def _missing(reply: object) -> bool:

@@ -138,6 +138,8 @@ class Reason(StrEnum):
     POD_CREATED = "PodCreated"
     POD_DELETED = "PodDeleted"
     REDIS_KEYS_REMOVED = "RedisKeysRemoved"
+    REDIS_CLEANUP_WAITING = "RedisCleanupWaiting"
+    REDIS_CLEANUP_SKIPPED = "RedisCleanupSkipped"
     PHASE_CHANGED = "PhaseChanged"
     ROLLOUT_IN_PROGRESS = "RolloutInProgress"
     ROLLOUT_PAUSED = "RolloutPaused"

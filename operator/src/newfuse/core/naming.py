@@ -25,8 +25,12 @@ ROLLOUT_ACTION_ANNOTATION: Final = "newfuse.io/rollout-action"
 ROLLOUT_ACTION_BY_ANNOTATION: Final = "newfuse.io/rollout-action-by"
 PAUSED_BY_ANNOTATION: Final = "newfuse.io/paused-by"
 
-# Blocks deletion of a fleet until its Redis keys are gone.
+# Blocks deletion of a fleet until its Redis keys are gone (or the cleanup gives up: see
+# newfuse.core.cleanup).
 FINALIZER: Final = "newfuse.io/redis-cleanup"
+# "true" on a fleet: delete it without removing its Redis keys (the way out when Redis is gone
+# for good); the finalizer is released at once and the keys left are logged.
+SKIP_REDIS_CLEANUP_ANNOTATION: Final = "newfuse.io/skip-redis-cleanup"
 
 AGENT_CONTAINER: Final = "agent"
 

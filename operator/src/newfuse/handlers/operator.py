@@ -3,6 +3,9 @@
 Only `on.event` handlers are used: they carry no kopf progress state, add no kopf finalizers and
 write nothing to the objects, so the operator's only writes are pods, status, its own finalizer and
 Events. The decisions all live in newfuse.core, reached through the controller.
+
+Every handler is a coroutine: kopf runs a sync handler in a thread pool, and the controller's caches
+and work queue are asyncio-only (the queue refuses a caller off its loop).
 """
 
 from __future__ import annotations
@@ -72,10 +75,16 @@ def exit_on_lost_lease() -> None:
     os._exit(1)
 
 
-def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
-    """A registry with every handler of the operator (nothing global)."""
+def build_registry(
+    config: OperatorConfig, state: dict[str, Any] | None = None
+) -> kopf.OperatorRegistry:
+    """A registry with every handler of the operator (nothing global).
+
+    ``state`` holds what the startup handler builds ("controller", clients); tests pass one with
+    a controller in it to drive the watch handlers the way kopf does.
+    """
     registry = kopf.OperatorRegistry()
-    state: dict[str, Any] = {}
+    state = {} if state is None else state
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -102,6 +111,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             timeout=config.redis_timeout_seconds,
             signing_key=config.signing_key_bytes,
             ca_file=config.redis_ca_file,
+            backoff=config.redis_backoff_seconds,
         )
         controller = Controller(config, kube, redis)
         state["controller"] = controller
@@ -142,13 +152,13 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             state["kube"].close()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def fleet_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def fleet_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         state["controller"].observe_fleet(type, body)
 
     @kopf.on.event(
         "v1", "pods", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY}, registry=registry
     )
-    def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         state["controller"].observe_pod(type, body)
 
     return registry

@@ -5,6 +5,9 @@ queues the fleet's key. Workers take keys and reconcile: read the cached fleet a
 pure planner decide, apply the difference, then write status (only if it changed). No handler
 reacts to status changes, so there is no handler chaining; every decision is re-derived from the
 current level of the world, which makes a restart at any point safe.
+
+Beside it: watch.py (queue keys, stale events), reports.py (the agents' reports in Redis),
+rollouts.py (revision templates and the phased rollout's I/O) and finalizer.py (fleet deletion).
 """
 
 from __future__ import annotations
@@ -25,13 +28,7 @@ from newfuse import logcontext
 from newfuse import observability as obs
 from newfuse.adapters.kube import KubeClient
 from newfuse.adapters.redis_store import RedisStore
-from newfuse.api.rollout import (
-    TERMINAL_PHASES,
-    HistoryEntry,
-    RolloutPhase,
-    RolloutReason,
-    RolloutState,
-)
+from newfuse.api.rollout import TERMINAL_PHASES, RolloutPhase, RolloutState
 from newfuse.api.v1alpha1 import (
     FleetMetrics,
     NewFuseAgent,
@@ -43,66 +40,30 @@ from newfuse.api.v1alpha1 import (
 )
 from newfuse.config import OperatorConfig, secret_key_ref
 from newfuse.core import naming
-from newfuse.core.audit import audit_record
 from newfuse.core.metrics import (
     AgentReports,
     fleet_state_update,
     fold_agent_states,
-    legacy_agents,
     settle_totals,
 )
 from newfuse.core.planner import Plan, plan, plan_revisions
 from newfuse.core.pods import AgentDefaults, ObservedPod, build_pod, observe_pod
-from newfuse.core.revision import spec_with_template, template_hash, template_of
-from newfuse.core.rollout import (
-    ENDING_ROLLOUT_REASONS,
-    WARNING_ROLLOUT_REASONS,
-    Decision,
-    Observation,
-    decide,
-    parse_action,
-    revision_stats,
-    rollout_started_at,
-)
+from newfuse.core.revision import template_hash
 from newfuse.core.status import RedisObservation, StatusInputs, derive_status
 from newfuse.runtime.backlog import forget_backlog, observe_backlog
+from newfuse.runtime.finalizer import Finalizer
+from newfuse.runtime.reports import count_dead_letters, read_reports, retire_legacy
+from newfuse.runtime.rollouts import RolloutDriver
+from newfuse.runtime.watch import fleet_key, is_older, key_fields, utc_now
 from newfuse.runtime.workqueue import WorkQueue
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.state import next_version
 
 log = logging.getLogger("newfuse.controller")
+# How often the Redis probe loop looks at the circuit while it is closed.
+PROBE_POLL_SECONDS = 0.5
 Clock = Callable[[], dt.datetime]
 Body = Mapping[str, Any]
-
-
-def utc_now() -> dt.datetime:
-    """Wall-clock time, truncated to seconds like metav1.Time."""
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def fleet_key(namespace: str, name: str) -> str:
-    """The work-queue key of a fleet."""
-    return f"{namespace}/{name}"
-
-
-def key_fields(key: str) -> dict[str, str]:
-    """The log fields naming a fleet: its namespace and name, separately (as agents log them)."""
-    namespace, _, name = key.partition("/")
-    return {"namespace": namespace, "fleet": name}
-
-
-def is_older(meta: Mapping[str, Any], cached: NewFuseAgent) -> bool:
-    """True if an event's object is an older version of the same fleet than the cached one.
-
-    resourceVersions are etcd revisions: integers that grow with every write. They are compared
-    only for the same object (same uid) and only when both parse; otherwise the event wins.
-    """
-    if meta.get("uid") != cached.metadata.uid:
-        return False
-    try:
-        return int(meta.get("resourceVersion", "")) < int(cached.metadata.resource_version)
-    except ValueError:
-        return False
 
 
 class Controller:
@@ -121,8 +82,7 @@ class Controller:
         self.phases: dict[str, str] = {}
         self.rollout_phases: dict[str, str] = {}
         self._versions: dict[str, int] = {}
-        self._stored_revisions: dict[str, set[str]] = {}
-        self._templates: dict[tuple[str, str], dict[str, Any]] = {}
+        self.rollouts = RolloutDriver(kube, redis)
         self._defaults = AgentDefaults(
             redis_url=config.effective_agent_redis_url,
             heartbeat_seconds=config.agent_heartbeat_seconds,
@@ -130,6 +90,9 @@ class Controller:
             signing_secret=secret_key_ref(config.agent_signing_secret),
         )
         self._heartbeat_timeout = dt.timedelta(seconds=config.heartbeat_timeout_seconds)
+        self.finalizer = Finalizer(
+            config, kube, redis, self.queue, clock, lambda key: self.pods.get(key, {}).values()
+        )
 
     # -- watch events (called by the kopf handlers) --------------------------------------------
 
@@ -141,11 +104,12 @@ class Controller:
             with contextlib.suppress(KeyError):
                 obs.DEAD_LETTERS.remove(meta["namespace"], meta["name"])
             forget_backlog(meta["namespace"], meta["name"])
+            self.finalizer.forget(meta.get("uid", ""))
             self.fleets.pop(key, None)
             self.phases.pop(key, None)
             self.rollout_phases.pop(key, None)
             self._versions.pop(key, None)
-            self._stored_revisions.pop(key, None)
+            self.rollouts.forget(key)
             self._refresh_gauges()
             return
         cached = self.fleets.get(key)
@@ -181,12 +145,14 @@ class Controller:
     # -- workers --------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run the workers and the periodic resync until cancelled."""
+        """Run the workers, the periodic resync and the Redis probe until cancelled."""
+        self.finalizer.started(self.clock())
         tasks = [
             asyncio.create_task(self._worker(i), name=f"reconcile-worker-{i}")
             for i in range(self.config.workers)
         ]
         tasks.append(asyncio.create_task(self._resync(), name="resync"))
+        tasks.append(asyncio.create_task(self._probe_redis(), name="redis-probe"))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -235,6 +201,18 @@ class Controller:
             for key in list(self.fleets):
                 self.queue.add_after(key, random.uniform(0, period))  # noqa: S311 - jitter, not crypto
 
+    async def _probe_redis(self) -> None:
+        # While the Redis circuit is open, reconciles do not call Redis at all; this loop is what
+        # finds out that Redis is back, so no reconcile ever waits on a probe's timeout.
+        self.redis.breaker.background_probe = True
+        try:
+            while True:
+                await self.redis.probe()
+                wait = self.redis.breaker.seconds_to_probe()
+                await asyncio.sleep(PROBE_POLL_SECONDS if wait is None else max(0.05, wait))
+        finally:
+            self.redis.breaker.background_probe = False
+
     # -- reconcile ------------------------------------------------------------------------------
 
     async def reconcile(self, key: str) -> None:
@@ -244,7 +222,7 @@ class Controller:
             return
         meta = fleet.metadata
         if meta.deletion_timestamp is not None:
-            await self._finalize(key, fleet)
+            await self.finalizer.finalize(key, fleet)
             return
         if naming.FINALIZER not in meta.finalizers:
             await self.kube.set_finalizers(
@@ -264,24 +242,20 @@ class Controller:
         self, key: str, fleet: NewFuseAgent, revision: str, now: dt.datetime
     ) -> None:
         observed = list(self.pods.get(key, {}).values())
-        await self._store_revision(key, fleet, revision)
-        reports = await self._read_reports(fleet)
-        backlog = None
-        if isinstance(reports, AgentReports):
-            await self._count_dead_letters(fleet)
-            backlog = await observe_backlog(
-                self.redis, FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
-            )
+        await self.rollouts.store_revision(key, fleet, revision)
         specs: dict[str, NewFuseAgentSpec] = {revision: fleet.spec}
         rollout: RolloutState | None = None
         target = revision
+        # Pods never wait for Redis: only a phased rollout's gate needs the agents' reports to
+        # decide the pods, and the Redis circuit (adapters.redis_guard) bounds that read.
         if fleet.spec.rollout.strategy is RolloutStrategy.PHASED:
-            decision = await self._decide_rollout(key, fleet, revision, observed, reports, now)
+            reports = await read_reports(self.redis, fleet)
+            decision = await self.rollouts.decide(key, fleet, revision, observed, reports, now)
             rollout = decision.state
             for rev in decision.desired:
                 if (
                     rev not in specs
-                    and (stored := await self._spec_of(key, fleet, rev)) is not None
+                    and (stored := await self.rollouts.spec_of(key, fleet, rev)) is not None
                 ):
                     specs[rev] = stored
             # A revision whose template is unknown cannot get new pods; its existing ones stay.
@@ -294,10 +268,18 @@ class Controller:
             decided = plan_revisions(desired, observed, paused=fleet.spec.paused)
             if rollout is not None and rollout.phase in TERMINAL_PHASES:
                 target = rollout.stable_revision
-            await self._post_rollout_events(fleet, rollout, decision.happened, now)
+            await self.rollouts.post_events(fleet, rollout, decision.happened, now)
+            await self._apply(fleet, specs, decided, now)
         else:
             decided = plan(fleet.spec.replicas, revision, observed, paused=fleet.spec.paused)
-        await self._apply(fleet, specs, decided, now)
+            await self._apply(fleet, specs, decided, now)
+            reports = await read_reports(self.redis, fleet)
+        backlog = None
+        if isinstance(reports, AgentReports):
+            await count_dead_letters(self.redis, fleet)
+            backlog = await observe_backlog(
+                self.redis, FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
+            )
         redis_seen, metrics = await self._mirror(key, fleet, observed, reports, now)
         status = derive_status(
             StatusInputs(
@@ -315,159 +297,6 @@ class Controller:
             )
         )
         await self._write_status(key, fleet, status, now)
-
-    async def _store_revision(self, key: str, fleet: NewFuseAgent, revision: str) -> None:
-        """Keep every revision's template (a ControllerRevision), to rebuild its pods later."""
-        stored = self._stored_revisions.setdefault(key, set())
-        if revision not in stored:
-            await self.kube.ensure_revision(fleet.metadata, revision, template_of(fleet.spec))
-            stored.add(revision)
-
-    async def _spec_of(
-        self, key: str, fleet: NewFuseAgent, revision: str
-    ) -> NewFuseAgentSpec | None:
-        """The spec a stored revision's pods are built from (the current spec, other template)."""
-        template = self._templates.get((key, revision))
-        if template is None:
-            template = await self.kube.read_revision(
-                fleet.metadata.namespace, fleet.metadata.name, revision
-            )
-            if template is None:
-                log.warning(
-                    "no stored template for revision %s of %s", revision, key, extra=key_fields(key)
-                )
-                return None
-            self._templates[(key, revision)] = template
-        return spec_with_template(fleet.spec, template)
-
-    async def _drain_revision(self, fleet: NewFuseAgent, revision: str, now: dt.datetime) -> None:
-        keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
-        try:
-            await self.redis.publish_drain(keys, f"revision:{revision}", now)
-        except (RedisError, OSError) as exc:
-            log.warning("could not publish drain for %s: %s", revision, exc)
-
-    async def _count_dead_letters(self, fleet: NewFuseAgent) -> None:
-        """Export the DLQ depth (an alert on its growth catches poisoned work early)."""
-        meta = fleet.metadata
-        try:
-            depth = await self.redis.dead_letter_count(FleetKeys(meta.namespace, meta.name))
-        except (RedisError, OSError):
-            return  # the Redis condition already reports the outage
-        obs.DEAD_LETTERS.labels(meta.namespace, meta.name).set(depth)
-
-    async def _read_reports(self, fleet: NewFuseAgent) -> AgentReports | RedisObservation:
-        """The agents' state updates and per-revision task counts, or why Redis could not say."""
-        keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
-        try:
-            return AgentReports(
-                await self.redis.agent_states(keys),
-                await self.redis.revision_counts(keys),
-                await self.redis.retired_states(keys),
-            )
-        except (RedisError, OSError) as exc:
-            return RedisObservation(reachable=False, error=f"{type(exc).__name__}: {exc}")
-
-    async def _decide_rollout(
-        self,
-        key: str,
-        fleet: NewFuseAgent,
-        revision: str,
-        observed: list[ObservedPod],
-        reports: AgentReports | RedisObservation,
-        now: dt.datetime,
-    ) -> Decision:
-        state = fleet.status.rollout
-        action = fleet.metadata.annotations.get(naming.ROLLOUT_ACTION_ANNOTATION)
-        controls = parse_action(action, state.last_action if state else None)
-        active = state is not None and state.phase not in TERMINAL_PHASES
-        stable = (state.stable_revision if state is not None and active else None) or (
-            fleet.status.current_revision or revision
-        )
-        capabilities = {revision: frozenset(fleet.spec.capabilities)}
-        if (
-            stable != revision
-            and (stable_spec := await self._spec_of(key, fleet, stable)) is not None
-        ):
-            capabilities[stable] = frozenset(stable_spec.capabilities)
-        ready: dict[str, int] = {}
-        for pod in observed:
-            if pod.ready:
-                ready[pod.revision] = ready.get(pod.revision, 0) + 1
-        stats = {}
-        if isinstance(reports, AgentReports):
-            stats = revision_stats(reports.counts, reports.p95_by_revision())
-        observation = Observation(
-            replicas=fleet.spec.replicas,
-            update_revision=revision,
-            current_revision=fleet.status.current_revision,
-            ready=ready,
-            capabilities=capabilities,
-            stats=stats,
-            controls=controls,
-        )
-        decision = decide(fleet.spec.rollout, observation, state, now)
-        if decision.state is not None and action and decision.state.last_action != action:
-            # Whatever the annotation says has now been acted on (or was stale): never again.
-            decision = Decision(
-                decision.state.model_copy(update={"last_action": action}),
-                decision.desired,
-                decision.happened,
-            )
-        return decision
-
-    async def _post_rollout_events(
-        self,
-        fleet: NewFuseAgent,
-        state: RolloutState | None,
-        happened: tuple[HistoryEntry, ...],
-        now: dt.datetime,
-    ) -> None:
-        started = rollout_started_at(state)
-        previous = fleet.status.rollout
-        legacy = previous.stable_revision if previous is not None else None
-        meta = fleet.metadata
-        for entry in happened:
-            if entry.reason in ENDING_ROLLOUT_REASONS and started is not None:
-                obs.ROLLOUT_SECONDS.labels(entry.reason).observe(
-                    (entry.at - started).total_seconds()
-                )
-            if entry.reason is RolloutReason.COMPLETED and legacy is not None:
-                # Phase 3: tell the legacy agents to stop taking tasks now; deleting their pods
-                # (SIGTERM) follows in this same reconcile, and both paths drain the same way.
-                await self._drain_revision(fleet, legacy, now)
-            record = audit_record(entry.reason, meta.annotations, meta.namespace, meta.name)
-            if record is not None:
-                log.info(
-                    "audit: %s of %s/%s by %s",
-                    record.action,
-                    record.namespace,
-                    record.fleet,
-                    record.by,
-                    extra={
-                        "audit": True,
-                        "action": record.action,
-                        "by": record.by,
-                        "requested_at": record.requested_at,
-                        "done_at": now.isoformat(),
-                        "namespace": record.namespace,
-                        "fleet": record.fleet,
-                        "stage": entry.stage,
-                        "step": entry.step,
-                    },
-                )
-            warning = entry.reason in WARNING_ROLLOUT_REASONS
-            if entry.verdict is not None:
-                obs.GATE_VERDICTS.labels(entry.verdict.result).inc()
-            await self.kube.post_event(
-                meta.namespace,
-                meta.name,
-                meta.uid,
-                "Warning" if warning else "Normal",
-                entry.reason,
-                f"{entry.stage} step {entry.step} ({entry.canary_agents} canary): {entry.message}",
-                now,
-            )
 
     async def _apply(
         self,
@@ -514,7 +343,7 @@ class Controller:
         keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
         live = {p.name for p in observed if not p.terminating}
         try:
-            await self._retire_legacy(keys, reports, live, {p.revision for p in observed})
+            await retire_legacy(self.redis, keys, reports, live, {p.revision for p in observed})
             metrics = settle_totals(
                 fold_agent_states(reports.all_agents(), live, now, self._heartbeat_timeout),
                 await self.redis.task_counters(keys),
@@ -532,17 +361,6 @@ class Controller:
             return RedisObservation(reachable=False, error=f"{type(exc).__name__}: {exc}"), None
         obs.REDIS_UP.set(1)
         return RedisObservation(reachable=True), metrics
-
-    async def _retire_legacy(
-        self, keys: FleetKeys, reports: AgentReports, live: set[str], revisions: set[str]
-    ) -> None:
-        """Retire drained agents of revisions no pod runs any more (a decommissioned legacy)."""
-        legacy = legacy_agents(reports.updates, live, revisions)
-        if not legacy:
-            return
-        await self.redis.retire_agents(keys, legacy)
-        reports.updates[:] = [u for u in reports.updates if u not in legacy]
-        reports.retired[:] = [r for r in reports.retired if r not in legacy] + legacy
 
     async def _write_status(
         self, key: str, fleet: NewFuseAgent, status: NewFuseAgentStatus, now: dt.datetime
@@ -566,22 +384,6 @@ class Controller:
         self.rollout_phases[key] = status.rollout.phase if status.rollout is not None else ""
         self._refresh_gauges()
 
-    async def _finalize(self, key: str, fleet: NewFuseAgent) -> None:
-        """Remove the fleet's Redis keys, then let Kubernetes delete it (and GC its pods)."""
-        meta = fleet.metadata
-        if naming.FINALIZER not in meta.finalizers:
-            return
-        # Raises on a Redis outage: the finalizer stays and the key is retried with backoff, so
-        # a fleet is never gone while its keys remain.
-        deleted = await self.redis.delete_fleet(FleetKeys(meta.namespace, meta.name))
-        remaining = [f for f in meta.finalizers if f != naming.FINALIZER]
-        await self.kube.post_event(
-            meta.namespace, meta.name, meta.uid, "Normal", Reason.REDIS_KEYS_REMOVED,
-            f"removed {deleted} Redis key(s) of the fleet", self.clock(),
-        )  # fmt: skip
-        self.phases.pop(key, None)
-        await self.kube.set_finalizers(meta.namespace, meta.name, remaining, meta.resource_version)
-
     def _refresh_gauges(self) -> None:
         counts = dict.fromkeys((p.value for p in Phase), 0)
         for phase in self.phases.values():
@@ -594,3 +396,6 @@ class Controller:
             count = sum(1 for value in self.rollout_phases.values() if value == rollout_phase)
             obs.ROLLOUT_PHASE.labels(rollout_phase.value).set(count)
         obs.QUEUE_DEPTH.set(len(self.queue))
+
+
+__all__ = ["Controller", "fleet_key", "is_older", "key_fields", "utc_now"]

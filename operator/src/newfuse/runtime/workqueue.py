@@ -3,6 +3,10 @@
 Watch events only say "this fleet may need work". Many events for one fleet collapse into one
 pending key; a key is never handed to two workers at once (a key added while it is being processed
 is queued again when that worker is done); failed keys come back with exponential backoff.
+
+The queue is asyncio-only: its structures are not locked and its Event wakes only its own loop. A
+caller on another thread (a sync kopf handler runs in a thread pool) would corrupt it or leave a
+worker asleep, so `add` refuses to run anywhere but on the loop that owns the queue.
 """
 
 from __future__ import annotations
@@ -23,6 +27,19 @@ class WorkQueue:
         self._failures: dict[str, int] = {}
         self._wakeup = asyncio.Event()
         self._base_delay, self._max_delay = base_delay, max_delay
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _check_loop(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "WorkQueue used off its event loop (from a thread?): call it from a coroutine"
+            ) from None
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("WorkQueue used from a second event loop")
 
     def __len__(self) -> int:
         """Keys waiting to be handed out."""
@@ -35,6 +52,7 @@ class WorkQueue:
 
     def add(self, key: str) -> None:
         """Ask for ``key`` to be reconciled (a no-op if it is already waiting)."""
+        self._check_loop()
         if key in self._dirty:
             return
         self._dirty.add(key)

@@ -73,9 +73,11 @@ def next_version(previous: int, now: dt.datetime) -> int:
 
 # KEYS[1] data hash, KEYS[2] versions hash; ARGV[1] data field, ARGV[2] version field,
 # ARGV[3] version, ARGV[4] payload. Returns 1 if stored, 0 if the stored version is as new or newer.
+# A stored version that is not a number (any agent can write the versions hash) counts as absent,
+# so one bad value cannot fail every later write of that record.
 STATE_CAS_LUA: Final = """
-local current = redis.call('HGET', KEYS[2], ARGV[2])
-if current and tonumber(current) >= tonumber(ARGV[3]) then
+local current = tonumber(redis.call('HGET', KEYS[2], ARGV[2]))
+if current and current >= tonumber(ARGV[3]) then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])

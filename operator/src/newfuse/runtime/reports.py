@@ -1,0 +1,52 @@
+"""Reading what the agents report to Redis, for one reconcile.
+
+A failure to reach Redis (or an open Redis circuit) is returned as a RedisObservation rather than
+raised: it becomes the RedisConnected condition, and the reconcile goes on with pods and status.
+Malformed records never fail these reads (RedisStore skips them).
+"""
+
+from __future__ import annotations
+
+from redis.exceptions import RedisError
+
+from newfuse import observability as obs
+from newfuse.adapters.redis_store import RedisStore
+from newfuse.api.v1alpha1 import NewFuseAgent
+from newfuse.core.metrics import AgentReports, legacy_agents
+from newfuse.core.status import RedisObservation
+from newfuse.wire.keys import FleetKeys
+
+
+async def count_dead_letters(redis: RedisStore, fleet: NewFuseAgent) -> None:
+    """Export the DLQ depth (an alert on its growth catches poisoned work early)."""
+    meta = fleet.metadata
+    try:
+        depth = await redis.dead_letter_count(FleetKeys(meta.namespace, meta.name))
+    except (RedisError, OSError):
+        return  # the Redis condition already reports the outage
+    obs.DEAD_LETTERS.labels(meta.namespace, meta.name).set(depth)
+
+
+async def read_reports(redis: RedisStore, fleet: NewFuseAgent) -> AgentReports | RedisObservation:
+    """The agents' state updates and per-revision task counts, or why Redis could not say."""
+    keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
+    try:
+        return AgentReports(
+            await redis.agent_states(keys),
+            await redis.revision_counts(keys),
+            await redis.retired_states(keys),
+        )
+    except (RedisError, OSError) as exc:
+        return RedisObservation(reachable=False, error=f"{type(exc).__name__}: {exc}")
+
+
+async def retire_legacy(
+    redis: RedisStore, keys: FleetKeys, reports: AgentReports, live: set[str], revisions: set[str]
+) -> None:
+    """Retire drained agents of revisions no pod runs any more (a decommissioned legacy)."""
+    legacy = legacy_agents(reports.updates, live, revisions)
+    if not legacy:
+        return
+    await redis.retire_agents(keys, legacy)
+    reports.updates[:] = [u for u in reports.updates if u not in legacy]
+    reports.retired[:] = [r for r in reports.retired if r not in legacy] + legacy

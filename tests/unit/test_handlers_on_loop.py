@@ -1,0 +1,97 @@
+"""Watch handlers run on the event loop: the controller's caches and queue are asyncio-only.
+
+kopf runs a sync handler in a thread pool. The work queue refuses any caller off its loop, and the
+handlers are invoked here exactly as kopf invokes them, so a handler made sync again fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, cast
+
+import kopf
+import pytest
+from kopf._core.actions.invocation import invoke
+
+from factories import NOW
+from newfuse.config import OperatorConfig
+from newfuse.core import naming
+from newfuse.handlers.operator import build_registry
+from newfuse.runtime.controller import Controller
+from newfuse.runtime.workqueue import WorkQueue
+
+FLEET = {
+    "apiVersion": "newfuse.io/v1alpha1",
+    "kind": "NewFuseAgent",
+    "metadata": {"name": "demo", "namespace": "ns", "uid": "u1", "resourceVersion": "1"},
+    "spec": {"image": "agent:1"},
+}
+POD = {
+    "metadata": {
+        "name": "demo-abc-0",
+        "namespace": "ns",
+        "uid": "p1",
+        "labels": {naming.LABEL_FLEET: "demo", naming.LABEL_REVISION: "abc"},
+        "creationTimestamp": NOW.isoformat(),
+    },
+    "spec": {},
+    "status": {"phase": "Running"},
+}
+
+
+def test_the_queue_refuses_callers_off_its_loop() -> None:
+    errors: list[BaseException] = []
+
+    async def scenario() -> None:
+        queue = WorkQueue()
+        queue.add("ns/a")
+
+        def from_a_thread() -> None:
+            try:
+                queue.add("ns/b")
+            except RuntimeError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=from_a_thread)
+        thread.start()
+        thread.join()
+        assert await queue.get() == "ns/a"
+        assert len(queue) == 0
+
+    asyncio.run(scenario())
+    assert len(errors) == 1
+    assert "off its event loop" in str(errors[0])
+
+
+def test_the_queue_refuses_a_second_loop() -> None:
+    queue = WorkQueue()
+
+    async def add(key: str) -> None:
+        queue.add(key)
+
+    asyncio.run(add("ns/a"))
+    with pytest.raises(RuntimeError, match="second event loop"):
+        asyncio.run(add("ns/b"))
+
+
+def test_watch_handlers_run_on_the_loop_as_kopf_invokes_them() -> None:
+    async def scenario() -> list[str]:
+        controller = Controller(OperatorConfig(), cast(Any, None), cast(Any, None))
+        registry = build_registry(OperatorConfig(), state={"controller": controller})
+        handlers = list(registry._watching.get_all_handlers())
+        assert len(handlers) == 2
+        for handler in handlers:
+            assert handler.selector is not None
+            body = POD if handler.selector.any_name == "pods" else FLEET
+            await invoke(
+                handler.fn,
+                settings=kopf.OperatorSettings(),
+                kwargs={"type": "ADDED", "body": body},
+            )
+        keys = []
+        while len(controller.queue):
+            keys.append(await controller.queue.get())
+        return keys
+
+    assert asyncio.run(scenario()) == ["ns/demo"]
