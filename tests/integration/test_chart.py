@@ -161,7 +161,8 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         ("redis:\n  url: http://not-redis\n", "redis/url"),
         ("operator:\n  logFormat: xml\n", "logFormat"),
         ("leaderElection:\n  enabled: 'yes'\n", "leaderElection/enabled"),
-        ("redis:\n  internal:\n    persistence: true\n", "persistence"),
+        ("redis:\n  internal:\n    replicas: 3\n", "replicas"),
+        ("redis:\n  internal:\n    persistence:\n      appendfsync: sometimes\n", "appendfsync"),
         ("signing:\n  existingSecretKey: ''\n", "signing/existingSecretKey"),
         ("networkPolicy:\n  apiServer:\n    ports: [0]\n", "networkPolicy/apiServer/ports"),
         ("metrics:\n  prometheusRule:\n    selector: '{job=\"x\"}'\n", "selector"),
@@ -173,6 +174,7 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         "bad enum",
         "election flag not a boolean",
         "unknown internal redis key",
+        "bad appendfsync",
         "empty signing key name",
         "port out of range",
         "selector with braces",
@@ -390,6 +392,51 @@ def test_internal_redis_is_restricted_and_uses_one_generated_password(
         "name": "nf-newfuse-operator-redis",
         "key": "password",
     }
+
+
+def _redis_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    [redis] = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-redis")
+    ]
+    pod: dict[str, Any] = redis["spec"]["template"]["spec"]
+    return pod
+
+
+def _redis_flags(pod: dict[str, Any]) -> dict[str, str]:
+    args = pod["containers"][0]["args"]
+    return {args[i]: args[i + 1] for i in range(0, len(args) - 1, 2) if args[i].startswith("--")}
+
+
+@pytest.mark.parametrize(
+    ("sets", "appendonly", "appendfsync", "volume"),
+    [
+        ([], "yes", "everysec", {"emptyDir": {}}),
+        (["redis.internal.persistence.appendfsync=always"], "yes", "always", {"emptyDir": {}}),
+        (["redis.internal.persistence.appendfsync=no"], "yes", "no", {"emptyDir": {}}),
+        (["redis.internal.persistence.appendonly=false"], "no", "everysec", {"emptyDir": {}}),
+        (
+            ["redis.internal.persistence.existingClaim=redis-data"],
+            "yes",
+            "everysec",
+            {"persistentVolumeClaim": {"claimName": "redis-data"}},
+        ),
+    ],
+    ids=["default", "always", "no", "off", "claim"],
+)
+def test_trial_redis_keeps_an_append_only_file_by_default(
+    binaries: Binaries, sets: list[str], appendonly: str, appendfsync: str, volume: dict[str, Any]
+) -> None:
+    """So a restart of the trial Redis keeps the queue; appendfsync and the volume are values."""
+    flags = [f for s in sets for f in ("--set", s)]
+    docs = render(binaries, "--set", "redis.internal.enabled=true", *flags)
+    pod = _redis_pod(docs)
+    args = _redis_flags(pod)
+    assert args["--appendonly"] == appendonly
+    assert args["--appendfsync"] == appendfsync
+    assert args["--dir"] == "/data"
+    assert args["--save"] == "", "the AOF is the persistence; no RDB snapshots besides it"
+    [data] = [v for v in pod["volumes"] if v["name"] == "data"]
+    assert data == {"name": "data", **volume}
 
 
 def test_network_policies_open_only_what_the_operator_needs(binaries: Binaries) -> None:
