@@ -15,9 +15,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -26,6 +27,7 @@ import redis
 from harness import Fleets, RedisHandle, agents_of, start_fleet
 from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
+from newfuse.adapters.taskclient import StreamEntries
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import COUNTER_DUPLICATES
 from newfuse.wire.taskpolicy import TaskPolicy
@@ -50,7 +52,7 @@ def submit(fleet: str, namespace: str, redis_url: str, *args: str, key: str | No
 
 
 def results(client: redis.Redis, keys: FleetKeys) -> dict[str, dict[str, Any]]:
-    raw = client.hgetall(keys.result_index)
+    raw = cast(dict[str, str], client.hgetall(keys.result_index))
     return {task_id: orjson.loads(env)["payload"] for task_id, env in raw.items()}
 
 
@@ -58,13 +60,17 @@ def owners(client: redis.Redis, keys: FleetKeys) -> dict[str, tuple[str, str, in
     """task id -> (entry id, consumer, times delivered) of every pending entry."""
     stream = keys.tasks(Priority.NORMAL)
     pending = client.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=1000)
-    by_entry = {p["message_id"]: p for p in pending}
+    by_entry = {str(p["message_id"]): p for p in pending}
     out = {}
-    for entry_id, fields in client.xrange(stream):
+    for entry_id, fields in cast(StreamEntries, client.xrange(stream)):
         if entry_id in by_entry:
             p = by_entry[entry_id]
             out[fields["task_id"]] = (entry_id, str(p["consumer"]), int(p["times_delivered"]))
     return out
+
+
+def owned(client: redis.Redis, keys: FleetKeys, task_id: str) -> tuple[str, str, int] | None:
+    return owners(client, keys).get(task_id)
 
 
 def test_a_long_task_runs_once_and_a_lost_one_runs_once_more(
@@ -79,13 +85,13 @@ def test_a_long_task_runs_once_and_a_lost_one_runs_once_more(
     keys = FleetKeys(ns, "thinkers")
     long_task = ("--handler", "sleep", "--payload", '{"seconds": 150}', "--task-timeout", "200")
     submit("thinkers", ns, redis_server.url, "--id", "long-0", *long_task)
-    first = wait_for(lambda: owners(redis_client, keys).get("long-0"), 30, what="long-0 taken")
+    first = wait_for(partial(owned, redis_client, keys, "long-0"), 30, what="long-0 taken")
     keeper = first[1].split(":")[0]
     # More long tasks until one lands on another agent: that agent will be killed.
     victim_task = None
     for n in range(1, 8):
         submit("thinkers", ns, redis_server.url, "--id", f"long-{n}", *long_task)
-        taken = wait_for(lambda n=n: owners(redis_client, keys).get(f"long-{n}"), 30, what="taken")
+        taken = wait_for(partial(owned, redis_client, keys, f"long-{n}"), 30, what="taken")
         if taken[1].split(":")[0] != keeper:
             victim_task = f"long-{n}"
             break
@@ -119,8 +125,8 @@ def test_a_long_task_runs_once_and_a_lost_one_runs_once_more(
     assert reclaim_seconds <= POLICY.claim_bound_seconds + SAMPLING_SLACK
     assert owners(redis_client, keys)[victim_task][2] == 2, "one more delivery, counted"
 
-    all_ids = {"long-0", *(f"long-{n}" for n in range(1, 8))} & set(
-        results(redis_client, keys) | owners(redis_client, keys)
+    all_ids = {"long-0", *(f"long-{n}" for n in range(1, 8))} & (
+        set(results(redis_client, keys)) | set(owners(redis_client, keys))
     )
 
     def finished() -> bool:

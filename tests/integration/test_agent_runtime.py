@@ -441,8 +441,12 @@ def test_a_failing_gateway_opens_the_circuit_then_recovery_closes_it(fleet_url: 
                 assert len(await fleet.dead_letters()) == 3
                 for spec in failing[3:]:
                     assert await fleet.client.result(spec.task_id) is None
-                due = await fleet.redis.zrange(keys.retries, 0, -1, withscores=True)
-                wait_s = [score / 1000 - (await fleet.redis.time())[0] for _, score in due]
+                due = cast(
+                    list[tuple[str, float]],
+                    await fleet.redis.zrange(keys.retries, 0, -1, withscores=True),
+                )
+                server_now = (await fleet.redis.time())[0]
+                wait_s = [score / 1000 - server_now for _, score in due]
                 assert all(25 < w <= 35 for w in wait_s), f"due at the half-open time: {wait_s}"
                 stub["failing"] = False
                 now[0] += 31.0  # past the recovery time: the next call is the half-open trial

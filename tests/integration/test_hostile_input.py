@@ -14,7 +14,7 @@ import datetime as dt
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -23,7 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentproc import AgentProcess
-from harness import RedisHandle, wait_for
+from harness import RedisHandle
+from localcluster import wait_for
+from newfuse.adapters.taskclient import StreamEntries
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.taskpolicy import TaskPolicy
@@ -102,7 +104,8 @@ def fleet(redis_server: RedisHandle) -> Iterator[tuple[FleetKeys, redis.Redis, A
 
 
 def _letters(client: redis.Redis, keys: FleetKeys) -> list[dict[str, str]]:
-    return [fields for _, fields in client.xrange(keys.dead_letters)]
+    entries = cast(StreamEntries, client.xrange(keys.dead_letters))
+    return [fields for _, fields in entries]
 
 
 def _submit(client: redis.Redis, keys: FleetKeys, task_id: str, raw: bytes) -> None:
@@ -119,7 +122,7 @@ def test_each_hostile_input_is_dead_lettered_once_with_its_reason(
     original = _task("replayed-task")
     started = time.monotonic()
     for _, task_id, raw in table.values():
-        fields: dict[str, Any] = {"envelope": raw}
+        fields: dict[Any, Any] = {"envelope": raw}
         if task_id is not None:
             fields["task_id"] = task_id
         client.xadd(stream, fields)
@@ -150,7 +153,7 @@ def test_the_same_bytes_on_the_coordination_channel_leave_the_listener_working(
 ) -> None:
     keys, client, agent = fleet
     raw_client = redis.Redis.from_url(agent.env["NEWFUSE_REDIS_URL"])
-    listener = raw_client.pubsub()
+    listener = raw_client.pubsub()  # type: ignore[no-untyped-call]
     listener.subscribe(keys.coordination_channel)
     for _, _, raw in hostile_table().values():
         client.publish(keys.coordination_channel, raw)
@@ -209,7 +212,7 @@ entries = st.fixed_dictionaries(
 )
 @given(entry=entries)
 def test_fuzz_the_agent_process_at_its_stream(
-    fleet: tuple[FleetKeys, redis.Redis, AgentProcess], entry: dict[str, Any]
+    fleet: tuple[FleetKeys, redis.Redis, AgentProcess], entry: dict[Any, Any]
 ) -> None:
     keys, client, agent = fleet
     before = client.xlen(keys.dead_letters)

@@ -51,9 +51,9 @@ def test_the_fleet_default_timeout_applies_when_the_task_sets_none() -> None:
     assert tasklife.on_delivery(task(), 1, NOW, policy) == Run(42.0)
 
 
-def decide(failure: Failure, jitter: float = 0.5, **fields: object) -> Retry | Fail:
+def decide(failure: Failure, fields: dict[str, object]) -> Retry | Fail:
     return tasklife.on_failure(
-        task(**fields), failure, now=NOW, agent_id="a-0", policy=POLICY, jitter=jitter
+        task(**fields), failure, now=NOW, agent_id="a-0", policy=POLICY, jitter=0.5
     )
 
 
@@ -86,7 +86,7 @@ def decide(failure: Failure, jitter: float = 0.5, **fields: object) -> Retry | F
     ],
 )
 def test_on_failure(failure: Failure, fields: dict[str, object], expected: object) -> None:
-    decision = decide(failure, **fields)
+    decision = decide(failure, fields)
     if isinstance(expected, FailReason):
         assert isinstance(decision, Fail)
         assert decision.reason is expected

@@ -37,7 +37,8 @@ from newfuse_agent import metrics
 from newfuse_agent.config import AgentConfig
 from newfuse_agent.contract import Handler, TaskContext
 from newfuse_agent.metrics import TaskOutcome
-from newfuse_agent.process import Processor, Stats, task_id_of
+from newfuse_agent.outcomes import Stats, task_id_of
+from newfuse_agent.process import Processor
 from newfuse_agent.queue import Delivery, TaskQueue, utc_now
 
 log = logging.getLogger("newfuse_agent")
@@ -363,4 +364,4 @@ class Agent:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
         for delivery, payload in leaving:
-            await self.processor.hand_back(delivery, payload)
+            await self.processor.out.hand_back(delivery, payload)

@@ -1,0 +1,251 @@
+"""How a delivery ends: a stored result (with its dead letter if it failed), a retry or a hand-back.
+
+Exactly once lives here: a result is stored by COMPLETE only (the first one wins, atomically with
+the ack and the dead letter); a retry or hand-back is refused by REQUEUE if the task has a result
+or another agent owns the delivery now; and a Redis error while storing an outcome is retried
+with backoff rather than losing finished work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from opentelemetry import trace
+from redis.exceptions import RedisError
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+
+from newfuse.core import tasklife
+from newfuse.core.tasklife import Fail, FailReason, Retry
+from newfuse.tracing import current_traceparent
+from newfuse.wire.envelope import MessageRejectedError, MessageType, RejectReason, encode
+from newfuse.wire.tasks import DeadLetter, ResultPayload, ResultStatus, TaskPayload
+from newfuse_agent import metrics
+from newfuse_agent.config import AgentConfig
+from newfuse_agent.metrics import TaskOutcome
+from newfuse_agent.queue import Delivery, TaskQueue
+
+log = logging.getLogger("newfuse_agent")
+tracer = trace.get_tracer("newfuse.agent")
+TASK_ID_CHARS: Final = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
+)
+# Refusals whose task id cannot be trusted to be the sender's own: no result is stored for them,
+# since it would pre-empt the real task of that id.
+NO_RESULT_FOR: Final = frozenset({RejectReason.REPLAYED, RejectReason.BAD_SIGNATURE})
+
+
+@dataclass
+class Stats:
+    """What this agent process has done (reported in its heartbeat)."""
+
+    requests_handled: int = 0
+    tasks_completed: int = 0
+    tasks_failed: int = 0
+    last_active: dt.datetime | None = None
+    latencies: list[float] = field(default_factory=list)
+
+    def record(self, succeeded: bool, elapsed: float, now: dt.datetime) -> None:
+        """Count one stored result."""
+        self.last_active = now
+        self.latencies = [*self.latencies[-499:], elapsed * 1000]
+        if succeeded:
+            self.tasks_completed += 1
+        else:
+            self.tasks_failed += 1
+
+
+def task_id_of(delivery: Delivery) -> str | None:
+    """The stream entry's task id field, if it is a well-formed id."""
+    task_id = delivery.fields.get("task_id", "")
+    ok = 0 < len(task_id) <= 128 and set(task_id) <= TASK_ID_CHARS
+    return task_id if ok else None
+
+
+class Outcomes:
+    """Writes the outcomes of one agent's deliveries."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        queue: TaskQueue,
+        clock: Callable[[], dt.datetime],
+        stats: Stats,
+    ) -> None:
+        """Write through ``queue`` as ``config``'s agent."""
+        self.config, self.queue, self.clock, self.stats = config, queue, clock, stats
+        self._key = config.signing_key.encode() if config.signing_key else None
+
+    async def retry(self, delivery: Delivery, decision: Retry, traceparent: str | None) -> None:
+        task = decision.task
+        reply = await self.persist(
+            lambda: self.queue.requeue(
+                delivery,
+                task.task_id,
+                self.task_envelope(task, traceparent),
+                task.priority,
+                decision.delay_seconds,
+            )
+        )
+        if reply == "lost":
+            metrics.TASKS.labels(TaskOutcome.LEASE_LOST).inc()
+
+    async def store(
+        self,
+        delivery: Delivery,
+        task: TaskPayload,
+        status: ResultStatus,
+        output: Any,
+        elapsed: float,
+        traceparent: str | None,
+        *,
+        error: str | None = None,
+        reason: str | None = None,
+        letter: DeadLetter | None = None,
+        executed: bool = True,
+    ) -> None:
+        now = self.clock()
+        result = ResultPayload(
+            task_id=task.task_id,
+            status=status,
+            output=output,
+            error=error,
+            reason=reason,
+            history=task.history,
+            agent_id=self.config.agent_id,
+            revision=self.config.revision,
+            attempts=tasklife.attempts_used(task, delivery.times_delivered),
+            latency_ms=round(elapsed * 1000, 3),
+            finished_at=now,
+        )
+        succeeded = status is ResultStatus.SUCCEEDED
+        with tracer.start_as_current_span(
+            "newfuse.task.result",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={"newfuse.task_id": task.task_id, "newfuse.result_status": status.value},
+        ):
+            envelope = encode(
+                MessageType.RESULT,
+                result.model_dump(mode="json"),
+                self.config.agent_id,
+                now=now,
+                key=self._key,
+                traceparent=current_traceparent() or traceparent,
+            )
+            stored = await self.persist(
+                lambda: self.queue.complete(
+                    delivery,
+                    task.task_id,
+                    envelope,
+                    succeeded=succeeded,
+                    revision=self.config.revision,
+                    executed=executed,
+                    letter=letter,
+                )
+            )
+        if not stored:
+            if executed:
+                metrics.TASKS.labels(TaskOutcome.DUPLICATE).inc()
+            return
+        self.stats.record(succeeded, elapsed, now)
+        metrics.TASKS.labels(TaskOutcome.SUCCEEDED if succeeded else TaskOutcome.FAILED).inc()
+
+    async def persist(self, step: Callable[[], Awaitable[Any]]) -> Any:
+        # Finished work is never thrown away for a Redis blip: retry until Redis answers. The entry
+        # stays ours meanwhile (nobody else can claim it while Redis is down either).
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((RedisError, OSError)),
+            wait=wait_random_exponential(multiplier=0.2, max=5),
+            before_sleep=lambda state: log.warning(
+                "storing an outcome failed (%s), retrying",
+                state.outcome and state.outcome.exception(),
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                return await step()
+        return None  # pragma: no cover - AsyncRetrying either returns or raises
+
+    async def fail(
+        self,
+        delivery: Delivery,
+        task: TaskPayload,
+        verdict: Fail,
+        executed: bool,
+        reason: str | None = None,
+    ) -> None:
+        """End a task FAILED: one atomic step stores the result and its dead letter."""
+        why = reason or verdict.reason.value
+        metrics.TASKS.labels(TaskOutcome.DEAD_LETTERED).inc()
+        trace.get_current_span().set_status(trace.StatusCode.ERROR, f"{why}: {verdict.detail}")
+        letter = self.letter(delivery, why, verdict.detail, task.task_id)
+        await self.store(
+            delivery,
+            task,
+            ResultStatus.FAILED,
+            None,
+            0.0,
+            None,
+            error=f"{why}: {verdict.detail}",
+            reason=why,
+            letter=letter,
+            executed=executed,
+        )
+
+    async def refuse(self, delivery: Delivery, exc: MessageRejectedError) -> None:
+        """A message that is not a runnable task: a dead letter, and a result if it has an id."""
+        metrics.REJECTED.labels(exc.reason).inc()
+        log.warning("dead-lettered %s: %s", delivery.entry_id, exc)
+        task_id = task_id_of(delivery)
+        if task_id is None or exc.reason in NO_RESULT_FOR:
+            metrics.TASKS.labels(TaskOutcome.DEAD_LETTERED).inc()
+            await self.queue.dead_letter(
+                delivery, self.letter(delivery, exc.reason, exc.detail, task_id)
+            )
+            return
+        # The client waiting for this id returns at once with the reason, not at its timeout.
+        stand_in = TaskPayload(task_id=task_id, handler="-")
+        await self.fail(
+            delivery, stand_in, Fail(FailReason.HANDLER_FAILED, exc.detail), False, exc.reason
+        )
+
+    def letter(
+        self, delivery: Delivery, reason: str, detail: str, task_id: str | None
+    ) -> DeadLetter:
+        """The dead letter of ``delivery``."""
+        return DeadLetter(
+            reason=reason,
+            detail=detail[:2000],
+            raw=delivery.raw[:65536],
+            agent_id=self.config.agent_id,
+            source_stream=delivery.stream,
+            task_id=task_id,
+            attempts=delivery.times_delivered,
+            at=self.clock(),
+        )
+
+    def task_envelope(self, task: TaskPayload, traceparent: str | None) -> bytes:
+        """``task`` as a fresh envelope from this agent (signed when the fleet signs)."""
+        return encode(
+            MessageType.TASK,
+            task.model_dump(mode="json"),
+            self.config.agent_id,
+            now=self.clock(),
+            key=self._key,
+            traceparent=traceparent,
+        )
+
+    async def hand_back(self, delivery: Delivery, payload: TaskPayload | None) -> None:
+        """Put an unfinished task back on its stream (a drain), unless it finished meanwhile."""
+        if payload is None:
+            return  # not even decoded: it stays pending and is reclaimed after the claim bound
+        with contextlib.suppress(RedisError, OSError):
+            reply = await self.queue.requeue(
+                delivery, payload.task_id, self.task_envelope(payload, None), payload.priority
+            )
+            if reply not in ("done", "lost"):
+                metrics.TASKS.labels(TaskOutcome.HANDED_BACK).inc()
