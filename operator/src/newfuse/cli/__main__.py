@@ -2,4 +2,6 @@
 
 from newfuse.cli import main
 
-main()
+# Guarded: tools that import every module (the metrics docs test does) must not run the CLI.
+if __name__ == "__main__":
+    main()
