@@ -77,6 +77,7 @@ class BenchEnvironment:
     redis_url: str
     namespaces: dict[str, str]
     operator_pid: int | None = None
+    shared: bool = False
 
     def namespace(self, base: str) -> str:
         """The real name of the namespace the benchmark calls ``base``."""
@@ -86,6 +87,9 @@ class BenchEnvironment:
         """Start the operator (timed phases may want it started late); returns its PID."""
         if self.operator_pid is not None:
             return self.operator_pid  # shared mode: the session's operator reconciles everything
+        if self.shared:
+            # Only our namespaces: other users' fleets on a shared cluster are not ours to touch.
+            os.environ["NEWFUSE_NAMESPACES"] = ",".join(self.namespaces.values())
         self.operator.up(self.kubeconfig, self.redis_url, lambda m: console.print(f"[dim]{m}"))
         [pid] = self.operator.pids()
         return pid
@@ -191,7 +195,7 @@ def _shared_environment(name: str, namespaces: tuple[str, ...]) -> Iterator[Benc
                 )
             )
         yield BenchEnvironment(
-            api, operator, kubeconfig, redis_url, real, int(pid) if pid else None
+            api, operator, kubeconfig, redis_url, real, int(pid) if pid else None, shared=True
         )
     finally:
         operator.down()

@@ -31,11 +31,11 @@ from environment import STATE_ROOT, bench_redis, report_figures, size
 from localcluster.waiting import wait_for
 from newfuse.adapters.taskclient import TaskClient, TaskSpec
 from newfuse.wire.keys import FleetKeys
+from newfuse.wire.scripts import COUNTER_DUPLICATES
 from newfuse.wire.tasks import ResultStatus
 
 console = Console()
 NAMESPACE = "bench"
-DUPLICATES_FIELD = "duplicates"
 
 
 async def run_tasks(
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             reclaimed = sum(a.sample("newfuse_agent_tasks_reclaimed_total") for a in agents)
             conn = redis.Redis.from_url(server.url, decode_responses=True)
-            counter = conn.hget(keys.counters, DUPLICATES_FIELD)
+            counter = conn.hget(keys.counters, COUNTER_DUPLICATES)
             conn.close()
         finally:
             stop_agents(agents)

@@ -48,12 +48,17 @@ class PodTimes:
 
     created: dict[str, float] = field(default_factory=dict)
     ready: dict[str, float] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
     relists: int = 0
 
     def record(self, pod: k8s_client.V1Pod, now: float) -> None:
         """Fold one observation of ``pod`` in."""
-        uid = str(pod.metadata.uid if pod.metadata else "")
+        meta = pod.metadata or k8s_client.V1ObjectMeta()
+        uid = str(meta.uid)
         self.created.setdefault(uid, now)
+        labels = meta.labels or {}
+        revision = labels.get("newfuse.io/revision") or labels.get("pod-template-hash")
+        self.names.setdefault(uid, f"{meta.name} ({revision})")
         conditions = (pod.status.conditions if pod.status else None) or []
         if any(c.type == "Ready" and c.status == "True" for c in conditions):
             self.ready.setdefault(uid, now)
@@ -129,6 +134,15 @@ def summary(gaps: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
+@dataclass
+class Rollout:
+    """What one rollout's watch saw."""
+
+    gaps: list[float]
+    relists: int
+    timeline: list[str]
+
+
 def measure(
     api: k8s_client.ApiClient,
     namespace: str,
@@ -136,8 +150,8 @@ def measure(
     start: Callable[[], object],
     change: Callable[[], object],
     done: Callable[[], bool],
-) -> tuple[list[float], int]:
-    """Start a workload, let it settle, change it; return its rollout's step gaps and re-lists."""
+) -> Rollout:
+    """Start a workload, let it settle, change it, and return what the watch saw of its rollout."""
     watcher = PodWatcher(api, namespace)
     watcher.start()
     watcher.listed.wait(60)
@@ -148,6 +162,7 @@ def measure(
         what=f"{replicas} Ready pods in {namespace}",
     )
     initial = set(watcher.check().created)
+    changed = time.monotonic()
     change()
     wait_for(
         done, 600, what=f"the rollout in {namespace} to finish", interval=0.5, max_interval=1.0
@@ -162,7 +177,12 @@ def measure(
     watcher.stop_event.set()
     watcher.join(timeout=10)
     times = watcher.check()
-    return step_gaps(times, initial), times.relists
+    timeline = [
+        f"{'old' if uid in initial else 'new'} {times.names[uid]}: created "
+        f"{at - changed:+.3f}s, Ready {times.ready.get(uid, float('nan')) - changed:+.3f}s"
+        for uid, at in sorted(times.created.items(), key=lambda item: item[1])
+    ]
+    return Rollout(step_gaps(times, initial), times.relists, timeline)
 
 
 def deployment_body(replicas: int, image: str) -> dict[str, Any]:
@@ -209,8 +229,8 @@ def fleet_finished(body: dict[str, Any], replicas: int) -> bool:
     )
 
 
-def run(replicas: int) -> tuple[list[float], list[float], int]:
-    """Both rollouts on one control plane: baseline gaps, NewFuse gaps, watch re-lists."""
+def run(replicas: int) -> tuple[Rollout, Rollout]:
+    """Both rollouts on one control plane: the baseline's, then NewFuse's."""
     with bench_environment("rollout", ("bench-deploy", "bench-phased")) as env:
         env.start_operator()
         api = env.api
@@ -218,7 +238,7 @@ def run(replicas: int) -> tuple[list[float], list[float], int]:
         deploy_ns, fleet_ns = env.namespace("bench-deploy"), env.namespace("bench-phased")
 
         console.print("[dim]Deployment rolling update (maxSurge 1, maxUnavailable 0)")
-        baseline, relists = measure(
+        baseline = measure(
             api,
             deploy_ns,
             replicas,
@@ -256,7 +276,7 @@ def run(replicas: int) -> tuple[list[float], list[float], int]:
         console.print(
             f"[dim]NewFuseAgent phased rollout ({replicas - 1} steps, zero soak, minTasks 0)"
         )
-        ours, more = measure(
+        ours = measure(
             api,
             fleet_ns,
             replicas,
@@ -266,7 +286,7 @@ def run(replicas: int) -> tuple[list[float], list[float], int]:
             ),
             lambda: fleet_finished(read_fleet(), replicas),
         )
-    return baseline, ours, relists + more
+    return baseline, ours
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, default=size(21, 4))
     args = parser.parse_args(argv)
     replicas: int = args.replicas
-    baseline, ours, relists = run(replicas)
+    base_run, our_run = run(replicas)
+    baseline, ours = base_run.gaps, our_run.gaps
 
     expected = replicas - 1
     table = Table(
@@ -286,8 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(baseline) != expected or len(ours) != expected:
         console.print(
             f"[red]expected {expected} steps on each side, observed {len(baseline)} (Deployment) "
-            f"and {len(ours)} (NewFuse); watch re-lists: {relists}"
+            f"and {len(ours)} (NewFuse); watch re-lists: {base_run.relists + our_run.relists}"
         )
+        for name, seen in (("Deployment", base_run), ("NewFuse", our_run)):
+            console.print(f"{name} pods, times from the change:", *seen.timeline, sep="\n  ")
         return 1
     base_median, base_p95 = summary(baseline)
     our_median, our_p95 = summary(ours)
