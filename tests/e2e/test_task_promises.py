@@ -73,6 +73,7 @@ def owned(client: redis.Redis, keys: FleetKeys, task_id: str) -> tuple[str, str,
     return owners(client, keys).get(task_id)
 
 
+@pytest.mark.timeout(1200)  # minutes of real time: the point of the test
 def test_a_long_task_runs_once_and_a_lost_one_runs_once_more(
     fleets: Fleets,
     pod_runner: PodRunnerProcess,
@@ -192,6 +193,7 @@ def outage_gateway() -> Iterator[OutageGateway]:
     stub.server.server_close()
 
 
+@pytest.mark.timeout(1200)  # minutes of real time: the point of the test
 def test_backoff_rides_out_a_gateway_outage(
     fleets: Fleets,
     pod_runner: PodRunnerProcess,
@@ -232,6 +234,7 @@ def test_backoff_rides_out_a_gateway_outage(
     assert len(attempt_times) > len(retried) / 2, "attempt times are recorded in the results"
 
 
+@pytest.mark.timeout(1200)  # minutes of real time: the point of the test
 def test_a_backlog_loses_nothing(
     fleets: Fleets,
     pod_runner: PodRunnerProcess,

@@ -12,6 +12,7 @@ import asyncio
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 import redis
@@ -19,7 +20,7 @@ import redis
 from agentproc import AgentProcess
 from harness import RedisHandle
 from localcluster import wait_for
-from newfuse.adapters.taskclient import TaskClient, TaskSpec
+from newfuse.adapters.taskclient import StreamReply, TaskClient, TaskSpec
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.tasks import CONSUMER_GROUP, Priority
 
@@ -47,8 +48,11 @@ def test_idle_entries_behind_a_busy_head_are_reclaimed(
 
     redis_client.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
     asyncio.run(submit(BUSY, "busy-"))
-    busy = redis_client.xreadgroup(CONSUMER_GROUP, "alive:1", {stream: ">"}, count=BUSY)
-    busy_ids = [entry_id for entry_id, _ in busy[0][1]]
+    busy = cast(
+        StreamReply, redis_client.xreadgroup(CONSUMER_GROUP, "alive:1", {stream: ">"}, count=BUSY)
+    )
+    assert busy
+    busy_ids: list[str | bytes | int | memoryview[int]] = [e for e, _ in busy[0][1]]
     asyncio.run(submit(5, "lost-"))
     redis_client.xreadgroup(CONSUMER_GROUP, "dead:1", {stream: ">"}, count=5)
 

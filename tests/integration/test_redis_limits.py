@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import redis
 
 from agentproc import AgentProcess
@@ -83,6 +84,7 @@ def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
 
+@pytest.mark.timeout(1200)  # minutes of real time: the point of the test
 def test_memory_returns_to_its_baseline_after_the_retention(tmp_path: Path) -> None:
     """20,000 tasks at a steady rate, then idle past the retention (60 s, named here)."""
     ttl = 60
@@ -116,6 +118,7 @@ def test_memory_returns_to_its_baseline_after_the_retention(tmp_path: Path) -> N
         client.close()
 
 
+@pytest.mark.timeout(1200)  # minutes of real time: the point of the test
 def test_a_full_redis_runs_ten_minutes_of_steady_load(tmp_path: Path) -> None:
     """maxmemory 64mb with noeviction: 10 minutes at 20 tasks/s, default retention, no error."""
     with DedicatedRedis(tmp_path / "redis") as server:

@@ -37,6 +37,11 @@ TASK_ID_CHARS: Final = frozenset(
 # Refusals whose task id cannot be trusted to be the sender's own: no result is stored for them,
 # since it would pre-empt the real task of that id.
 NO_RESULT_FOR: Final = frozenset({RejectReason.REPLAYED, RejectReason.BAD_SIGNATURE})
+# A failed task's letter keeps its envelope so that `newfuse dlq --requeue` can submit it again; a
+# refused message cannot be requeued, so only a sample is kept (a flood of hostile megabytes must
+# not fill Redis through the DLQ).
+RAW_KEPT: Final = 65536
+REFUSED_RAW_KEPT: Final = 4096
 
 
 @dataclass
@@ -177,12 +182,13 @@ class Outcomes:
         verdict: Fail,
         executed: bool,
         reason: str | None = None,
+        keep: int = RAW_KEPT,
     ) -> None:
         """End a task FAILED: one atomic step stores the result and its dead letter."""
         why = reason or verdict.reason.value
         metrics.TASKS.labels(TaskOutcome.DEAD_LETTERED).inc()
         trace.get_current_span().set_status(trace.StatusCode.ERROR, f"{why}: {verdict.detail}")
-        letter = self.letter(delivery, why, verdict.detail, task.task_id)
+        letter = self.letter(delivery, why, verdict.detail, task.task_id, keep)
         await self.store(
             delivery,
             task,
@@ -203,24 +209,27 @@ class Outcomes:
         task_id = task_id_of(delivery)
         if task_id is None or exc.reason in NO_RESULT_FOR:
             metrics.TASKS.labels(TaskOutcome.DEAD_LETTERED).inc()
-            await self.queue.dead_letter(
-                delivery, self.letter(delivery, exc.reason, exc.detail, task_id)
-            )
+            letter = self.letter(delivery, exc.reason, exc.detail, task_id, REFUSED_RAW_KEPT)
+            await self.queue.dead_letter(delivery, letter)
             return
         # The client waiting for this id returns at once with the reason, not at its timeout.
         stand_in = TaskPayload(task_id=task_id, handler="-")
-        await self.fail(
-            delivery, stand_in, Fail(FailReason.HANDLER_FAILED, exc.detail), False, exc.reason
-        )
+        verdict = Fail(FailReason.HANDLER_FAILED, exc.detail)
+        await self.fail(delivery, stand_in, verdict, False, exc.reason, REFUSED_RAW_KEPT)
 
     def letter(
-        self, delivery: Delivery, reason: str, detail: str, task_id: str | None
+        self,
+        delivery: Delivery,
+        reason: str,
+        detail: str,
+        task_id: str | None,
+        keep: int = RAW_KEPT,
     ) -> DeadLetter:
-        """The dead letter of ``delivery``."""
+        """The dead letter of ``delivery``, with up to ``keep`` characters of what it held."""
         return DeadLetter(
             reason=reason,
             detail=detail[:2000],
-            raw=delivery.raw[:65536],
+            raw=delivery.raw[:keep],
             agent_id=self.config.agent_id,
             source_stream=delivery.stream,
             task_id=task_id,

@@ -46,7 +46,9 @@ return {1, id}
 COMPLETE_LUA: Final = (
     _NOW_MS
     + """
-local stored = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+-- An empty envelope only acknowledges (finished work delivered again): never store it.
+local stored = 0
+if ARGV[2] ~= '' then stored = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) end
 if stored == 1 then
   local expires = now + tonumber(ARGV[7])
   redis.call('ZADD', KEYS[5], expires, ARGV[1])
