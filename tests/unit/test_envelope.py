@@ -163,3 +163,56 @@ def test_mutated_valid_envelopes_are_refused_or_accepted_never_crash(
         return
     # The only way through is an unchanged (still correctly signed) envelope.
     assert orjson.dumps(data) == task() or data[field] == orjson.loads(task())[field]
+
+
+def _tampered(raw: bytes, **metadata: object) -> bytes:
+    data = orjson.loads(raw)
+    data["metadata"].update(metadata)
+    return orjson.dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        # A 5,000-digit version used to crash int() past Python's digit limit.
+        (_tampered(task(), protocol_version="1" * 5000 + ".0"), RejectReason.INVALID_ENVELOPE),
+        # A non-ASCII signature used to crash hmac.compare_digest.
+        (_tampered(task(), signature="é" * 64), RejectReason.INVALID_ENVELOPE),
+        (_tampered(task(), signature="0" * 63), RejectReason.INVALID_ENVELOPE),
+        (_tampered(task(), message_id="a b"), RejectReason.INVALID_ENVELOPE),
+        (_tampered(task(), message_id="x" * 129), RejectReason.INVALID_ENVELOPE),
+        (_tampered(task(), timestamp="2026-11-21T11:59:00Z"), RejectReason.BAD_SIGNATURE),
+    ],
+)
+def test_every_field_is_bounded(raw: bytes, reason: RejectReason) -> None:
+    with pytest.raises(MessageRejectedError) as refused:
+        decode(raw, key=KEY, require_signature=True, now=NOW)
+    assert refused.value.reason is reason
+
+
+def test_a_timestamp_from_the_future_is_refused_signed_or_not() -> None:
+    ahead = NOW + MAX_CLOCK_SKEW + dt.timedelta(seconds=1)
+    for key in (KEY, None):
+        raw = encode(MessageType.TASK, {"task_id": "t", "handler": "echo"}, "c", now=ahead, key=key)
+        with pytest.raises(MessageRejectedError) as refused:
+            decode(raw, key=key, now=NOW)
+        assert refused.value.reason is RejectReason.FUTURE_TIMESTAMP
+    within = encode(MessageType.TASK, {"task_id": "t", "handler": "echo"}, "c", now=NOW, key=KEY)
+    assert decode(within, key=KEY, now=NOW - MAX_CLOCK_SKEW + dt.timedelta(seconds=1))
+
+
+def test_age_is_not_skew_when_the_receiver_says_so() -> None:
+    """A signed task that waited a day in a backlog is still a valid task (max_age=None)."""
+    old = task()
+    later = NOW + dt.timedelta(days=1)
+    with pytest.raises(MessageRejectedError) as refused:
+        decode(old, key=KEY, require_signature=True, now=later)
+    assert refused.value.reason is RejectReason.STALE, "system messages keep the window"
+    assert decode(old, key=KEY, require_signature=True, now=later, max_age=None)
+
+
+def test_decoding_is_total_even_for_what_the_models_let_through() -> None:
+    # Nothing but MessageRejectedError may leave decode(), whatever the bytes.
+    for raw in (b"\x00", b"[]", b'{"type": "task"}', "\ud800".encode("utf-8", "surrogatepass")):
+        with pytest.raises(MessageRejectedError):
+            decode(raw, key=KEY, now=NOW)

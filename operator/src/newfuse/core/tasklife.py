@@ -162,11 +162,6 @@ def retry_delay(
     return float(min(policy.retry_max_seconds, delay))
 
 
-def is_future(timestamp: dt.datetime, now: dt.datetime, policy: TaskPolicy) -> bool:
-    """A timestamp further ahead of our clock than the skew bound (a bad clock, or forged)."""
-    return _aware(timestamp) - now > dt.timedelta(seconds=policy.max_clock_skew_seconds)
-
-
 def is_expired(timestamp: dt.datetime, now: dt.datetime, policy: TaskPolicy) -> bool:
     """A signed task older than the replay guard's memory: a replay could not be told apart."""
     return now - _aware(timestamp) > dt.timedelta(seconds=policy.result_ttl_seconds)
