@@ -161,7 +161,12 @@ class Outcomes:
 
     async def persist(self, step: Callable[[], Awaitable[Any]]) -> Any:
         # Finished work is never thrown away for a Redis blip: retry until Redis answers. The entry
-        # stays ours meanwhile (nobody else can claim it while Redis is down either).
+        # stays ours meanwhile (nobody else can claim it while Redis is down either). The first try
+        # goes without the retry machinery: it is every task's hot path.
+        try:
+            return await step()
+        except (RedisError, OSError) as exc:
+            log.warning("storing an outcome failed (%s), retrying", exc)
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type((RedisError, OSError)),
             wait=wait_random_exponential(multiplier=0.2, max=5),

@@ -99,8 +99,10 @@ class Processor:
 
     async def _admit(self, delivery: Delivery) -> tuple[Envelope, TaskPayload | None]:
         raw = delivery.raw
-        size = len(raw.encode("utf-8", "replace"))
-        if size > self.policy.max_payload_bytes:
+        # A character is at most 4 UTF-8 bytes: only a long envelope needs encoding to be measured.
+        limit = self.policy.max_payload_bytes
+        size = len(raw) if len(raw) * 4 <= limit else len(raw.encode("utf-8", "replace"))
+        if size > limit:
             raise MessageRejectedError(
                 RejectReason.OVERSIZE,
                 f"the envelope is {size} bytes; this fleet accepts at most "
@@ -128,9 +130,11 @@ class Processor:
                     RejectReason.REPLAYED,
                     f"message {envelope.metadata.message_id} was already delivered as {first!r}",
                 )
-        if await self.queue.has_result(task.task_id):
-            # Finished work delivered again (a resubmission after expiry races, a requeue that
-            # lost a race): acknowledge it without running it.
+        if delivery.times_delivered > 1 and await self.queue.has_result(task.task_id):
+            # Finished work delivered again: a result stored just before Redis lost the ack (a
+            # restart), or before its owner died. Acknowledge it without running it. A first
+            # delivery cannot have a result (SUBMIT is idempotent, REQUEUE and PROMOTE check), so
+            # the hot path skips the round trip.
             await self.queue.complete(
                 delivery, task.task_id, b"", succeeded=True, revision="", executed=False
             )
