@@ -187,6 +187,8 @@ def test_redis_hanging_does_not_delay_pod_work(
         )
 
     wait_for(all_up_without_redis, 90, what="fleets Available with RedisConnected=False")
+    created = 'newfuse_pod_actions_total{action="create"'
+    before = metric_value(scoped.metrics(), created)
     started = time.perf_counter()
     for name in names:
         fleets.patch_spec(name, replicas=3)
@@ -201,7 +203,11 @@ def test_redis_hanging_does_not_delay_pod_work(
     assert took < redis_timeout / 2
     for name in names:
         fleets.wait_available(name, 3)
-    assert "newfuse_redis_up 0.0" in scoped.metrics()
+    text = scoped.metrics()
+    assert metric_value(text, created) - before == 2 * len(names), (
+        "the operator under test created every new pod (not another operator on this cluster)"
+    )
+    assert "newfuse_redis_up 0.0" in text
 
 
 def test_deleting_a_fleet_with_running_agents_leaves_no_key(
@@ -312,6 +318,11 @@ def test_with_redis_down_fleets_and_namespaces_are_still_deleted(
         server.down()
         if not namespace_gone():
             core.delete_namespace(other)
+    for name in ("skipper", "waiter"):
+        assert not _reasons(kubectl, namespace, name, "RedisKeysRemoved"), (
+            f"{name}: another operator, with a working Redis, finalized it: run this test with "
+            "no other operator watching every namespace of the cluster"
+        )
     print(
         f"Redis down, wait {wait_s:g}s: annotated fleet deleted in {skipped_in:.1f}s, "
         f"the other in {waited:.1f}s, namespace in {namespace_took:.1f}s"
@@ -330,3 +341,11 @@ def test_with_redis_down_fleets_and_namespaces_are_still_deleted(
     log = scoped.log_path.read_text()
     assert FleetKeys(namespace, "waiter").agents in log, "the keys left are logged by name"
     assert FleetKeys(namespace, "skipper").agents in log
+    # Redis (it keeps its data across a restart) still has them: nothing was removed.
+    client = redis.Redis.from_url(server.up().url)
+    try:
+        assert client.exists(FleetKeys(namespace, "waiter").fleet_state)
+        assert client.exists(FleetKeys(namespace, "skipper").fleet_state)
+    finally:
+        client.close()
+        server.down()

@@ -1,4 +1,4 @@
-"""Watch handlers run on the event loop: the controller's caches and queue are asyncio-only.
+"""Watch handlers run on the event loop (the caches and queue are asyncio-only); kopf settings.
 
 kopf runs a sync handler in a thread pool. The work queue refuses any caller off its loop, and the
 handlers are invoked here exactly as kopf invokes them, so a handler made sync again fails here.
@@ -17,7 +17,7 @@ from kopf._core.actions.invocation import invoke
 from factories import NOW
 from newfuse.config import OperatorConfig
 from newfuse.core import naming
-from newfuse.handlers.operator import build_registry
+from newfuse.handlers.operator import build_registry, tune
 from newfuse.runtime.controller import Controller
 from newfuse.runtime.workqueue import WorkQueue
 
@@ -95,3 +95,14 @@ def test_watch_handlers_run_on_the_loop_as_kopf_invokes_them() -> None:
         return keys
 
     assert asyncio.run(scenario()) == ["ns/demo"]
+
+
+@pytest.mark.parametrize(("namespaces", "scanning_off"), [((), False), (("a", "b"), True)])
+def test_a_namespaced_operator_keeps_watching_namespaces_being_deleted(
+    namespaces: tuple[str, ...], scanning_off: bool
+) -> None:
+    # kopf's namespace observer drops a namespace once it is marked for deletion: its fleets'
+    # deletion would never be seen and the namespace would hang on their finalizers.
+    settings = kopf.OperatorSettings()
+    tune(settings, OperatorConfig(namespaces=namespaces))
+    assert settings.scanning.disabled is scanning_off

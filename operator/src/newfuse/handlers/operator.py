@@ -52,6 +52,11 @@ def tune(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
       only update caches and queue keys).
     - batching of API writes is the controller's job (one status patch per changed fleet), and
       networking.request_timeout=30 bounds every non-watch request of kopf itself.
+    - scanning.disabled when NEWFUSE_NAMESPACES lists namespaces: kopf's namespace observer stops
+      watching a namespace as soon as it is marked for deletion, so the operator would never see
+      its fleets being deleted, and the namespace would wait for ever on their finalizers. The
+      listed namespaces are then watched as exact names (no glob patterns) for the life of the
+      process, and the CRD must exist when the operator starts (it must anyway).
     """
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -61,6 +66,8 @@ def tune(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.posting.level = logging.WARNING
     settings.queueing.worker_limit = 64
     settings.networking.request_timeout = 30
+    if config.namespaces:
+        settings.scanning.disabled = True
 
 
 def election_identity(config: OperatorConfig) -> str:
