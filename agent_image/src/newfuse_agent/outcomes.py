@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -52,12 +53,12 @@ class Stats:
     tasks_completed: int = 0
     tasks_failed: int = 0
     last_active: dt.datetime | None = None
-    latencies: list[float] = field(default_factory=list)
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=500))
 
     def record(self, succeeded: bool, elapsed: float, now: dt.datetime) -> None:
         """Count one stored result."""
         self.last_active = now
-        self.latencies = [*self.latencies[-499:], elapsed * 1000]
+        self.latencies.append(elapsed * 1000)
         if succeeded:
             self.tasks_completed += 1
         else:
