@@ -81,3 +81,21 @@ def test_bound_fields_nest_and_unwind(json_lines: io.StringIO) -> None:
     assert outer["fleet"] == "explicit", "extra= wins over the bound value"
     assert "revision" not in outer
     assert "namespace" not in none
+
+
+def test_json_logs_survive_kopfs_extras(capsys: pytest.CaptureFixture[str]) -> None:
+    """kopf logs its settings object as an extra: the line must still be one JSON object."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging(LogFormat.JSON, "INFO")
+        logging.getLogger("kopf.objects").info(
+            "Handler succeeded", extra={"settings": object(), "k8s_ref": {"a": 1}, "k8s_skip": 0}
+        )
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    out, err = capsys.readouterr()
+    assert "Logging error" not in err
+    [line] = [json.loads(raw) for raw in out.splitlines() if "Handler succeeded" in raw]
+    assert line["message"] == "Handler succeeded"

@@ -7,10 +7,13 @@ import sys
 
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from newfuse.config import LogFormat
 from newfuse.logcontext import ContextFilter
+
+KOPF_EXTRAS = ("settings", "k8s_ref", "k8s_skip")
 
 RECONCILES = Counter("newfuse_reconciles_total", "Fleet reconciles, by result.", ["result"])
 RECONCILE_SECONDS = Histogram(
@@ -63,6 +66,9 @@ def configure_logging(fmt: LogFormat, level: str) -> None:
                 "{asctime}{levelname}{name}{message}",
                 style="{",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                # kopf's log records carry its settings and object references as extras: they are
+                # not JSON, and each one used to print a "Logging error" traceback instead.
+                reserved_attrs=[*RESERVED_ATTRS, *KOPF_EXTRAS],
             )
         )
     else:
