@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any, cast
 
+import kopf
 import pytest
 
 from newfuse import logcontext
@@ -90,7 +91,8 @@ def test_json_logs_survive_kopfs_extras(capsys: pytest.CaptureFixture[str]) -> N
     try:
         configure_logging(LogFormat.JSON, "INFO")
         logging.getLogger("kopf.objects").info(
-            "Handler succeeded", extra={"settings": object(), "k8s_ref": {"a": 1}, "k8s_skip": 0}
+            "Handler succeeded",
+            extra={"settings": kopf.OperatorSettings(), "k8s_ref": {"a": 1}, "k8s_skip": 0},
         )
     finally:
         root.handlers[:], level = saved
