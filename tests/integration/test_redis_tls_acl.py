@@ -41,7 +41,7 @@ from newfuse_agent.handlers.echo import echo
 from newfuse_agent.runtime import Agent
 
 PASSWORD = "agent-" + uuid.uuid4().hex
-KEY = b"fleet-signing-key"
+KEY = b"fleet-signing-key-of-at-least-32-bytes"
 
 
 def _name(common_name: str) -> x509.Name:
