@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -257,3 +259,30 @@ def start_fleet(
 
     wait_for(registered, 60, what=f"{replicas} agent processes running and registered")
     return body
+
+
+NEWFUSE_CLI = str(Path(sys.executable).with_name("newfuse"))
+
+
+def submit(fleet: str, namespace: str, redis_url: str, *args: str, key: str | None = None) -> str:
+    """`newfuse task submit` as a user runs it (signed with ``key`` if given); its stdout."""
+    env = {**os.environ, "NEWFUSE_REDIS_URL": redis_url, "NO_COLOR": "1"}
+    if key:
+        env["NEWFUSE_SIGNING_KEY"] = key
+    result = subprocess.run(
+        [NEWFUSE_CLI, "task", "submit", fleet, "-n", namespace, *args],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def signing_secret(api: k8s_client.ApiClient, namespace: str, key: str) -> dict[str, Any]:
+    """A Secret `signing` holding ``key``; returns the fleet's `spec.signing` that names it."""
+    k8s_client.CoreV1Api(api).create_namespaced_secret(
+        namespace,
+        k8s_client.V1Secret(
+            metadata=k8s_client.V1ObjectMeta(name="signing"), string_data={"key": key}
+        ),
+    )
+    return {"keySecretRef": {"name": "signing", "key": "key"}}

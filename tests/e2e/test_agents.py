@@ -26,6 +26,7 @@ from harness import (
     agents_of,
     metric_value,
     start_fleet,
+    submit,
 )
 from localcluster import wait_for
 from localcluster.podrunner import AgentEntry, PodRunnerProcess
@@ -36,16 +37,6 @@ from newfuse.wire.tasks import CONSUMER_GROUP, Priority
 
 REPO = Path(__file__).resolve().parents[2]
 NEWFUSE = str(Path(sys.executable).with_name("newfuse"))
-
-
-def submit(fleet: str, namespace: str, redis_url: str, *args: str) -> str:
-    result = subprocess.run(
-        [NEWFUSE, "task", "submit", fleet, "-n", namespace, *args],
-        capture_output=True, text=True, timeout=120, check=False,
-        env={**os.environ, "NEWFUSE_REDIS_URL": redis_url, "NO_COLOR": "1"},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def result_ids(client: redis.Redis, keys: FleetKeys) -> list[str]:

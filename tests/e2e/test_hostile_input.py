@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes import client as k8s_client
 
-from harness import Fleets, RedisHandle, agents_of, start_fleet
+from harness import Fleets, RedisHandle, agents_of, signing_secret, start_fleet
 from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
 from newfuse.adapters.taskclient import StreamEntries
@@ -113,13 +113,7 @@ def fleet(
     k8s_api: k8s_client.ApiClient,
 ) -> tuple[FleetKeys, redis.Redis, PodAgent]:
     ns = fleets.namespace
-    k8s_client.CoreV1Api(k8s_api).create_namespaced_secret(
-        ns,
-        k8s_client.V1Secret(
-            metadata=k8s_client.V1ObjectMeta(name="signing"), string_data={"key": KEY.decode()}
-        ),
-    )
-    signing = {"keySecretRef": {"name": "signing", "key": "key"}, "required": True}
+    signing = {**signing_secret(k8s_api, ns, KEY.decode()), "required": True}
     start_fleet(fleets, pod_runner, redis_client, "hostile", 1, fast=False, signing=signing)
     return FleetKeys(ns, "hostile"), redis_client, PodAgent(pod_runner, ns)
 

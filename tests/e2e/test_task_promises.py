@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, cast
 
 import orjson
 import pytest
 import redis
 
-from harness import Fleets, RedisHandle, agents_of, start_fleet
+from harness import Fleets, RedisHandle, agents_of, signing_secret, start_fleet, submit
 from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
 from newfuse.adapters.taskclient import StreamEntries
@@ -33,22 +30,9 @@ from newfuse.wire.scripts import COUNTER_DUPLICATES
 from newfuse.wire.taskpolicy import TaskPolicy
 from newfuse.wire.tasks import CONSUMER_GROUP, Priority
 
-NEWFUSE = str(Path(sys.executable).with_name("newfuse"))
 POLICY = TaskPolicy()
 # Polling adds a little to the documented bound: the test samples every 0.5 s.
 SAMPLING_SLACK = 2.0
-
-
-def submit(fleet: str, namespace: str, redis_url: str, *args: str, key: str | None = None) -> str:
-    env = {**os.environ, "NEWFUSE_REDIS_URL": redis_url, "NO_COLOR": "1"}
-    if key:
-        env["NEWFUSE_SIGNING_KEY"] = key
-    result = subprocess.run(
-        [NEWFUSE, "task", "submit", fleet, "-n", namespace, *args],
-        capture_output=True, text=True, timeout=120, check=False, env=env,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def results(client: redis.Redis, keys: FleetKeys) -> dict[str, dict[str, Any]]:
@@ -243,16 +227,9 @@ def test_a_backlog_loses_nothing(
     k8s_api: Any,
 ) -> None:
     """A signed fleet at 0 replicas for 10 minutes with 20 tasks queued runs all 20 afterwards."""
-    from kubernetes import client as k8s_client
 
     ns, key = fleets.namespace, "backlog-signing-key-0123456789abcdef"
-    k8s_client.CoreV1Api(k8s_api).create_namespaced_secret(
-        ns,
-        k8s_client.V1Secret(
-            metadata=k8s_client.V1ObjectMeta(name="signing"), string_data={"key": key}
-        ),
-    )
-    signing = {"keySecretRef": {"name": "signing", "key": "key"}}
+    signing = signing_secret(k8s_api, ns, key)
     start_fleet(fleets, pod_runner, redis_client, "sleepy", 1, fast=False, signing=signing)
     keys = FleetKeys(ns, "sleepy")
     fleets.patch_spec("sleepy", replicas=0)

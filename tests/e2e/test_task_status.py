@@ -9,10 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import subprocess
-import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,26 +25,16 @@ from harness import (
     agents_of,
     metric_value,
     start_fleet,
+    submit,
 )
 from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
 from newfuse.api.v1alpha1 import GROUP, VERSION
 from newfuse.wire.keys import FleetKeys
 
-NEWFUSE = str(Path(sys.executable).with_name("newfuse"))
 # Short claims, so the killed agent's tasks are taken over in seconds (default 30 s).
 FAST_TASKS = {"claimIdleSeconds": 2, "leaseRenewSeconds": 0.5}
 pytestmark = pytest.mark.usefixtures("operator")
-
-
-def submit(fleet: str, namespace: str, redis_url: str, *args: str) -> str:
-    result = subprocess.run(
-        [NEWFUSE, "task", "submit", fleet, "-n", namespace, *args],
-        capture_output=True, text=True, timeout=120, check=False,
-        env={**os.environ, "NEWFUSE_REDIS_URL": redis_url, "NO_COLOR": "1"},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def _manifest(name: str, tasks: str) -> str:
