@@ -6,8 +6,8 @@ pure planner decide, apply the difference, then write status (only if it changed
 reacts to status changes, so there is no handler chaining; every decision is re-derived from the
 current level of the world, which makes a restart at any point safe.
 
-Beside it: watch.py (queue keys, stale events), reports.py (the agents' reports in Redis),
-rollouts.py (revision templates and the phased rollout's I/O) and finalizer.py (fleet deletion).
+Beside it: watch.py (queue keys, stale events), reports.py (agents' reports in Redis), rollouts.py
+(revision templates, the phased rollout's I/O) and finalizer.py (fleet deletion).
 """
 
 from __future__ import annotations
