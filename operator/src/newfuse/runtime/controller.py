@@ -94,8 +94,6 @@ class Controller:
             config, kube, redis, self.queue, clock, lambda key: self.pods.get(key, {}).values()
         )
 
-    # -- watch events (called by the kopf handlers) --------------------------------------------
-
     def observe_fleet(self, event_type: str | None, body: Body) -> None:
         """Cache a fleet (parsed, so raw bodies and managedFields are not kept) and queue it."""
         meta = body["metadata"]
