@@ -34,6 +34,7 @@ def pod(
     health: PodHealth = PodHealth.READY,
     terminating: bool = False,
     fleet_name: str = "demo",
+    last_exit: str = "",
 ) -> ObservedPod:
     """An observed pod."""
     return ObservedPod(
@@ -42,6 +43,7 @@ def pod(
         ordinal=ordinal,
         health=health,
         terminating=terminating,
+        last_exit=last_exit,
     )
 
 
@@ -51,6 +53,7 @@ def pod_body(
     ready: bool = True,
     waiting_reason: str | None = None,
     deleting: bool = False,
+    last_terminated: dict[str, Any] | None = None,
     labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A pod as the API server returns it."""
@@ -62,6 +65,8 @@ def pod_body(
         status["containerStatuses"] = [
             {"name": "agent", "state": {"waiting": {"reason": waiting_reason}}}
         ]
+        if last_terminated:
+            status["containerStatuses"][0]["lastState"] = {"terminated": last_terminated}
     meta: dict[str, Any] = {
         "name": name,
         "labels": labels

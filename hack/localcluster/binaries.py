@@ -23,6 +23,8 @@ class Binaries:
     kubectl: Path
     kwok: Path
     helm: Path
+    # The real node's kubelet (same pinned Kubernetes as the control plane).
+    kubelet: Path
 
     @classmethod
     def ensure(cls, link_dir: Path | None = None) -> Binaries:
@@ -44,6 +46,7 @@ class Binaries:
             kubectl=k8s / "kubectl",
             kwok=Path(dirs["KWOK_BIN"]) / "kwok",
             helm=Path(dirs["HELM_BIN"]) / "helm",
+            kubelet=Path(dirs["KUBELET_BIN"]) / "kubelet",
         )
         if link_dir is not None:
             link_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, kwok, helm) from the Go module proxy, because these machines have no Docker engine
-# and no release downloads. Binaries are cached under $NEWFUSE_CACHE/<component>-<version>/bin,
+# kubectl, kwok, helm) and the real node's kubelet from the Go module proxy, because these
+# machines have no Docker engine and no release downloads. Binaries are cached under $NEWFUSE_CACHE/<component>-<version>/bin,
 # stamped with a hash of the wrapper module, so a warm machine skips straight to "cached".
 #
 # Usage: hack/localcluster/build.sh [component ...]   (default: all)
@@ -80,7 +80,7 @@ k8s_ldflags() {
 }
 
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(etcd kubernetes kwok helm)
+[[ ${#components[@]} -gt 0 ]] || components=(etcd kubernetes kubelet kwok helm)
 for c in "${components[@]}"; do
   case $c in
     etcd) build_component etcd "$ETCD_VERSION" "-s -w" go.etcd.io/etcd/server/v3=etcd ;;
@@ -88,9 +88,12 @@ for c in "${components[@]}"; do
       build_component kubernetes "$KUBERNETES_VERSION" "$(k8s_ldflags)" \
         k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
         k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl ;;
+    # The real node's kubelet: same pinned Kubernetes, its own wrapper module and cache dir, so
+    # building it never invalidates the control plane's cached binaries.
+    kubelet) build_component kubelet "$KUBERNETES_VERSION" "$(k8s_ldflags)" k8s.io/kubernetes/cmd/kubelet ;;
     kwok) build_component kwok "$KWOK_VERSION" "-s -w" sigs.k8s.io/kwok/cmd/kwok ;;
     helm) build_component helm "$HELM_VERSION" "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
       helm.sh/helm/v3/cmd/helm ;;
-    *) log "unknown component '$c' (expected etcd, kubernetes, kwok or helm)"; exit 2 ;;
+    *) log "unknown component '$c' (expected etcd, kubernetes, kubelet, kwok or helm)"; exit 2 ;;
   esac
 done

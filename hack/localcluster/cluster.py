@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from localcluster import pki, processes
+from localcluster import pki, processes, realnode
 from localcluster.binaries import REPO_ROOT, Binaries
 from localcluster.netutil import ApiClient, free_port
 from localcluster.waiting import wait_for
@@ -135,20 +135,54 @@ class LocalCluster:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def up(self, binaries: Binaries | None = None, timeout: float = 120.0) -> ClusterInfo:
-        """Start the cluster, or return the healthy one already recorded."""
+    def up(
+        self, binaries: Binaries | None = None, timeout: float = 120.0, real_node: bool = True
+    ) -> ClusterInfo:
+        """Start the cluster, or return the healthy one already recorded; then the real node."""
         current = self.running()
         if current is not None:
             self._log(f"cluster already running at {current.server}")
-            return current
-        self.down(quiet=True)
-        binaries = binaries or Binaries.ensure(link_dir=self.state_dir.parent / "bin")
-        try:
-            return self._start(binaries, timeout)
-        except BaseException:
-            # Never leave half a control plane running: stop whatever this attempt started.
+        else:
             self.down(quiet=True)
-            raise
+            binaries = binaries or Binaries.ensure(link_dir=self.state_dir.parent / "bin")
+            try:
+                current = self._start(binaries, timeout)
+            except BaseException:
+                # Never leave half a control plane running: stop whatever this attempt started.
+                self.down(quiet=True)
+                raise
+        if real_node:
+            self.real_node_up(binaries, timeout)
+        return current
+
+    def real_node(self) -> realnode.RealNode:
+        """The real node beside this cluster (running or not)."""
+        return realnode.RealNode(self.state_dir.parent / "realnode", log=self._log)
+
+    def real_node_up(
+        self, binaries: Binaries | None = None, timeout: float = 120.0
+    ) -> realnode.RealNodeInfo | None:
+        """Start the real node if this machine can run one; None (and why, logged) if not."""
+        node = self.real_node()
+        if (running := node.running()) is not None:
+            return running
+        state = self._load()
+        kubelet = (binaries or Binaries.ensure(link_dir=self.state_dir.parent / "bin")).kubelet
+        reason = realnode.unavailable(kubelet)
+        if reason is None and "node_token" not in state:
+            reason = "this control plane predates the real node: run `make cluster-down` once"
+        if reason is not None:
+            node.record_unavailable(reason)
+            self._log(f"[yellow]no real node[/]: {reason}; every pod stays on kwok")
+            return None
+        from localcluster import images
+
+        info = node.up(
+            self._client(state), state["server"], Path(state["ca_file"]), state["node_token"],
+            kubelet, images.pause_image_ref(), timeout,
+        )  # fmt: skip
+        images.ensure_pause(info.containerd_socket, self._log)
+        return info
 
     def _start(self, binaries: Binaries, timeout: float) -> ClusterInfo:
         started_at = time.monotonic()
@@ -161,11 +195,13 @@ class LocalCluster:
             name: free_port()
             for name in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok")
         }
-        tokens = {user: secrets.token_hex(16) for user in ("admin", "kcm", "scheduler")}
+        tokens = {user: secrets.token_hex(16) for user in ("admin", "kcm", "scheduler", "node")}
+        # The real node's kubelet is system:node:<hostname>, which the Node authorizer knows.
         (self.state_dir / "tokens.csv").write_text(
             f'{tokens["admin"]},newfuse-admin,uid-admin,"system:masters"\n'
             f"{tokens['kcm']},system:kube-controller-manager,uid-kcm\n"
             f"{tokens['scheduler']},system:kube-scheduler,uid-scheduler\n"
+            f'{tokens["node"]},system:node:{realnode.node_name()},uid-node,"system:nodes"\n'
         )
         server = f"https://127.0.0.1:{ports['apiserver']}"
         kubeconfigs = {
@@ -184,6 +220,7 @@ class LocalCluster:
             "server": server,
             "ca_file": str(certs.ca_cert),
             "admin_token": tokens["admin"],
+            "node_token": tokens["node"],
             "ports": ports,
             "nodes": [f"kwok-node-{i}" for i in range(self.node_count)],
             "processes": [],
@@ -230,7 +267,10 @@ class LocalCluster:
             f"--tls-private-key-file={certs.serving_key}",
             f"--client-ca-file={certs.ca_cert}",
             f"--token-auth-file={self.state_dir / 'tokens.csv'}",
-            "--authorization-mode=RBAC",
+            # Node: the real node's kubelet may read only what its own pods use.
+            "--authorization-mode=Node,RBAC",
+            # Logs and exec reach the real node's kubelet through its eth0 address.
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={certs.service_account_pub}",
@@ -315,8 +355,11 @@ class LocalCluster:
         return ClusterInfo(self.state_dir, self.kubeconfig, server, tuple(state["nodes"]), False)
 
     def down(self, quiet: bool = False) -> list[str]:
-        """Stop every recorded process (reverse start order). Returns the names stopped."""
-        stopped = []
+        """Stop the real node, then every recorded process (reverse start order).
+
+        Returns the names stopped.
+        """
+        stopped = self.real_node().down(quiet=quiet)
         for record in reversed(self._records(self._load())):
             if processes.is_running(record):
                 processes.stop(record)

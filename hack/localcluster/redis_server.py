@@ -21,6 +21,7 @@ from typing import Final, Literal
 from localcluster import processes
 from localcluster.binaries import redis_server_binary
 from localcluster.netutil import free_port
+from localcluster.nodeconfig import POD_GATEWAY
 from localcluster.waiting import wait_for
 
 # Redis's own choices: fsync the AOF after every write, once a second, or when the kernel likes.
@@ -104,9 +105,13 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
             str(redis_server_binary()),
-            "--bind", "127.0.0.1",
+            # Loopback, and the real node's pod gateway when its bridge exists ("-": optional),
+            # so agents in real containers reach this Redis; nothing off this host can.
+            "--bind", "127.0.0.1", f"-{POD_GATEWAY}",
             "--port", str(port),
-            "--protected-mode", "yes",
+            # Protected mode refuses every non-loopback client without a password, the pods'
+            # too; the binds above already keep other hosts out.
+            "--protected-mode", "no",
             # The AOF alone is the persistence: no RDB snapshots besides it.
             "--save", "",
             "--appendonly", "yes",
@@ -118,6 +123,11 @@ class RedisServer:
         self._save(port, record)
         wait_for(lambda: _ping(port), timeout, what=f"redis-server on 127.0.0.1:{port}")
         return RedisInfo(url=f"redis://127.0.0.1:{port}/0", port=port, reused=False)
+
+    def pod_url(self) -> str | None:
+        """The URL real-node pods use (through the pod gateway), if Redis runs."""
+        info = self.running()
+        return None if info is None else f"redis://{POD_GATEWAY}:{info.port}/0"
 
     def down(self) -> bool:
         """Stop Redis if it runs; keep the port so a restart reuses it. True if it was stopped."""

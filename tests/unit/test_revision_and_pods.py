@@ -40,6 +40,20 @@ def test_revision_is_short_dns_safe_and_stable() -> None:
     assert rev == "7lr78l27r4"
 
 
+def test_observe_pod_reads_the_last_exit() -> None:
+    oom = {"reason": "OOMKilled", "exitCode": 137}
+    crashed = {"reason": "Error", "exitCode": 3}
+    observed = [
+        observe_pod(pod_body(waiting_reason="CrashLoopBackOff", ready=False, last_terminated=t))
+        for t in (oom, crashed, None)
+    ]
+    assert [(o.last_exit, o.detail, o.oom_killed) for o in observed if o] == [
+        ("OOMKilled", "CrashLoopBackOff, last exit: OOMKilled", True),
+        ("Error (exit code 3)", "CrashLoopBackOff, last exit: Error (exit code 3)", False),
+        ("", "CrashLoopBackOff", False),
+    ]
+
+
 @pytest.mark.parametrize(
     ("body", "health", "terminating"),
     [

@@ -102,6 +102,11 @@ CASES = {
         Phase.DEGRADED,
         {D: ("True", Reason.PODS_CRASH_LOOPING)},
     ),
+    "an OOM-killed crash loop names the memory limit": Case(
+        [pod(0), pod(1), pod(2, health=PodHealth.CRASH_LOOPING, last_exit="OOMKilled")],
+        Phase.DEGRADED,
+        {D: ("True", Reason.PODS_OOM_KILLED)},
+    ),
     "failed is degraded": Case(
         [pod(0), pod(1), pod(2, health=PodHealth.FAILED)],
         Phase.DEGRADED,
@@ -288,3 +293,17 @@ def test_status_during_and_after_a_rollout(
     assert status.current_revision == "old"
     assert status.rollout is not None
     assert status.rollout.phase is phase
+
+
+@pytest.mark.parametrize(
+    ("last_exit", "reason", "advice"),
+    [
+        ("OOMKilled", Reason.PODS_OOM_KILLED, "raise spec.resources.limits.memory"),
+        ("Error (exit code 3)", Reason.PODS_CRASH_LOOPING, "kubectl logs --previous demo-rev1-2"),
+    ],
+)
+def test_degraded_message_says_what_to_do(last_exit: str, reason: Reason, advice: str) -> None:
+    failing = pod(2, health=PodHealth.CRASH_LOOPING, last_exit=last_exit)
+    status = derive(fleet(replicas=3), [pod(0), pod(1), failing], "rev1")
+    degraded = next(c for c in status.conditions if c.type == D)
+    assert (degraded.reason, advice in degraded.message) == (reason, True), degraded.message

@@ -125,6 +125,7 @@ class Reason(StrEnum):
     CONVERGED = "Converged"
     PODS_FAILED = "PodsFailed"
     PODS_CRASH_LOOPING = "PodsCrashLooping"
+    PODS_OOM_KILLED = "PodsOOMKilled"
     PODS_HEALTHY = "PodsHealthy"
     SPEC_PAUSED = "SpecPaused"
     NOT_PAUSED = "NotPaused"

@@ -26,6 +26,18 @@ FAILING_WAIT_REASONS: Final = frozenset(
 )
 
 
+OOM_KILLED: Final = "OOMKilled"
+
+
+def _last_exit(container: Mapping[str, Any]) -> str:
+    """"OOMKilled", "Error (exit code 3)", ...: how the container last ended, or ""."""
+    ended = (container.get("lastState") or {}).get("terminated") or {}
+    if not ended:
+        return ""
+    reason, code = str(ended.get("reason") or "Terminated"), ended.get("exitCode")
+    return reason if reason == OOM_KILLED or code is None else f"{reason} (exit code {code})"
+
+
 class PodHealth(StrEnum):
     """What an observed pod means for the fleet."""
 
@@ -45,6 +57,13 @@ class ObservedPod:
     health: PodHealth
     terminating: bool
     detail: str = ""
+    # How the agent container last ended (e.g. "OOMKilled"), if it has restarted.
+    last_exit: str = ""
+
+    @property
+    def oom_killed(self) -> bool:
+        """Whether the kernel killed the agent for exceeding its memory limit."""
+        return self.last_exit == OOM_KILLED
 
     @property
     def ready(self) -> bool:
@@ -61,14 +80,16 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedPod | None:
         return None
     status = pod.get("status") or {}
     phase = status.get("phase", "Pending")
-    health, detail = PodHealth.STARTING, ""
+    health, detail, last_exit = PodHealth.STARTING, "", ""
     if phase in ("Failed", "Succeeded"):
         health, detail = PodHealth.FAILED, status.get("reason") or phase
     else:
         for container in status.get("containerStatuses") or []:
             reason = ((container.get("state") or {}).get("waiting") or {}).get("reason")
             if reason in FAILING_WAIT_REASONS:
-                health, detail = PodHealth.CRASH_LOOPING, reason
+                last_exit = _last_exit(container)
+                health = PodHealth.CRASH_LOOPING
+                detail = f"{reason}, last exit: {last_exit}" if last_exit else reason
                 break
         else:
             conditions = status.get("conditions") or []
@@ -83,6 +104,7 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedPod | None:
         health=health,
         terminating=meta.get("deletionTimestamp") is not None,
         detail=detail,
+        last_exit=last_exit,
     )
 
 

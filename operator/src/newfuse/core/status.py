@@ -93,6 +93,22 @@ def _sorted_names(pods: Iterable[ObservedPod]) -> str:
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
+def _failing_reason(
+    failing: list[ObservedPod], crash_looping: list[ObservedPod]
+) -> tuple[Reason, str]:
+    """The Degraded reason for failing pods, and what the user can do about it."""
+    if any(p.oom_killed for p in crash_looping):
+        return Reason.PODS_OOM_KILLED, (
+            "; the agent needs more memory than its limit: raise spec.resources.limits.memory"
+        )
+    if crash_looping:
+        first = sorted(p.name for p in crash_looping)[0]
+        return Reason.PODS_CRASH_LOOPING, (
+            f"; the agent keeps exiting: see `kubectl logs --previous {first}`"
+        )
+    return Reason.PODS_FAILED, ""
+
+
 def derive_status(inputs: StatusInputs) -> NewFuseAgentStatus:
     """The whole status subresource for one fleet."""
     fleet, now = inputs.fleet, inputs.now
@@ -181,9 +197,14 @@ def derive_status(inputs: StatusInputs) -> NewFuseAgentStatus:
             )
         )
     if failing:
-        reason = Reason.PODS_CRASH_LOOPING if crash_looping else Reason.PODS_FAILED
+        reason, hint = _failing_reason(failing, crash_looping)
         wanted.append(
-            cond(ConditionType.DEGRADED, TRUE, reason, f"failing pods: {_sorted_names(failing)}")
+            cond(
+                ConditionType.DEGRADED,
+                TRUE,
+                reason,
+                f"failing pods: {_sorted_names(failing)}{hint}",
+            )
         )
     elif rollout is not None and rolled_back:
         wanted.append(cond(ConditionType.DEGRADED, TRUE, held_back_reason, rollout.message))
