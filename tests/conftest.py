@@ -56,7 +56,7 @@ def cluster() -> Iterator[Cluster]:
         yield Cluster(Path(external), None)
         return
     local = LocalCluster(cluster_state_dir())
-    info = local.up()
+    info = local.up(real_node=True)
     yield Cluster(info.kubeconfig, local)
     if not info.reused and not _keep():
         local.down()
@@ -145,8 +145,14 @@ def operator(cluster: Cluster, redis_server: RedisHandle, crd: None) -> Iterator
     """
     if cluster.is_local() and OperatorRunner(REPO / ".local" / "operator").down():
         print("stopped the `make demo` operator so that only the operator under test reconciles")
+    env = {}
+    pod_url = redis_server.server.pod_url() if redis_server.server else None
+    if cluster.local is not None and cluster.local.real_node().running() and pod_url:
+        # Agents in real containers reach Redis through the pod gateway, not the loopback (the
+        # pod runner gives its local agents the loopback URL whatever the pod says).
+        env["NEWFUSE_AGENT_REDIS_URL"] = pod_url
     proc = OperatorProcess(
-        cluster.kubeconfig, redis_server.url, REPO / ".local" / "logs" / "test-operator.log"
+        cluster.kubeconfig, redis_server.url, REPO / ".local" / "logs" / "test-operator.log", **env
     )
     proc.start()
     yield proc

@@ -14,6 +14,7 @@ import redis
 from kubernetes import client as k8s_client
 
 from localcluster import LocalCluster, RedisServer, wait_for
+from localcluster.nodeconfig import NODE_LABEL, NODE_LABEL_VALUE, TAINT_KEY
 from localcluster.podrunner import AgentEntry, PodRunnerProcess
 from newfuse.api.v1alpha1 import GROUP, PLURAL, VERSION
 from newfuse.core import naming
@@ -286,3 +287,15 @@ def signing_secret(api: k8s_client.ApiClient, namespace: str, key: str) -> dict[
         ),
     )
     return {"keySecretRef": {"name": "signing", "key": "key"}}
+
+
+def on_real_node(image: str, **spec: Any) -> dict[str, Any]:
+    """A fleet spec whose pods land on the real node and run ``image`` as it was imported."""
+    return {
+        "image": image,
+        # Never pull: the image is in the node's containerd, and there is no registry.
+        "imagePullPolicy": "Never",
+        "nodeSelector": {NODE_LABEL: NODE_LABEL_VALUE},
+        "tolerations": [{"key": TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+        **spec,
+    }

@@ -13,7 +13,7 @@ from rich.table import Table
 from localcluster.binaries import Binaries
 from localcluster.cluster import LocalCluster
 from localcluster.cluster import default_state_dir as cluster_state_dir
-from localcluster.demo import OperatorRunner, run_demo
+from localcluster.demo import OperatorRunner, RealNodeDemo, run_demo
 from localcluster.podrunner import PodRunnerProcess
 from localcluster.redis_server import RedisServer
 from localcluster.redis_server import default_state_dir as redis_state_dir
@@ -41,6 +41,13 @@ def _summary(cluster: LocalCluster, redis: RedisServer) -> None:
         "[green]running[/]" if redis_info else "[red]stopped[/]",
         f"export NEWFUSE_REDIS_URL={redis_info.url}" if redis_info else "make redis-up",
     )
+    node = cluster.real_node()
+    running = node.running()
+    table.add_row(
+        "real node",
+        f"[green]{running.name} Ready[/]" if running else "[yellow]off[/]",
+        "kubectl get pods -o wide (NODE)" if running else node.unavailable_reason() or "",
+    )
     console.print(table)
     if info:
         kubectl = cluster.state_dir.parent / "bin" / "kubectl"
@@ -48,6 +55,20 @@ def _summary(cluster: LocalCluster, redis: RedisServer) -> None:
             [str(kubectl), "--kubeconfig", str(cluster.kubeconfig), "get", "nodes", "-o", "wide"],
             check=False,
         )
+
+
+def _real_node_demo(cluster: LocalCluster, redis: RedisServer) -> RealNodeDemo | None:
+    """Build and import the images if the real node runs (the first time takes minutes)."""
+    node, pod_url = cluster.real_node().running(), redis.pod_url()
+    if node is None or pod_url is None:
+        reason = cluster.real_node().unavailable_reason() or "it is not running"
+        _log(f"[yellow]no real node[/] ({reason}): every agent runs on kwok")
+        return None
+    from localcluster import images
+
+    _log("building the images from operator/Dockerfile and agent_image/Dockerfile (cached)")
+    built = images.ensure_images(node.containerd_socket, _log)
+    return RealNodeDemo(built.agent, pod_url)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         Binaries.ensure(link_dir=cluster.state_dir.parent / "bin")
     elif args.command == "up":
-        cluster.up()
+        cluster.up(real_node=True)
         redis_info = redis.up()
         _log(f"redis {'already running' if redis_info.reused else 'started'} at {redis_info.url}")
         _summary(cluster, redis)
@@ -75,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         redis_info = redis.up()
         _log(f"redis at {redis_info.url}")
     elif args.command == "demo":
-        up = cluster.up()
+        up = cluster.up(real_node=True)
         redis_info = redis.up()
         kubectl = cluster.state_dir.parent / "bin" / "kubectl"
-        run_demo(kubectl, up.kubeconfig, redis_info.url, operator.state_dir, _log)
+        real = _real_node_demo(cluster, redis)
+        run_demo(kubectl, up.kubeconfig, redis_info.url, operator.state_dir, _log, real)
         _summary(cluster, redis)
         console.print(
             f"[bold]Next:[/] export KUBECONFIG={up.kubeconfig}; kubectl get nfa -A -w   "

@@ -130,15 +130,19 @@ class LocalCluster:
         )
 
     def pids(self) -> list[int]:
-        """PIDs of recorded processes that still run (for leak checks)."""
-        return [r.pid for r in self._records(self._load()) if processes.is_running(r)]
+        """PIDs of recorded processes that still run, the real node's too (for leak checks)."""
+        own = [r.pid for r in self._records(self._load()) if processes.is_running(r)]
+        return own + self.real_node().pids()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def up(
-        self, binaries: Binaries | None = None, timeout: float = 120.0, real_node: bool = True
+        self, binaries: Binaries | None = None, timeout: float = 120.0, real_node: bool = False
     ) -> ClusterInfo:
-        """Start the cluster, or return the healthy one already recorded; then the real node."""
+        """Start the cluster, or return the healthy one already recorded.
+
+        ``real_node``: also start the real node (one per machine: only the main cluster's).
+        """
         current = self.running()
         if current is not None:
             self._log(f"cluster already running at {current.server}")

@@ -13,7 +13,10 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from localcluster import processes
 from localcluster.binaries import REPO_ROOT
@@ -24,6 +27,36 @@ from localcluster.waiting import wait_for
 CRD = REPO_ROOT / "crds" / "newfuse.io_newfuseagents.yaml"
 SAMPLE = REPO_ROOT / "crds" / "samples" / "summarizer.yaml"
 DEMO_NAMESPACE = "newfuse-demo"
+
+
+REAL_SAMPLE = REPO_ROOT / "crds" / "samples" / "summarizer-real-node.yaml"
+REAL_FLEET = "summarizer-real"
+
+
+@dataclass(frozen=True)
+class RealNodeDemo:
+    """What the demo needs of the real node: the agent image it built, the pods' Redis URL."""
+
+    agent_image: str
+    agent_redis_url: str
+
+
+def _real_node_fleet(
+    k: Callable[..., str], real_node: RealNodeDemo, log: Callable[[str], None]
+) -> None:
+    """Apply the real-node sample with the image built here, and wait for it to be Available."""
+    body = yaml.safe_load(REAL_SAMPLE.read_text())
+    body["spec"]["image"] = real_node.agent_image
+    log(f"applying {REAL_SAMPLE.relative_to(REPO_ROOT)} (image {real_node.agent_image})")
+    k("apply", "-n", DEMO_NAMESPACE, "-f", "-", stdin=yaml.safe_dump(body))
+    started = time.monotonic()
+
+    def available() -> bool:
+        got = json.loads(k("get", "nfa", REAL_FLEET, "-n", DEMO_NAMESPACE, "-o", "json"))
+        return (got.get("status") or {}).get("phase") == "Available"
+
+    wait_for(available, 180, what=f"{REAL_FLEET} Available on the real node")
+    log(f"{REAL_FLEET} Available after {time.monotonic() - started:.1f}s: a real container")
 
 
 class OperatorRunner:
@@ -46,8 +79,18 @@ class OperatorRunner:
         record = self._record()
         return record is not None and processes.is_running(record)
 
-    def up(self, kubeconfig: Path, redis_url: str, log: Callable[[str], None]) -> None:
-        """Start the operator unless it runs; wait for its liveness endpoint."""
+    def up(
+        self,
+        kubeconfig: Path,
+        redis_url: str,
+        log: Callable[[str], None],
+        agent_redis_url: str | None = None,
+    ) -> None:
+        """Start the operator unless it runs; wait for its liveness endpoint.
+
+        ``agent_redis_url``: the URL agent pods get, when it differs from the operator's (real
+        containers reach Redis through the real node's pod gateway, not the loopback).
+        """
         if self.running():
             log("operator already running")
             return
@@ -59,6 +102,8 @@ class OperatorRunner:
             "NEWFUSE_HEALTH_ENDPOINT": f"http://127.0.0.1:{health_port}/healthz",
             "NEWFUSE_LOG_FORMAT": os.environ.get("NEWFUSE_LOG_FORMAT", "json"),
         }
+        if agent_redis_url:
+            env["NEWFUSE_AGENT_REDIS_URL"] = agent_redis_url
         record = processes.start(
             "newfuse-operator",
             [sys.executable, "-m", "newfuse"],
@@ -105,9 +150,17 @@ class OperatorRunner:
 
 
 def run_demo(
-    kubectl: Path, kubeconfig: Path, redis_url: str, state_dir: Path, log: Callable[[str], None]
+    kubectl: Path,
+    kubeconfig: Path,
+    redis_url: str,
+    state_dir: Path,
+    log: Callable[[str], None],
+    real_node: RealNodeDemo | None = None,
 ) -> None:
-    """Install the CRD, start the operator, apply the sample fleet and show it Available."""
+    """Install the CRD, start the operator, apply the sample fleet and show it Available.
+
+    With ``real_node``, one more sample fleet runs its agent as a real container there.
+    """
 
     def k(*args: str, stdin: str | None = None) -> str:
         return subprocess.run(
@@ -118,7 +171,9 @@ def run_demo(
     log("installing the NewFuseAgent CRD")
     k("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     k("wait", "--for=condition=Established", "crd/newfuseagents.newfuse.io", "--timeout=60s")
-    OperatorRunner(state_dir).up(kubeconfig, redis_url, log)
+    OperatorRunner(state_dir).up(
+        kubeconfig, redis_url, log, real_node.agent_redis_url if real_node else None
+    )
     k(
         "apply",
         "-f",
@@ -139,6 +194,8 @@ def run_demo(
 
     wait_for(available, 120, what="the sample fleet to be Available")
     log(f"sample fleet Available after {time.monotonic() - started:.1f}s")
+    if real_node is not None:
+        _real_node_fleet(k, real_node, log)
 
     # kwok runs no processes: the pod runner starts each agent pod's container as a local process.
     runner = PodRunnerProcess(state_dir.parent / "podrunner")
@@ -164,7 +221,12 @@ def run_demo(
         return completed() >= before + tasks
 
     wait_for(counted, 120, what=f"{tasks} more tasks counted in status.metrics.tasksCompleted")
+    if real_node is not None:
+        real = ["task", "submit", REAL_FLEET, "-n", DEMO_NAMESPACE, "--count", "5", "--wait"]
+        log(f"the real container's turn: `newfuse {' '.join(real)}`")
+        subprocess.run([newfuse, *real, "--payload", '{"text": "hi"}'], check=True, env=env)
     log("the operator folded the agents' reports into the fleet's status:")
     print(k("get", "nfa", "-n", DEMO_NAMESPACE, "-o", "wide"))
-    print(k("get", "pods", "-n", DEMO_NAMESPACE, "-L", "newfuse.io/revision"))
+    # NODE: kwok-node-* are kwok's (the pod runner runs those agents), the other is the real one.
+    print(k("get", "pods", "-n", DEMO_NAMESPACE, "-o", "wide", "-L", "newfuse.io/revision"))
     subprocess.run([newfuse, "agents", "summarizer", "-n", DEMO_NAMESPACE], check=True, env=env)

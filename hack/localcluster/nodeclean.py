@@ -58,7 +58,7 @@ def cgroup_pids() -> set[int]:
 
 
 def shim_pids(socket: Path) -> set[int]:
-    """containerd shims started by the containerd listening on ``socket``."""
+    """Containerd shims started by the containerd listening on ``socket``."""
     found = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -143,7 +143,7 @@ def remove_network() -> None:
 
 
 def remove_cgroups() -> None:
-    """rmdir the node's cgroups, leaves first (a cgroup dir only goes once it is empty)."""
+    """Rmdir the node's cgroups, leaves first (a cgroup dir only goes once it is empty)."""
     for directory in list(_cgroup_dirs()):
         with contextlib.suppress(FileNotFoundError):
             directory.rmdir()

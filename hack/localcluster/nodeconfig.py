@@ -42,22 +42,22 @@ class NodePaths:
 
     @property
     def containerd_root(self) -> Path:
-        """containerd's persistent data (content store, snapshots)."""
+        """Containerd's persistent data (content store, snapshots)."""
         return self.root / "containerd" / "root"
 
     @property
     def containerd_state(self) -> Path:
-        """containerd's runtime state."""
+        """Containerd's runtime state."""
         return self.root / "containerd" / "state"
 
     @property
     def containerd_socket(self) -> Path:
-        """containerd's gRPC socket (the kubelet's CRI endpoint)."""
+        """Containerd's gRPC socket (the kubelet's CRI endpoint)."""
         return self.root / "containerd" / "containerd.sock"
 
     @property
     def containerd_config(self) -> Path:
-        """containerd's config file."""
+        """Containerd's config file."""
         return self.root / "containerd" / "config.toml"
 
     @property
@@ -92,7 +92,7 @@ class NodePaths:
 
     @property
     def logs(self) -> Path:
-        """containerd's and the kubelet's own logs."""
+        """Containerd's and the kubelet's own logs."""
         return self.root / "logs"
 
 
@@ -120,7 +120,7 @@ CRI: Final = 'plugins."io.containerd.grpc.v1.cri"'
 
 
 def containerd_config(paths: NodePaths, sandbox_image: str) -> str:
-    """containerd 1.6 config (version 2): state under ``paths``, CRI tuned for this machine."""
+    """Containerd 1.6 config (version 2): state under ``paths``, CRI tuned for this machine."""
     return _toml(
         {
             "": {
@@ -217,7 +217,9 @@ def kubelet_kubeconfig(server: str, ca_file: Path, node: str, token: str) -> dic
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
+        "clusters": [
+            {"name": "local", "cluster": {"server": server, "certificate-authority": str(ca_file)}}
+        ],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
         "current-context": "local",

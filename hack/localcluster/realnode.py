@@ -152,7 +152,9 @@ class RealNode:
         self._make_bridge()
         state: dict[str, Any] = {"name": name, "ip": ip, "processes": []}
         try:
-            self._start(state, "containerd", ["containerd", "--config", str(self.paths.containerd_config)])
+            self._start(
+                state, "containerd", ["containerd", "--config", str(self.paths.containerd_config)]
+            )
             wait_for(self._containerd_answers, timeout, what="containerd's socket")
             self._start(state, "kubelet", [
                 str(kubelet),
@@ -213,14 +215,22 @@ class RealNode:
             subprocess.run(argv, check=True, capture_output=True)
 
     def down(self, quiet: bool = False) -> list[str]:
-        """Stop the kubelet, then containerd (by PID), and clean up what they leave behind."""
+        """Stop the kubelet, then containerd (by PID), and clean up what they leave behind.
+
+        Only a node this state dir started is cleaned up: the cleanup is machine-wide (cgroups,
+        fixed paths), and a throwaway cluster in another state dir must never touch the real
+        node of the main one.
+        """
+        records = self._records()
+        if not records:
+            return []
         stopped = []
-        for record in reversed(self._records()):
+        for record in reversed(records):
             if processes.is_running(record):
                 processes.stop(record, grace=20.0)
                 stopped.append(record.name)
-        if stopped or nodeclean.leftovers(self.paths):
-            nodeclean.cleanup(self.paths)
+        nodeclean.cleanup(self.paths)
+        self._state_file.write_text(json.dumps({"processes": []}))
         if stopped and not quiet:
             self._log(f"stopped the real node ({', '.join(stopped)}) and cleaned up after it")
         return stopped
