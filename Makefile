@@ -85,12 +85,19 @@ fmt: deps ## Format and auto-fix with ruff
 ##@ Environment
 
 .PHONY: deps
-deps: $(VENV)/.synced ## Install everything: Debian packages (redis-server) and the Python venv
-	@command -v redis-server >/dev/null || { \
+# redis-server for the tests; containerd, runc, the CNI plugins, buildah and debootstrap for the
+# real node and its images (without them the real node stays off and its tests skip).
+DEBIAN_PACKAGES := redis-server containerd runc containernetworking-plugins buildah debootstrap
+
+deps: $(VENV)/.synced ## Install everything: Debian packages (Redis, the real node's) and the venv
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing redis-server (Debian package)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
-	  else echo "redis-server is missing: run 'sudo apt-get install redis-server' or set NEWFUSE_REDIS_URL" >&2; fi; }
+	    echo "installing Debian packages:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages: sudo apt-get install" $$missing \
+	    "(redis-server, or set NEWFUSE_REDIS_URL; the rest only for the real node)" >&2; fi; \
+	fi
 
 $(UV):
 	python3 -m venv $(UV_HOME)
