@@ -22,7 +22,7 @@
 # environment (never on a command line).
 #
 # Settings (environment): KIND_CLUSTER (newfuse), KIND_KUBECONFIG (.local/kind/kubeconfig),
-# IMAGE_TAG (dev), PYTHON_IMAGE (python:3.11-slim, for both images), RELEASE (newfuse),
+# IMAGE_TAG (dev), BASE_IMAGE (python:3.11-slim, both images' BASE), RELEASE (newfuse),
 # OPERATOR_NAMESPACE (newfuse-system), E2E_NAMESPACE (newfuse-e2e), E2E_TASKS (5),
 # WAIT_TIMEOUT (300s), and the tools: DOCKER, KIND, HELM, KUBECTL (default: .local/bin, then
 # PATH), VENV_BIN (.venv/bin: python and the newfuse CLI).
@@ -34,7 +34,7 @@ cd "$ROOT"
 KIND_CLUSTER=${KIND_CLUSTER:-newfuse}
 KIND_KUBECONFIG=${KIND_KUBECONFIG:-$ROOT/.local/kind/kubeconfig}
 IMAGE_TAG=${IMAGE_TAG:-dev}
-PYTHON_IMAGE=${PYTHON_IMAGE:-python:3.11-slim}
+BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim}
 OPERATOR_REPOSITORY=newfuse/operator
 AGENT_REPOSITORY=newfuse/agent
 RELEASE=${RELEASE:-newfuse}
@@ -142,8 +142,8 @@ ensure_cluster() {
 # must not go on to tag the previous image.
 build_image() {
   local repository=$1 dockerfile=$2 id
-  log "building $repository from $dockerfile (base $PYTHON_IMAGE)"
-  "$DOCKER" build -f "$dockerfile" --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" \
+  log "building $repository from $dockerfile (base $BASE_IMAGE)"
+  "$DOCKER" build -f "$dockerfile" --build-arg "BASE=$BASE_IMAGE" \
     -t "$repository:$IMAGE_TAG" .
   id=$("$DOCKER" image inspect --format '{{.Id}}' "$repository:$IMAGE_TAG")
   id=${id#sha256:}

@@ -1,13 +1,13 @@
 """The kind path (Dockerfiles, hack/kind/kind.sh, make kind-*), checked without Docker.
 
-CI has no Docker engine, so the images are never built and kind never starts here. What can be
-checked on paper is checked: the script parses; run against stand-in docker, kind, helm, kubectl
-and `newfuse` commands that only record their arguments, every image tag it builds is the one it
-loads into kind and the one it deploys (the operator's through the chart, the agent's in the
-sample fleet); the fleet it applies is a valid NewFuseAgent; the condition it waits for is one the
-operator sets; secrets never reach a command line. The real chart, rendered with the script's
-helm arguments, wires what the script reads back. Both Dockerfiles start modules that exist, and
-`make -n` prints the script calls.
+CI has no Docker engine, so kind never starts here (buildah builds the images here instead:
+hack/localcluster/images.py). What can be checked on paper is checked: the script parses; run
+against stand-in docker, kind, helm, kubectl and `newfuse` commands that only record their
+arguments, every image tag it builds is the one it loads into kind and the one it deploys (the
+operator's through the chart, the agent's in the sample fleet); the fleet it applies is a valid
+NewFuseAgent; the condition it waits for is one the operator sets; secrets never reach a command
+line. The real chart, rendered with the script's helm arguments, wires what the script reads back.
+Both Dockerfiles start modules that exist, and `make -n` prints the script calls.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def run_kind_sh(tmp_path: Path, command: str, **env: str) -> Run:
     log, kubeconfig, pidfile = tmp_path / "calls.jsonl", tmp_path / "kubeconfig", tmp_path / "pf"
     # The script's settings come from this test only, never from the developer's shell.
     settings = {
-        *("KIND_CLUSTER", "KIND_KUBECONFIG", "IMAGE_TAG", "PYTHON_IMAGE", "RELEASE", "KUBECONFIG"),
+        *("KIND_CLUSTER", "KIND_KUBECONFIG", "IMAGE_TAG", "BASE_IMAGE", "RELEASE", "KUBECONFIG"),
         *("OPERATOR_NAMESPACE", "E2E_NAMESPACE", "E2E_TASKS", "WAIT_TIMEOUT", "VENV_BIN"),
         *("DOCKER", "KIND", "HELM", "KUBECTL", "NEWFUSE_REDIS_URL", "NEWFUSE_SIGNING_KEY"),
     }
@@ -289,7 +289,7 @@ def test_up_builds_both_images_from_one_base_and_tags_them_by_content(up_run: Ru
     ]
     assert all(b[-1] == "." for b in builds), "the build context is the repository root"
     base = {option(b, "--build-arg") for b in builds}
-    assert base == {f"PYTHON_IMAGE={global_args(DOCKERFILES['operator'])['PYTHON_IMAGE']}"}
+    assert base == {f"BASE={global_args(DOCKERFILES['operator'])['BASE']}"}
     refs = built_refs(up_run)
     assert refs["operator"].startswith("newfuse/operator:dev-")
     assert refs["agent"].startswith("newfuse/agent:dev-")
@@ -585,7 +585,7 @@ def test_the_image_is_non_root_and_installs_the_whole_wheel(which: str) -> None:
 
 def test_both_dockerfiles_share_base_arguments_and_label_keys() -> None:
     operator_args, agent_args = (global_args(p) for p in DOCKERFILES.values())
-    assert set(operator_args) == set(agent_args) == {"PYTHON_IMAGE", "UV_VERSION"}
+    assert set(operator_args) == set(agent_args) == {"BASE", "UV_VERSION"}
     makefile = (ROOT / "Makefile").read_text()
     uv_version = re.search(r"^UV_VERSION := (\S+)$", makefile, re.MULTILINE)
     assert uv_version

@@ -1,0 +1,3 @@
+module newfuse.local/pause
+
+go 1.22
