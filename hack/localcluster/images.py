@@ -5,7 +5,7 @@ registry, and these machines have no registry and no Docker engine. So every ima
 built here and imported into containerd before the kubelet asks for it:
 
 - a Python base image, from Debian packages by debootstrap (the public python:3.11-slim is on a
-  registry); its root file system is cached as a tarball keyed by its inputs (about 2.5 min cold);
+  registry); its root file system is cached as a tarball keyed by its inputs (about 2 min cold);
 - a pause (sandbox) image: containerd's default one is on a registry too. A few lines of Go
   (pause/), its tag a hash of the source, so containerd's `sandbox_image` is known before start;
 - operator/Dockerfile and agent_image/Dockerfile, built by buildah against the local base
@@ -13,7 +13,7 @@ built here and imported into containerd before the kubelet asks for it:
   nothing and a test knows the exact image.
 
 buildah always runs with the vfs driver (no overlay-on-overlay questions) and its own storage
-under the cache (see BuildahStore), so layers survive between runs and the host's
+under the cache (see BuildahStore), so images survive between runs and clusters and the host's
 /var/lib/containers is left alone. Helpers in imagetools.py; tests in tests/unit/test_images.py.
 """
 
@@ -255,7 +255,7 @@ def ensure_project_image(store: BuildahStore, which: str, base_ref: str, log: Lo
     # full-tree diff, so a layered build took 118-158 s against 43 s for one commit per stage.
     # A rebuild still reuses the downloads: RUN --mount=type=cache lives under the store's TMPDIR.
     store.run(
-        "bud", "--isolation", "chroot", "--pull=never", "--layers=false", *volumes,
+        "bud", "--isolation", "chroot", "--pull=never", "--layers=false", "--force-rm", *volumes,
         "--build-arg", f"BASE={base_ref}", "-f", PROJECT_IMAGES[which],
         "-t", buildah_name(ref), ".",
         cwd=REPO_ROOT, log_file=build_log,
@@ -281,6 +281,9 @@ def build_images(log: Log = print) -> ImageSet:
     """Build whatever is missing of base, pause, operator and agent; import nothing."""
     store = BuildahStore(cache_dir().parent / "buildah")
     with _locked():
+        # Working containers left by a killed run (each a full vfs copy); none can be in use
+        # while the lock is held, since only this module uses this store.
+        store.run("rm", "--all", check=False)
         base = ensure_base(store, log)
         return ImageSet(
             operator=ensure_project_image(store, "operator", base, log),
@@ -306,8 +309,10 @@ def import_images(refs: Iterable[str], containerd_socket: Path, log: Log = print
         if not archive.exists():
             partial = archive.with_name(archive.name + ".partial")
             partial.unlink(missing_ok=True)
-            # The archive's name is the normalised one, so containerd records exactly `name`.
-            store.run("push", buildah_name(ref), f"docker-archive:{partial}:{name}")
+            # OCI rather than docker-archive: ctr records exactly the name given here (a docker
+            # archive adds buildah's localhost/ name too), the layers are compressed (113 MB
+            # against 396 MB for the agent) and the import is faster (13 s against 20 s).
+            store.run("push", buildah_name(ref), f"oci-archive:{partial}:{name}")
             partial.rename(archive)
             for old in archives.glob(name.rsplit(":", 1)[0].replace("/", "_") + "_*.tar"):
                 if old != archive:
