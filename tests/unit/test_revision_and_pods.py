@@ -122,6 +122,7 @@ def test_agent_pod_meets_the_restricted_pod_security_standard() -> None:
     pod_sc = manifest["spec"]["securityContext"]
     container_sc = manifest["spec"]["containers"][0]["securityContext"]
     assert pod_sc["runAsNonRoot"] is True
+    assert (pod_sc["runAsUser"], pod_sc["runAsGroup"]) == (65532, 65532), "not group 0"
     assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container_sc == {
         "allowPrivilegeEscalation": False,

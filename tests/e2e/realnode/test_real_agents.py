@@ -7,6 +7,7 @@ agent's probes, and the agents reach Redis from the pod network.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -177,10 +178,21 @@ def test_delete_pod_sigterm_drains_readiness_drops_and_no_task_is_lost(
     wait_for(lambda: redis_client.hexists(keys.result_index, "short"), 40, what="short done")
     short = json.loads(str(redis_client.hget(keys.result_index, "short")))["payload"]
     assert (short["status"], short["agent_id"]) == ("succeeded", name), "finished in the drain"
+    # The replacement pod has the same name (one per ordinal): tell them apart by UID.
+    old_uid = pod.metadata.uid
+
+    def replaced() -> bool:
+        live = fleets.core.list_namespaced_pod(ns, field_selector=f"metadata.name={name}").items
+        return bool(live) and live[0].metadata.uid != old_uid
+
+    wait_for(replaced, 60, what="the drained pod gone and its replacement created")
+    replaced_at = dt.datetime.now(dt.UTC)
     wait_for(lambda: redis_client.hexists(keys.result_index, "long"), 150, what="long done")
     long = json.loads(str(redis_client.hget(keys.result_index, "long")))["payload"]
     assert long["status"] == "succeeded"
-    assert long["agent_id"] != name, "handed back, then finished by the replacement pod"
+    finished = dt.datetime.fromisoformat(long["finished_at"])
+    assert finished > replaced_at, "handed back, then finished by the replacement pod"
+    assert long["attempts"] == 1, "a hand-back is not a failed attempt"
     events = kubectl("get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}")
     assert "Killing" in events, events
 

@@ -214,6 +214,11 @@ RESTRICTED_CONTAINER_SECURITY: Final = {
 }
 
 
+# The agent image's USER, set explicitly: with only the image's "65532:65532", containerd's CRI
+# looks the uid up in the image's /etc/passwd, finds nothing, and runs the agent in group 0
+# (seen on the real node). Images built FROM the agent image inherit this user.
+AGENT_UID: Final = 65532
+AGENT_GID: Final = 65532
 REDIS_CA_DIR: Final = "/etc/newfuse/redis-ca"
 REDIS_CA_FILE: Final = f"{REDIS_CA_DIR}/ca.crt"
 
@@ -254,7 +259,12 @@ def build_pod(
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": defaults.termination_grace_seconds,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": AGENT_UID,
+            "runAsGroup": AGENT_GID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
     }
     if spec.redis and spec.redis.ca_secret_ref:
