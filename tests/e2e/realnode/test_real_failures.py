@@ -41,10 +41,21 @@ def test_an_agent_over_its_memory_limit_is_oom_killed_and_the_fleet_says_so(
     assert status.last_state.terminated.reason == "OOMKilled"
     assert status.last_state.terminated.exit_code == 137
 
-    # Raising the limit, as the message says, heals the fleet.
+    # Raising the limit, as the message says, heals the fleet: the new revision's agent runs
+    # (its phased rollout then waits for canary tasks, as any rollout does).
     roomy = {"requests": {"memory": "128Mi"}, "limits": {"memory": "256Mi"}}
     fleets.patch_spec("hungry", resources=roomy)
-    fleets.wait_available("hungry", 1, timeout=180)
+
+    def healed() -> bool:
+        conditions = {c["type"]: c for c in fleets.get("hungry")["status"]["conditions"]}
+        pods = [p for p in fleets.pods("hungry") if p.metadata.deletion_timestamp is None]
+        return (
+            conditions["Degraded"]["status"] == "False"
+            and conditions["Available"]["status"] == "True"
+            and [s.ready for p in pods for s in p.status.container_statuses or []] == [True]
+        )
+
+    wait_for(healed, 180, what="Degraded=False and the roomier agent Ready")
 
 
 def test_a_crash_looping_agent_is_degraded_with_its_exit_and_where_to_look(
