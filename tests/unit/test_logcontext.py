@@ -101,3 +101,13 @@ def test_json_logs_survive_kopfs_extras(capsys: pytest.CaptureFixture[str]) -> N
     assert "Logging error" not in err
     [line] = [json.loads(raw) for raw in out.splitlines() if "Handler succeeded" in raw]
     assert line["message"] == "Handler succeeded"
+
+
+def test_probe_requests_are_not_logged_unless_debugging() -> None:
+    access = logging.getLogger("aiohttp.access")
+    configure_logging(LogFormat.JSON, "INFO")
+    assert not access.isEnabledFor(logging.INFO), "a line per kubelet probe is noise"
+    assert access.isEnabledFor(logging.WARNING)
+    configure_logging(LogFormat.JSON, "DEBUG")
+    assert access.isEnabledFor(logging.INFO)
+    configure_logging(LogFormat.JSON, "INFO")

@@ -77,3 +77,7 @@ def configure_logging(fmt: LogFormat, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # kopf's health endpoint logs every request: a line per kubelet probe, forever. Its failures
+    # still show (WARNING and up); DEBUG keeps them all.
+    quiet = level.upper() != "DEBUG"
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING if quiet else logging.NOTSET)

@@ -26,8 +26,6 @@ from localcluster.nodeconfig import NODE_LABEL, NODE_LABEL_VALUE, TAINT_KEY
 from localcluster.realnode import RealNodeInfo
 
 CHART = REPO_ROOT / "charts" / "newfuse-operator"
-RELEASE = "real"
-DEPLOYMENT = f"{RELEASE}-newfuse-operator"
 
 
 @pytest.fixture
@@ -38,14 +36,22 @@ def only_the_chart_operator(operator: OperatorProcess) -> Iterator[None]:
     operator.start()
 
 
-def _helm(kubeconfig: str, *args: str) -> str:
+def _helm(kubeconfig: str, *args: str, check: bool = True) -> str:
     binary = Binaries.ensure().helm
     result = subprocess.run(
         [str(binary), *args, "--kubeconfig", kubeconfig],
         capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    if check:
+        assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def _ready_pod(kubectl: Kubectl, ns: str, release: str) -> dict[str, Any] | None:
+    """The one operator pod, once its container is Ready (None before, or while two exist)."""
+    pods = _operator_pods(kubectl, ns, release)
+    statuses = [s for p in pods for s in p["status"].get("containerStatuses") or []]
+    return pods[0] if len(pods) == 1 and [s["ready"] for s in statuses] == [True] else None
 
 
 def _server(cluster: Cluster) -> str:
@@ -53,8 +59,8 @@ def _server(cluster: Cluster) -> str:
     return str(config["clusters"][0]["cluster"]["server"])
 
 
-def _operator_pods(kubectl: Kubectl, ns: str) -> list[dict[str, Any]]:
-    selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=newfuse-operator"
+def _operator_pods(kubectl: Kubectl, ns: str, release: str) -> list[dict[str, Any]]:
+    selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/name=newfuse-operator"
     pods = json.loads(kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json"))["items"]
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
@@ -71,6 +77,25 @@ def test_helm_installs_upgrades_and_uninstalls_the_operator_as_a_real_pod(
 ) -> None:
     system = f"{namespace}-sys"
     kubectl("create", "namespace", system)
+    # Cluster-scoped objects (ClusterRoles) carry the release name: one per run, removed after.
+    release = f"real-{namespace[-6:]}"
+    try:
+        _install_upgrade_uninstall(real_images, real_node, cluster, namespace, system, release,
+                                   fleets, redis_server, kubectl)  # fmt: skip
+    finally:
+        # Shown only if the test failed: what the operator pods said.
+        for pod in _operator_pods(kubectl, system, release):
+            logs = kubectl.run("logs", "-n", system, pod["metadata"]["name"], "--tail=40")
+            print(f"--- {pod['metadata']['name']} ---\n{logs.stdout}{logs.stderr}")
+        kubeconfig = str(cluster.kubeconfig)
+        _helm(kubeconfig, "uninstall", release, "-n", system, "--ignore-not-found", check=False)
+        kubectl("delete", "namespace", system, "--wait=false")
+
+
+def _install_upgrade_uninstall(
+    real_images: images.ImageSet, real_node: RealNodeInfo, cluster: Cluster, namespace: str,
+    system: str, release: str, fleets: Fleets, redis_server: RedisHandle, kubectl: Kubectl,
+) -> None:  # fmt: skip
     repository, tag = real_images.operator.rsplit(":", 1)
     api_port = str(urlparse(_server(cluster)).port)
     escaped_label = NODE_LABEL.replace(".", "\\.")  # helm --set splits keys on dots
@@ -80,48 +105,40 @@ def test_helm_installs_upgrades_and_uninstalls_the_operator_as_a_real_pod(
         "replicaCount=1", "podDisruptionBudget.enabled=false", "hostNetwork=true",
         f"metrics.port={free_port()}", f"operator.healthPort={free_port()}",
         "extraEnv[0].name=KUBERNETES_SERVICE_HOST", "extraEnv[0].value=127.0.0.1",
-        "extraEnv[1].name=KUBERNETES_SERVICE_PORT", f"extraEnv[1].value={api_port}",
+        "extraEnv[1].name=KUBERNETES_SERVICE_PORT",
         f"redis.url={redis_server.url}", f"watchNamespaces={{{namespace}}}", "crds.install=false",
         f"nodeSelector.{escaped_label}={NODE_LABEL_VALUE}",
         f"tolerations[0].key={TAINT_KEY}", "tolerations[0].operator=Exists",
     ]  # fmt: skip
     kubeconfig = str(cluster.kubeconfig)
     sets = [arg for value in values for arg in ("--set", value)]
-    _helm(
-        kubeconfig,
-        "install",
-        RELEASE,
-        str(CHART),
-        "-n",
-        system,
-        *sets,
-        "--wait",
-        "--timeout",
-        "180s",
-    )
+    sets += ["--set-string", f"extraEnv[1].value={api_port}"]  # an env value is a string
+    install = ("install", release, str(CHART), "-n", system, *sets, "--wait", "--timeout", "180s")
+    _helm(kubeconfig, *install)
 
-    (pod,) = _operator_pods(kubectl, system)
+    # With maxUnavailable 1 (hostNetwork), helm's --wait accepts zero ready pods: wait here.
+    pod = wait_for(lambda: _ready_pod(kubectl, system, release), 120, what="operator pod Ready")
     assert pod["spec"]["nodeName"] == real_node.name
     (status,) = pod["status"]["containerStatuses"]
     assert status["containerID"].startswith("containerd://")
     assert status["image"].endswith(tag)
 
     def leading() -> bool:
-        lease = json.loads(kubectl("get", "lease", DEPLOYMENT, "-n", system, "-o", "json"))
-        return pod["metadata"]["name"] in (lease["spec"].get("holderIdentity") or "")
+        got = kubectl.run("get", "lease", f"{release}-newfuse-operator", "-n", system, "-o", "json")
+        holder = json.loads(got.stdout)["spec"].get("holderIdentity") if got.returncode == 0 else ""
+        return pod["metadata"]["name"] in (holder or "")
 
     wait_for(leading, 60, what="the operator pod holding its Lease")
     fleets.create("charted", replicas=2)
     fleets.wait_available("charted", 2, timeout=120)
 
     # An upgrade that changes the pod template rolls the operator pod.
-    _helm(kubeconfig, "upgrade", RELEASE, str(CHART), "-n", system, *sets,
+    _helm(kubeconfig, "upgrade", release, str(CHART), "-n", system, *sets,
           "--set", "operator.logLevel=DEBUG", "--wait", "--timeout", "180s")  # fmt: skip
 
     def rolled() -> dict[str, Any] | None:
-        pods = _operator_pods(kubectl, system)
-        fresh = [p for p in pods if p["metadata"]["name"] != pod["metadata"]["name"]]
-        return fresh[0] if len(pods) == 1 and fresh else None
+        fresh = _ready_pod(kubectl, system, release)
+        return fresh if fresh and fresh["metadata"]["name"] != pod["metadata"]["name"] else None
 
     new_pod = wait_for(rolled, 120, what="the upgraded operator pod alone")
     fleets.patch_spec("charted", replicas=3)
@@ -131,6 +148,6 @@ def test_helm_installs_upgrades_and_uninstalls_the_operator_as_a_real_pod(
     assert "Forbidden" not in logs, "the chart's RBAC covers it all"
     assert " 403" not in logs
 
-    _helm(kubeconfig, "uninstall", RELEASE, "-n", system, "--wait", "--timeout", "120s")
-    wait_for(lambda: not _operator_pods(kubectl, system), 60, what="the operator pod gone")
+    _helm(kubeconfig, "uninstall", release, "-n", system, "--wait", "--timeout", "120s")
+    wait_for(lambda: not _operator_pods(kubectl, system, release), 60, what="the operator pod gone")
     assert kubectl("get", "deployment", "-n", system, "-o", "name").strip() == ""
