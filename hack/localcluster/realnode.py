@@ -13,6 +13,7 @@ starts without it: the tests that need it skip with that reason.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -165,7 +166,9 @@ class RealNode:
                 f"--node-labels={NODE_LABEL}={NODE_LABEL_VALUE}",
                 "--v=1",
             ])  # fmt: skip
-            wait_for(lambda: self._ready(api, name), timeout, what=f"real node {name} Ready")
+            # A Node object from an earlier start may still say Ready: wait for a fresh heartbeat.
+            since = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=1)
+            wait_for(lambda: self._ready(api, name, since), timeout, what=f"{name} Ready")
         except BaseException:
             self.down(quiet=True)
             raise
@@ -193,13 +196,18 @@ class RealNode:
         )  # fmt: skip
         return result.returncode == 0
 
-    def _ready(self, api: ApiClient, name: str) -> bool:
+    def _ready(self, api: ApiClient, name: str, since: dt.datetime) -> bool:
         self._check_alive()
         if not api.ok(f"/api/v1/nodes/{name}"):
             return False
         node = api.request("GET", f"/api/v1/nodes/{name}")
         conditions = (node.get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+        return any(
+            c["type"] == "Ready"
+            and c["status"] == "True"
+            and dt.datetime.fromisoformat(c["lastHeartbeatTime"]) >= since
+            for c in conditions
+        )
 
     def _make_bridge(self) -> None:
         # Made before the first pod (CNI would make it then) so that Redis can bind the pod

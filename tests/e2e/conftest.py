@@ -9,11 +9,14 @@ purpose says so with `@pytest.mark.duplicates_expected`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
+from kubernetes import client as k8s_client
 
-from harness import RedisHandle
+import agedbacklog
+from harness import Cluster, OperatorProcess, RedisHandle
 from newfuse.wire.keys import KEY_ROOT
 from newfuse.wire.scripts import COUNTER_DUPLICATES
 
@@ -36,3 +39,22 @@ def no_unplanned_duplicates(
         client.close()
     duplicated = {key: n for key, n in found.items() if n}
     assert not duplicated, f"duplicate task executions: {duplicated}"
+
+
+@pytest.fixture(scope="session")
+def aged_backlog(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    k8s_api: k8s_client.ApiClient,
+    redis_server: RedisHandle,
+) -> Iterator[agedbacklog.AgedBacklog]:
+    """A backlog queued once a session and aged while the suite runs (see tests/agedbacklog.py)."""
+    state_root = Path(__file__).resolve().parents[2] / ".local" / "test-podrunner"
+    yield from agedbacklog.queue_backlog(cluster, k8s_api, redis_server, state_root)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_aging_the_backlog(request: pytest.FixtureRequest) -> None:
+    """At the first e2e test, if the backlog test is in this session: its ten minutes start now."""
+    if any(item.nodeid.endswith(agedbacklog.TEST_ID) for item in request.session.items):
+        request.getfixturevalue("aged_backlog")
