@@ -206,8 +206,8 @@ def run_demo(
         what="3 agent processes",
     )
 
-    def completed() -> int:
-        body = json.loads(k("get", "nfa", "summarizer", "-n", DEMO_NAMESPACE, "-o", "json"))
+    def completed(fleet: str = "summarizer") -> int:
+        body = json.loads(k("get", "nfa", fleet, "-n", DEMO_NAMESPACE, "-o", "json"))
         return int(((body.get("status") or {}).get("metrics") or {}).get("tasksCompleted") or 0)
 
     tasks, before = 500, completed()
@@ -224,7 +224,9 @@ def run_demo(
     if real_node is not None:
         real = ["task", "submit", REAL_FLEET, "-n", DEMO_NAMESPACE, "--count", "5", "--wait"]
         log(f"the real container's turn: `newfuse {' '.join(real)}`")
+        real_before = completed(REAL_FLEET)
         subprocess.run([newfuse, *real, "--payload", '{"text": "hi"}'], check=True, env=env)
+        wait_for(lambda: completed(REAL_FLEET) >= real_before + 5, 60, what="5 counted")
     log("the operator folded the agents' reports into the fleet's status:")
     print(k("get", "nfa", "-n", DEMO_NAMESPACE, "-o", "wide"))
     # NODE: kwok-node-* are kwok's (the pod runner runs those agents), the other is the real one.
