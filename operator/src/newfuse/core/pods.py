@@ -30,7 +30,7 @@ OOM_KILLED: Final = "OOMKilled"
 
 
 def _last_exit(container: Mapping[str, Any]) -> str:
-    """"OOMKilled", "Error (exit code 3)", ...: how the container last ended, or ""."""
+    """How the container last ended ("OOMKilled", "Error (exit code 3)", ...), or "" if never."""
     ended = (container.get("lastState") or {}).get("terminated") or {}
     if not ended:
         return ""
