@@ -63,8 +63,12 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisHandle]:
-    """One Redis for the whole session."""
+def redis_server(cluster: Cluster) -> Iterator[RedisHandle]:
+    """One Redis for the whole session, started after the cluster.
+
+    The cluster comes first because of the real node: Redis binds the node's pod gateway only if
+    the node's bridge exists when Redis starts, and agents in real containers reach it there.
+    """
     external = os.environ.get("NEWFUSE_REDIS_URL")
     if external:
         yield RedisHandle(external, None)

@@ -17,6 +17,7 @@ from kubernetes import client as k8s_client
 from harness import Cluster
 from localcluster import wait_for
 from localcluster.cluster import KWOK_NODE_ANNOTATION
+from localcluster.nodeconfig import NODE_LABEL, NODE_LABEL_VALUE, TAINT_KEY
 
 KUBECTL = Path(__file__).resolve().parents[2] / ".local" / "bin" / "kubectl"
 
@@ -48,7 +49,13 @@ def test_nodes_are_listed_ready(cluster: Cluster) -> None:
     ]
     assert len(ready) >= 2, nodes
     if cluster.is_local():
-        assert all(n["metadata"]["annotations"].get(KWOK_NODE_ANNOTATION) == "fake" for n in nodes)
+        # kwok's fake nodes, and at most one real node, tainted so only pods that ask land there.
+        real = [n for n in nodes if n["metadata"]["labels"].get(NODE_LABEL) == NODE_LABEL_VALUE]
+        fake = [n for n in nodes if n not in real]
+        assert len(real) <= 1, real
+        assert all(n["metadata"]["annotations"].get(KWOK_NODE_ANNOTATION) == "fake" for n in fake)
+        for node in real:
+            assert {t["key"] for t in node["spec"].get("taints", [])} >= {TAINT_KEY}
 
 
 def test_deployment_pods_become_ready_on_nodes_then_are_garbage_collected(
