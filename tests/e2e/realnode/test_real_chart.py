@@ -9,9 +9,11 @@ install it: its RBAC, its ServiceAccount token, its Lease, its probes.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -36,8 +38,14 @@ def only_the_chart_operator(operator: OperatorProcess) -> Iterator[None]:
     operator.start()
 
 
+@functools.cache
+def _helm_binary() -> Path:
+    # build.sh once per session, not once per helm call (each call re-checks every component).
+    return Binaries.ensure().helm
+
+
 def _helm(kubeconfig: str, *args: str, check: bool = True) -> str:
-    binary = Binaries.ensure().helm
+    binary = _helm_binary()
     result = subprocess.run(
         [str(binary), *args, "--kubeconfig", kubeconfig],
         capture_output=True, text=True, timeout=240, check=False,
