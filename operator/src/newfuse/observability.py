@@ -24,7 +24,9 @@ RECONCILE_SECONDS = Histogram(
 FLEETS = Gauge("newfuse_fleets", "NewFuseAgent resources, by phase.", ["phase"])
 PODS_MANAGED = Gauge("newfuse_pods_managed", "Agent pods the operator owns.")
 POD_ACTIONS = Counter("newfuse_pod_actions_total", "Pods created or deleted.", ["action", "reason"])
-REDIS_UP = Gauge("newfuse_redis_up", "1 if the last Redis round trip succeeded.")
+REDIS_UP = Gauge(
+    "newfuse_redis_up", "1 while the Redis circuit is closed: the last call reached Redis."
+)
 REDIS_MALFORMED_RECORDS = Counter(
     "newfuse_redis_malformed_records",
     "Agent-written Redis records skipped as malformed, by hash.",

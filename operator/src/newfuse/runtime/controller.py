@@ -93,6 +93,9 @@ class Controller:
         self.finalizer = Finalizer(
             config, kube, redis, self.queue, clock, lambda key: self.pods.get(key, {}).values()
         )
+        # Read at scrape time from the one breaker every Redis call passes: a reply that is an
+        # error (one fleet's malformed key) or a reconcile racing a scrape cannot flip it.
+        obs.REDIS_UP.set_function(lambda: float(self.redis.breaker.closed))
 
     def observe_fleet(self, event_type: str | None, body: Body) -> None:
         """Cache a fleet (parsed, so raw bodies and managedFields are not kept) and queue it."""
@@ -336,7 +339,6 @@ class Controller:
     ) -> tuple[RedisObservation, FleetMetrics | None]:
         """Fold agent reports into metrics and mirror the fleet state; Redis errors are returned."""
         if isinstance(reports, RedisObservation):
-            obs.REDIS_UP.set(0)
             return reports, None
         keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
         live = {p.name for p in observed if not p.terminating}
@@ -355,9 +357,7 @@ class Controller:
             )
             await self.redis.put_fleet_state(keys, update)
         except (RedisError, OSError) as exc:
-            obs.REDIS_UP.set(0)
             return RedisObservation(reachable=False, error=f"{type(exc).__name__}: {exc}"), None
-        obs.REDIS_UP.set(1)
         return RedisObservation(reachable=True), metrics
 
     async def _write_status(
