@@ -21,6 +21,21 @@ from localcluster.realnode import RealNodeInfo
 
 REQUIRE_VAR = "NEWFUSE_REQUIRE_REAL_NODE"
 
+# Seconds the tests in this directory took (setup, call and teardown): what the real node adds to
+# a run, printed at the end so CI logs carry the figure the README quotes.
+_spent: list[float] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Only this directory's reports reach a conftest's hook: sum their durations."""
+    _spent.append(report.duration)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line with the real node's share of the run."""
+    if _spent:
+        terminalreporter.write_line(f"real-node tests took {sum(_spent):.1f}s in all")
+
 
 def _no_real_node(reason: str) -> None:
     if os.environ.get(REQUIRE_VAR, "") in ("1", "true"):
