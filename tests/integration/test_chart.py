@@ -377,21 +377,28 @@ def test_internal_redis_is_restricted_and_uses_one_generated_password(
     [container] = pod["containers"]
     assert container["image"] == "redis:7.4-alpine"
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == 999
+    assert pod["securityContext"]["runAsUser"] == 10999
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
     assert {"name": "data", "emptyDir": {}} in pod["volumes"]
-    # The password reaches redis-server through the environment, from the Secret.
-    assert container["args"][:2] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    # The password reaches redis-server as a config file mounted from the Secret, and the
+    # probe's redis-cli through REDISCLI_AUTH: never in any process's arguments (`ps` shows those).
+    assert container["args"][0] == "/etc/redis/auth/auth.conf"
     assert password not in json.dumps(redis)
-    [password_env] = [e for e in container["env"] if e["name"] == "REDIS_PASSWORD"]
-    assert password_env["valueFrom"]["secretKeyRef"] == {
-        "name": "nf-newfuse-operator-redis",
-        "key": "password",
-    }
+    assert "requirepass" not in json.dumps(container["args"])
+    assert "env" not in container, "no secret as an environment variable either"
+    auth_conf = base64.b64decode(secrets["nf-newfuse-operator-redis"]["data"]["auth.conf"])
+    assert auth_conf.decode() == f'requirepass "{password}"\n'
+    [auth] = [v for v in pod["volumes"] if v["name"] == "auth"]
+    assert auth["secret"] == {"secretName": "nf-newfuse-operator-redis", "defaultMode": 0o440}
+    assert {"name": "auth", "mountPath": "/etc/redis/auth", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    probe = container["readinessProbe"]["exec"]["command"]
+    assert probe[-1].startswith('REDISCLI_AUTH="$(cat /etc/redis/auth/password)" redis-cli ping')
 
 
 def _redis_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -403,7 +410,7 @@ def _redis_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _redis_flags(pod: dict[str, Any]) -> dict[str, str]:
-    args = pod["containers"][0]["args"]
+    args = pod["containers"][0]["args"][1:]  # after the config file
     return {args[i]: args[i + 1] for i in range(0, len(args) - 1, 2) if args[i].startswith("--")}
 
 
@@ -437,6 +444,15 @@ def test_trial_redis_keeps_an_append_only_file_by_default(
     assert args["--save"] == "", "the AOF is the persistence; no RDB snapshots besides it"
     [data] = [v for v in pod["volumes"] if v["name"] == "data"]
     assert data == {"name": "data", **volume}
+
+
+@pytest.mark.parametrize(("replicas", "pdb"), [(1, False), (2, True), (3, True)])
+def test_the_pdb_exists_only_with_more_than_one_replica(
+    binaries: Binaries, replicas: int, pdb: bool
+) -> None:
+    """At one replica, minAvailable 1 would forbid every eviction: no node drain could finish."""
+    docs = render(binaries, "--set", f"replicaCount={replicas}")
+    assert bool([d for d in docs if d["kind"] == "PodDisruptionBudget"]) is pdb
 
 
 def test_network_policies_open_only_what_the_operator_needs(binaries: Binaries) -> None:
