@@ -29,10 +29,12 @@ from localcluster.podrunner import PodRunnerProcess
 from newfuse.adapters.taskclient import StreamEntries
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.keys import FleetKeys
+from newfuse.wire.signing import Channel, Signer
 from newfuse.wire.taskpolicy import TaskPolicy
 from newfuse.wire.tasks import CONSUMER_GROUP, PRIORITY_ORDER, Priority
 
 KEY = b"hostile-input-test-key-of-32-bytes-or-more"
+SIGNER = Signer(KEY)
 CLAIM_BOUND = TaskPolicy().claim_bound_seconds
 
 
@@ -40,14 +42,16 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _task(task_id: str, handler: str = "echo", **kwargs: Any) -> bytes:
+def _task(keys: FleetKeys, task_id: str, handler: str = "echo", **kwargs: Any) -> bytes:
     payload: dict[str, Any] = {
         "task_id": task_id,
         "handler": handler,
         "input": kwargs.pop("input", 1),
     }
+    now = kwargs.pop("now", _now())
+    to = keys.audience(Channel.TASKS)
     return encode(
-        MessageType.TASK, payload, "tester", now=kwargs.pop("now", _now()), key=KEY, **kwargs
+        MessageType.TASK, payload, "tester", now=now, audience=to, signer=SIGNER, **kwargs
     )
 
 
@@ -57,32 +61,55 @@ def _tampered(raw: bytes, **metadata: Any) -> bytes:
     return orjson.dumps(data)
 
 
-def hostile_table() -> dict[str, tuple[str, str | None, bytes]]:
-    """name -> (expected reason, task id field, envelope bytes)."""
+def hostile_table(keys: FleetKeys) -> dict[str, tuple[str, str | None, bytes]]:
+    """name -> (expected reason, task id field, envelope bytes), for the fleet at ``keys``."""
+    other_fleet = FleetKeys(keys.namespace, "another-fleet")
+    other_key = Signer(b"another-fleet-key-of-32-bytes-or-more")
+    to = keys.audience(Channel.TASKS)
     return {
         "non-JSON": ("malformed_json", None, b"{not json"),
         "not UTF-8": ("malformed_json", None, b"\xff\xfe\x00garbage"),
         "non-ASCII signature": (
             "invalid_envelope",
             "sig",
-            _tampered(_task("sig"), signature="é" * 64),
+            _tampered(_task(keys, "sig"), signature="é" * 64),
         ),
         "5,000-digit version": (
             "invalid_envelope",
             "ver",
-            _tampered(_task("ver"), protocol_version="1" * 5000 + ".0"),
+            _tampered(_task(keys, "ver"), protocol_version="1" * 5000 + ".0"),
         ),
-        "2 MiB payload": ("oversize", "big", _task("big", input="x" * (2 * 1024 * 1024))),
+        "2 MiB payload": ("oversize", "big", _task(keys, "big", input="x" * (2 * 1024 * 1024))),
         "wrong types": (
             "invalid_payload",
             None,
-            encode(MessageType.TASK, {"task_id": 5, "handler": ["x"]}, "t", now=_now(), key=KEY),
+            encode(
+                MessageType.TASK,
+                {"task_id": 5, "handler": ["x"]},
+                "t",
+                now=_now(),
+                audience=to,
+                signer=SIGNER,
+            ),
         ),
-        "unknown handler": ("unknown_handler", "nohandler", _task("nohandler", handler="nope")),
+        # Signed with the shared key, but for another fleet: no result, it is not ours to answer.
+        "another fleet's task": ("wrong_audience", None, _task(other_fleet, "elsewhere")),
+        "unknown key id": (
+            "unknown_key",
+            None,
+            encode(
+                MessageType.TASK, {"task_id": "k"}, "t", now=_now(), audience=to, signer=other_key
+            ),
+        ),
+        "unknown handler": (
+            "unknown_handler",
+            "nohandler",
+            _task(keys, "nohandler", handler="nope"),
+        ),
         "future timestamp": (
             "future_timestamp",
             "future",
-            _task("future", now=_now() + dt.timedelta(hours=1)),
+            _task(keys, "future", now=_now() + dt.timedelta(hours=1)),
         ),
     }
 
@@ -133,8 +160,8 @@ def test_each_hostile_input_is_dead_lettered_once_with_its_reason(
 ) -> None:
     keys, client, agent = fleet
     stream = keys.tasks(Priority.NORMAL)
-    table = hostile_table()
-    original = _task("replayed-task")
+    table = hostile_table(keys)
+    original = _task(keys, "replayed-task")
     started = time.monotonic()
     for _, task_id, raw in table.values():
         fields: dict[Any, Any] = {"envelope": raw}
@@ -159,7 +186,7 @@ def test_each_hostile_input_is_dead_lettered_once_with_its_reason(
     pending = sum(client.xpending(keys.tasks(p), CONSUMER_GROUP)["pending"] for p in PRIORITY_ORDER)
     assert pending == 0
     assert agent.alive
-    _submit(client, keys, "after", _task("after", input="still working"))
+    _submit(client, keys, "after", _task(keys, "after", input="still working"))
     wait_for(lambda: client.hexists(keys.result_index, "after"), 10, what="a task after them")
 
 
@@ -170,9 +197,12 @@ def test_the_same_bytes_on_the_coordination_channel_leave_the_listener_working(
     raw_client = redis.Redis.from_url(redis_server.url)  # the hostile bytes are not UTF-8
     listener = raw_client.pubsub()  # type: ignore[no-untyped-call]
     listener.subscribe(keys.coordination_channel)
-    for _, _, raw in hostile_table().values():
+    for _, _, raw in hostile_table(keys).values():
         client.publish(keys.coordination_channel, raw)
-    ping = encode(MessageType.PING, {"target": "*"}, "tester", now=_now(), key=KEY)
+    to = keys.audience(Channel.COORDINATION)
+    ping = encode(
+        MessageType.PING, {"target": "*"}, "tester", now=_now(), audience=to, signer=SIGNER
+    )
     client.publish(keys.coordination_channel, ping)
     deadline = time.monotonic() + 10
     pong = None

@@ -26,6 +26,7 @@ from newfuse.adapters.taskclient import StreamEntries, TaskClient, TaskSpec
 from newfuse.cli import app as cli_app
 from newfuse.logcontext import ContextFilter
 from newfuse.wire.envelope import MessageType, encode
+from newfuse.wire.signing import Channel, Signer
 from newfuse.wire.state import AgentState, AgentStatus, StateUpdate
 from newfuse.wire.taskpolicy import TaskPolicy
 from newfuse.wire.tasks import CONSUMER_GROUP, Priority, ResultStatus
@@ -194,18 +195,21 @@ def test_malformed_messages_are_dead_lettered_counted_and_survived(fleet_url: st
         stream = fleet.client.keys.tasks(Priority.NORMAL)
         await fleet.client.submit(TaskSpec("echo", "before"))
         now = utc_now()
+        to = fleet.client.keys.audience(Channel.TASKS)
+        signer = Signer(KEY.encode())
         bad = {
             "malformed_json": b"{nope",
             "invalid_envelope": orjson.dumps({"type": "task", "payload": {}}),
             "invalid_payload": encode(
-                MessageType.TASK, {"handler": "echo"}, "x", now=now, key=KEY.encode()
+                MessageType.TASK, {"handler": "echo"}, "x", now=now, audience=to, signer=signer
             ),
             "unsupported_version": encode(
                 MessageType.TASK,
                 {"task_id": "v2", "handler": "echo"},
                 "x",
                 now=now,
-                key=KEY.encode(),
+                audience=to,
+                signer=signer,
                 protocol_version="2.0",
             ),
             "bad_signature": encode(
@@ -213,7 +217,8 @@ def test_malformed_messages_are_dead_lettered_counted_and_survived(fleet_url: st
                 {"task_id": "forged", "handler": "echo"},
                 "x",
                 now=now,
-                key=b"wrong",
+                audience=to,
+                signer=Signer(b"wrong", kid=signer.kid),
             ),
             "unsigned": encode(
                 MessageType.TASK, {"task_id": "plain", "handler": "echo"}, "x", now=now

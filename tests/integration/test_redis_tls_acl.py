@@ -35,6 +35,7 @@ from newfuse.adapters.redis_store import RedisStore
 from newfuse.adapters.taskclient import TaskClient, TaskSpec
 from newfuse.wire.envelope import MessageType, decode
 from newfuse.wire.keys import FleetKeys
+from newfuse.wire.signing import Channel, Signing
 from newfuse_agent.config import AgentConfig
 from newfuse_agent.handlers import TaskContext
 from newfuse_agent.handlers.echo import echo
@@ -155,7 +156,11 @@ def test_operator_store_client_and_agent_work_over_tls_as_an_acl_user(tls_redis:
         while message is None or message["type"] != "message":
             message = await pubsub.get_message(timeout=5)
         drain = decode(
-            message["data"], key=KEY, require_signature=True, now=dt.datetime.now(dt.UTC)
+            message["data"],
+            keyring=Signing.shared(KEY).keyring,
+            audience=keys.audience(Channel.COORDINATION),
+            require_signature=True,
+            now=dt.datetime.now(dt.UTC),
         )
         assert drain.type is MessageType.DRAIN
         await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -17,19 +17,30 @@ from newfuse.wire.envelope import (
     decode,
     encode,
 )
+from newfuse.wire.signing import Audience, Channel, Keyring, Signer
 from newfuse.wire.tasks import TaskPayload
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
-KEY = b"secret"
+SIGNER = Signer(b"secret")
+KEY = Keyring.of([SIGNER])
+AUD = Audience("ns", "fleet", Channel.TASKS)
 
 
 def task(**overrides: object) -> bytes:
     payload = {"task_id": "t1", "handler": "echo", "input": {"x": 1}, **overrides}
-    return encode(MessageType.TASK, payload, "cli", now=NOW, key=KEY, traceparent="00-abc-def-01")
+    return encode(
+        MessageType.TASK,
+        payload,
+        "cli",
+        now=NOW,
+        audience=AUD,
+        signer=SIGNER,
+        traceparent="00-abc-def-01",
+    )
 
 
 def test_round_trip_keeps_everything() -> None:
-    envelope = decode(task(), key=KEY, require_signature=True, now=NOW)
+    envelope = decode(task(), keyring=KEY, require_signature=True, now=NOW)
     assert envelope.type is MessageType.TASK
     assert envelope.metadata.sender == "cli"
     assert envelope.metadata.protocol_version == "1.0"
@@ -70,16 +81,21 @@ def _tamper(raw: bytes, path: tuple[str, ...], value: object) -> bytes:
             {},
             RejectReason.UNSUPPORTED_VERSION,
         ),
-        (_tamper(task(), ("payload", "input"), {"x": 2}), {"key": KEY}, RejectReason.BAD_SIGNATURE),
-        (task(), {"key": b"other key"}, RejectReason.BAD_SIGNATURE),
+        (
+            _tamper(task(), ("payload", "input"), {"x": 2}),
+            {"keyring": KEY},
+            RejectReason.BAD_SIGNATURE,
+        ),
+        (task(), {"keyring": Keyring({SIGNER.kid: b"other key"})}, RejectReason.BAD_SIGNATURE),
+        (task(), {"keyring": Keyring.of([b"other key"])}, RejectReason.UNKNOWN_KEY),
         (
             encode(MessageType.TASK, {}, "cli", now=NOW),
-            {"key": KEY, "require_signature": True},
+            {"keyring": KEY, "require_signature": True},
             RejectReason.UNSIGNED,
         ),
         (
             task(),
-            {"key": KEY, "now": NOW + MAX_CLOCK_SKEW + dt.timedelta(seconds=1)},
+            {"keyring": KEY, "now": NOW + MAX_CLOCK_SKEW + dt.timedelta(seconds=1)},
             RejectReason.STALE,
         ),
     ],
@@ -91,6 +107,7 @@ def _tamper(raw: bytes, path: tuple[str, ...], value: object) -> bytes:
         "major 2",
         "altered payload",
         "wrong key",
+        "unknown key id",
         "unsigned",
         "stale",
     ],
@@ -122,7 +139,7 @@ def test_newer_minor_versions_are_accepted() -> None:
 
 def test_unsigned_is_accepted_when_signing_is_optional() -> None:
     raw = encode(MessageType.PING, {}, "cli", now=NOW)
-    assert decode(raw, key=KEY, require_signature=False, now=NOW).type is MessageType.PING
+    assert decode(raw, keyring=KEY, require_signature=False, now=NOW).type is MessageType.PING
 
 
 json_values = st.recursive(
@@ -143,7 +160,7 @@ json_values = st.recursive(
 def test_decoder_refuses_garbage_with_a_reason_and_nothing_else(raw: bytes) -> None:
     # Random input can never carry a valid signature, so it must always be refused, cleanly.
     with pytest.raises(MessageRejectedError) as caught:
-        decode(raw, key=KEY, require_signature=True, now=NOW)
+        decode(raw, keyring=KEY, require_signature=True, now=NOW)
     assert caught.value.reason in RejectReason
 
 
@@ -158,7 +175,7 @@ def test_mutated_valid_envelopes_are_refused_or_accepted_never_crash(
     data = orjson.loads(task())
     data[field] = value
     try:
-        decode(orjson.dumps(data), key=KEY, require_signature=True, now=NOW)
+        decode(orjson.dumps(data), keyring=KEY, require_signature=True, now=NOW)
     except MessageRejectedError:
         return
     # The only way through is an unchanged (still correctly signed) envelope.
@@ -186,19 +203,19 @@ def _tampered(raw: bytes, **metadata: object) -> bytes:
 )
 def test_every_field_is_bounded(raw: bytes, reason: RejectReason) -> None:
     with pytest.raises(MessageRejectedError) as refused:
-        decode(raw, key=KEY, require_signature=True, now=NOW)
+        decode(raw, keyring=KEY, require_signature=True, now=NOW)
     assert refused.value.reason is reason
 
 
 def test_a_timestamp_from_the_future_is_refused_signed_or_not() -> None:
     ahead = NOW + MAX_CLOCK_SKEW + dt.timedelta(seconds=1)
-    for key in (KEY, None):
-        raw = encode(MessageType.TASK, {"task_id": "t", "handler": "echo"}, "c", now=ahead, key=key)
+    for signer in (SIGNER, None):
+        raw = encode(MessageType.TASK, {"t": "t"}, "c", now=ahead, audience=AUD, signer=signer)
         with pytest.raises(MessageRejectedError) as refused:
-            decode(raw, key=key, now=NOW)
+            decode(raw, keyring=KEY if signer else None, now=NOW)
         assert refused.value.reason is RejectReason.FUTURE_TIMESTAMP
-    within = encode(MessageType.TASK, {"task_id": "t", "handler": "echo"}, "c", now=NOW, key=KEY)
-    assert decode(within, key=KEY, now=NOW - MAX_CLOCK_SKEW + dt.timedelta(seconds=1))
+    within = encode(MessageType.TASK, {"t": "t"}, "c", now=NOW, audience=AUD, signer=SIGNER)
+    assert decode(within, keyring=KEY, now=NOW - MAX_CLOCK_SKEW + dt.timedelta(seconds=1))
 
 
 def test_age_is_not_skew_when_the_receiver_says_so() -> None:
@@ -206,13 +223,13 @@ def test_age_is_not_skew_when_the_receiver_says_so() -> None:
     old = task()
     later = NOW + dt.timedelta(days=1)
     with pytest.raises(MessageRejectedError) as refused:
-        decode(old, key=KEY, require_signature=True, now=later)
+        decode(old, keyring=KEY, require_signature=True, now=later)
     assert refused.value.reason is RejectReason.STALE, "system messages keep the window"
-    assert decode(old, key=KEY, require_signature=True, now=later, max_age=None)
+    assert decode(old, keyring=KEY, require_signature=True, now=later, max_age=None)
 
 
 def test_decoding_is_total_even_for_what_the_models_let_through() -> None:
     # Nothing but MessageRejectedError may leave decode(), whatever the bytes.
     for raw in (b"\x00", b"[]", b'{"type": "task"}', "\ud800".encode("utf-8", "surrogatepass")):
         with pytest.raises(MessageRejectedError):
-            decode(raw, key=KEY, now=NOW)
+            decode(raw, keyring=KEY, now=NOW)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 from typing import Any, cast
+from unittest.mock import AsyncMock
 
 import pytest
 from prometheus_client import REGISTRY
@@ -33,11 +34,21 @@ async def call_failing_with(breaker: Breaker, error: Exception) -> None:
 
 def test_the_gauge_reads_the_breaker_and_ignores_error_replies() -> None:
     breaker = Breaker(hold=60.0)
-    Controller(OperatorConfig(), cast(Any, None), cast(Any, SimpleNamespace(breaker=breaker)))
-    assert redis_up() == 1.0
-    asyncio.run(call_failing_with(breaker, ResponseError("WRONGTYPE Operation against a key")))
-    assert redis_up() == 1.0, "an error reply came from a Redis that is up"
-    asyncio.run(call_failing_with(breaker, RedisConnectionError("Connection refused")))
-    assert redis_up() == 0.0
-    breaker.state = CLOSED  # as after a successful probe
-    assert redis_up() == 1.0
+    store = SimpleNamespace(breaker=breaker, probe=AsyncMock(return_value=True))
+
+    async def scenario() -> None:
+        controller = Controller(OperatorConfig(), cast(Any, None), cast(Any, store))
+        probing = asyncio.create_task(controller._probe_redis())  # what run() starts
+        await asyncio.sleep(0)  # one step of the loop: the gauge is bound
+        try:
+            assert redis_up() == 1.0
+            await call_failing_with(breaker, ResponseError("WRONGTYPE Operation against a key"))
+            assert redis_up() == 1.0, "an error reply came from a Redis that is up"
+            await call_failing_with(breaker, RedisConnectionError("Connection refused"))
+            assert redis_up() == 0.0
+            breaker.state = CLOSED  # as after a successful probe
+            assert redis_up() == 1.0
+        finally:
+            probing.cancel()
+
+    asyncio.run(scenario())

@@ -10,6 +10,7 @@ from typing import Final, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from newfuse.tracing import TraceExporter
+from newfuse.wire.signing import Signing
 from newfuse.wire.taskpolicy import TaskPolicy
 
 # An HMAC key shorter than this is guessable; the chart generates 48 characters.
@@ -112,6 +113,11 @@ class AgentConfig(BaseModel):
                 for e in exc.errors()
             )
             raise ValueError(f"invalid agent configuration: {problems}") from exc
+
+    @property
+    def signing(self) -> Signing:
+        """The fleet's shared key, as signer and accept-set (none: messages go unsigned)."""
+        return Signing.shared(self.signing_key.encode() if self.signing_key else None)
 
     @property
     def consumer(self) -> str:

@@ -24,6 +24,7 @@ from newfuse.core import tasklife
 from newfuse.core.tasklife import Fail, FailReason, Retry
 from newfuse.tracing import current_traceparent
 from newfuse.wire.envelope import MessageRejectedError, MessageType, RejectReason, encode
+from newfuse.wire.signing import Channel
 from newfuse.wire.tasks import DeadLetter, ResultPayload, ResultStatus, TaskPayload
 from newfuse_agent import metrics
 from newfuse_agent.config import AgentConfig
@@ -37,7 +38,14 @@ TASK_ID_CHARS: Final = frozenset(
 )
 # Refusals whose task id cannot be trusted to be the sender's own: no result is stored for them,
 # since it would pre-empt the real task of that id.
-NO_RESULT_FOR: Final = frozenset({RejectReason.REPLAYED, RejectReason.BAD_SIGNATURE})
+NO_RESULT_FOR: Final = frozenset(
+    {
+        RejectReason.REPLAYED,
+        RejectReason.BAD_SIGNATURE,
+        RejectReason.UNKNOWN_KEY,
+        RejectReason.WRONG_AUDIENCE,
+    }
+)
 # A failed task's letter keeps its envelope so that `newfuse dlq --requeue` can submit it again; a
 # refused message cannot be requeued, so only a sample is kept (a flood of hostile megabytes must
 # not fill Redis through the DLQ).
@@ -84,7 +92,7 @@ class Outcomes:
     ) -> None:
         """Write through ``queue`` as ``config``'s agent."""
         self.config, self.queue, self.clock, self.stats = config, queue, clock, stats
-        self._key = config.signing_key.encode() if config.signing_key else None
+        self._signing = config.signing
 
     async def retry(self, delivery: Delivery, decision: Retry, traceparent: str | None) -> None:
         task = decision.task
@@ -139,7 +147,8 @@ class Outcomes:
                 result.model_dump(mode="json"),
                 self.config.agent_id,
                 now=now,
-                key=self._key,
+                audience=self.queue.keys.audience(Channel.RESULTS),
+                signer=self._signing.signer,
                 traceparent=current_traceparent() or traceparent,
             )
             stored = await self.persist(
@@ -250,7 +259,8 @@ class Outcomes:
             task.model_dump(mode="json"),
             self.config.agent_id,
             now=self.clock(),
-            key=self._key,
+            audience=self.queue.keys.audience(Channel.TASKS),
+            signer=self._signing.signer,
             traceparent=traceparent,
         )
 

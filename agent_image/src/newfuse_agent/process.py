@@ -31,6 +31,7 @@ from newfuse.wire.envelope import (
     decode,
     validate,
 )
+from newfuse.wire.signing import Channel
 from newfuse.wire.tasks import ResultStatus, TaskPayload
 from newfuse_agent import metrics
 from newfuse_agent.config import AgentConfig
@@ -60,7 +61,7 @@ class Processor:
         self.config, self.queue, self.handlers, self.context = config, queue, handlers, context
         self.clock, self.stats, self._inject_fault = clock, stats, inject_fault
         self.policy = config.tasks
-        self._key = config.signing_key.encode() if config.signing_key else None
+        self._signing = config.signing
         self.tasks: dict[str, TaskPayload] = {}  # entry id -> decoded task, for hand-backs
         self.out = Outcomes(config, queue, clock, stats)
 
@@ -111,7 +112,8 @@ class Processor:
         now = self.clock()
         envelope = decode(
             raw,
-            key=self._key,
+            keyring=self._signing.keyring,
+            audience=self.queue.keys.audience(Channel.TASKS),
             require_signature=self.config.require_signatures,
             now=now,
             max_skew=dt.timedelta(seconds=self.policy.max_clock_skew_seconds),
@@ -122,7 +124,7 @@ class Processor:
                 RejectReason.INVALID_ENVELOPE, f"expected a task, got {envelope.type}"
             )
         task = validate(TaskPayload, envelope.payload, RejectReason.INVALID_PAYLOAD, "payload.")
-        signed = self._key is not None and envelope.metadata.signature is not None
+        signed = self._signing.keyring is not None and envelope.metadata.signature is not None
         if signed:
             first = await self.queue.guard(envelope.metadata.message_id, delivery.entry_id)
             if first != delivery.entry_id:

@@ -32,6 +32,8 @@ from newfuse import logcontext
 from newfuse.adapters.state_store import put_state
 from newfuse.wire.envelope import MessageRejectedError, MessageType, decode, encode
 from newfuse.wire.keys import FleetKeys
+from newfuse.wire.replay import ReplayGuard
+from newfuse.wire.signing import Channel
 from newfuse.wire.state import AgentMetrics, AgentState, AgentStatus, StateUpdate, next_version
 from newfuse_agent import metrics
 from newfuse_agent.config import AgentConfig
@@ -65,7 +67,8 @@ class Agent:
         self.processor = Processor(
             config, self.queue, handlers, context, clock, self.stats, self._inject_fault
         )
-        self._key = config.signing_key.encode() if config.signing_key else None
+        self._signing = config.signing
+        self._replays = ReplayGuard()
         self._inflight: dict[asyncio.Task[None], Delivery] = {}
         self._draining = asyncio.Event()
         self.ready = False
@@ -312,13 +315,17 @@ class Agent:
             log.warning("refused a coordination message of %d bytes", len(raw))
             return
         try:
+            now = self.clock()
             envelope = decode(
                 raw,
-                key=self._key,
+                keyring=self._signing.keyring,
+                audience=self.keys.audience(Channel.COORDINATION),
                 require_signature=self.config.require_signatures,
-                now=self.clock(),
+                now=now,
                 max_skew=dt.timedelta(seconds=self.config.tasks.max_clock_skew_seconds),
             )
+            if envelope.metadata.signature is not None:
+                self._replays.check(envelope.metadata.message_id, envelope.metadata.timestamp, now)
         except MessageRejectedError as exc:
             metrics.REJECTED.labels(exc.reason).inc()
             log.warning("refused a coordination message: %s", exc)
@@ -338,7 +345,8 @@ class Agent:
                 },
                 self.config.agent_id,
                 now=self.clock(),
-                key=self._key,
+                audience=self.keys.audience(Channel.COORDINATION),
+                signer=self._signing.signer,
             )
             await self.client.publish(self.keys.coordination_channel, pong)
         elif envelope.type is MessageType.RELOAD:

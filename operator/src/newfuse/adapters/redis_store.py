@@ -37,6 +37,7 @@ from newfuse.core.untrusted import (
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import COUNTER_COMPLETED, COUNTER_DUPLICATES, COUNTER_FAILED
+from newfuse.wire.signing import Channel, Signing
 from newfuse.wire.state import StateUpdate
 from newfuse.wire.tasks import CONSUMER_GROUP, PRIORITY_ORDER
 
@@ -64,7 +65,7 @@ class RedisStore:
         Redis, commands are refused for ``backoff`` seconds, then `probe` tries again.
         """
         self.url = url
-        self._signing_key = signing_key
+        self._signer = Signing.shared(signing_key).signer
         self.breaker = Breaker(backoff)
         # "replace": bytes that are not UTF-8 in an agent-written value make that record
         # malformed (skipped), not the whole read.
@@ -193,7 +194,8 @@ class RedisStore:
             {"target": target},
             "newfuse-operator",
             now=now,
-            key=self._signing_key,
+            audience=keys.audience(Channel.COORDINATION),
+            signer=self._signer,
         )
         return int(await self._client.publish(keys.coordination_channel, raw))
 

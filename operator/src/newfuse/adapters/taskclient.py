@@ -42,6 +42,7 @@ from newfuse.tracing import current_traceparent
 from newfuse.wire.envelope import MessageRejectedError, MessageType, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import SUBMIT_LUA
+from newfuse.wire.signing import Channel, Signing
 from newfuse.wire.state import StateUpdate
 from newfuse.wire.taskpolicy import TaskPolicy
 from newfuse.wire.tasks import PRIORITY_ORDER, DeadLetter, Priority, ResultPayload, TaskPayload
@@ -133,7 +134,7 @@ class TaskClient:
             raise ValueError(f"max_payload_bytes must be positive, got {max_payload_bytes}")
         self.client, self.keys = client, FleetKeys(namespace, fleet)
         self.namespace, self.fleet = namespace, fleet
-        self.sender, self._key = sender, signing_key
+        self.sender, self._signer = sender, Signing.shared(signing_key).signer
         self.max_payload_bytes = max_payload_bytes
         self._submit = client.register_script(SUBMIT_LUA)
 
@@ -195,7 +196,8 @@ class TaskClient:
                 task.model_dump(mode="json"),
                 self.sender,
                 now=_now(),
-                key=self._key,
+                audience=self.keys.audience(Channel.TASKS),
+                signer=self._signer,
                 traceparent=current_traceparent(),
             )
         if len(raw) > self.max_payload_bytes:
@@ -370,5 +372,8 @@ class TaskClient:
 
     async def publish(self, type_: MessageType, payload: dict[str, Any]) -> int:
         """Send a system message on the coordination channel; returns how many agents heard it."""
-        raw = encode(type_, payload, self.sender, now=_now(), key=self._key)
+        audience = self.keys.audience(Channel.COORDINATION)
+        raw = encode(
+            type_, payload, self.sender, now=_now(), audience=audience, signer=self._signer
+        )
         return int(await self.client.publish(self.keys.coordination_channel, raw))

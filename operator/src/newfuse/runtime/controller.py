@@ -93,9 +93,6 @@ class Controller:
         self.finalizer = Finalizer(
             config, kube, redis, self.queue, clock, lambda key: self.pods.get(key, {}).values()
         )
-        # Read at scrape time from the one breaker every Redis call passes: a reply that is an
-        # error (one fleet's malformed key) or a reconcile racing a scrape cannot flip it.
-        obs.REDIS_UP.set_function(lambda: float(self.redis.breaker.closed))
 
     def observe_fleet(self, event_type: str | None, body: Body) -> None:
         """Cache a fleet (parsed, so raw bodies and managedFields are not kept) and queue it."""
@@ -206,6 +203,10 @@ class Controller:
         # While the Redis circuit is open, reconciles do not call Redis at all; this loop is what
         # finds out that Redis is back, so no reconcile ever waits on a probe's timeout.
         self.redis.breaker.background_probe = True
+        # Read at scrape time from the one breaker every Redis call passes: a reply that is an
+        # error (one fleet's malformed key) or a reconcile racing a scrape cannot flip it.
+        breaker = self.redis.breaker
+        obs.REDIS_UP.set_function(lambda: float(breaker.closed))
         try:
             while True:
                 await self.redis.probe()

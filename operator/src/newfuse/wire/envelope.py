@@ -2,9 +2,10 @@
 
 Every message on every channel is one envelope. Decoding is strict and never raises anything
 but MessageRejectedError, whose `reason` is a RejectReason: agents dead-letter and count bad input
-by that reason instead of crashing. Optional HMAC-SHA256 signatures cover the canonical bytes of
-type, payload and metadata (minus the signature), so a forged or altered message is refused;
-freshness and message-id checks (done by the receiver, which owns the replay cache) refuse replays.
+by that reason instead of crashing. Signatures (newfuse.wire.signing) cover the canonical bytes of
+type, payload and metadata (minus the signature), and the metadata names the audience (namespace,
+fleet, channel) and the key id: a forged, altered or misaddressed message is refused; freshness
+and message-id checks (done by the receiver, which owns the replay cache) refuse replays.
 
 Encoding is on the hot path of every task, so it uses orjson on plain dicts; decoding parses with
 orjson and validates with pydantic (its Rust core), which is also what makes it total.
@@ -13,14 +14,22 @@ orjson and validates with pydantic (its Rust core), which is also what makes it 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import uuid
 from enum import StrEnum
 from typing import Any, Final, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from newfuse.wire.signing import (
+    KID_PATTERN,
+    SIGNATURE_PATTERN,
+    Audience,
+    Channel,
+    Keyring,
+    Signer,
+    canonical_bytes,
+)
 
 PROTOCOL_VERSION: Final = "1.0"
 SUPPORTED_MAJOR_VERSIONS: Final = frozenset({1})
@@ -50,6 +59,8 @@ class RejectReason(StrEnum):
     UNSUPPORTED_VERSION = "unsupported_version"
     UNSIGNED = "unsigned"
     BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    WRONG_AUDIENCE = "wrong_audience"
     STALE = "stale"
     FUTURE_TIMESTAMP = "future_timestamp"
     REPLAYED = "replayed"
@@ -79,7 +90,12 @@ class Metadata(BaseModel):
     protocol_version: str = Field(max_length=19, pattern=r"^[0-9]{1,9}\.[0-9]{1,9}$")
     message_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
     traceparent: str | None = Field(default=None, max_length=128)
-    signature: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    # The audience: absent on an unsigned message from an older sender, required on a signed one.
+    namespace: str | None = Field(default=None, min_length=1, max_length=63)
+    fleet: str | None = Field(default=None, min_length=1, max_length=253)
+    channel: Channel | None = None
+    kid: str | None = Field(default=None, max_length=80, pattern=KID_PATTERN)
+    signature: str | None = Field(default=None, pattern=SIGNATURE_PATTERN)
 
 
 class Envelope(BaseModel):
@@ -105,30 +121,19 @@ def validate(model: type[M], data: Any, reason: RejectReason, prefix: str = "") 
         raise MessageRejectedError(reason, f"{prefix}{where}: {first['msg']}") from None
 
 
-def _canonical(type_: str, payload: dict[str, Any], metadata: dict[str, Any]) -> bytes:
-    unsigned = {k: v for k, v in metadata.items() if k != "signature" and v is not None}
-    return orjson.dumps(
-        {"type": type_, "payload": payload, "metadata": unsigned}, option=orjson.OPT_SORT_KEYS
-    )
-
-
-def sign_bytes(key: bytes, canonical: bytes) -> str:
-    """HMAC-SHA256 of ``canonical`` as hex."""
-    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
-
-
 def encode(
     type_: MessageType,
     payload: dict[str, Any],
     sender: str,
     *,
     now: dt.datetime,
-    key: bytes | None = None,
+    audience: Audience | None = None,
+    signer: Signer | None = None,
     message_id: str | None = None,
     traceparent: str | None = None,
     protocol_version: str = PROTOCOL_VERSION,
 ) -> bytes:
-    """Serialise one envelope, signed when ``key`` is given."""
+    """Serialise one envelope for ``audience``, signed when ``signer`` is given."""
     metadata: dict[str, Any] = {
         "timestamp": now.isoformat(),
         "sender": sender,
@@ -137,15 +142,21 @@ def encode(
     }
     if traceparent:
         metadata["traceparent"] = traceparent
-    if key is not None:
-        metadata["signature"] = sign_bytes(key, _canonical(type_.value, payload, metadata))
+    if audience is not None:
+        metadata.update(audience.fields())
+    if signer is not None:
+        if audience is None:
+            raise ValueError("a signed message must name its audience")
+        metadata["kid"] = signer.kid
+        metadata["signature"] = signer.sign(canonical_bytes(type_.value, payload, metadata))
     return orjson.dumps({"type": type_.value, "payload": payload, "metadata": metadata})
 
 
 def decode(
     raw: bytes | str,
     *,
-    key: bytes | None = None,
+    keyring: Keyring | None = None,
+    audience: Audience | None = None,
     require_signature: bool = False,
     now: dt.datetime,
     max_skew: dt.timedelta = MAX_CLOCK_SKEW,
@@ -154,11 +165,12 @@ def decode(
     """Parse and check one envelope; raise MessageRejectedError on anything wrong.
 
     Checks, in order: JSON, envelope shape, protocol major version, a timestamp no further ahead
-    than ``max_skew``, then (if ``key`` is given) the signature and, for a signed message, an age
-    of at most ``max_age`` (None: any age). Message-id replay checks are the caller's.
+    than ``max_skew``, that the message is addressed to ``audience`` (if given), then (if a
+    ``keyring`` is given) the key id and signature and, for a signed message, an age of at most
+    ``max_age`` (None: any age). Message-id replay checks are the caller's.
     """
     try:
-        return _decode(raw, key, require_signature, now, max_skew, max_age)
+        return _decode(raw, keyring, audience, require_signature, now, max_skew, max_age)
     except MessageRejectedError:
         raise
     except Exception as exc:  # total by contract: no input may crash a listener
@@ -167,14 +179,7 @@ def decode(
         ) from None
 
 
-def _decode(
-    raw: bytes | str,
-    key: bytes | None,
-    require_signature: bool,
-    now: dt.datetime,
-    max_skew: dt.timedelta,
-    max_age: dt.timedelta | None,
-) -> Envelope:
+def _parse(raw: bytes | str) -> tuple[dict[str, Any], Envelope]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -192,7 +197,34 @@ def _decode(
             f"protocol_version {envelope.metadata.protocol_version} is not supported "
             f"(supported: {supported})",
         )
-    timestamp = envelope.metadata.timestamp
+    return data, envelope
+
+
+def _check_audience(metadata: Metadata, audience: Audience) -> None:
+    named = (metadata.namespace, metadata.fleet, metadata.channel)
+    if named == (None, None, None) and metadata.signature is None:
+        return  # an unsigned message of an older sender: whether to take it is require_signature's
+    if named != (audience.namespace, audience.fleet, audience.channel):
+        where = "/".join(str(part) for part in named)
+        raise MessageRejectedError(
+            RejectReason.WRONG_AUDIENCE,
+            f"addressed to {where}, not to {audience.namespace}/{audience.fleet}/"
+            f"{audience.channel}",
+        )
+
+
+def _decode(
+    raw: bytes | str,
+    keyring: Keyring | None,
+    audience: Audience | None,
+    require_signature: bool,
+    now: dt.datetime,
+    max_skew: dt.timedelta,
+    max_age: dt.timedelta | None,
+) -> Envelope:
+    data, envelope = _parse(raw)
+    metadata = envelope.metadata
+    timestamp = metadata.timestamp
     if timestamp.tzinfo is None:
         timestamp = timestamp.replace(tzinfo=dt.UTC)
     if timestamp - now > max_skew:
@@ -200,18 +232,22 @@ def _decode(
             RejectReason.FUTURE_TIMESTAMP,
             f"timestamp {timestamp.isoformat()} is more than {max_skew} ahead of this clock",
         )
-    signature = envelope.metadata.signature
-    if key is None:
+    if audience is not None:
+        _check_audience(metadata, audience)
+    if keyring is None:
         return envelope
-    if signature is None:
+    if metadata.signature is None:
         if require_signature:
             raise MessageRejectedError(
                 RejectReason.UNSIGNED, "signing is required and the message has no signature"
             )
         return envelope
-    metadata = data["metadata"]
-    expected = sign_bytes(key, _canonical(data["type"], data["payload"], metadata))
-    if not hmac.compare_digest(expected, signature):
+    if metadata.kid not in keyring:
+        raise MessageRejectedError(
+            RejectReason.UNKNOWN_KEY, f"key id {metadata.kid!r} is not among the accepted keys"
+        )
+    canonical = canonical_bytes(data["type"], data["payload"], data["metadata"])
+    if not keyring.verify(str(metadata.kid), canonical, metadata.signature):
         raise MessageRejectedError(
             RejectReason.BAD_SIGNATURE, "the signature does not match the message"
         )

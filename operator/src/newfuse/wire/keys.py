@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from newfuse.wire.signing import Audience, Channel
 from newfuse.wire.tasks import PRIORITY_ORDER
 
 KEY_ROOT = "newfuse"
@@ -35,6 +36,10 @@ class FleetKeys:
     def pattern(self) -> str:
         """A SCAN MATCH pattern for every key of the fleet (hash-tag braces escaped)."""
         return f"{KEY_ROOT}:\\{{{self.namespace}/{self.fleet}\\}}:*"
+
+    def audience(self, channel: Channel) -> Audience:
+        """Who a message on ``channel`` of this fleet is addressed to (and signed for)."""
+        return Audience(self.namespace, self.fleet, channel)
 
     @property
     def fleet_state(self) -> str:
