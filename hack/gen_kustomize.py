@@ -2,9 +2,9 @@
 
 `config/default/newfuse-operator.yaml` is `helm template` of charts/newfuse-operator with its
 default values (release `newfuse-operator` in `newfuse-system`), minus the CRD (config/crd holds a
-copy of crds/, the generated CRD) and minus every Secret: the chart generates the signing key with
-`randAlphaNum`, which would make the output differ on every run, and a base must not carry key
-material anyway. Users create the signing Secret themselves (config/README.md says how).
+copy of crds/, the generated CRD) and minus every Secret: a base must not carry key material (with
+default values the chart renders none: the operator creates its signing key at its first start;
+config/README.md says so).
 
 `python hack/gen_kustomize.py` (`make manifests`) writes the files; `--check` exits 1 when the
 committed ones are stale (tests/integration/test_chart.py runs the same comparison).
@@ -34,7 +34,7 @@ HEADER = (
 )
 OPERATOR_NOTE = (
     "# Every object of the chart with its default values, except the CRD (see ../crd) and the\n"
-    "# signing Secret, which you create: see config/README.md.\n"
+    "# Secrets (none with default values: the operator creates its signing key).\n"
 )
 
 

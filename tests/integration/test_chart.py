@@ -119,10 +119,9 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         "CustomResourceDefinition",
         "Role",
         "RoleBinding",
-        "Secret",
     }
     if mode is EVERYTHING:
-        expected |= {"NetworkPolicy", "ConfigMap"} | MONITORING_KINDS
+        expected |= {"NetworkPolicy", "ConfigMap", "Secret"} | MONITORING_KINDS
     assert expected <= set(kinds)
     docs = [d for d in docs if d["kind"] not in MONITORING_KINDS]
     for namespace in ("newfuse-system", "team-a", "team-b"):
@@ -143,8 +142,11 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     roles = [d for d in docs if d["kind"] == "Role"]
     [lease_role] = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
     assert lease_role["metadata"]["namespace"] == "newfuse-system"
+    [signing_role] = [r for r in roles if r["metadata"]["name"].endswith("-signing")]
+    assert signing_role["metadata"]["namespace"] == "newfuse-system"
     if mode is NAMESPACED:
-        assert [r["metadata"]["namespace"] for r in roles if r is not lease_role] == [
+        own = (lease_role, signing_role)
+        assert [r["metadata"]["namespace"] for r in roles if r not in own] == [
             "team-a",
             "team-b",
         ]
@@ -297,20 +299,31 @@ def test_leader_election_is_wired_with_a_lease_only_role(
 
     off = render(binaries, "--set", "leaderElection.enabled=false", "--set", "replicaCount=1")
     assert _env(off)["NEWFUSE_LEADER_ELECTION"] == "false"
-    assert not [d for d in off if d["kind"] == "Role"]
+    assert not [d for d in off if d["kind"] == "Role" and "leader" in d["metadata"]["name"]]
 
 
-def test_signing_is_on_by_default_with_a_generated_kept_secret(binaries: Binaries) -> None:
+def test_signing_is_on_by_default_with_a_key_the_operator_creates(binaries: Binaries) -> None:
     docs = render(binaries)
-    [secret] = [d for d in docs if d["kind"] == "Secret"]
-    assert secret["metadata"]["name"] == "nf-newfuse-operator-signing"
-    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    key = base64.b64decode(secret["data"]["key"]).decode()
-    assert len(key) == 48
-    assert key.isalnum()
+    # No key in the chart: a random one would change on every `helm template` (Argo CD).
+    assert not [d for d in docs if d["kind"] == "Secret"]
     assert _env(docs)["NEWFUSE_SIGNING_KEY"] == {
-        "secretKeyRef": {"name": "nf-newfuse-operator-signing", "key": "key"}
+        "secretKeyRef": {"name": "nf-newfuse-operator-signing", "key": "key", "optional": True}
     }
+    assert _env(docs)["NEWFUSE_SIGNING_SECRET"] == "nf-newfuse-operator-signing/key"
+    assert _env(docs)["NEWFUSE_SIGNING_SECRET_NAMESPACE"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}
+    }
+    # The operator may create Secrets in its namespace and read that one, nothing more.
+    [role] = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-signing")]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["nf-newfuse-operator-signing"],
+            "verbs": ["get"],
+        },
+    ]
     # Agents sign by default too, from a copy of that Secret in their own namespace.
     assert _env(docs)["NEWFUSE_AGENT_SIGNING_SECRET"] == "nf-newfuse-operator-signing/key"
     fleet_opt_in = render(binaries, "--set", "signing.agentsByDefault=false")
@@ -320,6 +333,8 @@ def test_signing_is_on_by_default_with_a_generated_kept_secret(binaries: Binarie
         binaries, "--set", "signing.existingSecret=mine", "--set", "signing.existingSecretKey=k"
     )
     assert not [d for d in own if d["kind"] == "Secret"]
+    assert not [d for d in own if d["metadata"]["name"].endswith("-signing")]
+    assert "NEWFUSE_SIGNING_SECRET" not in _env(own), "the operator never creates the user's"
     assert _env(own)["NEWFUSE_SIGNING_KEY"] == {"secretKeyRef": {"name": "mine", "key": "k"}}
     assert _env(own)["NEWFUSE_AGENT_SIGNING_SECRET"] == "mine/k"
     off = render(binaries, "--set", "signing.enabled=false")
@@ -515,6 +530,7 @@ def test_kustomize_base_builds_and_is_accepted_by_the_api_server(
     assert env["NEWFUSE_SIGNING_KEY"]["valueFrom"]["secretKeyRef"] == {
         "name": "newfuse-operator-signing",
         "key": "key",
+        "optional": True,  # the operator creates it on its first start
     }
     assert env["NEWFUSE_LEADER_ELECTION_NAME"]["value"] == "newfuse-operator"
     kubectl(
@@ -567,6 +583,12 @@ def _pod_env(k: Kubectl, namespace: str, pod: dict[str, Any]) -> dict[str, str]:
             env[var["name"]] = fields[source["fieldRef"]["fieldPath"]]
         elif "secretKeyRef" in source:
             ref = source["secretKeyRef"]
+            found = k(
+                "get", "secret", ref["name"], "-n", namespace, "--ignore-not-found", "-o", "name"
+            )
+            missing = not found.strip()
+            if ref.get("optional") and missing:
+                continue  # the kubelet leaves an optional variable out
             env[var["name"]] = _secret_value(k, namespace, ref["name"], ref["key"])
         else:
             raise AssertionError(f"unhandled env source: {var}")
@@ -631,12 +653,9 @@ def test_install_run_as_configured_upgrade_and_uninstall(
     )
     # NOTES tell how fleets use the signing key.
     assert "keySecretRef: {name: nf-newfuse-operator-signing, key: key}" in installed.stdout
-    signing = json.loads(
-        k("get", "secret", "nf-newfuse-operator-signing", "-n", "newfuse-system", "-o", "json")
-    )
-    assert signing["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    signing_key = _secret_value(k, "newfuse-system", "nf-newfuse-operator-signing", "key")
-    assert len(signing_key) == 48
+    # The chart rendered no key; the operator creates it on its first start (below).
+    signing_secret = ("secret", "nf-newfuse-operator-signing", "-n", "newfuse-system")
+    assert not k("get", *signing_secret, "--ignore-not-found", "-o", "name").strip()
 
     # The operator as the chart configures it: one pod's env as the kubelet resolves it (fieldRefs,
     # the signing Secret), and its ServiceAccount's credentials.
@@ -654,7 +673,7 @@ def test_install_run_as_configured_upgrade_and_uninstall(
     )["items"]
     pod = next(p for p in pods if p["metadata"]["name"].startswith("nf-newfuse-operator-"))
     env = _pod_env(k, "newfuse-system", pod)
-    assert env["NEWFUSE_SIGNING_KEY"] == signing_key
+    assert "NEWFUSE_SIGNING_KEY" not in env, "optional, and not created yet"
     assert env["NEWFUSE_LEADER_ELECTION"] == "true"
     assert env["NEWFUSE_LEADER_ELECTION_NAMESPACE"] == "newfuse-system"
     for local_only in (
@@ -670,6 +689,14 @@ def test_install_run_as_configured_upgrade_and_uninstall(
     )
     operator.start()
     try:
+        # It created the key's Secret under the chart's RBAC (Forbidden would be in its log).
+        wait_for(
+            lambda: bool(k("get", *signing_secret, "--ignore-not-found", "-o", "name").strip()),
+            30,
+            what="the operator to create its signing key",
+        )
+        signing_key = _secret_value(k, "newfuse-system", "nf-newfuse-operator-signing", "key")
+        assert len(signing_key) == 48
         k("apply", "-n", "agents", "-f", str(SAMPLE))
 
         def available() -> bool:
@@ -785,7 +812,9 @@ def test_install_run_as_configured_upgrade_and_uninstall(
     assert (
         k("get", "clusterrole", "-l", "app.kubernetes.io/instance=nf", "-o", "name").strip() == ""
     )
-    kept = k(
+    helm_owned = k(
         "get", "secret", "-n", "newfuse-system", "-l", "app.kubernetes.io/instance=nf", "-o", "name"
     )
-    assert kept.split() == ["secret/nf-newfuse-operator-signing"], "only the signing key is kept"
+    assert helm_owned.split() == [], "the trial Redis' Secrets go"
+    # The operator's signing key is not Helm's: it stays, so fleets' copies stay valid.
+    assert _secret_value(k, "newfuse-system", "nf-newfuse-operator-signing", "key") == signing_key

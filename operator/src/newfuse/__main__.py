@@ -7,9 +7,13 @@ import logging
 import sys
 
 import kopf
+from kubernetes import client as k8s
 from prometheus_client import start_http_server
+from pydantic import SecretStr
 
+from newfuse.adapters.kube import load_config
 from newfuse.adapters.redis_connect import redacted
+from newfuse.adapters.signing_secret import ensure_signing_key
 from newfuse.config import OperatorConfig
 from newfuse.handlers.operator import build_registry
 from newfuse.observability import configure_logging
@@ -25,6 +29,7 @@ def main() -> int:
         return 2
     configure_logging(config.log_format, config.log_level)
     configure_tracing(config.trace_exporter, "newfuse-operator")
+    config = with_signing_key(config)
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.metrics_address)
     logging.getLogger("newfuse").info(
@@ -41,6 +46,20 @@ def main() -> int:
         )
     )
     return 0
+
+
+def with_signing_key(config: OperatorConfig) -> OperatorConfig:
+    """``config`` with the key from NEWFUSE_SIGNING_SECRET when no key was given directly.
+
+    The chart's first start has no key yet: the Secret is created here, before anything signs.
+    """
+    if config.signing_key is not None or not config.signing_secret:
+        return config
+    name, key = config.signing_secret.split("/", 1)
+    namespace = str(config.signing_secret_namespace)
+    with load_config(config.kubeconfig, pool_size=1) as api:
+        value = ensure_signing_key(k8s.CoreV1Api(api), namespace, name, key)
+    return config.model_copy(update={"signing_key": SecretStr(value)})
 
 
 if __name__ == "__main__":

@@ -81,6 +81,17 @@ class OperatorConfig(BaseModel):
     signing_key: SecretStr | None = Field(
         default=None, description="Signs the operator's messages to agents (drain notices)."
     )
+    signing_secret: str | None = Field(
+        default=None,
+        pattern=NAME_SLASH_KEY_PATTERN,
+        description=(
+            "<secret>/<key> in signing_secret_namespace: when signing_key is unset, the operator "
+            "reads its key there, creating the Secret with a random key if it does not exist."
+        ),
+    )
+    signing_secret_namespace: str | None = Field(
+        default=None, description="Namespace of signing_secret (the chart: the operator's own)."
+    )
     agent_signing_secret: str | None = Field(
         default=None,
         pattern=NAME_SLASH_KEY_PATTERN,
@@ -133,6 +144,12 @@ class OperatorConfig(BaseModel):
                 "pod as a plain env value: set NEWFUSE_AGENT_REDIS_SECRET=<secret>/<key> (a "
                 "Secret in each fleet namespace) or NEWFUSE_AGENT_REDIS_URL without credentials"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _signing_secret_has_a_namespace(self) -> OperatorConfig:
+        if self.signing_secret and not self.signing_secret_namespace:
+            raise ValueError("NEWFUSE_SIGNING_SECRET needs NEWFUSE_SIGNING_SECRET_NAMESPACE")
         return self
 
     @model_validator(mode="after")
