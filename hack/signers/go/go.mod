@@ -1,0 +1,3 @@
+module newfuse.io/signers/go
+
+go 1.22

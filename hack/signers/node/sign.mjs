@@ -1,0 +1,114 @@
+// A NewFuse signer in plain Node.js (>= 18, standard library only): the reference for clients
+// written in JavaScript, and proof that the documented canonical form is enough to sign a task
+// an agent accepts (README, "Signing from other languages").
+//
+//   node sign.mjs vectors [tests/vectors/signing.json]   canonical bytes + signature per vector
+//   node sign.mjs task --namespace NS --fleet F --key HEX [--key-type hmac|ed25519]
+//                      --task-id ID --handler NAME [--input JSON] [--sender NAME]
+//
+// `task` prints one signed task envelope, ready to XADD as the `envelope` field of an entry on
+// the fleet's task stream.
+import { createHash, createHmac, createPrivateKey, createPublicKey, randomBytes, sign } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+
+const DOMAIN = "newfuse-sig-v1\n";
+// PKCS#8 wrapping of a raw 32-byte Ed25519 seed (RFC 8410): Node imports keys only in a container.
+const ED25519_PKCS8_PREFIX = Buffer.from("302e020100300506032b657004220420", "hex");
+
+// RFC 8785 (JCS). JSON.stringify already formats numbers and escapes strings exactly as JCS
+// requires (JCS borrowed both from ECMAScript); only the key order is left to do. Keys sort by
+// UTF-16 code units, which is what JavaScript's default string comparison compares.
+function jcs(value) {
+  if (value === null || typeof value !== "object") {
+    if (typeof value === "number" && !Number.isFinite(value)) throw new Error("JCS has no NaN/Infinity");
+    return JSON.stringify(value);
+  }
+  if (Array.isArray(value)) return "[" + value.map(jcs).join(",") + "]";
+  const keys = Object.keys(value).sort();
+  return "{" + keys.map((k) => JSON.stringify(k) + ":" + jcs(value[k])).join(",") + "}";
+}
+
+const b64url = (buf) => Buffer.from(buf).toString("base64url"); // unpadded
+
+// The key's type decides the algorithm: a seed is an Ed25519 key, other bytes an HMAC key.
+function makeKey(type, hex) {
+  const raw = Buffer.from(hex, "hex");
+  if (type === "hmac") {
+    const kid = "hs-" + b64url(createHash("sha256").update("newfuse-kid\n").update(raw).digest().subarray(0, 12));
+    return { kid, sign: (data) => b64url(createHmac("sha256", raw).update(data).digest()) };
+  }
+  if (type === "ed25519") {
+    if (raw.length !== 32) throw new Error("an Ed25519 seed is 32 bytes");
+    const privateKey = createPrivateKey({ key: Buffer.concat([ED25519_PKCS8_PREFIX, raw]), format: "der", type: "pkcs8" });
+    // The raw public key is the last 32 bytes of its SPKI DER encoding.
+    const publicRaw = createPublicKey(privateKey).export({ format: "der", type: "spki" }).subarray(-32);
+    const kid = "ed-" + b64url(createHash("sha256").update(publicRaw).digest().subarray(0, 12));
+    return { kid, sign: (data) => b64url(sign(null, data, privateKey)) };
+  }
+  throw new Error(`unknown key type ${type} (hmac or ed25519)`);
+}
+
+// The signed bytes: every metadata field but the signature, null-valued fields left out.
+function canonical(type, payload, metadata) {
+  const unsigned = Object.fromEntries(
+    Object.entries(metadata).filter(([k, v]) => k !== "signature" && v !== null && v !== undefined),
+  );
+  return Buffer.from(DOMAIN + jcs({ type, payload, metadata: unsigned }), "utf8");
+}
+
+function signed(type, payload, metadata, key) {
+  const withKid = { ...metadata, kid: key.kid };
+  const bytes = canonical(type, payload, withKid);
+  return { bytes, envelope: { type, payload, metadata: { ...withKid, signature: key.sign(bytes) } } };
+}
+
+function vectors(path) {
+  const file = JSON.parse(readFileSync(path, "utf8"));
+  const keys = {
+    hmac: makeKey("hmac", file.keys.hmac.key_hex),
+    ed25519: makeKey("ed25519", file.keys.ed25519.seed_hex),
+  };
+  for (const v of file.vectors) {
+    for (const [name, key] of Object.entries(keys)) {
+      const { bytes, envelope } = signed(v.type, v.payload, v.metadata, key);
+      const line = { name: v.name, key: name, kid: key.kid, canonical_hex: bytes.toString("hex"), signature: envelope.metadata.signature };
+      process.stdout.write(JSON.stringify(line) + "\n");
+    }
+  }
+}
+
+function task(argv) {
+  const { values: o } = parseArgs({
+    args: argv,
+    options: {
+      namespace: { type: "string" }, fleet: { type: "string" }, key: { type: "string" },
+      "key-type": { type: "string", default: "hmac" }, "task-id": { type: "string" },
+      handler: { type: "string" }, input: { type: "string", default: "null" },
+      sender: { type: "string", default: "node-signer" },
+    },
+  });
+  for (const required of ["namespace", "fleet", "key", "task-id", "handler"]) {
+    if (!o[required]) throw new Error(`--${required} is required`);
+  }
+  const payload = { task_id: o["task-id"], handler: o.handler, input: JSON.parse(o.input) };
+  const metadata = {
+    timestamp: new Date().toISOString(),
+    sender: o.sender,
+    protocol_version: "1.0",
+    message_id: randomBytes(16).toString("hex"),
+    namespace: o.namespace,
+    fleet: o.fleet,
+    channel: "tasks",
+  };
+  const { envelope } = signed("task", payload, metadata, makeKey(o["key-type"], o.key));
+  process.stdout.write(JSON.stringify(envelope) + "\n");
+}
+
+const [mode, ...rest] = process.argv.slice(2);
+if (mode === "vectors") vectors(rest[0] ?? new URL("../../../tests/vectors/signing.json", import.meta.url));
+else if (mode === "task") task(rest);
+else {
+  process.stderr.write("usage: sign.mjs vectors [FILE] | sign.mjs task --namespace NS --fleet F --key HEX ...\n");
+  process.exit(2);
+}
