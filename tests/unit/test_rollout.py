@@ -341,6 +341,12 @@ def test_the_state_survives_a_restart_through_json() -> None:
             GateSpec(min_tasks=10, max_p95_latency_ms=500),
             GateResult.PASSED,
         ),
+        (
+            RevisionStats(0, 0, None, rejected=20),
+            RevisionStats(98, 2),
+            GateSpec(min_tasks=10, min_success_rate=0.8),
+            GateResult.FAILED,
+        ),
     ],
     ids=[
         "success ok",
@@ -352,11 +358,15 @@ def test_the_state_survives_a_restart_through_json() -> None:
         "error rate high",
         "p95 high",
         "p95 ok",
+        "refuses every task",
     ],
 )
 def test_gate_arithmetic(
     canary: RevisionStats, stable: RevisionStats | None, gate: GateSpec, result: GateResult
 ) -> None:
+    if canary.rejected:
+        verdict = evaluate_gate(gate, canary, stable, at(0))
+        assert "20 of 20 refused unrun" in verdict.reason
     assert evaluate_gate(gate, canary, stable, T0).result is result
 
 

@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from newfuse.wire import envelope as envelope_module
 from newfuse.wire.envelope import MessageRejectedError, MessageType, RejectReason, decode, encode
-from newfuse.wire.replay import ReplayGuard
 from newfuse.wire.signing import Audience, Channel, Keyring, Signer, canonical_bytes, key_id
 
 NOW = dt.datetime(2026, 12, 1, 3, 0, tzinfo=dt.UTC)
@@ -158,20 +157,3 @@ def test_rotation_accepts_old_and_new_keys_and_verifiers_need_no_private_key() -
     assert key_id(ED.key) == key_id(ED.verifier()) == ED.kid
     assert ED.kid.startswith("ed-")
     assert HMAC.kid.startswith("hs-")
-
-
-def test_the_replay_guard_takes_each_id_once_and_forgets_it_after_the_window() -> None:
-    guard = ReplayGuard(window=dt.timedelta(minutes=10))
-    guard.check("m-1", NOW, NOW)
-    with pytest.raises(MessageRejectedError) as refused:
-        guard.check("m-1", NOW, NOW + dt.timedelta(minutes=9))
-    assert refused.value.reason is RejectReason.REPLAYED
-    guard.check("m-1", NOW, NOW + dt.timedelta(minutes=11))  # forgotten: too old to be fresh
-
-
-def test_the_replay_guard_is_bounded() -> None:
-    guard = ReplayGuard(limit=2)
-    guard.check("a", NOW, NOW)
-    guard.check("b", NOW, NOW)
-    with pytest.raises(MessageRejectedError, match="more than 2"):
-        guard.check("c", NOW, NOW)

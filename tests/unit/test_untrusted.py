@@ -112,13 +112,14 @@ def test_revision_counts_skip_bad_values_and_ignore_other_counters() -> None:
             "rev:r1:tasksFailed": "2",
             "rev:r2:tasksCompleted": "garbage",
             "rev:r2:tasksFailed": "1",
+            "rev:r2:tasksRejected": "4",
             "rev:r3:duplicates": "9",  # another outcome: not a completed/failed count
             "rev:r4:tasksBogus": "3",  # was counted as failed before
             "tasksCompleted": "100",
             "weird:field": "x",
         }
     )
-    assert counts == {"r1": (5, 2), "r2": (0, 1)}
+    assert counts == {"r1": (5, 2, 0), "r2": (0, 1, 4)}
     assert [s.field for s in skipped] == ["rev:r2:tasksCompleted"]
 
 

@@ -225,7 +225,7 @@ class Outcomes:
         if task_id is None or exc.reason in NO_RESULT_FOR:
             metrics.TASKS.labels(TaskOutcome.DEAD_LETTERED).inc()
             letter = self.letter(delivery, exc.reason, exc.detail, task_id, REFUSED_RAW_KEPT)
-            await self.queue.dead_letter(delivery, letter)
+            await self.queue.dead_letter(delivery, letter, self.config.revision)
             return
         # The client waiting for this id returns at once with the reason, not at its timeout.
         stand_in = TaskPayload(task_id=task_id, handler="-")

@@ -256,12 +256,19 @@ class TaskQueue:
         )
         return int(moved)
 
-    async def guard(self, message_id: str, entry_id: str) -> str:
-        """Remember a signed message id; returns the entry id it first arrived as."""
+    async def guard(self, message_id: str, entry_id: str, ttl: float | None = None) -> str:
+        """Remember a signed message id; returns the entry id it first arrived as.
+
+        ``ttl``: seconds to remember it (default: as long as results are kept).
+        """
         keys = self.keys
         first = await self._guard(
             keys=[keys.seen, keys.expiry_of(keys.seen)],
-            args=[message_id, entry_id, _ms(self.policy.result_ttl_seconds)],
+            args=[
+                message_id,
+                entry_id,
+                _ms(self.policy.result_ttl_seconds if ttl is None else ttl),
+            ],
         )
         return str(first)
 
@@ -269,11 +276,18 @@ class TaskQueue:
         """Whether the task already has its result."""
         return bool(await self.client.hexists(self.keys.result_index, task_id))
 
-    async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None:
-        """Record a message that is not a usable task, then acknowledge and delete it."""
+    async def dead_letter(self, delivery: Delivery, letter: DeadLetter, revision: str) -> None:
+        """Dead-letter a message that is not a usable task, as ``revision``'s rejection."""
+        keys = self.keys
         await self._dead_letter(
-            keys=[self.keys.dead_letters, delivery.stream],
-            args=[CONSUMER_GROUP, delivery.entry_id, self.policy.dead_letter_max, *_flat(letter)],
+            keys=[keys.dead_letters, delivery.stream, keys.counters],
+            args=[
+                CONSUMER_GROUP,
+                delivery.entry_id,
+                self.policy.dead_letter_max,
+                revision,
+                *_flat(letter),
+            ],
         )
 
     async def sweep(self) -> int:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,9 +31,15 @@ from redis.exceptions import RedisError
 
 from newfuse import logcontext
 from newfuse.adapters.state_store import put_state
-from newfuse.wire.envelope import MessageRejectedError, MessageType, decode, encode
+from newfuse.wire.envelope import (
+    MAX_CLOCK_SKEW,
+    MessageRejectedError,
+    MessageType,
+    RejectReason,
+    decode,
+    encode,
+)
 from newfuse.wire.keys import FleetKeys
-from newfuse.wire.replay import ReplayGuard
 from newfuse.wire.signing import Channel
 from newfuse.wire.state import AgentMetrics, AgentState, AgentStatus, StateUpdate, next_version
 from newfuse_agent import metrics
@@ -68,7 +75,6 @@ class Agent:
             config, self.queue, handlers, context, clock, self.stats, self._inject_fault
         )
         self._signing = config.signing
-        self._replays = ReplayGuard()
         self._inflight: dict[asyncio.Task[None], Delivery] = {}
         self._draining = asyncio.Event()
         self.ready = False
@@ -325,7 +331,7 @@ class Agent:
                 max_skew=dt.timedelta(seconds=self.config.tasks.max_clock_skew_seconds),
             )
             if envelope.metadata.signature is not None:
-                self._replays.check(envelope.metadata.message_id, envelope.metadata.timestamp, now)
+                await self._take_once(envelope.metadata.message_id)
         except MessageRejectedError as exc:
             metrics.REJECTED.labels(exc.reason).inc()
             log.warning("refused a coordination message: %s", exc)
@@ -354,6 +360,15 @@ class Agent:
             if isinstance(level, str) and level.upper() in logging.getLevelNamesMapping():
                 logging.getLogger().setLevel(level.upper())
             log.info("reloaded", extra={"payload": envelope.payload})
+
+    async def _take_once(self, message_id: str) -> None:
+        # A broadcast leaves no stream entry to acknowledge, so a captured notice could be
+        # published again while fresh; remembering it in Redis outlives this process's restarts.
+        seen = self.keys.coordination_seen_field(self.config.agent_id, message_id)
+        fresh_for = 2 * MAX_CLOCK_SKEW.total_seconds()  # ahead by the skew, behind by the age
+        taking = f"{self.config.consumer}:{uuid.uuid4().hex}"
+        if await self.queue.guard(seen, taking, fresh_for) != taking:
+            raise MessageRejectedError(RejectReason.REPLAYED, f"message {message_id} was taken")
 
     # -- drain ----------------------------------------------------------------------------------
 

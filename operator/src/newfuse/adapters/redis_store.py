@@ -162,8 +162,8 @@ class RedisStore:
         self._skipped(keys, "agents", skipped)
         return updates
 
-    async def revision_counts(self, keys: FleetKeys) -> dict[str, tuple[int, int]]:
-        """(completed, failed) per revision, as counted by the agents' result step."""
+    async def revision_counts(self, keys: FleetKeys) -> dict[str, tuple[int, int, int]]:
+        """(completed, failed, rejected) per revision, as the agents counted them."""
         counts, skipped = parse_revision_counts(await self._hash(keys, keys.counters, "counters"))
         self._skipped(keys, "counters", skipped)
         return counts

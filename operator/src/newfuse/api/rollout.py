@@ -191,6 +191,7 @@ class RevisionCounts(KubeModel):
 
     completed: int = 0
     failed: int = 0
+    rejected: int = 0
 
 
 class RolloutState(KubeModel):

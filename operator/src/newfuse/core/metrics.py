@@ -121,7 +121,7 @@ class AgentReports:
     """What agents reported to Redis: their state updates and the per-revision task counts."""
 
     updates: list[StateUpdate]
-    counts: dict[str, tuple[int, int]]
+    counts: dict[str, tuple[int, int, int]]  # completed, failed, rejected
     retired: list[StateUpdate]
 
     def all_agents(self) -> list[StateUpdate]:

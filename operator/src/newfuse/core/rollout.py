@@ -58,11 +58,16 @@ WARNING_ROLLOUT_REASONS = frozenset(
 
 @dataclass(frozen=True)
 class RevisionStats:
-    """Finished tasks of one revision (cumulative) and its agents' worst p95 latency."""
+    """Finished tasks of one revision (cumulative) and its agents' worst p95 latency.
+
+    Tasks it refused (dead-lettered without running: a bad or unknown signature, say) count as
+    failures, so a canary that cannot take the fleet's work fails its gate instead of idling.
+    """
 
     completed: int = 0
     failed: int = 0
     p95_latency_ms: float | None = None
+    rejected: int = 0
 
     def since(self, baseline: RevisionCounts | None) -> RevisionStats:
         """The tasks finished after ``baseline`` was taken."""
@@ -72,17 +77,18 @@ class RevisionStats:
             max(0, self.completed - baseline.completed),
             max(0, self.failed - baseline.failed),
             self.p95_latency_ms,
+            max(0, self.rejected - baseline.rejected),
         )
 
     @property
     def tasks(self) -> int:
-        """Finished tasks."""
-        return self.completed + self.failed
+        """Finished or refused tasks."""
+        return self.completed + self.failed + self.rejected
 
     @property
     def error_rate(self) -> float | None:
-        """Failed / finished, or None with no tasks."""
-        return self.failed / self.tasks if self.tasks else None
+        """(Failed + refused) / tasks, or None with no tasks."""
+        return (self.failed + self.rejected) / self.tasks if self.tasks else None
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,8 @@ def evaluate_gate(
     )
 
     def verdict(result: GateResult, reason: str) -> GateVerdict:
+        if canary.rejected and result is GateResult.FAILED:
+            reason += f" ({canary.rejected} of {canary.tasks} refused unrun: see the DLQ)"
         return GateVerdict(result=result, reason=reason, measured=measured, at=now)
 
     if canary.tasks < max(gate.min_tasks, 1) and gate.min_tasks > 0:
@@ -222,7 +230,10 @@ def _entry(
 
 
 def _snapshot(stats: Mapping[str, RevisionStats]) -> dict[str, RevisionCounts]:
-    return {rev: RevisionCounts(completed=s.completed, failed=s.failed) for rev, s in stats.items()}
+    return {
+        rev: RevisionCounts(completed=s.completed, failed=s.failed, rejected=s.rejected)
+        for rev, s in stats.items()
+    }
 
 
 class _Round:
@@ -518,14 +529,15 @@ def parse_action(value: str | None, already_handled: str | None) -> Controls:
 
 
 def revision_stats(
-    counts: Mapping[str, tuple[int, int]], p95_by_revision: Mapping[str, float]
+    counts: Mapping[str, tuple[int, int, int]], p95_by_revision: Mapping[str, float]
 ) -> dict[str, RevisionStats]:
-    """Per-revision stats from Redis counters (completed, failed) and agents' p95 latencies."""
+    """Per-revision stats from Redis counters (completed, failed, rejected) and agents' p95s."""
     revisions = set(counts) | set(p95_by_revision)
-    return {
-        rev: RevisionStats(*counts.get(rev, (0, 0)), p95_latency_ms=p95_by_revision.get(rev))
-        for rev in revisions
-    }
+    stats = {}
+    for rev in revisions:
+        completed, failed, rejected = counts.get(rev, (0, 0, 0))
+        stats[rev] = RevisionStats(completed, failed, p95_by_revision.get(rev), rejected)
+    return stats
 
 
 def rollout_started_at(state: RolloutState | None) -> dt.datetime | None:

@@ -20,7 +20,7 @@ from typing import Final
 
 from pydantic import ValidationError
 
-from newfuse.wire.scripts import COUNTER_COMPLETED, COUNTER_FAILED
+from newfuse.wire.scripts import COUNTER_COMPLETED, COUNTER_FAILED, COUNTER_REJECTED
 from newfuse.wire.state import StateUpdate
 
 # The largest count one record may report. A million agents at this bound still sum below int64
@@ -100,15 +100,15 @@ def parse_count(value: str) -> int | None:
 
 def parse_revision_counts(
     raw: Mapping[str, str],
-) -> tuple[dict[str, tuple[int, int]], list[Skipped]]:
-    """(completed, failed) per revision from the counters hash, and the fields skipped.
+) -> tuple[dict[str, tuple[int, int, int]], list[Skipped]]:
+    """(completed, failed, rejected) per revision from the counters hash, and the fields skipped.
 
     Only `rev:<revision>:<outcome>` fields are per-revision counts; fields of other shapes or
     outcomes are other counters (fleet-wide totals, duplicates), not errors.
     """
     counts: dict[str, list[int]] = {}
     skipped: list[Skipped] = []
-    slots = {COUNTER_COMPLETED: 0, COUNTER_FAILED: 1}
+    slots = {COUNTER_COMPLETED: 0, COUNTER_FAILED: 1, COUNTER_REJECTED: 2}
     for name, value in raw.items():
         parts = name.split(":")
         if len(parts) != 3 or parts[0] != "rev" or parts[2] not in slots:
@@ -117,8 +117,8 @@ def parse_revision_counts(
         if count is None:
             skipped.append(Skipped(name, f"{value[:40]!r} is not a count"))
             continue
-        counts.setdefault(parts[1], [0, 0])[slots[parts[2]]] += count
-    return {rev: (c[0], c[1]) for rev, c in counts.items()}, skipped
+        counts.setdefault(parts[1], [0, 0, 0])[slots[parts[2]]] += count
+    return {rev: (c[0], c[1], c[2]) for rev, c in counts.items()}, skipped
 
 
 @dataclass

@@ -131,6 +131,15 @@ class FleetKeys:
         return f"{self.prefix}:seen"
 
     @staticmethod
+    def coordination_seen_field(agent_id: str, message_id: str) -> str:
+        """The `seen` field of a coordination message one agent took.
+
+        Per agent, because every agent of the fleet hears the same broadcast; by agent id (the
+        pod name), not incarnation, so a restarted agent still refuses a replay.
+        """
+        return f"coordination:{agent_id}:{message_id}"
+
+    @staticmethod
     def expiry_of(hash_key: str) -> str:
         """Sorted set of (field, expiry time in Redis ms) for a hash whose fields expire."""
         return f"{hash_key}:expiry"

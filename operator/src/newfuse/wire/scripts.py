@@ -154,14 +154,16 @@ return redis.call('HGET', KEYS[1], ARGV[1])
 """
 )
 
-# KEYS: dead-letter stream, source stream. ARGV: group, entry id, DLQ max length, then the
-# field/value pairs of the dead letter.
+# KEYS: dead-letter stream, source stream, counters. ARGV: group, entry id, DLQ max length, the
+# refusing agent's revision, then the field/value pairs of the dead letter. The refusal counts
+# against the revision: a canary that refuses the work its fleet is sent fails its gate.
 DEAD_LETTER_LUA: Final = """
 local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'rev:' .. ARGV[4] .. ':tasksRejected', 1)
 return id
 """
 
@@ -188,4 +190,5 @@ return expired
 
 COUNTER_COMPLETED: Final = "tasksCompleted"
 COUNTER_FAILED: Final = "tasksFailed"
+COUNTER_REJECTED: Final = "tasksRejected"  # per revision only: refused and dead-lettered
 COUNTER_DUPLICATES: Final = "duplicates"
