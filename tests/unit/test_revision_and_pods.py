@@ -176,7 +176,12 @@ def _ref(name: str, key: str) -> dict[str, Any]:
         # spec.signing without a key uses the operator's key with the fleet's policy.
         ({"signing": {"required": False}}, {"signing_secret": OPERATOR_SIGNING},
          {"NEWFUSE_SIGNING_KEY": _ref("newfuse-signing", "key"),
-          "NEWFUSE_REQUIRE_SIGNATURES": "false"}),
+          "NEWFUSE_REQUIRE_SIGNATURES": "false", "NEWFUSE_SIGNING_ACCEPT": None}),
+        # A rotation's accept-set comes from its own Secret key.
+        ({"signing": {"acceptKeySecretRef": {"name": "old-keys", "key": "keys"}}},
+         {"signing_secret": OPERATOR_SIGNING},
+         {"NEWFUSE_SIGNING_KEY": _ref("newfuse-signing", "key"),
+          "NEWFUSE_SIGNING_ACCEPT": _ref("old-keys", "keys")}),
     ],
 )  # fmt: skip
 def test_credentials_reach_agents_only_through_secrets(

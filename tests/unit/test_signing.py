@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from newfuse.wire import envelope as envelope_module
 from newfuse.wire.envelope import MessageRejectedError, MessageType, RejectReason, decode, encode
 from newfuse.wire.signing import Audience, Channel, Keyring, Signer, canonical_bytes, key_id
+from newfuse_agent.config import AgentConfig
 
 NOW = dt.datetime(2026, 12, 1, 3, 0, tzinfo=dt.UTC)
 AUD = Audience("team-a", "summarizer", Channel.COORDINATION)
@@ -157,3 +158,22 @@ def test_rotation_accepts_old_and_new_keys_and_verifiers_need_no_private_key() -
     assert key_id(ED.key) == key_id(ED.verifier()) == ED.kid
     assert ED.kid.startswith("ed-")
     assert HMAC.kid.startswith("hs-")
+
+
+def test_an_agent_signs_with_its_key_and_accepts_the_accept_set_too() -> None:
+    old, new = "old-key-" + "o" * 32, "new-key-" + "n" * 32
+    config = AgentConfig.from_env(
+        {
+            "NEWFUSE_AGENT_ID": "a-0",
+            "NEWFUSE_FLEET": "f",
+            "NEWFUSE_SIGNING_KEY": old,
+            "NEWFUSE_SIGNING_ACCEPT": f"\n{new}\n\n",
+        }
+    )
+    signing = config.signing
+    assert signing.signer is not None
+    assert signing.signer.kid == key_id(old.encode())
+    assert signing.keyring is not None
+    assert set(signing.keyring.keys) == {key_id(old.encode()), key_id(new.encode())}
+    assert old not in repr(config)
+    assert new not in repr(config)

@@ -10,7 +10,7 @@ from typing import Final, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from newfuse.tracing import TraceExporter
-from newfuse.wire.signing import Signing
+from newfuse.wire.signing import Keyring, Signing
 from newfuse.wire.taskpolicy import TaskPolicy
 
 # An HMAC key shorter than this is guessable; the chart generates 48 characters.
@@ -30,6 +30,7 @@ _ENV = {
     "NEWFUSE_HTTP_ADDRESS": "http_address",
     "NEWFUSE_REDIS_URL": "redis_url",
     "NEWFUSE_SIGNING_KEY": "signing_key",
+    "NEWFUSE_SIGNING_ACCEPT": "signing_accept",
     "NEWFUSE_REQUIRE_SIGNATURES": "require_signatures",
     "NEWFUSE_DRAIN_GRACE_SECONDS": "drain_grace_seconds",
     "NEWFUSE_LOG_LEVEL": "log_level",
@@ -56,7 +57,9 @@ class AgentConfig(BaseModel):
     http_address: str = "0.0.0.0"  # noqa: S104 - a pod's probes and scrapes come from outside
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_ca_file: str | None = None
-    signing_key: str | None = None
+    signing_key: str | None = Field(default=None, repr=False)
+    # More keys accepted, never signed with (one per line): a rotation's accept-set.
+    signing_accept: str | None = Field(default=None, repr=False)
     require_signatures: bool = False
     drain_grace_seconds: float = Field(
         default=25.0, ge=0, description="In-flight time allowed on SIGTERM."
@@ -116,8 +119,12 @@ class AgentConfig(BaseModel):
 
     @property
     def signing(self) -> Signing:
-        """The fleet's shared key, as signer and accept-set (none: messages go unsigned)."""
-        return Signing.shared(self.signing_key.encode() if self.signing_key else None)
+        """The fleet's key as signer, and the accept-set (no key: messages go unsigned)."""
+        shared = Signing.shared(self.signing_key.encode() if self.signing_key else None)
+        accepted = [k.strip().encode() for k in (self.signing_accept or "").splitlines()]
+        if shared.signer is None:
+            return shared
+        return Signing(shared.signer, Keyring.of([shared.signer, *(k for k in accepted if k)]))
 
     @property
     def consumer(self) -> str:

@@ -325,11 +325,19 @@ class RedisSpec(KubeModel):
 
 
 class SigningSpec(KubeModel):
-    """HMAC signing of every message the fleet's agents send and accept."""
+    """Signing of every message the fleet's agents send and accept."""
 
     key_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="Secret key holding the fleet's signing key (default: the operator's).",
+    )
+    accept_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Secret key holding more keys the agents accept but never sign with, one per line: "
+            "the accept-set that lets a key rotate without refused messages (README, Key "
+            "rotation)."
+        ),
     )
     required: bool = Field(
         default=True, description="Refuse (dead-letter) unsigned messages once a key is set."

@@ -188,6 +188,9 @@ def agent_env(fleet: NewFuseAgent, revision: str, defaults: AgentDefaults) -> li
         env.append(_secret_env("NEWFUSE_SIGNING_KEY", signing_ref.name, signing_ref.key))
         required = spec.signing.required if spec.signing else True
         env.append(_env("NEWFUSE_REQUIRE_SIGNATURES", str(required).lower()))
+    accept_ref = spec.signing.accept_key_secret_ref if spec.signing else None
+    if accept_ref:
+        env.append(_secret_env("NEWFUSE_SIGNING_ACCEPT", accept_ref.name, accept_ref.key))
     gateway = spec.gateway
     if gateway and gateway.endpoint:
         env.append(_env("NEWFUSE_GATEWAY_ENDPOINT", gateway.endpoint))
