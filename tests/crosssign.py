@@ -31,7 +31,7 @@ LANGUAGES = ("node", "go")
 GO_FALLBACK = Path("/usr/local/go/bin/go")
 
 
-def _tool(name: str) -> str:
+def require_tool(name: str) -> str:
     """The path of ``name``; a failure on CI, a skip elsewhere, when it is not installed."""
     found = shutil.which(name) or (
         str(GO_FALLBACK) if name == "go" and GO_FALLBACK.exists() else None
@@ -63,7 +63,7 @@ def go_source_hash(go: str) -> str:
 @functools.cache
 def go_signer() -> tuple[Path, float | None]:
     """The built Go signer, and how long building it took (None: it was cached)."""
-    go = _tool("go")
+    go = require_tool("go")
     out = cache_dir() / "signers" / f"go-sign-{go_source_hash(go)}"
     if out.exists():
         return out, None
@@ -94,7 +94,7 @@ def go_signer() -> tuple[Path, float | None]:
 def command(language: str) -> list[str]:
     """The command line that runs the signer of ``language``."""
     if language == "node":
-        return [_tool("node"), str(NODE_SIGNER)]
+        return [require_tool("node"), str(NODE_SIGNER)]
     if language == "go":
         return [str(go_signer()[0])]
     raise ValueError(language)
