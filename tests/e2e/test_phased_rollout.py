@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -19,67 +18,11 @@ from kubernetes import client as k8s_client
 from harness import FAST_AGENT_ENV, Fleets, Kubectl, OperatorProcess, RedisHandle, start_fleet
 from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
-from newfuse.adapters.taskclient import TaskClient, TaskSpec
 from newfuse.core import naming
 from newfuse.wire.keys import FleetKeys
+from rollouts import FAST_PHASED, Traffic, every_task_accounted_for, rollout_of
 
 NEWFUSE = str(Path(sys.executable).with_name("newfuse"))
-# Short soaks and small gates so a whole rollout fits in a test; the logic is the same.
-FAST_PHASED: dict[str, Any] = {
-    "strategy": "Phased",
-    "initial": {"soakSeconds": 1, "gate": {"minTasks": 5, "minSuccessRate": 0.9}},
-    "gradual": {"step": 1, "intervalSeconds": 1, "gate": {"minTasks": 5, "minSuccessRate": 0.9}},
-    "progressDeadlineSeconds": 120,
-}
-
-
-class Traffic:
-    """Submits echo tasks at a steady pace from a thread until stopped; remembers every id."""
-
-    def __init__(self, redis_url: str, namespace: str, fleet: str, per_second: int = 60) -> None:
-        self.redis_url, self.namespace, self.fleet, self.per_second = (
-            redis_url,
-            namespace,
-            fleet,
-            per_second,
-        )
-        self.ids: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _run(self) -> None:
-        client = TaskClient.from_url(self.redis_url, self.namespace, self.fleet)
-        try:
-            while not self._stop.is_set():
-                batch = [TaskSpec("echo", i) for i in range(self.per_second // 10)]
-                async for done in client.submit_many(batch):
-                    self.ids += [s.task_id for s in done]
-                await asyncio.sleep(0.1)
-        finally:
-            await client.aclose()
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
-def rollout_of(fleets: Fleets, name: str) -> dict[str, Any]:
-    return (fleets.get(name).get("status") or {}).get("rollout") or {}
-
-
-def every_task_accounted_for(client: redis.Redis, keys: FleetKeys, ids: list[str]) -> None:
-    """Each submitted task has exactly one final result (failed ones are also dead-lettered)."""
-    wait_for(
-        lambda: client.hlen(keys.result_index) >= len(ids), 90, what=f"{len(ids)} final results"
-    )
-    results = [fields["task_id"] for _, fields in client.xrange(keys.result_stream)]
-    assert sorted(results) == sorted(ids), (
-        "every task has exactly one result, none lost, none doubled"
-    )
 
 
 def test_good_revision_walks_every_phase_and_retires_the_legacy_revision(
