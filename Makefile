@@ -89,7 +89,10 @@ fmt: deps ## Format and auto-fix with ruff
 # real node and its images (without them the real node stays off and its tests skip).
 DEBIAN_PACKAGES := redis-server containerd runc containernetworking-plugins buildah debootstrap
 
-deps: $(VENV)/.synced ## Install everything: Debian packages (Redis, the real node's) and the venv
+deps: $(VENV)/.synced ## Install everything: Debian packages (Redis, the real node's), the venv, checkov
+	@# checkov (the security scan's scanner) in its own venv under the cache: its pins conflict
+	@# with ours (hack/scanner.py says how and why).
+	@UV=$(UV) $(PY) hack/scanner.py >/dev/null
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
