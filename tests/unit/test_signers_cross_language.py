@@ -13,6 +13,7 @@ import datetime as dt
 import math
 import random
 import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,21 @@ def test_a_task_it_signs_is_accepted_and_a_changed_byte_refused(
     with pytest.raises(MessageRejectedError) as refused:
         check(raw.replace(b"hello", b"hellp"))
     assert refused.value.reason is RejectReason.BAD_SIGNATURE
+
+
+@PER_LANGUAGE
+@pytest.mark.parametrize("number", ["9007199254740992", "-1e20", "123456789012345678"])
+def test_an_integer_python_would_refuse_is_refused_at_signing(language: str, number: str) -> None:
+    """Digits beyond ±(2^53 - 1) are refused by Python receivers: the signer says so at once."""
+    args = ["--namespace", "a", "--fleet", "b", "--key", "00", "--task-id", "t", "--handler", "h"]
+    done = subprocess.run(
+        [*crosssign.command(language), "task", *args, "--input", f'{{"id": [{number}]}}'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "beyond ±(2^53 - 1): send it as a string" in done.stderr
 
 
 @pytest.mark.parametrize(

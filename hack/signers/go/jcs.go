@@ -107,6 +107,32 @@ func writeNumber(buf *bytes.Buffer, f float64) error {
 	return nil
 }
 
+// checkNumbers refuses an integral number from 2^53 to 1e21: written as digits in the envelope
+// as sent, a Python receiver parses it as an integer and refuses it (RFC 8785 allows integers
+// within ±(2^53 - 1)). Better a clear error here than a dead letter there.
+func checkNumbers(value any) error {
+	switch v := value.(type) {
+	case json.Number:
+		f, err := strconv.ParseFloat(string(v), 64)
+		if a := math.Abs(f); err == nil && a == math.Trunc(a) && a > 1<<53-1 && a < 1e21 {
+			return fmt.Errorf("%s is beyond ±(2^53 - 1): send it as a string", v)
+		}
+	case []any:
+		for _, item := range v {
+			if err := checkNumbers(item); err != nil {
+				return err
+			}
+		}
+	case map[string]any:
+		for _, item := range v {
+			if err := checkNumbers(item); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 var shortEscapes = map[rune]string{
 	'"': `\"`, '\\': `\\`, '\b': `\b`, '\f': `\f`, '\n': `\n`, '\r': `\r`, '\t': `\t`,
 }

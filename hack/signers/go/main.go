@@ -142,6 +142,9 @@ func task(args []string) error {
 	if err := decoder.Decode(&value); err != nil {
 		return fmt.Errorf("-input: %w", err)
 	}
+	if err := checkNumbers(value); err != nil {
+		return fmt.Errorf("-input: %w", err)
+	}
 	k, err := newKey(*kind, *hexKey)
 	if err != nil {
 		return err

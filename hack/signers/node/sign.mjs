@@ -29,6 +29,16 @@ function jcs(value) {
   return "{" + keys.map((k) => JSON.stringify(k) + ":" + jcs(value[k])).join(",") + "}";
 }
 
+// In the envelope as sent, an integral number from 2^53 to 1e21 is written as digits, which a
+// Python receiver parses as an integer and refuses (RFC 8785 allows integers within
+// ±(2^53 - 1)): refuse it here, with a clear error, rather than as a dead letter.
+function checkNumbers(value) {
+  if (Number.isInteger(value) && !Number.isSafeInteger(value) && Math.abs(value) < 1e21) {
+    throw new Error(`${value} is beyond ±(2^53 - 1): send it as a string`);
+  }
+  if (value !== null && typeof value === "object") Object.values(value).forEach(checkNumbers);
+}
+
 const b64url = (buf) => Buffer.from(buf).toString("base64url"); // unpadded
 
 // The key's type decides the algorithm: a seed is an Ed25519 key, other bytes an HMAC key.
@@ -92,6 +102,7 @@ function task(argv) {
     if (!o[required]) throw new Error(`--${required} is required`);
   }
   const payload = { task_id: o["task-id"], handler: o.handler, input: JSON.parse(o.input) };
+  checkNumbers(payload);
   const metadata = {
     timestamp: new Date().toISOString(),
     sender: o.sender,
@@ -106,9 +117,11 @@ function task(argv) {
 }
 
 const [mode, ...rest] = process.argv.slice(2);
-if (mode === "vectors") vectors(rest[0] ?? new URL("../../../tests/vectors/signing.json", import.meta.url));
-else if (mode === "task") task(rest);
-else {
-  process.stderr.write("usage: sign.mjs vectors [FILE] | sign.mjs task --namespace NS --fleet F --key HEX ...\n");
+try {
+  if (mode === "vectors") vectors(rest[0] ?? new URL("../../../tests/vectors/signing.json", import.meta.url));
+  else if (mode === "task") task(rest);
+  else throw new Error("usage: sign.mjs vectors [FILE] | sign.mjs task --namespace NS --fleet F --key HEX ...");
+} catch (error) {
+  process.stderr.write(`${error.message}\n`);
   process.exit(2);
 }
