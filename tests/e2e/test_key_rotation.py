@@ -129,10 +129,11 @@ def test_a_canary_holding_a_wrong_key_rolls_back_by_itself(
         client = TaskClient.from_url(redis_server.url, ns, "keyed", signing_key=OLD.encode())
         try:
             for entry_id, _ in letters:
-                assert await client.requeue_dead_letter(entry_id) is not None
+                assert await client.requeue_dead_letter(entry_id, force=True) is not None
         finally:
             await client.aclose()
 
-    asyncio.run(requeue())  # the refused tasks were the fleet's own: a second chance loses none
+    # Security refusals need --force: here they were the fleet's own tasks, the canary's key wrong.
+    asyncio.run(requeue())
     every_task_accounted_for(redis_client, keys, traffic.ids)
     print(f"canary refused {len(letters)} task(s), rolled back; all {len(traffic.ids)} done")

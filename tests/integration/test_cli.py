@@ -7,68 +7,28 @@ and a watch that survives entries of the result stream that are not results.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import orjson
 import pytest
 import redis
 
+from clitool import cli, mirrored_fleet
 from harness import RedisHandle
 from localcluster.netutil import free_port
-from newfuse.adapters.redis_store import RedisStore
 from newfuse.adapters.taskclient import StreamEntries
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.keys import FleetKeys
-from newfuse.wire.state import AgentState, AgentStatus, StateUpdate
 from newfuse.wire.tasks import AttemptRecord, Priority, TaskPayload
-
-NEWFUSE = str(Path(sys.executable).with_name("newfuse"))
-
-
-def cli(
-    *args: str, redis_url: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    environ = {**os.environ, "NEWFUSE_REDIS_URL": redis_url, "COLUMNS": "200", "NO_COLOR": "1"}
-    return subprocess.run(
-        [NEWFUSE, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**environ, **(env or {})},
-        check=False,
-    )
 
 
 @pytest.fixture
 def fleet(redis_server: RedisHandle, redis_client: redis.Redis) -> Iterator[FleetKeys]:
     """A fleet the operator would have mirrored to Redis (its state key exists)."""
-    keys = FleetKeys("cli", f"f{uuid.uuid4().hex[:8]}")
-    now = dt.datetime.now(dt.UTC)
-
-    async def mirror() -> None:
-        store = RedisStore(redis_server.url)
-        state = AgentState(id=keys.fleet, status=AgentStatus.ACTIVE)
-        await store.put_fleet_state(
-            keys, StateUpdate(agent_id=keys.fleet, state=state, version=1, timestamp=now)
-        )
-        await store.put_agent_state(
-            keys, StateUpdate(agent_id="agent-0", state=state, version=1, timestamp=now)
-        )
-        await store.close()
-
-    asyncio.run(mirror())
-    yield keys
-    for key in redis_client.scan_iter(match=keys.pattern):
-        redis_client.delete(key)
+    yield from mirrored_fleet(redis_server, redis_client, "cli")
 
 
 def test_unknown_fleet_is_a_clear_error(redis_server: RedisHandle) -> None:

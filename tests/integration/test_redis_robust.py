@@ -84,7 +84,7 @@ def test_garbage_in_every_agent_writable_hash_is_skipped_counted_and_logged_once
     async def reads(store: RedisStore) -> None:
         assert [u.agent_id for u in await store.agent_states(keys)] == ["a-0"]
         assert [u.agent_id for u in await store.retired_states(keys)] == ["old"]
-        assert await store.revision_counts(keys) == {"r1": (5, 0)}
+        assert await store.revision_counts(keys) == {"r1": (5, 0, 0)}
         assert await store.task_counters(keys) is None
         assert await store.get_fleet_state(keys) is None
 

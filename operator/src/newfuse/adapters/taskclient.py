@@ -38,45 +38,43 @@ from newfuse.adapters.streamread import (
     result_of_entry,
     text,
 )
+from newfuse.adapters.taskerrors import (
+    FleetNotFoundError,
+    MalformedResultError,
+    PayloadTooLargeError,
+    RequeueSkippedError,
+)
 from newfuse.tracing import current_traceparent
-from newfuse.wire.envelope import MessageRejectedError, MessageType, encode
+from newfuse.wire.envelope import SECURITY_REJECTIONS, MessageRejectedError, MessageType, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import SUBMIT_LUA
 from newfuse.wire.signing import Channel, Signing
 from newfuse.wire.state import StateUpdate
 from newfuse.wire.taskpolicy import TaskPolicy
-from newfuse.wire.tasks import PRIORITY_ORDER, DeadLetter, Priority, ResultPayload, TaskPayload
+from newfuse.wire.tasks import (
+    PRIORITY_ORDER,
+    DeadLetter,
+    Priority,
+    ResultPayload,
+    ResultStatus,
+    TaskPayload,
+)
+
+__all__ = [
+    "FleetNotFoundError",
+    "MalformedResultError",
+    "PayloadTooLargeError",
+    "RequeueSkippedError",
+    "StreamEntries",
+    "Submitted",
+    "TaskClient",
+    "TaskSpec",
+]
 
 tracer = trace.get_tracer("newfuse.taskclient")
 
 
 DEFAULT_MAX_PAYLOAD_BYTES: Final = TaskPolicy().max_payload_bytes
-
-
-class FleetNotFoundError(LookupError):
-    """No fleet of that name has state in Redis (never created, or the operator is not running)."""
-
-
-class PayloadTooLargeError(ValueError):
-    """A task's encoded envelope is over the size limit; nothing of it was written to Redis."""
-
-    def __init__(self, task_id: str, size: int, limit: int) -> None:
-        """Refuse task ``task_id`` whose envelope is ``size`` bytes, over ``limit``."""
-        super().__init__(
-            f"task {task_id}: the encoded task is {size:,} bytes, over the limit of {limit:,} "
-            f"bytes ({size / 1048576:.2f} MiB > {limit / 1048576:.2f} MiB); send a reference "
-            "to the data (a URL, an object key) instead of the data itself"
-        )
-        self.task_id, self.size, self.limit = task_id, size, limit
-
-
-class MalformedResultError(ValueError):
-    """The result index holds, for this task, something that is not a valid result envelope."""
-
-    def __init__(self, task_id: str, reason: str, detail: str) -> None:
-        """Name the task and why its stored result is unreadable."""
-        super().__init__(f"the stored result of task {task_id} is unreadable: {reason}: {detail}")
-        self.task_id, self.reason, self.detail = task_id, reason, detail
 
 
 @dataclass(frozen=True)
@@ -110,6 +108,13 @@ StreamReply = list[tuple[str, StreamEntries]] | None
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _succeeded(raw: bytes | str) -> bool:
+    try:
+        return decode_result(raw).status is ResultStatus.SUCCEEDED
+    except MessageRejectedError:
+        return False
 
 
 class TaskClient:
@@ -341,18 +346,29 @@ class TaskClient:
             for raw_id, fields in range_entries(reply)
         ]
 
-    async def requeue_dead_letter(self, entry_id: str) -> Submitted | None:
+    async def requeue_dead_letter(self, entry_id: str, *, force: bool = False) -> Submitted | None:
         """Submit a dead-lettered task again (attempts reset); None if it holds no valid task.
 
-        The task keeps its timeout and its deadline: one past its deadline fails at once.
+        The task keeps its timeout and its deadline: one past its deadline fails at once. A
+        letter refused for security (unsigned, forged, unknown key, another fleet's, replayed)
+        is skipped unless ``force``: requeueing signs it with this client's key. A task that has
+        succeeded is never requeued, forced or not. Skips raise RequeueSkippedError.
         """
         reply = await self._raw("XRANGE", self.keys.dead_letters, entry_id, entry_id)
         entries = range_entries(reply)
         if not entries:
             raise KeyError(f"no dead letter {entry_id}")
-        task = letter_task(dead_letter_of_entry(entry_id, entries[0][1]))
+        letter = dead_letter_of_entry(entry_id, entries[0][1])
+        if letter.reason in SECURITY_REJECTIONS and not force:
+            raise RequeueSkippedError(
+                entry_id, f"refused as {letter.reason}: requeueing would sign it (--force to)"
+            )
+        task = letter_task(letter)
         if task is None:
             return None
+        previous = await self.client.hget(self.keys.result_index, task.task_id)
+        if previous is not None and _succeeded(previous):
+            raise RequeueSkippedError(entry_id, f"task {task.task_id} has succeeded: kept")
         # A requeue is a deliberate second chance: forget the old failed result and submission.
         for index in (self.keys.result_index, self.keys.task_index):
             await self.client.hdel(index, task.task_id)

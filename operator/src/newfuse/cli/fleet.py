@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from newfuse.adapters.taskclient import TaskClient
+from newfuse.adapters.taskclient import RequeueSkippedError, TaskClient
 from newfuse.cli.common import (
     DEFAULT_NAMESPACE,
     DEFAULT_REDIS,
@@ -68,6 +68,13 @@ async def dlq(
     requeue_all: Annotated[
         bool, typer.Option("--requeue-all", help="Resubmit every requeueable one.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Requeue security refusals too (unsigned, forged, replayed...): they get signed.",
+        ),
+    ] = False,
     count: Annotated[int, typer.Option("--count", help="How many to list.")] = 50,
     namespace: Namespace = DEFAULT_NAMESPACE,
     redis_url: RedisUrl = DEFAULT_REDIS,
@@ -81,9 +88,12 @@ async def dlq(
             done = 0
             for entry_id in targets:
                 try:
-                    submitted = await client.requeue_dead_letter(entry_id)
+                    submitted = await client.requeue_dead_letter(entry_id, force=force)
                 except KeyError:
                     errors.print(f"[yellow]skipped[/] {escape(entry_id)}: no such dead letter")
+                    continue
+                except RequeueSkippedError as skipped:
+                    errors.print(f"[yellow]skipped[/] {escape(entry_id)}: {escape(skipped.reason)}")
                     continue
                 if submitted is None:
                     errors.print(f"[yellow]skipped[/] {escape(entry_id)}: it holds no valid task")

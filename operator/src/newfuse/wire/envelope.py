@@ -68,6 +68,20 @@ class RejectReason(StrEnum):
     OVERSIZE = "oversize"
 
 
+# Refusals that say the message may not be what its sender sent, or not from a sender at all: a
+# requeue would re-sign it with the requeuer's key and launder it into a valid task.
+SECURITY_REJECTIONS: Final = frozenset(
+    {
+        RejectReason.UNSIGNED,
+        RejectReason.BAD_SIGNATURE,
+        RejectReason.UNKNOWN_KEY,
+        RejectReason.WRONG_AUDIENCE,
+        RejectReason.REPLAYED,
+        RejectReason.FUTURE_TIMESTAMP,
+    }
+)
+
+
 class MessageRejectedError(ValueError):
     """A message that must not be processed, with a machine-readable reason."""
 
