@@ -83,10 +83,11 @@ def go_signer() -> tuple[Path, float | None]:
             "CGO_ENABLED": "0",
         }
         partial = out.with_suffix(".partial")
-        subprocess.run(
+        built = subprocess.run(
             [go, "build", "-trimpath", "-o", str(partial), "."],
-            cwd=GO_SOURCE, env=env, check=True, capture_output=True,
+            cwd=GO_SOURCE, env=env, capture_output=True, text=True,
         )  # fmt: skip
+        assert built.returncode == 0, f"go build of {GO_SOURCE} failed:\n{built.stderr}"
         partial.replace(out)  # atomic: nobody ever runs a half-written binary
         return out, time.monotonic() - started
 

@@ -13,6 +13,7 @@ import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 
 const DOMAIN = "newfuse-sig-v1\n";
+const DEFAULT_VECTORS = "../../../tests/vectors/signing.json";
 // PKCS#8 wrapping of a raw 32-byte Ed25519 seed (RFC 8410): Node imports keys only in a container.
 const ED25519_PKCS8_PREFIX = Buffer.from("302e020100300506032b657004220420", "hex");
 
@@ -40,20 +41,22 @@ function checkNumbers(value) {
 }
 
 const b64url = (buf) => Buffer.from(buf).toString("base64url"); // unpadded
+const sha256 = (data) => createHash("sha256").update(data).digest();
 
 // The key's type decides the algorithm: a seed is an Ed25519 key, other bytes an HMAC key.
 function makeKey(type, hex) {
   const raw = Buffer.from(hex, "hex");
   if (type === "hmac") {
-    const kid = "hs-" + b64url(createHash("sha256").update("newfuse-kid\n").update(raw).digest().subarray(0, 12));
+    const kid = "hs-" + b64url(sha256(Buffer.concat([Buffer.from("newfuse-kid\n"), raw])).subarray(0, 12));
     return { kid, sign: (data) => b64url(createHmac("sha256", raw).update(data).digest()) };
   }
   if (type === "ed25519") {
     if (raw.length !== 32) throw new Error("an Ed25519 seed is 32 bytes");
-    const privateKey = createPrivateKey({ key: Buffer.concat([ED25519_PKCS8_PREFIX, raw]), format: "der", type: "pkcs8" });
+    const der = Buffer.concat([ED25519_PKCS8_PREFIX, raw]);
+    const privateKey = createPrivateKey({ key: der, format: "der", type: "pkcs8" });
     // The raw public key is the last 32 bytes of its SPKI DER encoding.
-    const publicRaw = createPublicKey(privateKey).export({ format: "der", type: "spki" }).subarray(-32);
-    const kid = "ed-" + b64url(createHash("sha256").update(publicRaw).digest().subarray(0, 12));
+    const spki = createPublicKey(privateKey).export({ format: "der", type: "spki" });
+    const kid = "ed-" + b64url(sha256(spki.subarray(-32)).subarray(0, 12));
     return { kid, sign: (data) => b64url(sign(null, data, privateKey)) };
   }
   throw new Error(`unknown key type ${type} (hmac or ed25519)`);
@@ -82,7 +85,8 @@ function vectors(path) {
   for (const v of file.vectors) {
     for (const [name, key] of Object.entries(keys)) {
       const { bytes, envelope } = signed(v.type, v.payload, v.metadata, key);
-      const line = { name: v.name, key: name, kid: key.kid, canonical_hex: bytes.toString("hex"), signature: envelope.metadata.signature };
+      const { signature } = envelope.metadata;
+      const line = { name: v.name, key: name, kid: key.kid, canonical_hex: bytes.toString("hex"), signature };
       process.stdout.write(JSON.stringify(line) + "\n");
     }
   }
@@ -118,7 +122,7 @@ function task(argv) {
 
 const [mode, ...rest] = process.argv.slice(2);
 try {
-  if (mode === "vectors") vectors(rest[0] ?? new URL("../../../tests/vectors/signing.json", import.meta.url));
+  if (mode === "vectors") vectors(rest[0] ?? new URL(DEFAULT_VECTORS, import.meta.url));
   else if (mode === "task") task(rest);
   else throw new Error("usage: sign.mjs vectors [FILE] | sign.mjs task --namespace NS --fleet F --key HEX ...");
 } catch (error) {
