@@ -25,12 +25,8 @@ from hypothesis import strategies as st
 from harness import RedisHandle
 from localcluster import wait_for
 from newfuse.adapters.streamread import MalformedEntry
-from newfuse.adapters.taskclient import (
-    MalformedResultError,
-    PayloadTooLargeError,
-    TaskClient,
-    TaskSpec,
-)
+from newfuse.adapters.taskclient import TaskClient, TaskSpec
+from newfuse.adapters.taskerrors import MalformedResultError, PayloadTooLargeError
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.taskpolicy import MIB

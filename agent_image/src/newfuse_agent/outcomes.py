@@ -20,6 +20,7 @@ from opentelemetry import trace
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
+from newfuse.adapters.streamread import verified_result
 from newfuse.core import tasklife
 from newfuse.core.tasklife import Fail, FailReason, Retry
 from newfuse.tracing import current_traceparent
@@ -162,12 +163,44 @@ class Outcomes:
                     letter=letter,
                 )
             )
+            if isinstance(stored, str):
+                stored = await self._replace_if_forged(
+                    task.task_id, stored, envelope, succeeded, executed
+                )
         if not stored:
             if executed:
                 metrics.TASKS.labels(TaskOutcome.DUPLICATE).inc()
             return
         self.stats.record(succeeded, elapsed, now)
         metrics.TASKS.labels(TaskOutcome.SUCCEEDED if succeeded else TaskOutcome.FAILED).inc()
+
+    async def _replace_if_forged(
+        self, task_id: str, found: str, envelope: bytes, succeeded: bool, executed: bool
+    ) -> bool:
+        """Replace ``found`` by this agent's result unless the fleet's keys signed it."""
+        keyring = self._signing.keyring
+        if keyring is None:
+            return False  # nothing to tell a forgery by: the first result stands
+        try:
+            verified_result(found, task_id, keyring, self.queue.keys.audience(Channel.RESULTS))
+        except MessageRejectedError as exc:
+            log.warning(
+                "task %s held a result its fleet did not sign (%s): replacing it", task_id, exc
+            )
+            metrics.REJECTED.labels("forged_result").inc()
+            return bool(
+                await self.persist(
+                    lambda: self.queue.replace_forged(
+                        task_id,
+                        found,
+                        envelope,
+                        succeeded=succeeded,
+                        revision=self.config.revision,
+                        executed=executed,
+                    )
+                )
+            )
+        return False
 
     async def persist(self, step: Callable[[], Awaitable[Any]]) -> Any:
         # Finished work is never thrown away for a Redis blip: retry until Redis answers. The entry

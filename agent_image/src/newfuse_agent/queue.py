@@ -28,6 +28,7 @@ from newfuse.wire.scripts import (
     GUARD_LUA,
     PROMOTE_DUE_LUA,
     RENEW_LUA,
+    REPLACE_FORGED_LUA,
     REQUEUE_LUA,
     SWEEP_LUA,
 )
@@ -81,6 +82,7 @@ class TaskQueue:
         # idle entries behind a page of busy ones would never be reached.
         self._cursors = dict.fromkeys(self.streams.values(), "0-0")
         self._complete = client.register_script(COMPLETE_LUA)
+        self._replace_forged = client.register_script(REPLACE_FORGED_LUA)
         self._requeue = client.register_script(REQUEUE_LUA)
         self._dead_letter = client.register_script(DEAD_LETTER_LUA)
         self._promote = client.register_script(PROMOTE_DUE_LUA)
@@ -183,8 +185,11 @@ class TaskQueue:
         revision: str,
         executed: bool,
         letter: DeadLetter | None = None,
-    ) -> bool:
-        """Store the task's first result (and its dead letter), count it, ack and delete it."""
+    ) -> bool | str:
+        """Store the task's first result (and its dead letter), count it, ack and delete it.
+
+        True if stored; else the result the task already had (the caller checks it), or False.
+        """
         keys, policy = self.keys, self.policy
         counter = COUNTER_COMPLETED if succeeded else COUNTER_FAILED
         stored = await self._complete(
@@ -211,7 +216,40 @@ class TaskQueue:
                 *(_flat(letter) if letter is not None else ()),
             ],
         )
-        return bool(stored)
+        return stored if isinstance(stored, str) else bool(stored)
+
+    async def replace_forged(
+        self,
+        task_id: str,
+        forged: str,
+        result: bytes,
+        *,
+        succeeded: bool,
+        revision: str,
+        executed: bool,
+    ) -> bool:
+        """Put the agent's ``result`` in place of ``forged``, if that is still what is stored."""
+        keys = self.keys
+        replaced = await self._replace_forged(
+            keys=[
+                keys.result_index,
+                keys.result_stream,
+                keys.counters,
+                keys.expiry_of(keys.result_index),
+                keys.expiry_of(keys.task_index),
+            ],
+            args=[
+                task_id,
+                forged,
+                result,
+                COUNTER_COMPLETED if succeeded else COUNTER_FAILED,
+                revision,
+                _ms(self.policy.result_ttl_seconds),
+                self.policy.result_stream_max,
+                "1" if executed else "0",
+            ],
+        )
+        return bool(replaced)
 
     async def requeue(
         self,

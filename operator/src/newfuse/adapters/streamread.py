@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from redis.client import NEVER_DECODE
 
 from newfuse.wire.envelope import MessageRejectedError, MessageType, RejectReason, decode, validate
+from newfuse.wire.signing import Audience, Keyring
 from newfuse.wire.tasks import DeadLetter, ResultPayload, TaskPayload
 
 # execute_command(..., **RAW): the reply's values stay bytes, whatever the client decodes.
@@ -40,12 +41,25 @@ def text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def decode_result(raw: bytes | str) -> ResultPayload:
-    """A result envelope's payload; MessageRejectedError (only) for anything else."""
+def decode_result(
+    raw: bytes | str, keyring: Keyring | None = None, audience: Audience | None = None
+) -> ResultPayload:
+    """A result envelope's payload; MessageRejectedError (only) for anything else.
+
+    With a ``keyring``, only a result signed with one of its keys (for ``audience``) is taken.
+    """
     try:
         # A result is a record of what happened, not an order: one stamped by an agent whose clock
-        # runs ahead is still shown (and waited for), so no skew bound here.
-        envelope = decode(raw, now=dt.datetime.now(dt.UTC), max_skew=dt.timedelta.max)
+        # runs ahead is still shown (and waited for), and one read a day later is still valid.
+        envelope = decode(
+            raw,
+            keyring=keyring,
+            audience=audience,
+            require_signature=keyring is not None,
+            now=dt.datetime.now(dt.UTC),
+            max_skew=dt.timedelta.max,
+            max_age=None,
+        )
         if envelope.type is not MessageType.RESULT:
             raise MessageRejectedError(
                 RejectReason.INVALID_ENVELOPE, f"a {envelope.type} envelope, not a result"
@@ -57,6 +71,21 @@ def decode_result(raw: bytes | str) -> ResultPayload:
         # decode() is meant to be total; should hostile input still get past it (a protocol
         # version of 5,000 digits, say), it must end here rather than kill a watcher.
         raise MessageRejectedError(RejectReason.INVALID_ENVELOPE, repr(exc)[:200]) from None
+
+
+def verified_result(
+    raw: bytes | str, task_id: str, keyring: Keyring | None, audience: Audience
+) -> ResultPayload:
+    """``task_id``'s result in ``raw``, signed by a key of ``keyring`` (if any) for ``audience``.
+
+    MessageRejectedError if it is not: malformed, unsigned, forged, another fleet's or task's.
+    """
+    found = decode_result(raw, keyring, audience)
+    if found.task_id != task_id:
+        raise MessageRejectedError(
+            RejectReason.INVALID_PAYLOAD, f"it is the result of task {found.task_id[:128]!r}"
+        )
+    return found
 
 
 def result_of_entry(fields: Mapping[bytes, bytes]) -> ResultPayload:

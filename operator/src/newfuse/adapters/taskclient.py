@@ -37,6 +37,7 @@ from newfuse.adapters.streamread import (
     read_entries,
     result_of_entry,
     text,
+    verified_result,
 )
 from newfuse.adapters.taskerrors import (
     FleetNotFoundError,
@@ -59,17 +60,6 @@ from newfuse.wire.tasks import (
     ResultStatus,
     TaskPayload,
 )
-
-__all__ = [
-    "FleetNotFoundError",
-    "MalformedResultError",
-    "PayloadTooLargeError",
-    "RequeueSkippedError",
-    "StreamEntries",
-    "Submitted",
-    "TaskClient",
-    "TaskSpec",
-]
 
 tracer = trace.get_tracer("newfuse.taskclient")
 
@@ -139,7 +129,10 @@ class TaskClient:
             raise ValueError(f"max_payload_bytes must be positive, got {max_payload_bytes}")
         self.client, self.keys = client, FleetKeys(namespace, fleet)
         self.namespace, self.fleet = namespace, fleet
-        self.sender, self._signer = sender, Signing.shared(signing_key).signer
+        self.sender, self._signing = sender, Signing.shared(signing_key)
+        self._signer = self._signing.signer
+        # Task id -> why its stored result was not taken (a signing client checks results).
+        self.ignored: dict[str, str] = {}
         self.max_payload_bytes = max_payload_bytes
         self._submit = client.register_script(SUBMIT_LUA)
 
@@ -255,22 +248,23 @@ class TaskClient:
     async def result(self, task_id: str) -> ResultPayload | None:
         """The task's result, if it has one.
 
-        Raises MalformedResultError when the index holds anything but a valid result of this
-        task: the index keeps a task's first result (HSETNX), so a bad one is never replaced and
-        treating it as "no result yet" would only make `wait()` time out without saying why.
+        A client with a key takes only a result the fleet signed: anything else in the index is
+        ignored (noted in `ignored`) as "no result yet", since the agent replaces a result its
+        fleet did not sign with its own. A client without a key cannot tell a forgery, so it
+        raises MalformedResultError for anything but a valid result of this task at once, rather
+        than let `wait()` time out without saying why.
         """
         raw = await self._raw("HGET", self.keys.result_index, task_id)
         if raw is None:
             return None
+        keyring = self._signing.keyring
         try:
-            found = decode_result(raw)
+            return verified_result(raw, task_id, keyring, self.keys.audience(Channel.RESULTS))
         except MessageRejectedError as exc:
-            raise MalformedResultError(task_id, exc.reason, exc.detail) from None
-        if found.task_id != task_id:
-            raise MalformedResultError(
-                task_id, "wrong_task", f"it is the result of task {found.task_id[:128]!r}"
-            )
-        return found
+            if keyring is None:
+                raise MalformedResultError(task_id, exc.reason, exc.detail) from None
+            self.ignored[task_id] = f"{exc.reason}: {exc.detail}"
+            return None
 
     async def wait(self, task_id: str, timeout: float) -> ResultPayload:
         """Wait up to ``timeout`` seconds for the task's result (MalformedResultError at once)."""
@@ -281,7 +275,9 @@ class TaskClient:
             if found is not None:
                 return found
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"no result for task {task_id} after {timeout:g}s")
+                ignored = self.ignored.get(task_id)
+                also = f" (ignored a stored result: {ignored})" if ignored else ""
+                raise TimeoutError(f"no result for task {task_id} after {timeout:g}s{also}")
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.5)
 

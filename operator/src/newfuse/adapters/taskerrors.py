@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-__all__ = [
-    "FleetNotFoundError",
-    "MalformedResultError",
-    "PayloadTooLargeError",
-    "RequeueSkippedError",
-]
-
 
 class FleetNotFoundError(LookupError):
     """No fleet of that name has state in Redis (never created, or the operator is not running)."""

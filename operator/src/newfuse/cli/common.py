@@ -21,12 +21,11 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from rich.markup import escape
 
-from newfuse.adapters.taskclient import (
-    DEFAULT_MAX_PAYLOAD_BYTES,
+from newfuse.adapters.taskclient import DEFAULT_MAX_PAYLOAD_BYTES, TaskClient
+from newfuse.adapters.taskerrors import (
     FleetNotFoundError,
     MalformedResultError,
     PayloadTooLargeError,
-    TaskClient,
 )
 from newfuse.wire.taskpolicy import ENV_VARS
 

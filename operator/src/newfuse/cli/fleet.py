@@ -12,7 +12,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from newfuse.adapters.taskclient import RequeueSkippedError, TaskClient
+from newfuse.adapters.taskclient import TaskClient
+from newfuse.adapters.taskerrors import RequeueSkippedError
 from newfuse.cli.common import (
     DEFAULT_NAMESPACE,
     DEFAULT_REDIS,

@@ -41,7 +41,8 @@ return {1, id}
 # ARGV: task id, result envelope, group, entry id, outcome counter field, revision, ttl ms,
 # result stream max length, DLQ max length, executed (1: a handler ran), then the dead letter's
 # field/value pairs (none: no dead letter).
-# Returns 1 if this result was stored, 0 if the task already had one (still acknowledged).
+# Returns 1 if this result was stored; else (still acknowledged) the result the task already had,
+# which the agent checks: a forged one is then replaced (REPLACE_FORGED_LUA).
 # A stored result expires after the ttl, and so does the task id's idempotency record.
 COMPLETE_LUA: Final = (
     _NOW_MS
@@ -68,7 +69,31 @@ if #ARGV > 10 then
 end
 redis.call('XACK', KEYS[3], ARGV[3], ARGV[4])
 redis.call('XDEL', KEYS[3], ARGV[4])
-return stored
+if stored == 1 or ARGV[2] == '' then return stored end
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+)
+
+# KEYS: result index, result stream, counters, result expiry, task index expiry.
+# ARGV: task id, the forged envelope found, the agent's envelope, outcome counter field, revision,
+# ttl ms, result stream max length, executed (1: COMPLETE counted a duplicate to take back).
+# Replaces the index entry only if it still holds exactly what the agent checked and refused.
+# Lua cannot verify a signature, so the first writer of a task id wins in COMPLETE; anyone who can
+# write the fleet's keys could then pre-empt the real result with an unsigned one.
+REPLACE_FORGED_LUA: Final = (
+    _NOW_MS
+    + """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+local expires = now + tonumber(ARGV[6])
+redis.call('ZADD', KEYS[4], expires, ARGV[1])
+redis.call('ZADD', KEYS[5], expires, ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'task_id', ARGV[1], 'envelope', ARGV[3])
+redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+redis.call('HINCRBY', KEYS[3], 'rev:' .. ARGV[5] .. ':' .. ARGV[4], 1)
+if ARGV[8] == '1' then redis.call('HINCRBY', KEYS[3], 'duplicates', -1) end
+redis.call('HINCRBY', KEYS[3], 'forgedResults', 1)
+return 1
 """
 )
 
