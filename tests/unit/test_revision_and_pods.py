@@ -181,7 +181,12 @@ def _ref(name: str, key: str) -> dict[str, Any]:
         ({"signing": {"acceptKeySecretRef": {"name": "old-keys", "key": "keys"}}},
          {"signing_secret": OPERATOR_SIGNING},
          {"NEWFUSE_SIGNING_KEY": _ref("newfuse-signing", "key"),
-          "NEWFUSE_SIGNING_ACCEPT": _ref("old-keys", "keys")}),
+          "NEWFUSE_SIGNING_ACCEPT": _ref("old-keys", "keys"), "NEWFUSE_ENCRYPTION_KEY": None}),
+        # A data key (and its predecessors) only through Secrets too.
+        ({"encryption": {"keySecretRef": {"name": "dk", "key": "now"},
+                         "acceptKeySecretRef": {"name": "dk", "key": "before"}}}, {},
+         {"NEWFUSE_ENCRYPTION_KEY": _ref("dk", "now"),
+          "NEWFUSE_ENCRYPTION_ACCEPT": _ref("dk", "before")}),
     ],
 )  # fmt: skip
 def test_credentials_reach_agents_only_through_secrets(

@@ -10,6 +10,7 @@ from typing import Final, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from newfuse.tracing import TraceExporter
+from newfuse.wire.sealing import Sealer
 from newfuse.wire.signing import Keyring, Signing
 from newfuse.wire.taskpolicy import TaskPolicy
 
@@ -31,6 +32,8 @@ _ENV = {
     "NEWFUSE_REDIS_URL": "redis_url",
     "NEWFUSE_SIGNING_KEY": "signing_key",
     "NEWFUSE_SIGNING_ACCEPT": "signing_accept",
+    "NEWFUSE_ENCRYPTION_KEY": "encryption_key",
+    "NEWFUSE_ENCRYPTION_ACCEPT": "encryption_accept",
     "NEWFUSE_REQUIRE_SIGNATURES": "require_signatures",
     "NEWFUSE_DRAIN_GRACE_SECONDS": "drain_grace_seconds",
     "NEWFUSE_LOG_LEVEL": "log_level",
@@ -60,6 +63,9 @@ class AgentConfig(BaseModel):
     signing_key: str | None = Field(default=None, repr=False)
     # More keys accepted, never signed with (one per line): a rotation's accept-set.
     signing_accept: str | None = Field(default=None, repr=False)
+    # The fleet's data key (spec.encryption): task payloads and results are sealed with it.
+    encryption_key: str | None = Field(default=None, repr=False)
+    encryption_accept: str | None = Field(default=None, repr=False)
     require_signatures: bool = False
     drain_grace_seconds: float = Field(
         default=25.0, ge=0, description="In-flight time allowed on SIGTERM."
@@ -125,6 +131,16 @@ class AgentConfig(BaseModel):
         if shared.signer is None:
             return shared
         return Signing(shared.signer, Keyring.of([shared.signer, *(k for k in accepted if k)]))
+
+    @property
+    def sealer(self) -> Sealer | None:
+        """What seals and opens this fleet's payloads (None: they travel in the clear)."""
+        if not self.encryption_key:
+            return None
+        accept = [k.strip().encode() for k in (self.encryption_accept or "").splitlines()]
+        return Sealer.of(
+            self.namespace, self.fleet, self.encryption_key.encode(), [k for k in accept if k]
+        )
 
     @property
     def consumer(self) -> str:

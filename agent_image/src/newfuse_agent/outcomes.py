@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
 from opentelemetry import trace
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
@@ -25,6 +26,7 @@ from newfuse.core import tasklife
 from newfuse.core.tasklife import Fail, FailReason, Retry
 from newfuse.tracing import current_traceparent
 from newfuse.wire.envelope import MessageRejectedError, MessageType, RejectReason, encode
+from newfuse.wire.sealing import RESULT_CLEAR, TASK_CLEAR
 from newfuse.wire.signing import Channel
 from newfuse.wire.tasks import DeadLetter, ResultPayload, ResultStatus, TaskPayload
 from newfuse_agent import metrics
@@ -94,6 +96,7 @@ class Outcomes:
         """Write through ``queue`` as ``config``'s agent."""
         self.config, self.queue, self.clock, self.stats = config, queue, clock, stats
         self._signing = config.signing
+        self._sealer = config.sealer
 
     async def retry(self, delivery: Delivery, decision: Retry, traceparent: str | None) -> None:
         task = decision.task
@@ -145,7 +148,7 @@ class Outcomes:
         ):
             envelope = encode(
                 MessageType.RESULT,
-                result.model_dump(mode="json"),
+                self._sealed(result.model_dump(mode="json"), RESULT_CLEAR, "result"),
                 self.config.agent_id,
                 now=now,
                 audience=self.queue.keys.audience(Channel.RESULTS),
@@ -274,9 +277,12 @@ class Outcomes:
         keep: int = RAW_KEPT,
     ) -> DeadLetter:
         """The dead letter of ``delivery``, with up to ``keep`` characters of what it held."""
+        detail = detail[:2000]
+        if self._sealer is not None:  # a handler's error may quote its input
+            detail = orjson.dumps(self._sealer.seal(detail, task_id or "", "letter")).decode()
         return DeadLetter(
             reason=reason,
-            detail=detail[:2000],
+            detail=detail,
             raw=delivery.raw[:keep],
             agent_id=self.config.agent_id,
             source_stream=delivery.stream,
@@ -285,11 +291,14 @@ class Outcomes:
             at=self.clock(),
         )
 
+    def _sealed(self, payload: dict[str, Any], clear: frozenset[str], kind: str) -> dict[str, Any]:
+        return payload if self._sealer is None else self._sealer.seal_fields(payload, clear, kind)
+
     def task_envelope(self, task: TaskPayload, traceparent: str | None) -> bytes:
         """``task`` as a fresh envelope from this agent (signed when the fleet signs)."""
         return encode(
             MessageType.TASK,
-            task.model_dump(mode="json"),
+            self._sealed(task.model_dump(mode="json"), TASK_CLEAR, "task"),
             self.config.agent_id,
             now=self.clock(),
             audience=self.queue.keys.audience(Channel.TASKS),

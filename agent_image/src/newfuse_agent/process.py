@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from opentelemetry import trace
 from redis.exceptions import RedisError
@@ -31,6 +32,7 @@ from newfuse.wire.envelope import (
     decode,
     validate,
 )
+from newfuse.wire.sealing import SealError, is_sealed
 from newfuse.wire.signing import Channel
 from newfuse.wire.tasks import ResultStatus, TaskPayload
 from newfuse_agent import metrics
@@ -62,6 +64,7 @@ class Processor:
         self.clock, self.stats, self._inject_fault = clock, stats, inject_fault
         self.policy = config.tasks
         self._signing = config.signing
+        self._sealer = config.sealer
         self.tasks: dict[str, TaskPayload] = {}  # entry id -> decoded task, for hand-backs
         self.out = Outcomes(config, queue, clock, stats)
 
@@ -98,6 +101,19 @@ class Processor:
         ):
             await self._run(delivery, envelope.metadata.traceparent, task)
 
+    def _opened(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The task's fields, opened if the client sealed them (spec.encryption)."""
+        if not is_sealed(payload):
+            return payload
+        if self._sealer is None:
+            raise MessageRejectedError(
+                RejectReason.CANNOT_UNSEAL, "the task is sealed and this agent holds no data key"
+            )
+        try:
+            return self._sealer.open_fields(payload, "task")
+        except SealError as exc:
+            raise MessageRejectedError(RejectReason.CANNOT_UNSEAL, str(exc)) from None
+
     async def _admit(self, delivery: Delivery) -> tuple[Envelope, TaskPayload | None]:
         raw = delivery.raw
         # A character is at most 4 UTF-8 bytes: only a long envelope needs encoding to be measured.
@@ -123,7 +139,8 @@ class Processor:
             raise MessageRejectedError(
                 RejectReason.INVALID_ENVELOPE, f"expected a task, got {envelope.type}"
             )
-        task = validate(TaskPayload, envelope.payload, RejectReason.INVALID_PAYLOAD, "payload.")
+        fields = self._opened(envelope.payload)
+        task = validate(TaskPayload, fields, RejectReason.INVALID_PAYLOAD, "payload.")
         signed = self._signing.keyring is not None and envelope.metadata.signature is not None
         if signed:
             first = await self.queue.guard(envelope.metadata.message_id, delivery.entry_id)

@@ -18,8 +18,9 @@ from pydantic import ValidationError
 from redis.client import NEVER_DECODE
 
 from newfuse.wire.envelope import MessageRejectedError, MessageType, RejectReason, decode, validate
+from newfuse.wire.sealing import Sealer, SealError, is_sealed
 from newfuse.wire.signing import Audience, Keyring
-from newfuse.wire.tasks import DeadLetter, ResultPayload, TaskPayload
+from newfuse.wire.tasks import DeadLetter, ResultPayload, ResultStatus, TaskPayload
 
 # execute_command(..., **RAW): the reply's values stay bytes, whatever the client decodes.
 RAW: Final = {NEVER_DECODE: True}
@@ -42,11 +43,15 @@ def text(value: Any) -> str:
 
 
 def decode_result(
-    raw: bytes | str, keyring: Keyring | None = None, audience: Audience | None = None
+    raw: bytes | str,
+    keyring: Keyring | None = None,
+    audience: Audience | None = None,
+    sealer: Sealer | None = None,
 ) -> ResultPayload:
     """A result envelope's payload; MessageRejectedError (only) for anything else.
 
     With a ``keyring``, only a result signed with one of its keys (for ``audience``) is taken.
+    A sealed result is opened with ``sealer``; without one, its sealed fields stay unset.
     """
     try:
         # A result is a record of what happened, not an order: one stamped by an agent whose clock
@@ -64,7 +69,13 @@ def decode_result(
             raise MessageRejectedError(
                 RejectReason.INVALID_ENVELOPE, f"a {envelope.type} envelope, not a result"
             )
-        return validate(ResultPayload, envelope.payload, RejectReason.INVALID_PAYLOAD, "payload.")
+        payload = envelope.payload
+        if sealer is not None and is_sealed(payload):
+            try:
+                payload = sealer.open_fields(payload, "result")
+            except SealError as exc:
+                raise MessageRejectedError(RejectReason.CANNOT_UNSEAL, str(exc)) from None
+        return validate(ResultPayload, payload, RejectReason.INVALID_PAYLOAD, "payload.")
     except MessageRejectedError:
         raise
     except (ValueError, TypeError, RecursionError) as exc:
@@ -73,14 +84,26 @@ def decode_result(
         raise MessageRejectedError(RejectReason.INVALID_ENVELOPE, repr(exc)[:200]) from None
 
 
+def is_success(raw: bytes | str) -> bool:
+    """True if ``raw`` is a SUCCEEDED result (whoever signed it: for keeping, not for trusting)."""
+    try:
+        return decode_result(raw).status is ResultStatus.SUCCEEDED
+    except MessageRejectedError:
+        return False
+
+
 def verified_result(
-    raw: bytes | str, task_id: str, keyring: Keyring | None, audience: Audience
+    raw: bytes | str,
+    task_id: str,
+    keyring: Keyring | None,
+    audience: Audience,
+    sealer: Sealer | None = None,
 ) -> ResultPayload:
     """``task_id``'s result in ``raw``, signed by a key of ``keyring`` (if any) for ``audience``.
 
     MessageRejectedError if it is not: malformed, unsigned, forged, another fleet's or task's.
     """
-    found = decode_result(raw, keyring, audience)
+    found = decode_result(raw, keyring, audience, sealer)
     if found.task_id != task_id:
         raise MessageRejectedError(
             RejectReason.INVALID_PAYLOAD, f"it is the result of task {found.task_id[:128]!r}"
@@ -88,14 +111,14 @@ def verified_result(
     return found
 
 
-def result_of_entry(fields: Mapping[bytes, bytes]) -> ResultPayload:
+def result_of_entry(fields: Mapping[bytes, bytes], sealer: Sealer | None = None) -> ResultPayload:
     """The result a result-stream entry holds; MessageRejectedError if it holds none."""
     envelope = fields.get(b"envelope")
     if envelope is None:
         raise MessageRejectedError(
             RejectReason.INVALID_ENVELOPE, "the entry has no `envelope` field"
         )
-    return decode_result(envelope)
+    return decode_result(envelope, sealer=sealer)
 
 
 def _stream_entries(entries: Any) -> list[RawEntry]:
@@ -144,9 +167,27 @@ def dead_letter_of_entry(entry_id: str, fields: Mapping[bytes, bytes]) -> DeadLe
         )
 
 
-def letter_task(letter: DeadLetter) -> TaskPayload | None:
-    """The task a dead letter holds (with its attempt history), or None if it holds no task."""
+def letter_task(letter: DeadLetter, sealer: Sealer | None = None) -> TaskPayload | None:
+    """The task a dead letter holds (with its attempt history), or None if it holds no task.
+
+    A sealed task is opened with ``sealer``: without it, a sealed task reads as no task.
+    """
     try:
-        return TaskPayload.model_validate(orjson.loads(letter.raw)["payload"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError):
+        payload = orjson.loads(letter.raw)["payload"]
+        if sealer is not None and is_sealed(payload):
+            payload = sealer.open_fields(payload, "task")
+        return TaskPayload.model_validate(payload)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError, SealError):
         return None
+
+
+def opened_letter(letter: DeadLetter, sealer: Sealer | None) -> DeadLetter:
+    """``letter`` with its detail opened, if the agent sealed it and ``sealer`` can open it."""
+    if sealer is None:
+        return letter
+    try:
+        sealed = orjson.loads(letter.detail)
+        detail = sealer.open(sealed, letter.task_id or "", "letter")
+    except (orjson.JSONDecodeError, SealError):
+        return letter
+    return letter.model_copy(update={"detail": str(detail)})

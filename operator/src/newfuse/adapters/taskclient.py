@@ -31,8 +31,9 @@ from newfuse.adapters.streamread import (
     RAW,
     MalformedEntry,
     dead_letter_of_entry,
-    decode_result,
+    is_success,
     letter_task,
+    opened_letter,
     range_entries,
     read_entries,
     result_of_entry,
@@ -49,6 +50,7 @@ from newfuse.tracing import current_traceparent
 from newfuse.wire.envelope import SECURITY_REJECTIONS, MessageRejectedError, MessageType, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import SUBMIT_LUA
+from newfuse.wire.sealing import TASK_CLEAR, Sealer
 from newfuse.wire.signing import Channel, Signing
 from newfuse.wire.state import StateUpdate
 from newfuse.wire.taskpolicy import TaskPolicy
@@ -57,7 +59,6 @@ from newfuse.wire.tasks import (
     DeadLetter,
     Priority,
     ResultPayload,
-    ResultStatus,
     TaskPayload,
 )
 
@@ -100,13 +101,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _succeeded(raw: bytes | str) -> bool:
-    try:
-        return decode_result(raw).status is ResultStatus.SUCCEEDED
-    except MessageRejectedError:
-        return False
-
-
 class TaskClient:
     """Talks to one fleet's streams."""
 
@@ -118,9 +112,13 @@ class TaskClient:
         *,
         sender: str = "newfuse-client",
         signing_key: bytes | None = None,
+        encryption_key: bytes | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         """Use ``client`` (decode_responses=True) for the fleet ``namespace/fleet``.
+
+        ``encryption_key`` (the fleet's spec.encryption key) seals what this client submits and
+        opens the results and dead letters it reads.
 
         ``max_payload_bytes`` bounds one encoded task envelope (default: the fleet default of
         TaskPolicy, 1 MiB); a larger task is refused with PayloadTooLargeError.
@@ -135,6 +133,7 @@ class TaskClient:
         self.ignored: dict[str, str] = {}
         self.max_payload_bytes = max_payload_bytes
         self._submit = client.register_script(SUBMIT_LUA)
+        self._sealer = Sealer.of(namespace, fleet, encryption_key) if encryption_key else None
 
     @classmethod
     def from_url(
@@ -189,9 +188,12 @@ class TaskClient:
                 "messaging.destination.name": self.keys.tasks(spec.priority),
             },
         ):
+            payload = task.model_dump(mode="json")
+            if self._sealer is not None:
+                payload = self._sealer.seal_fields(payload, TASK_CLEAR, "task")
             raw = encode(
                 MessageType.TASK,
-                task.model_dump(mode="json"),
+                payload,
                 self.sender,
                 now=_now(),
                 audience=self.keys.audience(Channel.TASKS),
@@ -259,7 +261,8 @@ class TaskClient:
             return None
         keyring = self._signing.keyring
         try:
-            return verified_result(raw, task_id, keyring, self.keys.audience(Channel.RESULTS))
+            to = self.keys.audience(Channel.RESULTS)
+            return verified_result(raw, task_id, keyring, to, self._sealer)
         except MessageRejectedError as exc:
             if keyring is None:
                 raise MalformedResultError(task_id, exc.reason, exc.detail) from None
@@ -308,7 +311,7 @@ class TaskClient:
             for raw_id, fields in read_entries(reply):
                 entry_id = last = text(raw_id)
                 try:
-                    result = result_of_entry(fields)
+                    result = result_of_entry(fields, self._sealer)
                 except MessageRejectedError as exc:
                     if on_malformed is not None:
                         on_malformed(MalformedEntry(entry_id, exc.reason, exc.detail[:300]))
@@ -338,7 +341,7 @@ class TaskClient:
         """The newest dead letters, newest first (an unreadable entry has reason `unreadable`)."""
         reply = await self._raw("XREVRANGE", self.keys.dead_letters, "+", "-", "COUNT", count)
         return [
-            (text(raw_id), dead_letter_of_entry(text(raw_id), fields))
+            (text(raw_id), opened_letter(dead_letter_of_entry(text(raw_id), fields), self._sealer))
             for raw_id, fields in range_entries(reply)
         ]
 
@@ -359,11 +362,11 @@ class TaskClient:
             raise RequeueSkippedError(
                 entry_id, f"refused as {letter.reason}: requeueing would sign it (--force to)"
             )
-        task = letter_task(letter)
+        task = letter_task(letter, self._sealer)
         if task is None:
             return None
         previous = await self.client.hget(self.keys.result_index, task.task_id)
-        if previous is not None and _succeeded(previous):
+        if previous is not None and is_success(previous):
             raise RequeueSkippedError(entry_id, f"task {task.task_id} has succeeded: kept")
         # A requeue is a deliberate second chance: forget the old failed result and submission.
         for index in (self.keys.result_index, self.keys.task_index):

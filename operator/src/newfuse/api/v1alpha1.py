@@ -344,6 +344,18 @@ class SigningSpec(KubeModel):
     )
 
 
+class EncryptionSpec(KubeModel):
+    """Sealing of task payloads and results (AES-256-GCM): Redis and the DLQ hold no plaintext."""
+
+    key_secret_ref: SecretKeyRef = Field(
+        description="Secret key holding the fleet's data key (any random text of 32+ bytes)."
+    )
+    accept_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding older data keys still opened, one per line (rotation).",
+    )
+
+
 class RolloutSpec(PhasedPolicy):
     """How template changes roll out: all at once (Replace), or as a gated phased migration."""
 
@@ -400,6 +412,10 @@ class NewFuseAgentSpec(KubeModel):
     gateway: GatewaySpec | None = Field(default=None, description="Model gateway configuration.")
     redis: RedisSpec | None = Field(default=None, description="Redis connection override.")
     signing: SigningSpec | None = Field(default=None, description="Message signing override.")
+    encryption: EncryptionSpec | None = Field(
+        default=None,
+        description="Seal task inputs and results with a per-fleet data key (off: plaintext).",
+    )
     protocol_version: str = Field(
         default=DEFAULT_PROTOCOL_VERSION,
         pattern=r"^[0-9]+\.[0-9]+$",

@@ -68,8 +68,8 @@ DEFAULT_MAX_PAYLOAD = DEFAULT_MAX_PAYLOAD_BYTES
 cli_tracer = trace.get_tracer("newfuse.cli")
 
 
-def _signing_key() -> bytes | None:
-    key = os.environ.get("NEWFUSE_SIGNING_KEY")
+def _key(var: str) -> bytes | None:
+    key = os.environ.get(var)
     return key.encode() if key else None
 
 
@@ -120,7 +120,8 @@ async def with_client(
         namespace,
         fleet,
         sender="newfuse-cli",
-        signing_key=_signing_key(),
+        signing_key=_key("NEWFUSE_SIGNING_KEY"),
+        encryption_key=_key("NEWFUSE_ENCRYPTION_KEY"),
         ca_file=os.environ.get("NEWFUSE_REDIS_CA_FILE"),
         max_payload_bytes=max_payload_bytes,
     )

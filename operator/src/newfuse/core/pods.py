@@ -191,6 +191,11 @@ def agent_env(fleet: NewFuseAgent, revision: str, defaults: AgentDefaults) -> li
     accept_ref = spec.signing.accept_key_secret_ref if spec.signing else None
     if accept_ref:
         env.append(_secret_env("NEWFUSE_SIGNING_ACCEPT", accept_ref.name, accept_ref.key))
+    if spec.encryption:
+        key_ref, older = spec.encryption.key_secret_ref, spec.encryption.accept_key_secret_ref
+        env.append(_secret_env("NEWFUSE_ENCRYPTION_KEY", key_ref.name, key_ref.key))
+        if older:
+            env.append(_secret_env("NEWFUSE_ENCRYPTION_ACCEPT", older.name, older.key))
     gateway = spec.gateway
     if gateway and gateway.endpoint:
         env.append(_env("NEWFUSE_GATEWAY_ENDPOINT", gateway.endpoint))

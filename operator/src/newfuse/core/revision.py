@@ -29,6 +29,7 @@ TEMPLATE_FIELDS: Final = frozenset(
         "gateway",
         "redis",
         "signing",
+        "encryption",
         "protocol_version",
         "tasks",
     }

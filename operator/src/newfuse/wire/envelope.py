@@ -61,6 +61,7 @@ class RejectReason(StrEnum):
     BAD_SIGNATURE = "bad_signature"
     UNKNOWN_KEY = "unknown_key"
     WRONG_AUDIENCE = "wrong_audience"
+    CANNOT_UNSEAL = "cannot_unseal"
     STALE = "stale"
     FUTURE_TIMESTAMP = "future_timestamp"
     REPLAYED = "replayed"
