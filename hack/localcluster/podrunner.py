@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 from localcluster import processes
 from localcluster.binaries import REPO_ROOT
@@ -287,6 +288,21 @@ def runner_base_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def local_redis_url(local: str, pod_url: str) -> str:
+    """The runner's Redis, logged in as the pod's URL says (a fleet's own ACL user, say).
+
+    Agents run on this host, so only the server changes: the credentials stay the pod's.
+    """
+    pod = urlsplit(pod_url)
+    if pod.username is None and pod.password is None:
+        return local
+    parts = urlsplit(local)
+    login = pod.netloc.rsplit("@", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{login}@{parts.netloc.rsplit('@', 1)[-1]}"))
+
+
 # One pod's agent process: start, restart with back-off, stop on deletion.
 # ---------------------------------------------------------------------------------------------
 
@@ -666,7 +682,7 @@ class PodRunner:
         tmp_dir = self.state_dir / "tmp" / f"{namespace}_{name}_{uid[:8]}"
         env = {**self._base_env, "TMPDIR": str(tmp_dir), **pod_env, **self._host_env}
         if REDIS_URL_VAR in env:
-            env[REDIS_URL_VAR] = self._redis_url
+            env[REDIS_URL_VAR] = local_redis_url(self._redis_url, env[REDIS_URL_VAR])
         # kwok force-deletes a pod once it is marked for deletion, so the deletion's own grace
         # period is gone by the time the watch reports it: the pod spec's is what is left.
         grace = spec.get("terminationGracePeriodSeconds")

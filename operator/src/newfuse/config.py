@@ -70,6 +70,13 @@ class OperatorConfig(BaseModel):
         default=None,
         description="PEM CA bundle verifying a rediss:// server (the chart mounts it).",
     )
+    manage_redis_users: bool = Field(
+        default=False,
+        description=(
+            "Create a Redis ACL user per fleet, confined to its keys and channels, with its URL "
+            "in a Secret the fleet owns (needs a Redis connection allowed ACL SETUSER)."
+        ),
+    )
     agent_redis_secret: str | None = Field(
         default=None,
         pattern=NAME_SLASH_KEY_PATTERN,

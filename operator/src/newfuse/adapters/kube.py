@@ -8,6 +8,7 @@ done" (409 on create, 404 on delete) are success: reconcile is idempotent.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import functools
 import logging
@@ -168,6 +169,44 @@ class KubeClient:
         except ApiException as exc:
             if exc.status != 409:
                 raise
+
+    async def ensure_owned_secret(
+        self, fleet_meta: Any, name: str, make: Callable[[], dict[str, str]]
+    ) -> dict[str, str]:
+        """Secret ``name``'s data in the fleet's namespace, created from ``make()`` if missing.
+
+        The fleet owns it, so the garbage collector deletes it with the fleet.
+        """
+        namespace = fleet_meta.namespace
+        try:
+            found = await self._run(self._core.read_namespaced_secret, name, namespace)
+            return {k: base64.b64decode(v).decode() for k, v in (found.data or {}).items()}
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        data = make()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {LABEL_FLEET: fleet_meta.name},
+                "ownerReferences": [
+                    {"apiVersion": API_VERSION, "kind": KIND, "name": fleet_meta.name,
+                     "uid": fleet_meta.uid, "controller": True, "blockOwnerDeletion": True}
+                ],
+            },
+            "stringData": data,
+        }  # fmt: skip
+        try:
+            await self._run(self._core.create_namespaced_secret, namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            return await self.ensure_owned_secret(fleet_meta, name, make)  # lost a race: read
+        return data
 
     async def read_revision(
         self, namespace: str, fleet: str, revision: str

@@ -199,6 +199,14 @@ class RedisStore:
         )
         return int(await self._client.publish(keys.coordination_channel, raw))
 
+    async def set_acl_user(self, user: str, rules: list[str]) -> None:
+        """Create or redefine the ACL user ``user`` with ``rules`` (ACL SETUSER)."""
+        await self._client.execute_command("ACL", "SETUSER", user, *rules)  # type: ignore[no-untyped-call]
+
+    async def delete_acl_user(self, user: str) -> None:
+        """Remove the ACL user ``user`` (no error if it is gone)."""
+        await self._client.execute_command("ACL", "DELUSER", user)  # type: ignore[no-untyped-call]
+
     async def dead_letter_count(self, keys: FleetKeys) -> int:
         """How many entries the fleet's dead-letter stream holds."""
         return int(await self._client.xlen(keys.dead_letters))

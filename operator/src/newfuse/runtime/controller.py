@@ -52,6 +52,7 @@ from newfuse.core.revision import template_hash
 from newfuse.core.status import RedisObservation, StatusInputs, derive_status
 from newfuse.runtime.backlog import forget_backlog, observe_backlog
 from newfuse.runtime.finalizer import Finalizer
+from newfuse.runtime.redis_users import FleetRedisUsers
 from newfuse.runtime.reports import count_dead_letters, read_reports, retire_legacy
 from newfuse.runtime.rollouts import RolloutDriver
 from newfuse.runtime.watch import fleet_key, is_older, key_fields, utc_now
@@ -90,6 +91,7 @@ class Controller:
             signing_secret=secret_key_ref(config.agent_signing_secret),
         )
         self._heartbeat_timeout = dt.timedelta(seconds=config.heartbeat_timeout_seconds)
+        self.redis_users = FleetRedisUsers(config, kube, redis)
         self.finalizer = Finalizer(
             config, kube, redis, self.queue, clock, lambda key: self.pods.get(key, {}).values()
         )
@@ -103,10 +105,8 @@ class Controller:
                 obs.DEAD_LETTERS.remove(meta["namespace"], meta["name"])
             forget_backlog(meta["namespace"], meta["name"])
             self.finalizer.forget(meta.get("uid", ""))
-            self.fleets.pop(key, None)
-            self.phases.pop(key, None)
-            self.rollout_phases.pop(key, None)
-            self._versions.pop(key, None)
+            for cache in (self.fleets, self.phases, self.rollout_phases, self._versions):
+                cache.pop(key, None)
             self.rollouts.forget(key)
             self._refresh_gauges()
             return
@@ -244,6 +244,7 @@ class Controller:
         self, key: str, fleet: NewFuseAgent, revision: str, now: dt.datetime
     ) -> None:
         observed = list(self.pods.get(key, {}).values())
+        defaults = await self.redis_users.defaults_for(fleet, self._defaults)
         await self.rollouts.store_revision(key, fleet, revision)
         specs: dict[str, NewFuseAgentSpec] = {revision: fleet.spec}
         rollout: RolloutState | None = None
@@ -271,10 +272,10 @@ class Controller:
             if rollout is not None and rollout.phase in TERMINAL_PHASES:
                 target = rollout.stable_revision
             await self.rollouts.post_events(fleet, rollout, decision.happened, now)
-            await self._apply(fleet, specs, decided, now)
+            await self._apply(fleet, specs, decided, now, defaults)
         else:
             decided = plan(fleet.spec.replicas, revision, observed, paused=fleet.spec.paused)
-            await self._apply(fleet, specs, decided, now)
+            await self._apply(fleet, specs, decided, now, defaults)
             reports = await read_reports(self.redis, fleet)
         backlog = None
         if isinstance(reports, AgentReports):
@@ -306,6 +307,7 @@ class Controller:
         specs: dict[str, NewFuseAgentSpec],
         decided: Plan,
         now: dt.datetime,
+        defaults: AgentDefaults,
     ) -> None:
         meta = fleet.metadata
         for pod in decided.create:
@@ -314,7 +316,7 @@ class Controller:
                 fleet.model_copy(update={"spec": specs[revision]}),
                 revision,
                 pod.ordinal,
-                self._defaults,
+                defaults,
             )
             if await self.kube.create_pod(manifest):
                 obs.POD_ACTIONS.labels("create", "Desired").inc()
@@ -384,12 +386,8 @@ class Controller:
         self._refresh_gauges()
 
     def _refresh_gauges(self) -> None:
-        counts = dict.fromkeys((p.value for p in Phase), 0)
-        for phase in self.phases.values():
-            if phase in counts:
-                counts[phase] += 1
-        for phase, count in counts.items():
-            obs.FLEETS.labels(phase).set(count)
+        for phase in Phase:
+            obs.FLEETS.labels(phase.value).set(sum(v == phase for v in self.phases.values()))
         obs.PODS_MANAGED.set(sum(len(p) for p in self.pods.values()))
         for rollout_phase in RolloutPhase:
             count = sum(1 for value in self.rollout_phases.values() if value == rollout_phase)

@@ -19,7 +19,7 @@ from newfuse.adapters.kube import KubeClient
 from newfuse.adapters.redis_store import RedisStore
 from newfuse.api.v1alpha1 import NewFuseAgent, Reason
 from newfuse.config import OperatorConfig
-from newfuse.core import naming
+from newfuse.core import acl, naming
 from newfuse.core.cleanup import (
     CleanupFacts,
     Step,
@@ -69,6 +69,7 @@ class Finalizer:
         )
         self.since = clock()
         self._progress: dict[str, _Progress] = {}
+        self.manage_redis_users = config.manage_redis_users
 
     def started(self, now: dt.datetime) -> None:
         """Deadlines count from ``now`` at the earliest (the controller starts reconciling)."""
@@ -134,6 +135,8 @@ class Finalizer:
     ) -> None:
         try:
             removed = await self.redis.delete_fleet(keys)
+            if self.manage_redis_users:  # its user goes too (its Secret goes with the fleet)
+                await self.redis.delete_acl_user(acl.user_name(keys))
         except (RedisError, OSError) as exc:
             await self._waiting(fleet, progress, f"{type(exc).__name__}: {exc}", deadline)
             self._retry_by(key, now, deadline)
