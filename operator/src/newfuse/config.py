@@ -70,6 +70,13 @@ class OperatorConfig(BaseModel):
         default=None,
         description="PEM CA bundle verifying a rediss:// server (the chart mounts it).",
     )
+    per_fleet_keys: bool = Field(
+        default=False,
+        description=(
+            "Give each fleet without spec.signing.keySecretRef a signing key of its own, in a "
+            "Secret the fleet owns (<fleet>-newfuse-signing), instead of the operator's key."
+        ),
+    )
     manage_redis_users: bool = Field(
         default=False,
         description=(

@@ -208,6 +208,17 @@ class KubeClient:
             return await self.ensure_owned_secret(fleet_meta, name, make)  # lost a race: read
         return data
 
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
+        """One key of a Secret, as text; None if the Secret or the key is missing."""
+        try:
+            found = await self._run(self._core.read_namespaced_secret, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        value = (found.data or {}).get(key)
+        return base64.b64decode(value).decode() if value is not None else None
+
     async def read_revision(
         self, namespace: str, fleet: str, revision: str
     ) -> dict[str, Any] | None:

@@ -37,7 +37,7 @@ from newfuse.core.untrusted import (
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import COUNTER_COMPLETED, COUNTER_DUPLICATES, COUNTER_FAILED
-from newfuse.wire.signing import Channel, Signing
+from newfuse.wire.signing import Channel, Signer, Signing
 from newfuse.wire.state import StateUpdate
 from newfuse.wire.tasks import CONSUMER_GROUP, PRIORITY_ORDER
 
@@ -66,6 +66,9 @@ class RedisStore:
         """
         self.url = url
         self._signer = Signing.shared(signing_key).signer
+        # Fleets with a key of their own (spec.signing, or one the operator made): their agents
+        # accept only it, so what the operator sends them is signed with it.
+        self.fleet_signers: dict[FleetKeys, Signer] = {}
         self.breaker = Breaker(backoff)
         # "replace": bytes that are not UTF-8 in an agent-written value make that record
         # malformed (skipped), not the whole read.
@@ -195,7 +198,7 @@ class RedisStore:
             "newfuse-operator",
             now=now,
             audience=keys.audience(Channel.COORDINATION),
-            signer=self._signer,
+            signer=self.fleet_signers.get(keys, self._signer),
         )
         return int(await self._client.publish(keys.coordination_channel, raw))
 

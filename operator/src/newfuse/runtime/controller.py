@@ -52,6 +52,7 @@ from newfuse.core.revision import template_hash
 from newfuse.core.status import RedisObservation, StatusInputs, derive_status
 from newfuse.runtime.backlog import forget_backlog, observe_backlog
 from newfuse.runtime.finalizer import Finalizer
+from newfuse.runtime.fleet_keys import FleetKeysManager
 from newfuse.runtime.redis_users import FleetRedisUsers
 from newfuse.runtime.reports import count_dead_letters, read_reports, retire_legacy
 from newfuse.runtime.rollouts import RolloutDriver
@@ -92,6 +93,7 @@ class Controller:
         )
         self._heartbeat_timeout = dt.timedelta(seconds=config.heartbeat_timeout_seconds)
         self.redis_users = FleetRedisUsers(config, kube, redis)
+        self.fleet_keys = FleetKeysManager(config, kube, redis)
         self.finalizer = Finalizer(
             config, kube, redis, self.queue, clock, lambda key: self.pods.get(key, {}).values()
         )
@@ -176,13 +178,8 @@ class Controller:
             except Exception as exc:
                 delay = self.queue.retry(key)
                 obs.RECONCILES.labels("error").inc()
-                log.warning(
-                    "reconcile of %s failed, retrying in %.1fs: %s",
-                    key,
-                    delay,
-                    exc,
-                    extra=key_fields(key),
-                )
+                message = "reconcile of %s failed, retrying in %.1fs: %s"
+                log.warning(message, key, delay, exc, extra=key_fields(key))
             else:
                 self.queue.forget(key)
                 obs.RECONCILES.labels("success").inc()
@@ -245,6 +242,7 @@ class Controller:
     ) -> None:
         observed = list(self.pods.get(key, {}).values())
         defaults = await self.redis_users.defaults_for(fleet, self._defaults)
+        defaults = await self.fleet_keys.defaults_for(fleet, defaults)
         await self.rollouts.store_revision(key, fleet, revision)
         specs: dict[str, NewFuseAgentSpec] = {revision: fleet.spec}
         rollout: RolloutState | None = None
