@@ -9,9 +9,12 @@ notices) with it: the agents accept no other.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import replace
 from typing import Final
+
+from kubernetes.client.exceptions import ApiException
 
 from newfuse.adapters.kube import KubeClient
 from newfuse.adapters.redis_store import RedisStore
@@ -21,6 +24,7 @@ from newfuse.core.pods import AgentDefaults
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.signing import Signer
 
+log = logging.getLogger("newfuse.fleet_keys")
 SECRET_SUFFIX: Final = "-newfuse-signing"  # noqa: S105 - a name suffix
 KEY: Final = "key"
 
@@ -44,7 +48,11 @@ class FleetKeysManager:
         keys = FleetKeys(meta.namespace, meta.name)
         own = fleet.spec.signing.key_secret_ref if fleet.spec.signing else None
         if own is not None:
-            value = await self.kube.read_secret_key(meta.namespace, own.name, own.key)
+            try:
+                value = await self.kube.read_secret_key(meta.namespace, own.name, own.key)
+            except ApiException as exc:  # no RBAC to read it: drains go out with our own key
+                log.warning("cannot read %s/%s: %s", meta.namespace, own.name, exc.reason)
+                value = None
             self._register(keys, value)
             return defaults
         if not self.enabled:
