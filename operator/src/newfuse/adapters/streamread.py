@@ -106,7 +106,7 @@ def verified_result(
     found = decode_result(raw, keyring, audience, sealer)
     if found.task_id != task_id:
         raise MessageRejectedError(
-            RejectReason.INVALID_PAYLOAD, f"it is the result of task {found.task_id[:128]!r}"
+            RejectReason.WRONG_TASK, f"it is the result of task {found.task_id[:128]!r}"
         )
     return found
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from newfuse.adapters.streamread import letter_task
 from newfuse.wire.tasks import AttemptRecord, DeadLetter, ResultPayload, ResultStatus
+
+_BRACKET = re.compile(r"(\\*)\[")
 
 
 def clip(value: Any, limit: int = 100) -> str:
@@ -25,7 +27,11 @@ def clip(value: Any, limit: int = 100) -> str:
     text = " ".join(str(value).split())
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    return escape(text)
+    # Every "[", not only those rich's escape() sees as a tag: pieces are joined afterwards, and
+    # a "[/" in one value and a "]" in the next would make a tag. Backslashes before a "[" (or
+    # at the end, before whatever markup follows) are doubled so they cannot undo the escape.
+    text = _BRACKET.sub(lambda m: m.group(1) * 2 + "\\[", text)
+    return text + "\\" if text.endswith("\\") else text
 
 
 def age(at: dt.datetime | None) -> str:

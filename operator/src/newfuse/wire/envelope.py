@@ -62,6 +62,7 @@ class RejectReason(StrEnum):
     UNKNOWN_KEY = "unknown_key"
     WRONG_AUDIENCE = "wrong_audience"
     CANNOT_UNSEAL = "cannot_unseal"
+    WRONG_TASK = "wrong_task"  # a stored result that names another task
     STALE = "stale"
     FUTURE_TIMESTAMP = "future_timestamp"
     REPLAYED = "replayed"
