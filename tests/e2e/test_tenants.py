@@ -31,7 +31,7 @@ from harness import (
     start_fleet,
 )
 from localcluster import wait_for
-from localcluster.podrunner import PodRunnerProcess
+from localcluster.podrunner import AgentEntry, PodRunnerProcess
 from newfuse.adapters.taskclient import StreamEntries
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.keys import FleetKeys
@@ -63,14 +63,14 @@ def tenant_b(
     core.delete_namespace(name)
 
 
-def _log(runner: PodRunnerProcess, namespace: str) -> str:
-    [agent] = agents_of(runner, namespace)
+def _log(agent: AgentEntry) -> str:
+    """The agent's log, across its restarts (one file per pod)."""
     return Path(agent.log).read_text(errors="replace")
 
 
 def _restarts(runner: PodRunnerProcess, namespace: str) -> int:
-    [agent] = agents_of(runner, namespace)
-    return agent.restarts
+    """The agent's restarts so far (0 while the runner lists it between two starts)."""
+    return max((a.restarts for a in agents_of(runner, namespace)), default=0)
 
 
 def _publish_until_heard(client: redis.Redis, channel: str, raw: bytes) -> None:
@@ -112,19 +112,19 @@ def test_two_tenants_sharing_a_key_are_kept_apart(
     notice = _sign_for(keys_a, Channel.COORDINATION, MessageType.DRAIN, {"target": agent_a.pod})
     _publish_until_heard(redis_client, keys_a.coordination_channel, notice)
     wait_for(lambda: _restarts(pod_runner, ns_a) >= 1, 90, what="A drained and restarted")
-    assert "drain requested" in _log(pod_runner, ns_a)
+    assert "drain requested" in _log(agent_a)
 
     # Replayed to A's new incarnation: refused, it was taken.
     _publish_until_heard(redis_client, keys_a.coordination_channel, notice)
     wait_for(
-        lambda: "refused a coordination message: replayed" in _log(pod_runner, ns_a),
+        lambda: "refused a coordination message: replayed" in _log(agent_a),
         30,
         what="A refuses the replay",
     )
     # Replayed to B: refused, it is A's.
     _publish_until_heard(redis_client, keys_b.coordination_channel, notice)
     wait_for(
-        lambda: "refused a coordination message: wrong_audience" in _log(runner_b, ns_b),
+        lambda: "refused a coordination message: wrong_audience" in _log(agent_b),
         30,
         what="B refuses A's notice",
     )
@@ -140,7 +140,7 @@ def test_two_tenants_sharing_a_key_are_kept_apart(
     assert not redis_client.hexists(keys_b.result_index, "copied"), "no result: not B's to answer"
 
     # B worked on throughout: never drained, still takes its own tasks.
-    assert "drain requested" not in _log(runner_b, ns_b)
+    assert "drain requested" not in _log(agent_b)
     assert _restarts(runner_b, ns_b) == 0
     own = _sign_for(keys_b, Channel.TASKS, MessageType.TASK, {"task_id": "own", "handler": "echo"})
     redis_client.hset(keys_b.task_index, "own", "x")
