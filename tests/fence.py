@@ -25,7 +25,16 @@ POLICY_KINDS: Final = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBi
 # What the tests allow in their tenant namespace.
 ALLOWED: Final = {
     "serviceAccounts": ["agents"],
-    "secrets": ["gateway-key", "redis-url", "redis-ca", "fleet-signing", "env-token"],
+    "secrets": [
+        "gateway-key",
+        "redis-url",
+        "redis-ca",
+        "fleet-signing",
+        "fleet-signing-old",
+        "data-key",
+        "data-key-old",
+        "env-token",
+    ],
     "tolerationKeys": ["nvidia.com/gpu"],
     "nodeSelectors": ["pool=team-a", "zone"],
 }
@@ -47,7 +56,14 @@ EVERY_REFERENCE: Final[dict[str, Any]] = {
         "urlSecretRef": {"name": "redis-url", "key": "url"},
         "caSecretRef": {"name": "redis-ca", "key": "ca.crt"},
     },
-    "signing": {"keySecretRef": {"name": "fleet-signing", "key": "key"}},
+    "signing": {
+        "keySecretRef": {"name": "fleet-signing", "key": "key"},
+        "acceptKeySecretRef": {"name": "fleet-signing-old", "key": "keys"},
+    },
+    "encryption": {
+        "keySecretRef": {"name": "data-key", "key": "key"},
+        "acceptKeySecretRef": {"name": "data-key-old", "key": "keys"},
+    },
     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     "nodeSelector": {"pool": "team-a", "zone": "any-zone"},
 }

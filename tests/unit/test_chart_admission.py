@@ -191,10 +191,13 @@ def test_bad_fence_values_are_refused_by_the_schema(values: dict[str, Any], mess
 def test_every_secret_reference_of_the_spec_is_fenced(fenced: list[dict[str, Any]]) -> None:
     paths = sorted(secret_ref_paths(NewFuseAgentSpec))
     assert paths == [
+        "spec.encryption.acceptKeySecretRef",
+        "spec.encryption.keySecretRef",
         "spec.env[].valueFrom.secretKeyRef",
         "spec.gateway.credentialsSecretRef",
         "spec.redis.caSecretRef",
         "spec.redis.urlSecretRef",
+        "spec.signing.acceptKeySecretRef",
         "spec.signing.keySecretRef",
     ], "a SecretKeyRef field was added or moved: fence it in admission-policy.yaml, then here"
     refs = _expression(one(fenced, "ValidatingAdmissionPolicy"), "secretRefs")
@@ -255,8 +258,7 @@ def test_what_the_spec_adds_to_a_pod_is_exactly_what_the_policy_fences() -> None
     assert set(full_pod) - set(bare_pod) == {"serviceAccountName", "tolerations", "nodeSelector"}
     # Secrets the spec adds (the operator's own cancel out): exactly the allowed references.
     added = _secret_names(full_pod) - _secret_names(bare_pod)
-    assert added == {"gateway-key", "redis-url", "redis-ca", "fleet-signing", "env-token"}
-    assert added <= set(ALLOWED["secrets"])
+    assert added == set(ALLOWED["secrets"])
 
 
 def test_policy_checks_the_pod_level_fields(fenced: list[dict[str, Any]]) -> None:
