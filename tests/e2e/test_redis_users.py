@@ -141,9 +141,10 @@ def test_fleets_share_no_credential_and_cannot_touch_each_other(
         wait_for(
             lambda: rollout_of(team_a, "worker").get("phase") == "Completed", 180, what="rollout"
         )
-    every_task_accounted_for(redis_client, keys_a, traffic.ids)
-    logs = "".join(Path(a.log).read_text(errors="replace") for a in runner_a.agents())
-    assert "drain requested" in logs, "the old agents took the operator's notices"
+    every_task_accounted_for(redis_client, keys_a, [*traffic.ids, "t-1"])
+    # Every agent's log, the old revision's (gone from the runner's list) included.
+    logs = "".join(f.read_text(errors="replace") for f in (runner_a.state_dir / "logs").glob("*"))
+    assert "drain notice from newfuse-operator" in logs, "old agents took the operator's notice"
     assert "refused a coordination message" not in logs
 
     team_a.custom.delete_namespaced_custom_object(

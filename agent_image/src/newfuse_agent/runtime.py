@@ -340,6 +340,7 @@ class Agent:
         if target not in ("*", self.config.agent_id, f"revision:{self.config.revision}"):
             return
         if envelope.type is MessageType.DRAIN:
+            log.info("drain notice from %s", envelope.metadata.sender)
             self.request_drain()
         elif envelope.type is MessageType.PING:
             pong = encode(
