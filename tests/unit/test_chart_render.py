@@ -82,3 +82,31 @@ def test_the_trial_redis_password_is_never_an_argument_or_env_value() -> None:
     password = base64.b64decode(secret["data"]["password"]).decode()
     assert len(password) == 32
     assert password not in json.dumps(redis)
+
+
+@pytest.mark.parametrize(
+    ("sets", "env", "secrets_rule"),
+    [
+        ((), {"NEWFUSE_PER_FLEET_KEYS": "false", "NEWFUSE_MANAGE_REDIS_USERS": "false"}, False),
+        (("signing.perFleetKeys=true",), {"NEWFUSE_PER_FLEET_KEYS": "true"}, True),
+        (("redis.perFleetUsers=true",), {"NEWFUSE_MANAGE_REDIS_USERS": "true"}, True),
+    ],
+    ids=["defaults", "per-fleet keys", "per-fleet Redis users"],
+)
+def test_per_fleet_credentials_switch_the_operator_and_its_secret_rights(
+    sets: tuple[str, ...], env: dict[str, str], secrets_rule: bool
+) -> None:
+    rendered = docs(*sets)
+    [deployment] = [d for d in rendered if d["kind"] == "Deployment"]
+    values = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert {k: values[k] for k in env} == env
+    [cluster_role] = [d for d in rendered if d["kind"] == "ClusterRole"]
+    granted = [r for r in cluster_role["rules"] if "secrets" in r["resources"]]
+    assert granted == (
+        [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}]
+        if secrets_rule
+        else []
+    )

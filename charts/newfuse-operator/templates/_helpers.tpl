@@ -45,6 +45,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["apps"]
   resources: ["controllerrevisions"]
   verbs: ["get", "create"]
+{{- if or .Values.signing.perFleetKeys .Values.redis.perFleetUsers }}
+{{- /* Each fleet's own key or Redis user lives in a Secret the fleet owns. */}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
+{{- end }}
 {{- end -}}
 
 {{/* Read-only: kopf watches CRDs to start serving NewFuseAgents once the CRD exists. */}}
