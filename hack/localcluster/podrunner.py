@@ -290,12 +290,16 @@ def runner_base_env(environ: Mapping[str, str]) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def local_redis_url(local: str, pod_url: str) -> str:
+def local_redis_url(local: str, pod_url: str, from_secret: bool = False) -> str:
     """The runner's Redis, logged in as the pod's URL says (a fleet's own ACL user, say).
 
-    Agents run on this host, so only the server changes: the credentials stay the pod's.
+    Agents run on this host, so only the server changes: the credentials stay the pod's. A URL
+    from a Secret (a fleet's spec.redis) on this host's loopback is a server of its own (in
+    tests), reachable as it is; the operator's plain default is always the runner's Redis.
     """
     pod = urlsplit(pod_url)
+    if from_secret and pod.hostname in ("127.0.0.1", "localhost", "::1"):
+        return pod_url
     if pod.username is None and pod.password is None:
         return local
     parts = urlsplit(local)
@@ -682,7 +686,9 @@ class PodRunner:
         tmp_dir = self.state_dir / "tmp" / f"{namespace}_{name}_{uid[:8]}"
         env = {**self._base_env, "TMPDIR": str(tmp_dir), **pod_env, **self._host_env}
         if REDIS_URL_VAR in env:
-            env[REDIS_URL_VAR] = local_redis_url(self._redis_url, env[REDIS_URL_VAR])
+            declared = [v for v in container.get("env") or [] if v.get("name") == REDIS_URL_VAR]
+            from_secret = bool(declared) and "valueFrom" in declared[-1]
+            env[REDIS_URL_VAR] = local_redis_url(self._redis_url, env[REDIS_URL_VAR], from_secret)
         # kwok force-deletes a pod once it is marked for deletion, so the deletion's own grace
         # period is gone by the time the watch reports it: the pod spec's is what is left.
         grace = spec.get("terminationGracePeriodSeconds")

@@ -62,3 +62,9 @@ def test_names() -> None:
 )
 def test_the_pod_runner_keeps_the_pod_s_login_on_its_own_redis(pod_url: str, expected: str) -> None:
     assert local_redis_url("redis://127.0.0.1:5555/0", pod_url) == expected
+
+
+def test_only_a_fleet_s_own_server_on_this_host_is_kept() -> None:
+    own = "redis://127.0.0.1:7777/0"
+    assert local_redis_url("redis://127.0.0.1:5555/0", own, from_secret=True) == own
+    assert local_redis_url("redis://127.0.0.1:5555/0", own) == "redis://127.0.0.1:5555/0"

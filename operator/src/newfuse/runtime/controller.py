@@ -53,6 +53,7 @@ from newfuse.core.status import RedisObservation, StatusInputs, derive_status
 from newfuse.runtime.backlog import forget_backlog, observe_backlog
 from newfuse.runtime.finalizer import Finalizer
 from newfuse.runtime.fleet_keys import FleetKeysManager
+from newfuse.runtime.redis_routes import RedisRoutes
 from newfuse.runtime.redis_users import FleetRedisUsers
 from newfuse.runtime.reports import count_dead_letters, read_reports, retire_legacy
 from newfuse.runtime.rollouts import RolloutDriver
@@ -75,9 +76,10 @@ class Controller:
         self, config: OperatorConfig, kube: KubeClient, redis: RedisStore, clock: Clock = utc_now
     ) -> None:
         """Reconcile with ``kube`` and ``redis``; ``clock`` is injectable for tests."""
-        self.config = config
+        self.config, self.clock = config, clock
+        self.redis_routes = RedisRoutes(config, kube, redis)  # fleets on other Redis servers
+        redis = self.redis_routes.view()
         self.kube, self.redis = kube, redis
-        self.clock = clock
         self.queue = WorkQueue()
         self.fleets: dict[str, NewFuseAgent] = {}
         self.pods: dict[str, dict[str, ObservedPod]] = {}
@@ -219,6 +221,7 @@ class Controller:
         fleet = self.fleets.get(key)
         if fleet is None:
             return
+        await self.redis_routes.bind(fleet)
         meta = fleet.metadata
         if meta.deletion_timestamp is not None:
             await self.finalizer.finalize(key, fleet)
