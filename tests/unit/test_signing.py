@@ -177,3 +177,15 @@ def test_an_agent_signs_with_its_key_and_accepts_the_accept_set_too() -> None:
     assert set(signing.keyring.keys) == {key_id(old.encode()), key_id(new.encode())}
     assert old not in repr(config)
     assert new not in repr(config)
+
+
+def test_a_value_the_canonical_form_cannot_hold_is_a_clear_error_both_ways() -> None:
+    too_big = {"target": 2**53}
+    with pytest.raises(ValueError, match="integers up to 2\\*\\*53 - 1"):
+        encode(MessageType.DRAIN, too_big, "o", now=NOW, audience=AUD, signer=HMAC)
+    data = orjson.loads(drain(HMAC))
+    data["payload"] = too_big
+    with pytest.raises(MessageRejectedError) as refused:
+        decode(orjson.dumps(data), keyring=keyring_of(HMAC), now=NOW)
+    assert refused.value.reason is RejectReason.INVALID_PAYLOAD
+    assert "send larger ones as strings" in refused.value.detail

@@ -25,6 +25,7 @@ from newfuse.wire.signing import (
     KID_PATTERN,
     SIGNATURE_PATTERN,
     Audience,
+    CanonicalFormError,
     Channel,
     Keyring,
     Signer,
@@ -262,7 +263,10 @@ def _decode(
         raise MessageRejectedError(
             RejectReason.UNKNOWN_KEY, f"key id {metadata.kid!r} is not among the accepted keys"
         )
-    canonical = canonical_bytes(data["type"], data["payload"], data["metadata"])
+    try:
+        canonical = canonical_bytes(data["type"], data["payload"], data["metadata"])
+    except CanonicalFormError as exc:
+        raise MessageRejectedError(RejectReason.INVALID_PAYLOAD, str(exc)) from None
     if not keyring.verify(str(metadata.kid), canonical, metadata.signature):
         raise MessageRejectedError(
             RejectReason.BAD_SIGNATURE, "the signature does not match the message"

@@ -64,10 +64,20 @@ class Audience:
         return {"namespace": self.namespace, "fleet": self.fleet, "channel": self.channel.value}
 
 
+class CanonicalFormError(ValueError):
+    """A value RFC 8785 cannot canonicalize (an integer beyond 2**53 - 1, say)."""
+
+
 def canonical_bytes(type_: str, payload: Any, metadata: Mapping[str, Any]) -> bytes:
     """The bytes a signature covers: every metadata field but the signature itself."""
     unsigned = {k: v for k, v in metadata.items() if k != "signature" and v is not None}
-    return DOMAIN + rfc8785.dumps({"type": type_, "payload": payload, "metadata": unsigned})
+    try:
+        return DOMAIN + rfc8785.dumps({"type": type_, "payload": payload, "metadata": unsigned})
+    except rfc8785.CanonicalizationError as exc:
+        raise CanonicalFormError(
+            f"cannot be signed: {exc} (RFC 8785 allows integers up to 2**53 - 1; send larger "
+            "ones as strings)"
+        ) from None
 
 
 def _b64(raw: bytes) -> str:
