@@ -9,16 +9,13 @@ task replaces a stored result its fleet did not sign with its own.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import orjson
 import pytest
 import redis
 from kubernetes import client as k8s_client
 
+from clitool import cli
 from harness import Fleets, RedisHandle, signing_secret, start_fleet
 from localcluster.podrunner import PodRunnerProcess
 from newfuse.adapters.streamread import verified_result
@@ -26,7 +23,6 @@ from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.signing import Channel, Signer, Signing
 
-NEWFUSE = str(Path(sys.executable).with_name("newfuse"))
 KEY = "forged-results-test-key-0123456789abcdef"
 
 
@@ -60,12 +56,9 @@ def test_a_forged_result_written_first_is_ignored_and_replaced(
     keys = FleetKeys(ns, "honest")
     redis_client.hset(keys.result_index, "t-1", _forged(keys, "t-1", forger))
 
-    run = subprocess.run(
-        [NEWFUSE, "task", "submit", "honest", "-n", ns, "--id", "t-1", "--payload", '"REAL"',
-         "--wait", "--timeout", "60"],
-        capture_output=True, text=True, timeout=90, check=False,
-        env={**os.environ, "NEWFUSE_REDIS_URL": redis_server.url, "NEWFUSE_SIGNING_KEY": KEY,
-             "NO_COLOR": "1"},
+    run = cli(
+        "task", "submit", "honest", "-n", ns, "--id", "t-1", "--payload", '"REAL"', "--wait",
+        "--timeout", "30", redis_url=redis_server.url, env={"NEWFUSE_SIGNING_KEY": KEY},
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert '"REAL"' in run.stdout
