@@ -118,13 +118,15 @@ def fence_values(namespace: str, **overrides: Any) -> dict[str, Any]:
 
 
 def fence_docs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The fence's objects: the policy, its binding and its allow-list ConfigMap."""
-    return [
-        d
-        for d in docs
-        if d["kind"] in POLICY_KINDS
-        or (d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-admission"))
-    ]
+    """The fence's objects: the policy and its binding."""
+    return [d for d in docs if d["kind"] in POLICY_KINDS]
+
+
+def allow_lists(policy: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """The allow-lists rendered into the policy (a JSON object is also a CEL literal)."""
+    [expr] = [v["expression"] for v in policy["spec"]["variables"] if v["name"] == "allowed"]
+    lists: dict[str, dict[str, list[str]]] = json.loads(expr)
+    return lists
 
 
 def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from fence import (
     EVERY_REFERENCE,
     POLICY_KINDS,
     TEMPLATE,
+    allow_lists,
     fence_docs,
     fence_values,
     nfa,
@@ -86,18 +87,16 @@ def test_it_is_off_by_default() -> None:
     assert not render_raw("--show-only", TEMPLATE).stdout.strip()
 
 
-def test_it_matches_newfuseagents_and_reads_its_allow_list_from_the_release_namespace(
+def test_it_matches_newfuseagents_and_carries_its_allow_lists(
     fenced: list[dict[str, Any]],
 ) -> None:
     docs = fence_docs(fenced)
-    assert sorted(d["kind"] for d in docs) == sorted([*POLICY_KINDS, "ConfigMap"])
+    assert sorted(d["kind"] for d in docs) == sorted(POLICY_KINDS)
     policy = one(docs, "ValidatingAdmissionPolicy")
     binding = one(docs, "ValidatingAdmissionPolicyBinding")
-    params = one(docs, "ConfigMap")
     spec = policy["spec"]
     assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
     assert spec["failurePolicy"] == "Fail"
-    assert spec["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
     [rule] = spec["matchConstraints"]["resourceRules"]
     assert rule == {
         "apiGroups": [GROUP],
@@ -107,43 +106,45 @@ def test_it_matches_newfuseagents_and_reads_its_allow_list_from_the_release_name
     }
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]
-    # The tenants' own namespaces never hold the allow-list: they could edit it there.
-    assert binding["spec"]["paramRef"] == {
-        "name": params["metadata"]["name"],
-        "namespace": "newfuse-system",
-        "parameterNotFoundAction": "Deny",
-    }
-    assert params["metadata"]["namespace"] == "newfuse-system"
+    # No params object: the lists are in the cluster-scoped policy, out of tenants' reach, and
+    # clear of the built-in paramKind informer bug (kubernetes/kubernetes#133827).
+    assert "paramKind" not in spec
+    assert "paramRef" not in binding["spec"]
     assert binding["spec"]["matchResources"] == {"namespaceSelector": {}}
     assert all(v.get("reason") == "Forbidden" for v in spec["validations"])
     assert all("messageExpression" in v for v in spec["validations"])
 
 
-def test_allow_lists_become_comma_separated_keys_per_namespace(
-    fenced: list[dict[str, Any]],
-) -> None:
-    data = one(fence_docs(fenced), "ConfigMap")["data"]
-    for name, entries in ALLOWED.items():
-        assert data[f"{TENANT}.{name}"] == ",".join(entries)
+def test_allow_lists_are_rendered_per_namespace(fenced: list[dict[str, Any]]) -> None:
+    lists = allow_lists(one(fenced, "ValidatingAdmissionPolicy"))
+    assert lists[TENANT] == ALLOWED
     # The chart's own signing Secret: every fleet's pods read it anyway.
-    assert data["_all.secrets"] == "nf-newfuse-operator-signing"
-    assert data["_all.serviceAccounts"] == ""
+    assert lists["_all"] == {
+        "serviceAccounts": [],
+        "secrets": ["nf-newfuse-operator-signing"],
+        "tolerationKeys": [],
+        "nodeSelectors": [],
+    }
 
 
 @pytest.mark.parametrize(
     ("sets", "expected"),
     [
-        (["signing.agentsByDefault=false"], ""),
-        (["signing.enabled=false", "redis.agentSecret.name=redis-url"], "redis-url"),
-        (["admissionPolicy.allNamespaces.secrets={shared}"], "nf-newfuse-operator-signing,shared"),
+        (["signing.agentsByDefault=false"], []),
+        (["signing.enabled=false", "redis.agentSecret.name=redis-url"], ["redis-url"]),
+        (
+            ["admissionPolicy.allNamespaces.secrets={shared}"],
+            ["nf-newfuse-operator-signing", "shared"],
+        ),
     ],
     ids=["signing not by default", "agent redis secret", "plus allNamespaces"],
 )
 def test_secrets_every_agent_reads_anyway_are_allowed_everywhere(
-    sets: list[str], expected: str
+    sets: list[str], expected: list[str]
 ) -> None:
     docs = render("admissionPolicy.enabled=true", *sets)
-    assert one(fence_docs(docs), "ConfigMap")["data"]["_all.secrets"] == expected
+    policy = one(fence_docs(docs), "ValidatingAdmissionPolicy")
+    assert allow_lists(policy)["_all"]["secrets"] == expected
 
 
 def test_the_binding_covers_the_watched_namespaces_unless_told_otherwise() -> None:
@@ -174,7 +175,6 @@ def test_warn_mode_reaches_the_binding() -> None:
         ({"validationActions": ["Deny", "Warn"]}, "validationActions"),
         ({"validationActions": ["Block"]}, "validationActions"),
         ({"namespaces": {"Team_A": {}}}, "Team_A"),
-        # A comma would split one entry into two in the policy's reading of the list.
         ({"namespaces": {"team-a": {"secrets": ["a,b"]}}}, "secrets"),
         ({"allNamespaces": {"nodeSelectors": ["pool=a b"]}}, "nodeSelectors"),
         ({"namespaces": {"team-a": {"configMaps": ["x"]}}}, "configMaps"),
