@@ -85,3 +85,15 @@ def every_task_accounted_for(client: redis.Redis, keys: FleetKeys, ids: list[str
     assert sorted(results) == sorted(ids), (
         "every task has exactly one result, none lost, none doubled"
     )
+
+
+def wait_phase(fleets: Fleets, name: str, phase: str, timeout: float = 180) -> dict[str, Any]:
+    """The fleet's rollout status once its phase is ``phase``."""
+    return cast(
+        dict[str, Any],
+        wait_for(
+            lambda: rollout_of(fleets, name).get("phase") == phase and rollout_of(fleets, name),
+            timeout,
+            what=f"rollout of {name} {phase}",
+        ),
+    )

@@ -22,7 +22,7 @@ from localcluster.podrunner import PodRunnerProcess
 from newfuse.adapters.taskclient import StreamEntries, TaskClient
 from newfuse.core import naming
 from newfuse.wire.keys import FleetKeys
-from rollouts import FAST_PHASED, Traffic, every_task_accounted_for, rollout_of
+from rollouts import FAST_PHASED, Traffic, every_task_accounted_for, rollout_of, wait_phase
 
 OLD = "the-old-signing-key-0123456789abcdef"
 NEW = "the-new-signing-key-fedcba9876543210"
@@ -41,17 +41,6 @@ def _signing(secret: str, accept: bool = False) -> dict[str, Any]:
     if accept:
         spec["acceptKeySecretRef"] = {"name": secret, "key": "accept"}
     return spec
-
-
-def _rolled_out(fleets: Fleets, name: str, phase: str) -> dict[str, Any]:
-    return cast(
-        dict[str, Any],
-        wait_for(
-            lambda: rollout_of(fleets, name).get("phase") == phase and rollout_of(fleets, name),
-            180,
-            what=f"rollout {phase}",
-        ),
-    )
 
 
 def _all_on(fleets: Fleets, name: str, revision: str, replicas: int) -> None:
@@ -81,7 +70,7 @@ def test_rotating_the_key_under_live_traffic_refuses_and_loses_nothing(
     keys = FleetKeys(ns, "rotating")
     with Traffic(redis_server.url, ns, "rotating", signing_key=OLD.encode()) as traffic:
         fleets.patch_spec("rotating", signing=_signing("v2", accept=True))
-        done = _rolled_out(fleets, "rotating", "Completed")
+        done = wait_phase(fleets, "rotating", "Completed")
         _all_on(fleets, "rotating", done["stableRevision"], 3)
         traffic.signing_key = NEW.encode()  # step 2: clients switch; every agent accepts it
         before = len(traffic.ids)
@@ -92,7 +81,7 @@ def test_rotating_the_key_under_live_traffic_refuses_and_loses_nothing(
             60,
             what="the second rollout to start",
         )
-        second = _rolled_out(fleets, "rotating", "Completed")
+        second = wait_phase(fleets, "rotating", "Completed")
         _all_on(fleets, "rotating", second["stableRevision"], 3)
     every_task_accounted_for(redis_client, keys, traffic.ids)
     letters = cast(StreamEntries, redis_client.xrange(keys.dead_letters))
@@ -116,7 +105,7 @@ def test_a_canary_holding_a_wrong_key_rolls_back_by_itself(
     keys = FleetKeys(ns, "keyed")
     with Traffic(redis_server.url, ns, "keyed", signing_key=OLD.encode()) as traffic:
         fleets.patch_spec("keyed", signing=_signing("wrong"))
-        rolled = _rolled_out(fleets, "keyed", "RolledBack")
+        rolled = wait_phase(fleets, "keyed", "RolledBack")
         _all_on(fleets, "keyed", stable, 3)
     verdict = rolled["lastVerdict"]
     assert verdict["result"] == "Failed"

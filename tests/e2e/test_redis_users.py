@@ -32,7 +32,7 @@ from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.signing import Channel, Signer
 from newfuse.wire.tasks import Priority
-from rollouts import FAST_PHASED, Traffic, every_task_accounted_for, rollout_of
+from rollouts import FAST_PHASED, Traffic, every_task_accounted_for, wait_phase
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -138,9 +138,7 @@ def test_fleets_share_no_credential_and_cannot_touch_each_other(
     # A phased rollout: the operator drains A's old agents with notices signed with A's key.
     with Traffic(redis_url, team_a.namespace, "worker", signing_key=key_a.encode()) as traffic:
         team_a.patch_spec("worker", env=[*FAST_AGENT_ENV, {"name": "X_ROLL", "value": "1"}])
-        wait_for(
-            lambda: rollout_of(team_a, "worker").get("phase") == "Completed", 180, what="rollout"
-        )
+        wait_phase(team_a, "worker", "Completed")
     every_task_accounted_for(redis_client, keys_a, [*traffic.ids, "t-1"])
     # Every agent's log, the old revision's (gone from the runner's list) included.
     logs = "".join(f.read_text(errors="replace") for f in (runner_a.state_dir / "logs").glob("*"))

@@ -22,7 +22,7 @@ from localcluster import RedisServer, wait_for
 from localcluster.podrunner import PodRunnerProcess
 from newfuse.api.v1alpha1 import GROUP, PLURAL, VERSION
 from newfuse.wire.keys import FleetKeys
-from rollouts import FAST_PHASED, Traffic, every_task_accounted_for, rollout_of
+from rollouts import FAST_PHASED, Traffic, every_task_accounted_for, wait_phase
 
 
 @pytest.fixture
@@ -64,14 +64,7 @@ def test_a_fleet_on_a_second_redis_server_rolls_out_reports_and_leaves_no_key(
 
     with Traffic(second_redis, ns, "elsewhere") as traffic:
         fleets.patch_spec("elsewhere", env=[*FAST_AGENT_ENV, {"name": "X_ROLL", "value": "1"}])
-        done = wait_for(
-            lambda: (
-                rollout_of(fleets, "elsewhere").get("phase") == "Completed"
-                and rollout_of(fleets, "elsewhere")
-            ),
-            180,
-            what="the rollout to complete",
-        )
+        done = wait_phase(fleets, "elsewhere", "Completed")
     assert all(g["verdict"]["measured"]["tasks"] >= 5 for g in done["history"] if "verdict" in g)
     every_task_accounted_for(own, keys, traffic.ids)
     metrics = wait_for(
