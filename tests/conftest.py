@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+import imageprefetch
 from harness import Cluster, Fleets, Kubectl, OperatorProcess, RedisHandle
 from localcluster import LocalCluster, RedisServer
 from localcluster.cluster import default_state_dir as cluster_state_dir
@@ -57,6 +58,8 @@ def cluster() -> Iterator[Cluster]:
         return
     local = LocalCluster(cluster_state_dir())
     info = local.up(real_node=True)
+    if (node := local.real_node().running()) is not None:
+        imageprefetch.start(node.containerd_socket)
     yield Cluster(info.kubeconfig, local)
     if not info.reused and not _keep():
         local.down()

@@ -16,6 +16,7 @@ import redis
 from kubernetes import client as k8s_client
 
 import agedbacklog
+import soak
 from harness import Cluster, OperatorProcess, RedisHandle
 from newfuse.wire.keys import KEY_ROOT
 from newfuse.wire.scripts import COUNTER_DUPLICATES
@@ -58,3 +59,34 @@ def _start_aging_the_backlog(request: pytest.FixtureRequest) -> None:
     """At the first e2e test, if the backlog test is in this session: its ten minutes start now."""
     if any(item.nodeid.endswith(agedbacklog.TEST_ID) for item in request.session.items):
         request.getfixturevalue("aged_backlog")
+
+
+@pytest.fixture(scope="session")
+def soaks(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    k8s_api: k8s_client.ApiClient,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[soak.Soaks]:
+    """The session's soak scenarios (tests/soak.py), their resources freed at its end."""
+    with soak.soaks(cluster, k8s_api, tmp_path_factory.mktemp("soaks")) as running:
+        yield running
+
+
+_soaks_started = False
+
+
+@pytest.fixture(autouse=True)
+def _start_the_soaks(request: pytest.FixtureRequest) -> None:
+    """At the first e2e test after the real node's: start the selected tests' soaks.
+
+    Not during the real node's tests: the README quotes what they add to a run, which load on
+    the same two cores would inflate, and the chart's test replaces the session's operator.
+    """
+    global _soaks_started  # once a session, across every test of it
+    if _soaks_started or "/realnode/" in request.node.nodeid:
+        return
+    selected = [item.name for item in request.session.items]
+    if any(name in soak.registered() for name in selected):
+        request.getfixturevalue("soaks").start(selected)
+    _soaks_started = True

@@ -5,6 +5,9 @@ runner of the test's own) use a redis-server of the test's own (tests/redis_proc
 measures that Redis's memory or kills it, which the shared session Redis must never suffer. The
 task policy is the default except where a setting is named: the memory test shortens the result
 retention so that "idle past the retention" fits in a test.
+
+The memory and full-Redis tests take minutes of real time by nature: they run as soaks
+(tests/soak.py), started early in threads of their own and overlapping the rest of the suite.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ import orjson
 import pytest
 import redis
 
+import soak
 from harness import Cluster, Fleets, OperatorProcess, agents_of, start_fleet
 from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
@@ -47,14 +52,13 @@ class Dedicated:
         return self.server.url
 
 
-@pytest.fixture
-def dedicated(
-    tmp_path: Path, cluster: Cluster, operator: OperatorProcess, fleets: Fleets
-) -> Iterator[Dedicated]:
+@contextmanager
+def dedicated_env(cluster: Cluster, fleets: Fleets, state_dir: Path) -> Iterator[Dedicated]:
+    """A Redis of the test's own and a pod runner pointing the fleet's agents at it."""
     if not cluster.is_local():
         pytest.skip("the pod runner stands in for the kubelet only on the local cluster")
-    with DedicatedRedis(tmp_path / "redis") as server:
-        runner = PodRunnerProcess(tmp_path / "podrunner")
+    with DedicatedRedis(state_dir / "redis") as server:
+        runner = PodRunnerProcess(state_dir / "podrunner")
         runner.up(cluster.kubeconfig, server.url, print, namespace=fleets.namespace)
         client = redis.Redis.from_url(server.url, decode_responses=True)
         try:
@@ -62,6 +66,25 @@ def dedicated(
         finally:
             runner.down()
             client.close()
+
+
+@pytest.fixture
+def dedicated(
+    tmp_path: Path, cluster: Cluster, operator: OperatorProcess, fleets: Fleets
+) -> Iterator[Dedicated]:
+    with dedicated_env(cluster, fleets, tmp_path) as env:
+        yield env
+
+
+@contextmanager
+def soak_env(ctx: soak.SoakContext, name: str) -> Iterator[tuple[Fleets, Dedicated]]:
+    """A soak's namespace, Redis and pod runner, gone when it ends."""
+    with ctx.resources() as stack:
+        fleets = ctx.namespace(stack, name)
+        env = stack.enter_context(
+            dedicated_env(ctx.cluster, fleets, ctx.state_root / fleets.namespace)
+        )
+        yield fleets, env
 
 
 def run_fleet(fleets: Fleets, env: Dedicated, replicas: int, **spec: Any) -> None:
@@ -110,10 +133,19 @@ def results(env: Dedicated) -> list[dict[str, Any]]:
     return [orjson.loads(raw)["payload"] for raw in env.client.hvals(env.keys.result_index)]
 
 
-@pytest.mark.timeout(1200)  # minutes of real time: the point of the test
-def test_memory_returns_to_its_baseline_after_the_retention(
-    fleets: Fleets, dedicated: Dedicated
-) -> None:
+@soak.scenario
+def memory_returns_to_its_baseline_after_the_retention(ctx: soak.SoakContext) -> None:
+    with soak_env(ctx, "memory") as (fleets, dedicated):
+        memory_returns(fleets, dedicated)
+
+
+@pytest.mark.timeout(1200)  # minutes of real time, overlapping the suite's (tests/soak.py)
+def test_memory_returns_to_its_baseline_after_the_retention(soaks: soak.Soaks) -> None:
+    took = soaks.outcome(memory_returns_to_its_baseline_after_the_retention, 1100)
+    print(f"memory soak took {took:.0f}s")
+
+
+def memory_returns(fleets: Fleets, dedicated: Dedicated) -> None:
     """20,000 tasks at a steady rate, then idle past the retention (60 s, named here)."""
     ttl = 60
     payload = "x" * 2000
@@ -142,8 +174,19 @@ def test_memory_returns_to_its_baseline_after_the_retention(
     assert empty(dedicated)
 
 
-@pytest.mark.timeout(1200)  # minutes of real time: the point of the test
-def test_a_full_redis_runs_ten_minutes_of_steady_load(fleets: Fleets, dedicated: Dedicated) -> None:
+@soak.scenario
+def a_full_redis_runs_ten_minutes_of_steady_load(ctx: soak.SoakContext) -> None:
+    with soak_env(ctx, "full") as (fleets, dedicated):
+        full_redis_steady_load(fleets, dedicated)
+
+
+@pytest.mark.timeout(1200)  # minutes of real time, overlapping the suite's (tests/soak.py)
+def test_a_full_redis_runs_ten_minutes_of_steady_load(soaks: soak.Soaks) -> None:
+    took = soaks.outcome(a_full_redis_runs_ten_minutes_of_steady_load, 1100)
+    print(f"full-Redis soak took {took:.0f}s")
+
+
+def full_redis_steady_load(fleets: Fleets, dedicated: Dedicated) -> None:
     """maxmemory 64mb with noeviction: 10 minutes at 20 tasks/s, default retention, no error."""
     dedicated.client.config_set("maxmemory", "64mb")
     dedicated.client.config_set("maxmemory-policy", "noeviction")

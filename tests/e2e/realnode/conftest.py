@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 
 import pytest
 from kubernetes import client as k8s_client
 
+import imageprefetch
 from harness import Cluster, RedisHandle
 from localcluster import images
 from localcluster.nodeconfig import POD_GATEWAY
@@ -70,10 +70,7 @@ def real_node(cluster: Cluster, redis_server: RedisHandle) -> RealNodeInfo:
 
 @pytest.fixture(scope="session")
 def _built_images() -> images.ImageSet:
-    started = time.monotonic()
-    built = images.build_images(print)
-    print(f"project images ready in {time.monotonic() - started:.1f}s: {built}")
-    return built
+    return imageprefetch.wait()
 
 
 @pytest.fixture
