@@ -7,9 +7,9 @@ import datetime as dt
 import pytest
 
 from newfuse.core import tasklife
-from newfuse.core.tasklife import Fail, FailReason, Failure, Retry, Run
+from newfuse.core.tasklife import Fail, Failure, Retry, Run
 from newfuse.wire.taskpolicy import ENV_VARS, TaskPolicy
-from newfuse.wire.tasks import TaskPayload
+from newfuse.wire.tasks import FailReason, TaskPayload
 
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 POLICY = TaskPolicy()

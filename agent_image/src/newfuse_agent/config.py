@@ -10,6 +10,8 @@ from typing import Final, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from newfuse.tracing import TraceExporter
+from newfuse.wire.agentenv import AgentEnv
+from newfuse.wire.envelope import PROTOCOL_VERSION, SUPPORTED_MAJOR_VERSIONS
 from newfuse.wire.sealing import Sealer
 from newfuse.wire.signing import Keyring, Signing
 from newfuse.wire.taskpolicy import TaskPolicy
@@ -17,29 +19,29 @@ from newfuse.wire.taskpolicy import TaskPolicy
 # An HMAC key shorter than this is guessable; the chart generates 48 characters.
 MIN_KEY_BYTES: Final = 32
 
-# Env var name -> field, for the variables whose names are fixed by the operator's pod template.
-_ENV = {
-    "NEWFUSE_AGENT_ID": "agent_id",
-    "NEWFUSE_NAMESPACE": "namespace",
-    "NEWFUSE_FLEET": "fleet",
-    "NEWFUSE_REVISION": "revision",
-    "NEWFUSE_CAPABILITIES": "capabilities",
-    "NEWFUSE_PROTOCOL_VERSION": "protocol_version",
-    "NEWFUSE_CONCURRENCY": "concurrency",
-    "NEWFUSE_HEARTBEAT_SECONDS": "heartbeat_seconds",
-    "NEWFUSE_HTTP_PORT": "http_port",
-    "NEWFUSE_HTTP_ADDRESS": "http_address",
-    "NEWFUSE_REDIS_URL": "redis_url",
-    "NEWFUSE_SIGNING_KEY": "signing_key",
-    "NEWFUSE_SIGNING_ACCEPT": "signing_accept",
-    "NEWFUSE_ENCRYPTION_KEY": "encryption_key",
-    "NEWFUSE_ENCRYPTION_ACCEPT": "encryption_accept",
-    "NEWFUSE_REQUIRE_SIGNATURES": "require_signatures",
-    "NEWFUSE_DRAIN_GRACE_SECONDS": "drain_grace_seconds",
-    "NEWFUSE_LOG_LEVEL": "log_level",
-    "NEWFUSE_FAULT_RATE": "fault_rate",
-    "NEWFUSE_TRACE_EXPORTER": "trace_exporter",
-    "NEWFUSE_REDIS_CA_FILE": "redis_ca_file",
+# Env var -> field, for the variables whose names the operator's pod template fixes.
+_ENV: Final[dict[str, str]] = {
+    AgentEnv.AGENT_ID: "agent_id",
+    AgentEnv.NAMESPACE: "namespace",
+    AgentEnv.FLEET: "fleet",
+    AgentEnv.REVISION: "revision",
+    AgentEnv.CAPABILITIES: "capabilities",
+    AgentEnv.PROTOCOL_VERSION: "protocol_version",
+    AgentEnv.CONCURRENCY: "concurrency",
+    AgentEnv.HEARTBEAT_SECONDS: "heartbeat_seconds",
+    AgentEnv.HTTP_PORT: "http_port",
+    AgentEnv.HTTP_ADDRESS: "http_address",
+    AgentEnv.REDIS_URL: "redis_url",
+    AgentEnv.SIGNING_KEY: "signing_key",
+    AgentEnv.SIGNING_ACCEPT: "signing_accept",
+    AgentEnv.ENCRYPTION_KEY: "encryption_key",
+    AgentEnv.ENCRYPTION_ACCEPT: "encryption_accept",
+    AgentEnv.REQUIRE_SIGNATURES: "require_signatures",
+    AgentEnv.DRAIN_GRACE_SECONDS: "drain_grace_seconds",
+    AgentEnv.LOG_LEVEL: "log_level",
+    AgentEnv.FAULT_RATE: "fault_rate",
+    AgentEnv.TRACE_EXPORTER: "trace_exporter",
+    AgentEnv.REDIS_CA_FILE: "redis_ca_file",
 }
 
 
@@ -53,7 +55,7 @@ class AgentConfig(BaseModel):
     fleet: str = Field(min_length=1)
     revision: str = "dev"
     capabilities: tuple[str, ...] = ()
-    protocol_version: str = "1.0"
+    protocol_version: str = Field(default=PROTOCOL_VERSION, pattern=r"^[0-9]+\.[0-9]+$")
     concurrency: int = Field(default=4, ge=1, le=256)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -84,6 +86,18 @@ class AgentConfig(BaseModel):
     boot_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:8])
     # Timeouts, liveness, retries, retention and size limits: the fleet's spec.tasks.
     tasks: TaskPolicy = Field(default_factory=TaskPolicy)
+
+    @model_validator(mode="after")
+    def _speaks_the_protocol(self) -> Self:
+        # spec.protocolVersion names a major this image cannot speak: crash-loop with the reason
+        # (the fleet turns Degraded) rather than run and dead-letter every message.
+        if int(self.protocol_version.split(".", 1)[0]) not in SUPPORTED_MAJOR_VERSIONS:
+            spoken = ", ".join(f"{m}.x" for m in sorted(SUPPORTED_MAJOR_VERSIONS))
+            raise ValueError(
+                f"{AgentEnv.PROTOCOL_VERSION}={self.protocol_version} (spec.protocolVersion) is "
+                f"not a protocol this agent image speaks ({spoken})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fail_closed(self) -> Self:

@@ -23,12 +23,19 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 
 from newfuse.adapters.streamread import verified_result
 from newfuse.core import tasklife
-from newfuse.core.tasklife import Fail, FailReason, Retry
+from newfuse.core.tasklife import Fail, Retry
 from newfuse.tracing import current_traceparent
 from newfuse.wire.envelope import MessageRejectedError, MessageType, RejectReason, encode
 from newfuse.wire.sealing import RESULT_CLEAR, TASK_CLEAR
 from newfuse.wire.signing import Channel
-from newfuse.wire.tasks import DeadLetter, ResultPayload, ResultStatus, TaskPayload
+from newfuse.wire.tasks import (
+    DeadLetter,
+    FailReason,
+    LetterReason,
+    ResultPayload,
+    ResultStatus,
+    TaskPayload,
+)
 from newfuse_agent import metrics
 from newfuse_agent.config import AgentConfig
 from newfuse_agent.metrics import TaskOutcome
@@ -232,11 +239,11 @@ class Outcomes:
         task: TaskPayload,
         verdict: Fail,
         executed: bool,
-        reason: str | None = None,
+        reason: RejectReason | LetterReason | None = None,
         keep: int = RAW_KEPT,
     ) -> None:
         """End a task FAILED: one atomic step stores the result and its dead letter."""
-        why = reason or verdict.reason.value
+        why = reason or verdict.reason
         metrics.TASKS.labels(TaskOutcome.DEAD_LETTERED).inc()
         trace.get_current_span().set_status(trace.StatusCode.ERROR, f"{why}: {verdict.detail}")
         letter = self.letter(delivery, why, verdict.detail, task.task_id, keep)
@@ -271,7 +278,7 @@ class Outcomes:
     def letter(
         self,
         delivery: Delivery,
-        reason: str,
+        reason: RejectReason | FailReason | LetterReason,
         detail: str,
         task_id: str | None,
         keep: int = RAW_KEPT,

@@ -22,7 +22,7 @@ from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from newfuse.core import tasklife
-from newfuse.core.tasklife import Fail, FailReason, Failure
+from newfuse.core.tasklife import Fail, Failure
 from newfuse.tracing import context_from
 from newfuse.wire.envelope import (
     Envelope,
@@ -34,7 +34,7 @@ from newfuse.wire.envelope import (
 )
 from newfuse.wire.sealing import SealError, is_sealed
 from newfuse.wire.signing import Channel
-from newfuse.wire.tasks import ResultStatus, TaskPayload
+from newfuse.wire.tasks import FailReason, LetterReason, ResultStatus, TaskPayload
 from newfuse_agent import metrics
 from newfuse_agent.config import AgentConfig
 from newfuse_agent.contract import Handler, HandlerError, TaskContext
@@ -195,7 +195,9 @@ class Processor:
             fault = Fail(
                 FailReason.HANDLER_FAILED, f"NEWFUSE_FAULT_RATE={self.config.fault_rate:g}"
             )
-            await self.out.fail(delivery, task, fault, executed=True, reason="injected_fault")
+            await self.out.fail(
+                delivery, task, fault, executed=True, reason=LetterReason.INJECTED_FAULT
+            )
             return
         started = time.perf_counter()
         deadline = asyncio.timeout(verdict.timeout_seconds)

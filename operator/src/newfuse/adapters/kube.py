@@ -22,7 +22,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from newfuse.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from newfuse.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION, EventType
 from newfuse.core.naming import LABEL_FLEET, LABEL_REVISION
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ class KubeClient:
         namespace: str,
         name: str,
         uid: str,
-        event_type: str,
+        event_type: EventType,
         reason: str,
         message: str,
         now: dt.datetime,

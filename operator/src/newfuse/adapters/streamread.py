@@ -20,7 +20,7 @@ from redis.client import NEVER_DECODE
 from newfuse.wire.envelope import MessageRejectedError, MessageType, RejectReason, decode, validate
 from newfuse.wire.sealing import Sealer, SealError, is_sealed
 from newfuse.wire.signing import Audience, Keyring
-from newfuse.wire.tasks import DeadLetter, ResultPayload, ResultStatus, TaskPayload
+from newfuse.wire.tasks import DeadLetter, LetterReason, ResultPayload, ResultStatus, TaskPayload
 
 # execute_command(..., **RAW): the reply's values stay bytes, whatever the client decodes.
 RAW: Final = {NEVER_DECODE: True}
@@ -158,7 +158,7 @@ def dead_letter_of_entry(entry_id: str, fields: Mapping[bytes, bytes]) -> DeadLe
         return DeadLetter.model_validate({text(k): text(v) for k, v in fields.items()})
     except ValidationError as exc:
         return DeadLetter(
-            reason="unreadable",
+            reason=LetterReason.UNREADABLE,
             detail=f"not a dead letter: {exc.errors()[0]['msg']}",
             raw="",
             agent_id="-",

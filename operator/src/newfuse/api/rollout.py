@@ -60,7 +60,6 @@ class RolloutReason(StrEnum):
     STEP_STARTED = "StepStarted"
     GATE_PASSED = "GatePassed"
     GATE_FAILED = "GateFailed"
-    GATE_INCONCLUSIVE = "GateInconclusive"
     PROMOTED = "Promoted"
     PROMOTED_FULL = "PromotedFull"
     PAUSED = "RolloutPaused"

@@ -113,6 +113,13 @@ class ConditionStatus(StrEnum):
     UNKNOWN = "Unknown"
 
 
+class EventType(StrEnum):
+    """The type of a core/v1 Event the operator posts: the two Kubernetes knows."""
+
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
+
 class Reason(StrEnum):
     """Machine-readable reasons for conditions and Events (CamelCase, as metav1.Condition wants)."""
 
@@ -134,7 +141,6 @@ class Reason(StrEnum):
     HEARTBEATS_FRESH = "HeartbeatsFresh"
     HEARTBEATS_STALE = "HeartbeatsStale"
     NO_AGENTS_REPORTING = "NoAgentsReporting"
-    TERMINATING = "Terminating"
     # Event-only reasons.
     POD_CREATED = "PodCreated"
     POD_DELETED = "PodDeleted"

@@ -10,7 +10,7 @@ from typing import Any, Final
 from newfuse.api.tasks import TaskPolicySpec
 from newfuse.api.v1alpha1 import API_VERSION, KIND, NewFuseAgent, SecretKeyRef
 from newfuse.core import naming
-from newfuse.wire.keys import FleetKeys
+from newfuse.wire.agentenv import AgentEnv
 from newfuse.wire.taskpolicy import TaskPolicy
 
 AGENT_HTTP_PORT: Final = 8080
@@ -121,16 +121,17 @@ class AgentDefaults:
     signing_secret: SecretKeyRef | None = None
 
 
+# str(name): a manifest holds plain strings (YAML and JSON dumpers refuse enum members).
 def _env(name: str, value: str) -> dict[str, Any]:
-    return {"name": name, "value": value}
+    return {"name": str(name), "value": value}
 
 
 def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+    return {"name": str(name), "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
 def _field_env(name: str, path: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+    return {"name": str(name), "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
 # spec.tasks field -> TaskPolicy field (the names differ where the API follows Kubernetes style).
@@ -157,56 +158,57 @@ def task_policy(spec: TaskPolicySpec | None) -> TaskPolicy:
 
 
 def agent_env(fleet: NewFuseAgent, revision: str, defaults: AgentDefaults) -> list[dict[str, Any]]:
-    """What an agent needs: identity, Redis, channels, capabilities, task policy, gateway."""
-    spec, keys = fleet.spec, FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
+    """What an agent needs: identity, Redis, capabilities, task policy, gateway.
+
+    No channel names: the agent derives them from its namespace and fleet (FleetKeys), as the
+    operator and the CLI do, so they cannot disagree.
+    """
+    spec = fleet.spec
     env = [
-        _field_env("NEWFUSE_AGENT_ID", "metadata.name"),
-        _field_env("NEWFUSE_NAMESPACE", "metadata.namespace"),
-        _env("NEWFUSE_FLEET", fleet.metadata.name),
-        _env("NEWFUSE_REVISION", revision),
-        _env("NEWFUSE_CAPABILITIES", ",".join(spec.capabilities)),
-        _env("NEWFUSE_PROTOCOL_VERSION", spec.protocol_version),
-        _env("NEWFUSE_CONCURRENCY", str(spec.concurrency)),
-        _env("NEWFUSE_HEARTBEAT_SECONDS", f"{defaults.heartbeat_seconds:g}"),
-        _env("NEWFUSE_HTTP_PORT", str(AGENT_HTTP_PORT)),
-        _env("AI_COORDINATION_CHANNEL", keys.coordination_channel),
-        _env("AI_TASK_CHANNEL", keys.task_stream),
-        _env("AI_RESULT_CHANNEL", keys.result_stream),
+        _field_env(AgentEnv.AGENT_ID, "metadata.name"),
+        _field_env(AgentEnv.NAMESPACE, "metadata.namespace"),
+        _env(AgentEnv.FLEET, fleet.metadata.name),
+        _env(AgentEnv.REVISION, revision),
+        _env(AgentEnv.CAPABILITIES, ",".join(spec.capabilities)),
+        _env(AgentEnv.PROTOCOL_VERSION, spec.protocol_version),
+        _env(AgentEnv.CONCURRENCY, str(spec.concurrency)),
+        _env(AgentEnv.HEARTBEAT_SECONDS, f"{defaults.heartbeat_seconds:g}"),
+        _env(AgentEnv.HTTP_PORT, str(AGENT_HTTP_PORT)),
         # Every policy variable, defaults included, so an agent never guesses (or keeps a default
         # of its own image that differs from the operator's).
         *(_env(name, value) for name, value in task_policy(spec.tasks).to_env().items()),
     ]
     redis_ref = (spec.redis.url_secret_ref if spec.redis else None) or defaults.redis_secret
     if redis_ref:
-        env.append(_secret_env("NEWFUSE_REDIS_URL", redis_ref.name, redis_ref.key))
+        env.append(_secret_env(AgentEnv.REDIS_URL, redis_ref.name, redis_ref.key))
     else:
-        env.append(_env("NEWFUSE_REDIS_URL", defaults.redis_url))
+        env.append(_env(AgentEnv.REDIS_URL, defaults.redis_url))
     if spec.redis and spec.redis.ca_secret_ref:
-        env.append(_env("NEWFUSE_REDIS_CA_FILE", REDIS_CA_FILE))
+        env.append(_env(AgentEnv.REDIS_CA_FILE, REDIS_CA_FILE))
     signing_ref = (spec.signing.key_secret_ref if spec.signing else None) or defaults.signing_secret
     if signing_ref:
-        env.append(_secret_env("NEWFUSE_SIGNING_KEY", signing_ref.name, signing_ref.key))
+        env.append(_secret_env(AgentEnv.SIGNING_KEY, signing_ref.name, signing_ref.key))
         required = spec.signing.required if spec.signing else True
-        env.append(_env("NEWFUSE_REQUIRE_SIGNATURES", str(required).lower()))
+        env.append(_env(AgentEnv.REQUIRE_SIGNATURES, str(required).lower()))
     accept_ref = spec.signing.accept_key_secret_ref if spec.signing else None
     if accept_ref:
-        env.append(_secret_env("NEWFUSE_SIGNING_ACCEPT", accept_ref.name, accept_ref.key))
+        env.append(_secret_env(AgentEnv.SIGNING_ACCEPT, accept_ref.name, accept_ref.key))
     if spec.encryption:
         key_ref, older = spec.encryption.key_secret_ref, spec.encryption.accept_key_secret_ref
-        env.append(_secret_env("NEWFUSE_ENCRYPTION_KEY", key_ref.name, key_ref.key))
+        env.append(_secret_env(AgentEnv.ENCRYPTION_KEY, key_ref.name, key_ref.key))
         if older:
-            env.append(_secret_env("NEWFUSE_ENCRYPTION_ACCEPT", older.name, older.key))
+            env.append(_secret_env(AgentEnv.ENCRYPTION_ACCEPT, older.name, older.key))
     gateway = spec.gateway
     if gateway and gateway.endpoint:
-        env.append(_env("NEWFUSE_GATEWAY_ENDPOINT", gateway.endpoint))
-        env.append(_env("NEWFUSE_GATEWAY_TIMEOUT_SECONDS", f"{gateway.timeout_seconds:g}"))
+        env.append(_env(AgentEnv.GATEWAY_ENDPOINT, gateway.endpoint))
+        env.append(_env(AgentEnv.GATEWAY_TIMEOUT_SECONDS, f"{gateway.timeout_seconds:g}"))
         if gateway.model:
-            env.append(_env("NEWFUSE_GATEWAY_MODEL", gateway.model))
+            env.append(_env(AgentEnv.GATEWAY_MODEL, gateway.model))
         if gateway.rate_limit_per_second:
-            env.append(_env("NEWFUSE_GATEWAY_RATE_LIMIT", f"{gateway.rate_limit_per_second:g}"))
+            env.append(_env(AgentEnv.GATEWAY_RATE_LIMIT, f"{gateway.rate_limit_per_second:g}"))
         if gateway.credentials_secret_ref:
             ref = gateway.credentials_secret_ref
-            env.append(_secret_env("NEWFUSE_GATEWAY_API_KEY", ref.name, ref.key))
+            env.append(_secret_env(AgentEnv.GATEWAY_API_KEY, ref.name, ref.key))
     # The user's variables come first so that, on a name clash, the operator's identity wins
     # (Kubernetes keeps the last duplicate).
     user = [var.to_api() for var in spec.env or []]

@@ -16,24 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Final
 
 from newfuse.wire.taskpolicy import TaskPolicy
-from newfuse.wire.tasks import AttemptRecord, TaskPayload
+from newfuse.wire.tasks import AttemptRecord, FailReason, TaskPayload
 
 MAX_DEFERRALS: Final = 50
 HISTORY_KEPT: Final = 20
-
-
-class FailReason(StrEnum):
-    """Why a task ended FAILED (the result's `reason`, the dead letter's reason)."""
-
-    TIMEOUT = "timeout"
-    DEADLINE = "deadline"
-    EXHAUSTED = "exhausted"
-    HANDLER_FAILED = "handler_failed"
-    EXPIRED = "expired"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from newfuse.adapters.kube import KubeClient
 from newfuse.adapters.redis_store import RedisStore
 from newfuse.api.rollout import TERMINAL_PHASES, RolloutPhase, RolloutState
 from newfuse.api.v1alpha1 import (
+    EventType,
     FleetMetrics,
     NewFuseAgent,
     NewFuseAgentSpec,
@@ -322,14 +323,14 @@ class Controller:
             if await self.kube.create_pod(manifest):
                 obs.POD_ACTIONS.labels("create", "Desired").inc()
                 await self.kube.post_event(
-                    meta.namespace, meta.name, meta.uid, "Normal", Reason.POD_CREATED,
+                    meta.namespace, meta.name, meta.uid, EventType.NORMAL, Reason.POD_CREATED,
                     f"created pod {manifest['metadata']['name']} (revision {revision})", now,
                 )  # fmt: skip
         for victim in decided.delete:
             if await self.kube.delete_pod(meta.namespace, victim.name):
                 obs.POD_ACTIONS.labels("delete", victim.reason).inc()
                 await self.kube.post_event(
-                    meta.namespace, meta.name, meta.uid, "Normal", Reason.POD_DELETED,
+                    meta.namespace, meta.name, meta.uid, EventType.NORMAL, Reason.POD_DELETED,
                     f"deleted pod {victim.name} ({victim.reason})", now,
                 )  # fmt: skip
 
@@ -377,7 +378,7 @@ class Controller:
             # event, say) must see the new status, or it would act on a one-shot action twice.
             self.observe_fleet("MODIFIED", updated)
         if status.phase != previous_phase and status.phase is not None:
-            event_type = "Warning" if status.phase is Phase.DEGRADED else "Normal"
+            event_type = EventType.WARNING if status.phase is Phase.DEGRADED else EventType.NORMAL
             await self.kube.post_event(
                 meta.namespace, meta.name, meta.uid, event_type, Reason.PHASE_CHANGED,
                 f"phase {previous_phase or 'None'} -> {status.phase}: {status.message}", now,

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from newfuse.adapters.kube import KubeClient
 from newfuse.adapters.redis_store import RedisStore
-from newfuse.api.v1alpha1 import NewFuseAgent, Reason
+from newfuse.api.v1alpha1 import EventType, NewFuseAgent, Reason
 from newfuse.config import OperatorConfig
 from newfuse.core import acl, naming
 from newfuse.core.cleanup import (
@@ -104,7 +104,7 @@ class Finalizer:
             self._log_leftovers(keys, "the skip annotation is set")
             await self._release(
                 fleet,
-                "Warning",
+                EventType.WARNING,
                 Reason.REDIS_CLEANUP_SKIPPED,
                 f"{naming.SKIP_REDIS_CLEANUP_ANNOTATION}=true: deleting the fleet without removing "
                 f"its Redis keys ({keys.prefix}:*, listed in the operator log)",
@@ -144,7 +144,7 @@ class Finalizer:
         if released_after_removal(progress.removed_at, removed):
             await self._release(
                 fleet,
-                "Normal",
+                EventType.NORMAL,
                 Reason.REDIS_KEYS_REMOVED,
                 f"removed {progress.removed} Redis key(s) of the fleet",
             )
@@ -177,7 +177,7 @@ class Finalizer:
                 f"removed {progress.removed + removed} Redis key(s), which agents still running "
                 "may write again"
             )
-        await self._release(fleet, "Warning", Reason.REDIS_CLEANUP_SKIPPED, message)
+        await self._release(fleet, EventType.WARNING, Reason.REDIS_CLEANUP_SKIPPED, message)
 
     async def _waiting(
         self, fleet: NewFuseAgent, progress: _Progress, error: str, deadline: dt.datetime
@@ -191,7 +191,7 @@ class Finalizer:
             meta.namespace,
             meta.name,
             meta.uid,
-            "Warning",
+            EventType.WARNING,
             Reason.REDIS_CLEANUP_WAITING,
             f"cannot reach Redis to remove the fleet's keys ({error}). Retrying until "
             f"{deadline.isoformat()} ({TIMEOUT_SETTING}={self.timeout.total_seconds():g}); then "
@@ -218,7 +218,9 @@ class Finalizer:
             extra={"namespace": keys.namespace, "fleet": keys.fleet},
         )
 
-    async def _release(self, fleet: NewFuseAgent, kind: str, reason: Reason, message: str) -> None:
+    async def _release(
+        self, fleet: NewFuseAgent, kind: EventType, reason: Reason, message: str
+    ) -> None:
         meta = fleet.metadata
         await self.kube.post_event(
             meta.namespace, meta.name, meta.uid, kind, reason, message, self.clock()

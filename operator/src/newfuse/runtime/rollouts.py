@@ -17,7 +17,7 @@ from newfuse import observability as obs
 from newfuse.adapters.kube import KubeClient
 from newfuse.adapters.redis_store import RedisStore
 from newfuse.api.rollout import TERMINAL_PHASES, HistoryEntry, RolloutReason, RolloutState
-from newfuse.api.v1alpha1 import NewFuseAgent, NewFuseAgentSpec
+from newfuse.api.v1alpha1 import EventType, NewFuseAgent, NewFuseAgentSpec
 from newfuse.core import naming
 from newfuse.core.audit import audit_record
 from newfuse.core.metrics import AgentReports
@@ -181,7 +181,7 @@ class RolloutDriver:
                 meta.namespace,
                 meta.name,
                 meta.uid,
-                "Warning" if warning else "Normal",
+                EventType.WARNING if warning else EventType.NORMAL,
                 entry.reason,
                 f"{entry.stage} step {entry.step} ({entry.canary_agents} canary): {entry.message}",
                 now,

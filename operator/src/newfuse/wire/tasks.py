@@ -95,11 +95,30 @@ class ResultPayload(BaseModel):
     history: list[AttemptRecord] = Field(default_factory=list)
 
 
+class FailReason(StrEnum):
+    """Why a task ended FAILED (the result's `reason`, the dead letter's reason)."""
+
+    TIMEOUT = "timeout"
+    DEADLINE = "deadline"
+    EXHAUSTED = "exhausted"
+    HANDLER_FAILED = "handler_failed"
+    EXPIRED = "expired"
+
+
+class LetterReason(StrEnum):
+    """Dead-letter reasons that are neither a refusal (RejectReason) nor a FailReason."""
+
+    INJECTED_FAULT = "injected_fault"  # NEWFUSE_FAULT_RATE: a drill, not a handler's failure
+    UNREADABLE = "unreadable"  # a DLQ entry that is not a dead letter (shown, never requeued)
+
+
 class DeadLetter(BaseModel):
     """A message no agent will process, with why; `newfuse dlq` shows and requeues these."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
+    # A RejectReason, FailReason or LetterReason value. Read as a plain string, so that a reason
+    # added by a newer agent still lists in an older CLI.
     reason: str
     detail: str
     raw: str
