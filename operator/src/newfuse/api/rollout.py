@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
+from typing import Final
 
 from pydantic import ConfigDict, Field
 
@@ -50,6 +51,27 @@ class GateResult(StrEnum):
     PASSED = "Passed"
     FAILED = "Failed"
     INCONCLUSIVE = "Inconclusive"
+
+
+class RolloutAction(StrEnum):
+    """What a person can do to a rollout: the CLI's verbs, the Argo CD actions, the audit's words.
+
+    PAUSE and RESUME set spec.rollout.paused; the others are one-shot, written into the
+    newfuse.io/rollout-action annotation as "<action>@<time>" and acted on once.
+    """
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    PROMOTE = "promote"
+    PROMOTE_FULL = "promote-full"
+    ABORT = "abort"
+    RETRY = "retry"
+
+
+# The actions the rollout-action annotation carries (the rest are a spec field).
+ONE_SHOT_ACTIONS: Final = frozenset(
+    {RolloutAction.PROMOTE, RolloutAction.PROMOTE_FULL, RolloutAction.ABORT, RolloutAction.RETRY}
+)
 
 
 class RolloutReason(StrEnum):

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from newfuse.api.rollout import RolloutAction
 from newfuse.cli.common import DEFAULT_NAMESPACE, Fleet, Namespace, app, console, errors
 
 rollout_app = typer.Typer(help="Watch and steer a fleet's phased rollout.", no_args_is_help=True)
@@ -83,7 +84,7 @@ def _fleet_call(
     return dict(body)
 
 
-def _action(fleet: str, verb: str, namespace: str, kubeconfig: str | None) -> None:
+def _action(fleet: str, verb: RolloutAction, namespace: str, kubeconfig: str | None) -> None:
     from newfuse.core.naming import ROLLOUT_ACTION_ANNOTATION, ROLLOUT_ACTION_BY_ANNOTATION
 
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -208,7 +209,7 @@ def _set_paused(fleet: str, paused: bool, namespace: str, kubeconfig: str | None
     )
 
 
-@rollout_app.command("pause")
+@rollout_app.command(RolloutAction.PAUSE.value)
 def rollout_pause(
     fleet: Fleet, namespace: Namespace = DEFAULT_NAMESPACE, kubeconfig: Kubeconfig = None
 ) -> None:
@@ -216,7 +217,7 @@ def rollout_pause(
     _set_paused(fleet, True, namespace, kubeconfig)
 
 
-@rollout_app.command("resume")
+@rollout_app.command(RolloutAction.RESUME.value)
 def rollout_resume(
     fleet: Fleet, namespace: Namespace = DEFAULT_NAMESPACE, kubeconfig: Kubeconfig = None
 ) -> None:
@@ -224,7 +225,7 @@ def rollout_resume(
     _set_paused(fleet, False, namespace, kubeconfig)
 
 
-@rollout_app.command("promote")
+@rollout_app.command(RolloutAction.PROMOTE.value)
 def rollout_promote(
     fleet: Fleet,
     full: Annotated[
@@ -234,20 +235,21 @@ def rollout_promote(
     kubeconfig: Kubeconfig = None,
 ) -> None:
     """Pass the current gate (or, with --full, every remaining one)."""
-    _action(fleet, "promote-full" if full else "promote", namespace, kubeconfig)
+    verb = RolloutAction.PROMOTE_FULL if full else RolloutAction.PROMOTE
+    _action(fleet, verb, namespace, kubeconfig)
 
 
-@rollout_app.command("abort")
+@rollout_app.command(RolloutAction.ABORT.value)
 def rollout_abort(
     fleet: Fleet, namespace: Namespace = DEFAULT_NAMESPACE, kubeconfig: Kubeconfig = None
 ) -> None:
     """Send every agent back to the stable revision."""
-    _action(fleet, "abort", namespace, kubeconfig)
+    _action(fleet, RolloutAction.ABORT, namespace, kubeconfig)
 
 
-@rollout_app.command("retry")
+@rollout_app.command(RolloutAction.RETRY.value)
 def rollout_retry(
     fleet: Fleet, namespace: Namespace = DEFAULT_NAMESPACE, kubeconfig: Kubeconfig = None
 ) -> None:
     """Start an aborted or rolled-back rollout again from phase 1."""
-    _action(fleet, "retry", namespace, kubeconfig)
+    _action(fleet, RolloutAction.RETRY, namespace, kubeconfig)

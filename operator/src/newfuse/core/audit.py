@@ -12,17 +12,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from newfuse.api.rollout import RolloutReason
+from newfuse.api.rollout import RolloutAction, RolloutReason
 from newfuse.core.naming import PAUSED_BY_ANNOTATION, ROLLOUT_ACTION_BY_ANNOTATION
 
 # The rollout transitions that only a person (or their GitOps commit) causes, by action name.
 CONTROL_ACTIONS: Final = {
-    RolloutReason.PROMOTED: "promote",
-    RolloutReason.PROMOTED_FULL: "promote-full",
-    RolloutReason.ABORTED: "abort",
-    RolloutReason.RETRIED: "retry",
-    RolloutReason.PAUSED: "pause",
-    RolloutReason.RESUMED: "resume",
+    RolloutReason.PROMOTED: RolloutAction.PROMOTE,
+    RolloutReason.PROMOTED_FULL: RolloutAction.PROMOTE_FULL,
+    RolloutReason.ABORTED: RolloutAction.ABORT,
+    RolloutReason.RETRIED: RolloutAction.RETRY,
+    RolloutReason.PAUSED: RolloutAction.PAUSE,
+    RolloutReason.RESUMED: RolloutAction.RESUME,
 }
 UNRECORDED: Final = "unrecorded (not requested through the newfuse CLI; see the API audit log)"
 

@@ -27,6 +27,7 @@ from newfuse.api.rollout import (
     Measured,
     PhasedPolicy,
     RevisionCounts,
+    RolloutAction,
     RolloutPhase,
     RolloutReason,
     RolloutState,
@@ -521,10 +522,10 @@ def parse_action(value: str | None, already_handled: str | None) -> Controls:
         return Controls()
     verb = value.split("@", 1)[0].strip().lower()
     return Controls(
-        promote=verb == "promote",
-        promote_full=verb == "promote-full",
-        abort=verb == "abort",
-        retry=verb == "retry",
+        promote=verb == RolloutAction.PROMOTE,
+        promote_full=verb == RolloutAction.PROMOTE_FULL,
+        abort=verb == RolloutAction.ABORT,
+        retry=verb == RolloutAction.RETRY,
     )
 
 
