@@ -33,7 +33,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from rich.console import Console
 
-from localcluster import LocalCluster, RedisServer
+from localcluster import LocalCluster, RedisServer, wait_established
 from localcluster.binaries import REPO_ROOT, Binaries
 from localcluster.demo import CRD, OperatorRunner
 
@@ -159,10 +159,11 @@ def bench_environment(
         subprocess.run(
             [*kubectl, "apply", "--server-side", "-f", str(CRD)], check=True, capture_output=True
         )
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", "crd/newfuseagents.newfuse.io"],
-            check=True,
-            capture_output=True,
+        wait_established(
+            lambda *args: (
+                subprocess.run([*kubectl, *args], check=True, capture_output=True, text=True).stdout
+            ),
+            "newfuseagents.newfuse.io",
         )
         yield BenchEnvironment(
             api, operator, info.kubeconfig, redis_info.url, {ns: ns for ns in namespaces}

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import imageprefetch
 from harness import Cluster, Fleets, Kubectl, OperatorProcess, RedisHandle
-from localcluster import LocalCluster, RedisServer
+from localcluster import LocalCluster, RedisServer, wait_established
 from localcluster.cluster import default_state_dir as cluster_state_dir
 from localcluster.demo import OperatorRunner
 from localcluster.podrunner import PodRunnerProcess
@@ -140,7 +140,7 @@ def crd(kubectl: Kubectl) -> None:
         "-f",
         str(REPO / "crds" / "newfuse.io_newfuseagents.yaml"),
     )
-    kubectl("wait", "--for=condition=Established", "crd/newfuseagents.newfuse.io", "--timeout=60s")
+    wait_established(kubectl, "newfuseagents.newfuse.io")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ tooling only: the product never imports it (an import-linter contract says so).
 
 from localcluster.cluster import ClusterInfo, LocalCluster
 from localcluster.redis_server import RedisInfo, RedisServer
-from localcluster.waiting import WaitTimeoutError, wait_for
+from localcluster.waiting import WaitTimeoutError, wait_established, wait_for
 
 __all__ = [
     "ClusterInfo",
@@ -16,5 +16,6 @@ __all__ = [
     "RedisInfo",
     "RedisServer",
     "WaitTimeoutError",
+    "wait_established",
     "wait_for",
 ]

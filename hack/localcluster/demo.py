@@ -22,7 +22,7 @@ from localcluster import processes
 from localcluster.binaries import REPO_ROOT
 from localcluster.netutil import free_port
 from localcluster.podrunner import PodRunnerProcess
-from localcluster.waiting import wait_for
+from localcluster.waiting import wait_established, wait_for
 
 CRD = REPO_ROOT / "crds" / "newfuse.io_newfuseagents.yaml"
 SAMPLE = REPO_ROOT / "crds" / "samples" / "summarizer.yaml"
@@ -170,7 +170,7 @@ def run_demo(
 
     log("installing the NewFuseAgent CRD")
     k("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    k("wait", "--for=condition=Established", "crd/newfuseagents.newfuse.io", "--timeout=60s")
+    wait_established(k, "newfuseagents.newfuse.io")
     OperatorRunner(state_dir).up(
         kubeconfig, redis_url, log, real_node.agent_redis_url if real_node else None
     )

@@ -47,3 +47,20 @@ def wait_for(
             )
         time.sleep(min(interval, remaining))
         interval = min(interval * 1.5, max_interval)
+
+
+def wait_established(kubectl: Callable[..., str], crd: str, timeout: float = 60.0) -> None:
+    """Poll until the CRD ``crd`` (a name like "newfuseagents.newfuse.io") is Established.
+
+    Not `kubectl wait --for=condition=Established`: while a new CRD's status.conditions is still
+    null, that fails at once with ".status.conditions accessor error: <nil> is of the type <nil>"
+    instead of waiting (a cold CI run hit it; so did tidb-operator#1511). ``kubectl(*args)`` runs
+    kubectl against the cluster and returns its stdout.
+    """
+    query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+    wait_for(
+        lambda: kubectl("get", f"crd/{crd}", "-o", query).strip() == "True",
+        timeout,
+        what=f"CRD {crd} Established",
+        interval=0.2,
+    )

@@ -25,7 +25,7 @@ import yaml
 
 import gen_kustomize
 from harness import Cluster, Kubectl, OperatorProcess, RedisHandle
-from localcluster import LocalCluster, wait_for
+from localcluster import LocalCluster, wait_established, wait_for
 from localcluster.binaries import Binaries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -739,7 +739,7 @@ def test_install_run_as_configured_upgrade_and_uninstall(
     ]
     k("apply", "-f", "-", stdin=yaml.safe_dump_all(monitoring))
     for item in monitoring:
-        k("wait", "--for=condition=Established", f"crd/{item['metadata']['name']}")
+        wait_established(k, item["metadata"]["name"])
     everything = [value.replace("{team-a}", "{agents}") for value in EVERYTHING]
     k("create", "secret", "generic", "redis-ca", "-n", "newfuse-system", "--from-literal=ca.crt=x")
     helm(
