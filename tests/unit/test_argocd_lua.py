@@ -412,6 +412,16 @@ ACTION_BY = "newfuse.io/rollout-action-by"
 PAUSED_BY = "newfuse.io/paused-by"
 
 
+def _lua_clock_floor() -> dt.datetime:
+    """The earliest second Lua's ``os.time()`` may stamp from now on.
+
+    Lua reads ``time()``, which glibc serves from the coarse real-time clock; that clock lags
+    ``datetime.now()`` by up to a scheduler tick, so just after a second rolls over Lua can
+    still stamp the previous one (seen twice under CI load).
+    """
+    return dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=1)
+
+
 def _stamped_time(value: str, prefix: str) -> dt.datetime:
     """The time in "<prefix>@<UTC RFC 3339 time, seconds, Z>", which must be the whole value."""
     match = re.fullmatch(rf"{re.escape(prefix)}@(\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ)", value)
@@ -432,7 +442,7 @@ def test_pause_and_resume_set_spec_rollout_paused(
     action: str, sample: str, paused: bool, lua_version: str
 ) -> None:
     body = load(sample)
-    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    before = _lua_clock_floor()
     result = run_lua(ARGOCD / "actions" / action / "action.lua", body, lua_version)
     after = dt.datetime.now(dt.UTC)
 
@@ -453,7 +463,7 @@ def test_annotation_actions_request_what_the_cli_requests(
     action: str, sample: str, lua_version: str
 ) -> None:
     body = load(sample)
-    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    before = _lua_clock_floor()
     result = run_lua(ARGOCD / "actions" / action / "action.lua", body, lua_version)
     after = dt.datetime.now(dt.UTC)
 
