@@ -30,7 +30,7 @@ from gen_kustomize import helm_binary, kube_version
 from newfuse.api.rollout import GateResult, RolloutPhase
 from newfuse.api.v1alpha1 import Phase
 from newfuse.core import naming
-from newfuse.core.rollout import ENDING_ROLLOUT_REASONS
+from newfuse.core.rolloutstep import ENDING_ROLLOUT_REASONS
 from newfuse_agent.metrics import TaskOutcome
 
 ROOT = Path(__file__).resolve().parents[2]

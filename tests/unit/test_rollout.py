@@ -17,17 +17,11 @@ from newfuse.api.rollout import (
     RolloutState,
     Stage,
 )
-from newfuse.core.rollout import (
-    Controls,
-    Decision,
-    Observation,
-    RevisionStats,
-    allocate,
-    decide,
-    evaluate_gate,
-    initial_canary,
-    rollout_started_at,
-)
+from newfuse.core.actions import Controls
+from newfuse.core.allocation import allocate, initial_canary
+from newfuse.core.gates import RevisionStats, evaluate_gate
+from newfuse.core.rollout import Decision, Observation, decide
+from newfuse.core.rolloutstep import rollout_started_at
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 CAPS = {"old": frozenset({"chat"}), "new": frozenset({"chat"})}

@@ -109,199 +109,209 @@ def _failing_reason(
     return Reason.PODS_FAILED, ""
 
 
+@dataclass(frozen=True)
+class _Facts:
+    """What every condition and the phase are derived from, counted once."""
+
+    inputs: StatusInputs
+    live: list[ObservedPod]
+    ready: list[ObservedPod]
+    updated: list[ObservedPod]
+    failing: list[ObservedPod]
+    target: str
+    rollout: RolloutState | None
+    rollout_active: bool
+    rolled_back: bool
+    converged: bool
+
+    @classmethod
+    def of(cls, inputs: StatusInputs) -> _Facts:
+        spec, rollout = inputs.fleet.spec, inputs.rollout
+        live = [p for p in inputs.pods if not p.terminating]
+        ready = [p for p in live if p.ready]
+        target = inputs.target_revision or inputs.update_revision
+        active = rollout is not None and rollout.phase not in TERMINAL_PHASES
+        converged = (
+            inputs.plan.empty
+            and not inputs.plan.blocked
+            and not active
+            and len(live) == spec.replicas
+            and sum(1 for p in live if p.revision == target) == spec.replicas
+            and len(ready) == spec.replicas
+        )
+        return cls(
+            inputs=inputs,
+            live=live,
+            ready=ready,
+            updated=[p for p in live if p.revision == inputs.update_revision],
+            failing=[p for p in live if p.health in (PodHealth.FAILED, PodHealth.CRASH_LOOPING)],
+            target=target,
+            rollout=rollout,
+            rollout_active=active,
+            rolled_back=rollout is not None
+            and rollout.phase in (RolloutPhase.ROLLED_BACK, RolloutPhase.ABORTED)
+            and rollout.stable_revision != inputs.update_revision,
+            converged=converged,
+        )
+
+    @property
+    def replicas(self) -> int:
+        return self.inputs.fleet.spec.replicas
+
+    @property
+    def counts(self) -> str:
+        return f"{len(self.ready)}/{self.replicas} agents ready"
+
+    def rollout_in(self, phase: RolloutPhase) -> bool:
+        return self.rollout is not None and self.rollout.phase is phase
+
+    @property
+    def rollout_message(self) -> str:
+        return self.rollout.message if self.rollout is not None else ""
+
+    @property
+    def held_back_reason(self) -> Reason:
+        aborted = self.rollout_in(RolloutPhase.ABORTED)
+        return Reason.ROLLOUT_ABORTED if aborted else Reason.ROLLED_BACK
+
+    def condition(
+        self, kind: ConditionType, status: ConditionStatus, reason: Reason, message: str
+    ) -> Condition:
+        generation = self.inputs.fleet.metadata.generation
+        return _condition(kind, status, reason, message, generation, self.inputs.now)
+
+
+def _available(f: _Facts) -> Condition:
+    status, reason = (
+        (TRUE, Reason.MINIMUM_REPLICAS_AVAILABLE)
+        if len(f.ready) >= f.replicas
+        else (FALSE, Reason.MINIMUM_REPLICAS_UNAVAILABLE)
+    )
+    return f.condition(ConditionType.AVAILABLE, status, reason, f.counts)
+
+
+def _progressing(f: _Facts) -> Condition:
+    kind = ConditionType.PROGRESSING
+    if f.inputs.fleet.spec.paused:
+        return f.condition(kind, FALSE, Reason.SPEC_PAUSED, "spec.paused is true")
+    if f.rollout is not None and f.rollout_active:
+        message = f"{f.rollout.phase}: {f.rollout.message}"
+        return f.condition(kind, TRUE, Reason.ROLLOUT_IN_PROGRESS, message)
+    if f.rolled_back:
+        return f.condition(kind, FALSE, f.held_back_reason, f.rollout_message)
+    if f.converged:
+        return f.condition(kind, FALSE, Reason.CONVERGED, f"all agents at revision {f.target}")
+    update = f.inputs.update_revision
+    if any(p.revision != update for p in f.live):
+        reason = Reason.NEW_REVISION_ROLLING_OUT
+    elif len(f.live) < f.replicas:
+        reason = Reason.SCALING_UP
+    elif len(f.live) > f.replicas:
+        reason = Reason.SCALING_DOWN
+    else:
+        reason = Reason.WAITING_FOR_READY
+    message = f"{len(f.updated)}/{f.replicas} agents at revision {update}, {f.counts}"
+    return f.condition(kind, TRUE, reason, message)
+
+
+def _degraded(f: _Facts) -> Condition:
+    kind = ConditionType.DEGRADED
+    if f.failing:
+        crash_looping = [p for p in f.failing if p.health is PodHealth.CRASH_LOOPING]
+        reason, hint = _failing_reason(f.failing, crash_looping)
+        return f.condition(kind, TRUE, reason, f"failing pods: {_sorted_names(f.failing)}{hint}")
+    if f.rolled_back:
+        return f.condition(kind, TRUE, f.held_back_reason, f.rollout_message)
+    if f.rollout_in(RolloutPhase.DEGRADED):
+        return f.condition(kind, TRUE, Reason.ROLLOUT_DEGRADED, f.rollout_message)
+    return f.condition(kind, FALSE, Reason.PODS_HEALTHY, "no failing pods")
+
+
+def _paused(f: _Facts) -> Condition:
+    kind = ConditionType.PAUSED
+    if f.inputs.fleet.spec.paused:
+        return f.condition(kind, TRUE, Reason.SPEC_PAUSED, "changes to pods are suspended")
+    if f.rollout_in(RolloutPhase.PAUSED):
+        return f.condition(kind, TRUE, Reason.ROLLOUT_PAUSED, "spec.rollout.paused is true")
+    return f.condition(kind, FALSE, Reason.NOT_PAUSED, "")
+
+
+def _redis_connected(f: _Facts) -> list[Condition]:
+    redis, kind = f.inputs.redis, ConditionType.REDIS_CONNECTED
+    if redis is None:
+        return []
+    if redis.reachable:
+        return [f.condition(kind, TRUE, Reason.REDIS_REACHABLE, "")]
+    return [f.condition(kind, FALSE, Reason.REDIS_UNREACHABLE, redis.error[:1024])]
+
+
+def _heartbeating(f: _Facts) -> list[Condition]:
+    metrics, kind = f.inputs.metrics, ConditionType.AGENTS_HEARTBEATING
+    if metrics is None:
+        # Keep what was last known rather than flapping to Unknown during a Redis outage.
+        return [c for c in f.inputs.fleet.status.conditions if c.type == kind]
+    if metrics.stale_agents:
+        message = f"{metrics.stale_agents} agent(s) missed their heartbeat"
+        return [f.condition(kind, FALSE, Reason.HEARTBEATS_STALE, message)]
+    if metrics.reporting_agents:
+        message = f"{metrics.reporting_agents} agent(s) reporting"
+        return [f.condition(kind, TRUE, Reason.HEARTBEATS_FRESH, message)]
+    return [f.condition(kind, UNKNOWN, Reason.NO_AGENTS_REPORTING, "no agent has reported yet")]
+
+
+def _conditions(f: _Facts) -> list[Condition]:
+    wanted = [_available(f), _progressing(f), _degraded(f), _paused(f)]
+    return wanted + _redis_connected(f) + _heartbeating(f)
+
+
+def _phase(f: _Facts) -> Phase:
+    spec = f.inputs.fleet.spec
+    if f.inputs.fleet.metadata.deletion_timestamp is not None:
+        return Phase.TERMINATING
+    if spec.paused or f.rollout_in(RolloutPhase.PAUSED):
+        return Phase.PAUSED
+    if f.failing or f.rolled_back or f.rollout_in(RolloutPhase.DEGRADED):
+        return Phase.DEGRADED
+    if f.converged:
+        return Phase.AVAILABLE
+    if not f.ready and spec.replicas:
+        return Phase.PENDING
+    return Phase.PROGRESSING
+
+
+def _current_revision(f: _Facts) -> str | None:
+    if f.rollout is not None:
+        return f.rollout.stable_revision
+    if f.converged:
+        return f.target
+    previous = f.inputs.fleet.status.current_revision
+    if previous is not None:
+        return previous
+    return _majority_revision(f.live) if f.live else f.target
+
+
 def derive_status(inputs: StatusInputs) -> NewFuseAgentStatus:
     """The whole status subresource for one fleet."""
-    fleet, now = inputs.fleet, inputs.now
-    spec, previous = fleet.spec, fleet.status
+    f = _Facts.of(inputs)
+    fleet, previous = inputs.fleet, inputs.fleet.status
     generation = fleet.metadata.generation
-    live = [p for p in inputs.pods if not p.terminating]
-    ready = [p for p in live if p.ready]
-    updated = [p for p in live if p.revision == inputs.update_revision]
-    failing = [p for p in live if p.health in (PodHealth.FAILED, PodHealth.CRASH_LOOPING)]
-    crash_looping = [p for p in failing if p.health is PodHealth.CRASH_LOOPING]
-    target = inputs.target_revision or inputs.update_revision
-    rollout = inputs.rollout
-    rollout_active = rollout is not None and rollout.phase not in TERMINAL_PHASES
-    rolled_back = (
-        rollout is not None
-        and rollout.phase in (RolloutPhase.ROLLED_BACK, RolloutPhase.ABORTED)
-        and rollout.stable_revision != inputs.update_revision
-    )
-    converged = (
-        inputs.plan.empty
-        and not inputs.plan.blocked
-        and not rollout_active
-        and len(live) == spec.replicas
-        and sum(1 for p in live if p.revision == target) == spec.replicas
-        and len(ready) == spec.replicas
-    )
-    available = len(ready) >= spec.replicas
-    terminating = fleet.metadata.deletion_timestamp is not None
-
-    def cond(
-        kind: ConditionType, status: ConditionStatus, reason: Reason, message: str
-    ) -> Condition:
-        return _condition(kind, status, reason, message, generation, now)
-
-    counts = f"{len(ready)}/{spec.replicas} agents ready"
-    wanted = [
-        cond(ConditionType.AVAILABLE, TRUE, Reason.MINIMUM_REPLICAS_AVAILABLE, counts)
-        if available
-        else cond(ConditionType.AVAILABLE, FALSE, Reason.MINIMUM_REPLICAS_UNAVAILABLE, counts),
-    ]
-    held_back_reason = (
-        Reason.ROLLOUT_ABORTED
-        if rollout is not None and rollout.phase is RolloutPhase.ABORTED
-        else Reason.ROLLED_BACK
-    )
-    if spec.paused:
-        wanted.append(
-            cond(ConditionType.PROGRESSING, FALSE, Reason.SPEC_PAUSED, "spec.paused is true")
-        )
-    elif rollout is not None and rollout_active:
-        wanted.append(
-            cond(
-                ConditionType.PROGRESSING,
-                TRUE,
-                Reason.ROLLOUT_IN_PROGRESS,
-                f"{rollout.phase}: {rollout.message}",
-            )
-        )
-    elif rollout is not None and rolled_back:
-        wanted.append(cond(ConditionType.PROGRESSING, FALSE, held_back_reason, rollout.message))
-    elif converged:
-        wanted.append(
-            cond(
-                ConditionType.PROGRESSING,
-                FALSE,
-                Reason.CONVERGED,
-                f"all agents at revision {target}",
-            )
-        )
-    else:
-        if any(p.revision != inputs.update_revision for p in live):
-            reason = Reason.NEW_REVISION_ROLLING_OUT
-        elif len(live) < spec.replicas:
-            reason = Reason.SCALING_UP
-        elif len(live) > spec.replicas:
-            reason = Reason.SCALING_DOWN
-        else:
-            reason = Reason.WAITING_FOR_READY
-        wanted.append(
-            cond(
-                ConditionType.PROGRESSING,
-                TRUE,
-                reason,
-                f"{len(updated)}/{spec.replicas} agents at revision "
-                f"{inputs.update_revision}, {counts}",
-            )
-        )
-    if failing:
-        reason, hint = _failing_reason(failing, crash_looping)
-        wanted.append(
-            cond(
-                ConditionType.DEGRADED,
-                TRUE,
-                reason,
-                f"failing pods: {_sorted_names(failing)}{hint}",
-            )
-        )
-    elif rollout is not None and rolled_back:
-        wanted.append(cond(ConditionType.DEGRADED, TRUE, held_back_reason, rollout.message))
-    elif rollout is not None and rollout.phase is RolloutPhase.DEGRADED:
-        wanted.append(cond(ConditionType.DEGRADED, TRUE, Reason.ROLLOUT_DEGRADED, rollout.message))
-    else:
-        wanted.append(cond(ConditionType.DEGRADED, FALSE, Reason.PODS_HEALTHY, "no failing pods"))
-    rollout_paused = rollout is not None and rollout.phase is RolloutPhase.PAUSED
-    if spec.paused:
-        wanted.append(
-            cond(ConditionType.PAUSED, TRUE, Reason.SPEC_PAUSED, "changes to pods are suspended")
-        )
-    elif rollout_paused:
-        wanted.append(
-            cond(ConditionType.PAUSED, TRUE, Reason.ROLLOUT_PAUSED, "spec.rollout.paused is true")
-        )
-    else:
-        wanted.append(cond(ConditionType.PAUSED, FALSE, Reason.NOT_PAUSED, ""))
-    if inputs.redis is not None:
-        wanted.append(
-            cond(ConditionType.REDIS_CONNECTED, TRUE, Reason.REDIS_REACHABLE, "")
-            if inputs.redis.reachable
-            else cond(
-                ConditionType.REDIS_CONNECTED,
-                FALSE,
-                Reason.REDIS_UNREACHABLE,
-                inputs.redis.error[:1024],
-            )
-        )
-    metrics = inputs.metrics if inputs.metrics is not None else previous.metrics
-    if inputs.metrics is not None:
-        if inputs.metrics.stale_agents:
-            wanted.append(
-                cond(
-                    ConditionType.AGENTS_HEARTBEATING,
-                    FALSE,
-                    Reason.HEARTBEATS_STALE,
-                    f"{inputs.metrics.stale_agents} agent(s) missed their heartbeat",
-                )
-            )
-        elif inputs.metrics.reporting_agents:
-            wanted.append(
-                cond(
-                    ConditionType.AGENTS_HEARTBEATING,
-                    TRUE,
-                    Reason.HEARTBEATS_FRESH,
-                    f"{inputs.metrics.reporting_agents} agent(s) reporting",
-                )
-            )
-        else:
-            wanted.append(
-                cond(
-                    ConditionType.AGENTS_HEARTBEATING,
-                    UNKNOWN,
-                    Reason.NO_AGENTS_REPORTING,
-                    "no agent has reported yet",
-                )
-            )
-    else:
-        # Keep what was last known rather than flapping to Unknown during a Redis outage.
-        wanted += [c for c in previous.conditions if c.type == ConditionType.AGENTS_HEARTBEATING]
-
-    if terminating:
-        phase = Phase.TERMINATING
-    elif spec.paused or rollout_paused:
-        phase = Phase.PAUSED
-    elif failing or rolled_back or (rollout is not None and rollout.phase is RolloutPhase.DEGRADED):
-        phase = Phase.DEGRADED
-    elif converged:
-        phase = Phase.AVAILABLE
-    elif not ready and spec.replicas:
-        phase = Phase.PENDING
-    else:
-        phase = Phase.PROGRESSING
-
-    current_revision = previous.current_revision
-    if rollout is not None:
-        current_revision = rollout.stable_revision
-    elif converged or current_revision is None:
-        current_revision = target if converged or not live else _majority_revision(live)
     return NewFuseAgentStatus(
         observed_generation=generation
         if inputs.acted_on_generation
         else previous.observed_generation,
-        phase=phase,
-        conditions=merge_conditions(previous.conditions, wanted, now),
-        replicas=len(live),
-        ready_replicas=len(ready),
-        updated_replicas=len(updated),
-        current_revision=current_revision,
+        phase=_phase(f),
+        conditions=merge_conditions(previous.conditions, _conditions(f), inputs.now),
+        replicas=len(f.live),
+        ready_replicas=len(f.ready),
+        updated_replicas=len(f.updated),
+        current_revision=_current_revision(f),
         update_revision=inputs.update_revision,
         selector=naming.selector(fleet.metadata.name),
-        capabilities=sorted(spec.capabilities) if ready else [],
-        metrics=metrics,
+        capabilities=sorted(fleet.spec.capabilities) if f.ready else [],
+        metrics=inputs.metrics if inputs.metrics is not None else previous.metrics,
         backlog=inputs.backlog if inputs.backlog is not None else previous.backlog,
-        rollout=rollout,
-        message=f"{counts}; revision {inputs.update_revision}",
+        rollout=f.rollout,
+        message=f"{f.counts}; revision {inputs.update_revision}",
     )
 
 

@@ -13,16 +13,16 @@ import logging
 from redis.exceptions import RedisError, ResponseError
 
 from newfuse import observability as obs
-from newfuse.adapters.redis_store import RedisStore
 from newfuse.api.tasks import Backlog
 from newfuse.core.backlog import fold_backlog
+from newfuse.runtime.ports import RedisPort
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.tasks import PRIORITY_ORDER
 
 log = logging.getLogger("newfuse.controller")
 
 
-async def observe_backlog(redis: RedisStore, keys: FleetKeys) -> Backlog | None:
+async def observe_backlog(redis: RedisPort, keys: FleetKeys) -> Backlog | None:
     """The fleet's backlog (None if Redis could not say), with its gauges set."""
     try:
         backlog = fold_backlog(await redis.task_observation(keys))

@@ -26,9 +26,7 @@ from redis.exceptions import RedisError
 
 from newfuse import logcontext
 from newfuse import observability as obs
-from newfuse.adapters.kube import KubeClient
-from newfuse.adapters.redis_store import RedisStore
-from newfuse.api.rollout import TERMINAL_PHASES, RolloutPhase, RolloutState
+from newfuse.api.rollout import RolloutPhase, RolloutState
 from newfuse.api.v1alpha1 import (
     EventType,
     FleetMetrics,
@@ -47,13 +45,15 @@ from newfuse.core.metrics import (
     fold_agent_states,
     settle_totals,
 )
-from newfuse.core.planner import Plan, plan, plan_revisions
+from newfuse.core.planner import Plan, plan
 from newfuse.core.pods import AgentDefaults, ObservedPod, build_pod, observe_pod
 from newfuse.core.revision import template_hash
+from newfuse.core.rolloutstep import pods_for, revision_to_drain, target_revision
 from newfuse.core.status import RedisObservation, StatusInputs, derive_status
 from newfuse.runtime.backlog import forget_backlog, observe_backlog
 from newfuse.runtime.finalizer import Finalizer
 from newfuse.runtime.fleet_keys import FleetKeysManager
+from newfuse.runtime.ports import KubePort, RedisPort
 from newfuse.runtime.redis_routes import RedisRoutes
 from newfuse.runtime.redis_users import FleetRedisUsers
 from newfuse.runtime.reports import count_dead_letters, read_reports, retire_legacy
@@ -74,7 +74,7 @@ class Controller:
     """Owns the caches and the queue; `run()` reconciles until cancelled."""
 
     def __init__(
-        self, config: OperatorConfig, kube: KubeClient, redis: RedisStore, clock: Clock = utc_now
+        self, config: OperatorConfig, kube: KubePort, redis: RedisPort, clock: Clock = utc_now
     ) -> None:
         """Reconcile with ``kube`` and ``redis``; ``clock`` is injectable for tests."""
         self.config, self.clock = config, clock
@@ -258,22 +258,15 @@ class Controller:
             decision = await self.rollouts.decide(key, fleet, revision, observed, reports, now)
             rollout = decision.state
             for rev in decision.desired:
-                if (
-                    rev not in specs
-                    and (stored := await self.rollouts.spec_of(key, fleet, rev)) is not None
-                ):
-                    specs[rev] = stored
-            # A revision whose template is unknown cannot get new pods; its existing ones stay.
-            desired = {rev: n for rev, n in decision.desired.items() if rev in specs}
-            desired |= {
-                rev: len([p for p in observed if p.revision == rev])
-                for rev in decision.desired
-                if rev not in specs
-            }
-            decided = plan_revisions(desired, observed, paused=fleet.spec.paused)
-            if rollout is not None and rollout.phase in TERMINAL_PHASES:
-                target = rollout.stable_revision
+                if rev not in specs and (spec := await self.rollouts.spec_of(key, fleet, rev)) is not None:
+                    specs[rev] = spec
+            decided = pods_for(decision, specs, observed, paused=fleet.spec.paused)
+            target = target_revision(rollout, revision)
             await self.rollouts.post_events(fleet, rollout, decision.happened, now)
+            if (legacy := revision_to_drain(fleet.status.rollout, decision.happened)) is not None:
+                # Phase 3: the legacy agents stop taking tasks now; deleting their pods (SIGTERM)
+                # follows in this same reconcile, and both paths drain the same way.
+                await self.rollouts.drain(fleet, legacy, now)
             await self._apply(fleet, specs, decided, now, defaults)
         else:
             decided = plan(fleet.spec.replicas, revision, observed, paused=fleet.spec.paused)

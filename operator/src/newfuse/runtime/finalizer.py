@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from newfuse.adapters.kube import KubeClient
-from newfuse.adapters.redis_store import RedisStore
 from newfuse.api.v1alpha1 import EventType, NewFuseAgent, Reason
 from newfuse.config import OperatorConfig
 from newfuse.core import acl, naming
@@ -29,6 +27,7 @@ from newfuse.core.cleanup import (
     skip_requested,
 )
 from newfuse.core.pods import ObservedPod
+from newfuse.runtime.ports import KubePort, RedisPort
 from newfuse.runtime.workqueue import WorkQueue
 from newfuse.wire.keys import FleetKeys
 
@@ -54,8 +53,8 @@ class Finalizer:
     def __init__(
         self,
         config: OperatorConfig,
-        kube: KubeClient,
-        redis: RedisStore,
+        kube: KubePort,
+        redis: RedisPort,
         queue: WorkQueue,
         clock: Callable[[], dt.datetime],
         pods_of: Callable[[str], Collection[ObservedPod]],

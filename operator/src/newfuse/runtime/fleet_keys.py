@@ -16,11 +16,10 @@ from typing import Final
 
 from kubernetes.client.exceptions import ApiException
 
-from newfuse.adapters.kube import KubeClient
-from newfuse.adapters.redis_store import RedisStore
 from newfuse.api.v1alpha1 import NewFuseAgent, SecretKeyRef
 from newfuse.config import OperatorConfig
 from newfuse.core.pods import AgentDefaults
+from newfuse.runtime.ports import KubePort, RedisPort
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.signing import Signer
 
@@ -37,7 +36,7 @@ def secret_name(fleet: str) -> str:
 class FleetKeysManager:
     """Makes (when enabled) and reads each fleet's signing key."""
 
-    def __init__(self, config: OperatorConfig, kube: KubeClient, redis: RedisStore) -> None:
+    def __init__(self, config: OperatorConfig, kube: KubePort, redis: RedisPort) -> None:
         """Make keys if ``config.per_fleet_keys``; register each with ``redis`` for its drains."""
         self.enabled = config.per_fleet_keys
         self.kube, self.redis = kube, redis

@@ -18,10 +18,10 @@ from typing import Any, cast
 
 from kubernetes.client.exceptions import ApiException
 
-from newfuse.adapters.kube import KubeClient
 from newfuse.adapters.redis_store import RedisStore
 from newfuse.api.v1alpha1 import NewFuseAgent
 from newfuse.config import OperatorConfig
+from newfuse.runtime.ports import KubePort, RedisPort
 from newfuse.wire.keys import FleetKeys
 
 log = logging.getLogger("newfuse.redis_routes")
@@ -30,18 +30,28 @@ log = logging.getLogger("newfuse.redis_routes")
 class RedisRoutes:
     """The operator's store, and one per other Redis server a fleet names."""
 
-    def __init__(self, config: OperatorConfig, kube: KubeClient, default: RedisStore) -> None:
-        """Route to ``default`` unless a fleet's spec.redis names another server."""
+    def __init__(
+        self,
+        config: OperatorConfig,
+        kube: KubePort,
+        default: RedisPort,
+        connect: Callable[[str], RedisPort] | None = None,
+    ) -> None:
+        """Route to ``default`` unless a fleet's spec.redis names another server.
+
+        ``connect(url)`` makes the store of another server (a RedisStore unless given).
+        """
         self.config, self.kube, self.default = config, kube, default
-        self.routes: dict[FleetKeys, RedisStore] = {}
-        self.stores: dict[str, RedisStore] = {}
+        self.connect = connect or self._connect
+        self.routes: dict[FleetKeys, RedisPort] = {}
+        self.stores: dict[str, RedisPort] = {}
         self._same = {config.redis_url, config.effective_agent_redis_url}
 
-    def view(self) -> RedisStore:
-        """A RedisStore that sends each call to the store of the fleet it names."""
-        return cast(RedisStore, _RoutingView(self))
+    def view(self) -> RedisPort:
+        """A store that sends each call to the store of the fleet it names."""
+        return cast(RedisPort, _RoutingView(self))
 
-    def store_for(self, keys: FleetKeys | None) -> RedisStore:
+    def store_for(self, keys: FleetKeys | None) -> RedisPort:
         """Where calls about ``keys`` go."""
         return self.routes.get(keys, self.default) if keys is not None else self.default
 
@@ -61,16 +71,20 @@ class RedisRoutes:
             return
         store = self.stores.get(url)
         if store is None:
-            store = RedisStore(
-                url,
-                timeout=self.config.redis_timeout_seconds,
-                signing_key=self.config.signing_key_bytes,
-                ca_file=self.config.redis_ca_file,
-                backoff=self.config.redis_backoff_seconds,
-            )
+            store = self.connect(url)
             store.fleet_signers = self.default.fleet_signers  # one registry of fleet keys
             self.stores[url] = store
         self.routes[keys] = store
+
+
+    def _connect(self, url: str) -> RedisPort:
+        return RedisStore(
+            url,
+            timeout=self.config.redis_timeout_seconds,
+            signing_key=self.config.signing_key_bytes,
+            ca_file=self.config.redis_ca_file,
+            backoff=self.config.redis_backoff_seconds,
+        )
 
 
 class _RoutingView:

@@ -14,12 +14,11 @@ from dataclasses import replace
 
 from redis.exceptions import RedisError
 
-from newfuse.adapters.kube import KubeClient
-from newfuse.adapters.redis_store import RedisStore
 from newfuse.api.v1alpha1 import NewFuseAgent, SecretKeyRef
 from newfuse.config import OperatorConfig
 from newfuse.core import acl
 from newfuse.core.pods import AgentDefaults
+from newfuse.runtime.ports import KubePort, RedisPort
 from newfuse.wire.keys import FleetKeys
 
 log = logging.getLogger("newfuse.redis_users")
@@ -29,7 +28,7 @@ PASSWORD_KEY = "password"  # noqa: S105 - a Secret key name
 class FleetRedisUsers:
     """Gives each fleet without its own spec.redis a Redis user of its own (when enabled)."""
 
-    def __init__(self, config: OperatorConfig, kube: KubeClient, redis: RedisStore) -> None:
+    def __init__(self, config: OperatorConfig, kube: KubePort, redis: RedisPort) -> None:
         """Enabled by ``config.manage_redis_users``; agents reach ``effective_agent_redis_url``."""
         self.enabled = config.manage_redis_users
         self.base_url = config.effective_agent_redis_url

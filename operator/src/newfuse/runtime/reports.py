@@ -10,14 +10,14 @@ from __future__ import annotations
 from redis.exceptions import RedisError
 
 from newfuse import observability as obs
-from newfuse.adapters.redis_store import RedisStore
 from newfuse.api.v1alpha1 import NewFuseAgent
 from newfuse.core.metrics import AgentReports, legacy_agents
 from newfuse.core.status import RedisObservation
+from newfuse.runtime.ports import RedisPort
 from newfuse.wire.keys import FleetKeys
 
 
-async def count_dead_letters(redis: RedisStore, fleet: NewFuseAgent) -> None:
+async def count_dead_letters(redis: RedisPort, fleet: NewFuseAgent) -> None:
     """Export the DLQ depth (an alert on its growth catches poisoned work early)."""
     meta = fleet.metadata
     try:
@@ -27,7 +27,7 @@ async def count_dead_letters(redis: RedisStore, fleet: NewFuseAgent) -> None:
     obs.DEAD_LETTERS.labels(meta.namespace, meta.name).set(depth)
 
 
-async def read_reports(redis: RedisStore, fleet: NewFuseAgent) -> AgentReports | RedisObservation:
+async def read_reports(redis: RedisPort, fleet: NewFuseAgent) -> AgentReports | RedisObservation:
     """The agents' state updates and per-revision task counts, or why Redis could not say."""
     keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
     try:
@@ -41,7 +41,7 @@ async def read_reports(redis: RedisStore, fleet: NewFuseAgent) -> AgentReports |
 
 
 async def retire_legacy(
-    redis: RedisStore, keys: FleetKeys, reports: AgentReports, live: set[str], revisions: set[str]
+    redis: RedisPort, keys: FleetKeys, reports: AgentReports, live: set[str], revisions: set[str]
 ) -> None:
     """Retire drained agents of revisions no pod runs any more (a decommissioned legacy)."""
     legacy = legacy_agents(reports.updates, live, revisions)

@@ -1,8 +1,9 @@
-"""The rollout's I/O for the controller: revision templates, the phased decision, its Events.
+"""Where a rollout step is applied: revision templates, the step's reads, its Events and drain.
 
 Every revision's template is kept as a ControllerRevision, so pods of an older revision can be
-rebuilt during and after a rollout; the decision itself is newfuse.core.rollout's. Events, audit
-lines and the drain of a retired legacy revision are posted here.
+rebuilt during and after a rollout. The step itself is decided in newfuse.core.rollout (from an
+Observation newfuse.core.rolloutstep builds); here are only its reads and writes: the stable
+template, Events, audit lines, and the drain of a legacy revision the step retired.
 """
 
 from __future__ import annotations
@@ -14,26 +15,22 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from newfuse import observability as obs
-from newfuse.adapters.kube import KubeClient
-from newfuse.adapters.redis_store import RedisStore
-from newfuse.api.rollout import TERMINAL_PHASES, HistoryEntry, RolloutReason, RolloutState
-from newfuse.api.v1alpha1 import EventType, NewFuseAgent, NewFuseAgentSpec
-from newfuse.core import naming
+from newfuse.api.rollout import HistoryEntry, RolloutState
+from newfuse.api.v1alpha1 import NewFuseAgent, NewFuseAgentSpec
 from newfuse.core.audit import audit_record
 from newfuse.core.metrics import AgentReports
 from newfuse.core.pods import ObservedPod
 from newfuse.core.revision import spec_with_template, template_of
-from newfuse.core.rollout import (
+from newfuse.core.rollout import Decision
+from newfuse.core.rolloutstep import (
     ENDING_ROLLOUT_REASONS,
-    WARNING_ROLLOUT_REASONS,
-    Decision,
-    Observation,
-    decide,
-    parse_action,
-    revision_stats,
+    event_of,
     rollout_started_at,
+    stable_revision,
+    step,
 )
 from newfuse.core.status import RedisObservation
+from newfuse.runtime.ports import KubePort, RedisPort
 from newfuse.runtime.watch import key_fields
 from newfuse.wire.keys import FleetKeys
 
@@ -43,7 +40,7 @@ log = logging.getLogger("newfuse.controller")
 class RolloutDriver:
     """Revision templates (cached) and the phased rollout's reads and writes."""
 
-    def __init__(self, kube: KubeClient, redis: RedisStore) -> None:
+    def __init__(self, kube: KubePort, redis: RedisPort) -> None:
         """Act through ``kube`` and ``redis``."""
         self.kube, self.redis = kube, redis
         self._stored: dict[str, set[str]] = {}
@@ -79,7 +76,8 @@ class RolloutDriver:
             self._templates[(key, revision)] = template
         return spec_with_template(fleet.spec, template)
 
-    async def _drain_revision(self, fleet: NewFuseAgent, revision: str, now: dt.datetime) -> None:
+    async def drain(self, fleet: NewFuseAgent, revision: str, now: dt.datetime) -> None:
+        """Tell a retired revision's agents to stop taking tasks (phase 3's decommission)."""
         keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
         try:
             await self.redis.publish_drain(keys, f"revision:{revision}", now)
@@ -95,44 +93,12 @@ class RolloutDriver:
         reports: AgentReports | RedisObservation,
         now: dt.datetime,
     ) -> Decision:
-        state = fleet.status.rollout
-        action = fleet.metadata.annotations.get(naming.ROLLOUT_ACTION_ANNOTATION)
-        controls = parse_action(action, state.last_action if state else None)
-        active = state is not None and state.phase not in TERMINAL_PHASES
-        stable = (state.stable_revision if state is not None and active else None) or (
-            fleet.status.current_revision or revision
-        )
-        capabilities = {revision: frozenset(fleet.spec.capabilities)}
-        if (
-            stable != revision
-            and (stable_spec := await self.spec_of(key, fleet, stable)) is not None
-        ):
-            capabilities[stable] = frozenset(stable_spec.capabilities)
-        ready: dict[str, int] = {}
-        for pod in observed:
-            if pod.ready:
-                ready[pod.revision] = ready.get(pod.revision, 0) + 1
-        stats = {}
-        if isinstance(reports, AgentReports):
-            stats = revision_stats(reports.counts, reports.p95_by_revision())
-        observation = Observation(
-            replicas=fleet.spec.replicas,
-            update_revision=revision,
-            current_revision=fleet.status.current_revision,
-            ready=ready,
-            capabilities=capabilities,
-            stats=stats,
-            controls=controls,
-        )
-        decision = decide(fleet.spec.rollout, observation, state, now)
-        if decision.state is not None and action and decision.state.last_action != action:
-            # Whatever the annotation says has now been acted on (or was stale): never again.
-            decision = Decision(
-                decision.state.model_copy(update={"last_action": action}),
-                decision.desired,
-                decision.happened,
-            )
-        return decision
+        """The rollout step (newfuse.core.rolloutstep), with the stable template read first."""
+        stable = stable_revision(fleet, revision)
+        capabilities = None
+        if stable != revision and (spec := await self.spec_of(key, fleet, stable)) is not None:
+            capabilities = frozenset(spec.capabilities)
+        return step(fleet, revision, observed, reports, capabilities, now)
 
     async def post_events(
         self,
@@ -141,48 +107,43 @@ class RolloutDriver:
         happened: tuple[HistoryEntry, ...],
         now: dt.datetime,
     ) -> None:
+        """An Event, a metric and (for user actions) an audit line per history entry."""
         started = rollout_started_at(state)
-        previous = fleet.status.rollout
-        legacy = previous.stable_revision if previous is not None else None
         meta = fleet.metadata
         for entry in happened:
             if entry.reason in ENDING_ROLLOUT_REASONS and started is not None:
                 obs.ROLLOUT_SECONDS.labels(entry.reason).observe(
                     (entry.at - started).total_seconds()
                 )
-            if entry.reason is RolloutReason.COMPLETED and legacy is not None:
-                # Phase 3: tell the legacy agents to stop taking tasks now; deleting their pods
-                # (SIGTERM) follows in this same reconcile, and both paths drain the same way.
-                await self._drain_revision(fleet, legacy, now)
-            record = audit_record(entry.reason, meta.annotations, meta.namespace, meta.name)
-            if record is not None:
-                log.info(
-                    "audit: %s of %s/%s by %s",
-                    record.action,
-                    record.namespace,
-                    record.fleet,
-                    record.by,
-                    extra={
-                        "audit": True,
-                        "action": record.action,
-                        "by": record.by,
-                        "requested_at": record.requested_at,
-                        "done_at": now.isoformat(),
-                        "namespace": record.namespace,
-                        "fleet": record.fleet,
-                        "stage": entry.stage,
-                        "step": entry.step,
-                    },
-                )
-            warning = entry.reason in WARNING_ROLLOUT_REASONS
+            self._audit(fleet, entry, now)
             if entry.verdict is not None:
                 obs.GATE_VERDICTS.labels(entry.verdict.result).inc()
+            kind, message = event_of(entry)
             await self.kube.post_event(
-                meta.namespace,
-                meta.name,
-                meta.uid,
-                EventType.WARNING if warning else EventType.NORMAL,
-                entry.reason,
-                f"{entry.stage} step {entry.step} ({entry.canary_agents} canary): {entry.message}",
-                now,
+                meta.namespace, meta.name, meta.uid, kind, entry.reason, message, now
             )
+
+    @staticmethod
+    def _audit(fleet: NewFuseAgent, entry: HistoryEntry, now: dt.datetime) -> None:
+        meta = fleet.metadata
+        record = audit_record(entry.reason, meta.annotations, meta.namespace, meta.name)
+        if record is None:
+            return
+        log.info(
+            "audit: %s of %s/%s by %s",
+            record.action,
+            record.namespace,
+            record.fleet,
+            record.by,
+            extra={
+                "audit": True,
+                "action": record.action,
+                "by": record.by,
+                "requested_at": record.requested_at,
+                "done_at": now.isoformat(),
+                "namespace": record.namespace,
+                "fleet": record.fleet,
+                "stage": entry.stage,
+                "step": entry.step,
+            },
+        )

@@ -1,0 +1,113 @@
+"""Canary gates: a revision's finished tasks, and the verdict a stage's gate gives on them.
+
+Separate from the state machine (newfuse.core.rollout) because the numbers are what users tune and
+argue about: every threshold of GateSpec is applied here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from newfuse.api.rollout import GateResult, GateSpec, GateVerdict, Measured, RevisionCounts
+
+
+@dataclass(frozen=True)
+class RevisionStats:
+    """Finished tasks of one revision (cumulative) and its agents' worst p95 latency.
+
+    Tasks it refused (dead-lettered without running: a bad or unknown signature, say) count as
+    failures, so a canary that cannot take the fleet's work fails its gate instead of idling.
+    """
+
+    completed: int = 0
+    failed: int = 0
+    p95_latency_ms: float | None = None
+    rejected: int = 0
+
+    def since(self, baseline: RevisionCounts | None) -> RevisionStats:
+        """The tasks finished after ``baseline`` was taken."""
+        if baseline is None:
+            return self
+        return RevisionStats(
+            max(0, self.completed - baseline.completed),
+            max(0, self.failed - baseline.failed),
+            self.p95_latency_ms,
+            max(0, self.rejected - baseline.rejected),
+        )
+
+    @property
+    def tasks(self) -> int:
+        """Finished or refused tasks."""
+        return self.completed + self.failed + self.rejected
+
+    @property
+    def error_rate(self) -> float | None:
+        """(Failed + refused) / tasks, or None with no tasks."""
+        return (self.failed + self.rejected) / self.tasks if self.tasks else None
+
+
+def evaluate_gate(
+    gate: GateSpec, canary: RevisionStats, stable: RevisionStats | None, now: dt.datetime
+) -> GateVerdict:
+    """Judge the canary's metrics (since its step began) against the gate and the stable ones."""
+    stable_error = stable.error_rate if stable is not None else None
+    measured = Measured(
+        tasks=canary.tasks,
+        success_rate=None if canary.error_rate is None else round(1 - canary.error_rate, 4),
+        error_rate=None if canary.error_rate is None else round(canary.error_rate, 4),
+        p95_latency_ms=canary.p95_latency_ms,
+        stable_error_rate=None if stable_error is None else round(stable_error, 4),
+        canary_share=_share(canary, stable),
+    )
+
+    def verdict(result: GateResult, reason: str) -> GateVerdict:
+        if canary.rejected and result is GateResult.FAILED:
+            reason += f" ({canary.rejected} of {canary.tasks} refused unrun: see the DLQ)"
+        return GateVerdict(result=result, reason=reason, measured=measured, at=now)
+
+    if canary.tasks < max(gate.min_tasks, 1) and gate.min_tasks > 0:
+        return verdict(
+            GateResult.INCONCLUSIVE, f"{canary.tasks}/{gate.min_tasks} canary tasks finished"
+        )
+    error = canary.error_rate or 0.0
+    if gate.min_success_rate is not None and 1 - error < gate.min_success_rate:
+        return verdict(
+            GateResult.FAILED, f"success rate {1 - error:.1%} < {gate.min_success_rate:.1%}"
+        )
+    if gate.max_error_rate is not None and error > gate.max_error_rate:
+        return verdict(GateResult.FAILED, f"error rate {error:.1%} > {gate.max_error_rate:.1%}")
+    margin = gate.max_error_rate_increase
+    if margin is not None and stable_error is not None and error > stable_error + margin:
+        return verdict(
+            GateResult.FAILED, f"error rate {error:.1%} > stable {stable_error:.1%} + {margin:.1%}"
+        )
+    if (
+        gate.max_p95_latency_ms is not None
+        and (canary.p95_latency_ms or 0) > gate.max_p95_latency_ms
+    ):
+        return verdict(
+            GateResult.FAILED,
+            f"p95 latency {canary.p95_latency_ms:.0f} ms > {gate.max_p95_latency_ms:.0f} ms",
+        )
+    return verdict(GateResult.PASSED, f"{canary.tasks} tasks, error rate {error:.1%}")
+
+
+def _share(canary: RevisionStats, stable: RevisionStats | None) -> float | None:
+    # Canary agents read from the same consumer group, so their share of the work follows their
+    # share of the agents; reporting it shows the gate judged real traffic.
+    total = canary.tasks + (stable.tasks if stable is not None else 0)
+    return round(canary.tasks / total, 4) if total else None
+
+
+def revision_stats(
+    counts: Mapping[str, tuple[int, int, int]], p95_by_revision: Mapping[str, float]
+) -> dict[str, RevisionStats]:
+    """Per-revision stats from Redis counters (completed, failed, rejected) and agents' p95s."""
+    revisions = set(counts) | set(p95_by_revision)
+    stats = {}
+    for rev in revisions:
+        completed, failed, rejected = counts.get(rev, (0, 0, 0))
+        stats[rev] = RevisionStats(completed, failed, p95_by_revision.get(rev), rejected)
+    return stats
