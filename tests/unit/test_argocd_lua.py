@@ -38,10 +38,10 @@ from newfuse.api.v1alpha1 import (
     RolloutSpec,
     RolloutStrategy,
 )
+from newfuse.core.actions import Controls, parse_action
 from newfuse.core.naming import ROLLOUT_ACTION_ANNOTATION
 from newfuse.core.planner import plan
 from newfuse.core.pods import ObservedPod, PodHealth
-from newfuse.core.actions import Controls, parse_action
 from newfuse.core.status import StatusInputs, derive_status
 
 ARGOCD = argocd_cm.ARGOCD_DIR

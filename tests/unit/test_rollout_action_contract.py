@@ -14,9 +14,9 @@ import pytest
 
 from newfuse.api.rollout import ONE_SHOT_ACTIONS, RolloutAction
 from newfuse.cli.rollout import rollout_app
+from newfuse.core.actions import parse_action
 from newfuse.core.audit import CONTROL_ACTIONS
 from newfuse.core.naming import PAUSED_BY_ANNOTATION, ROLLOUT_ACTION_ANNOTATION
-from newfuse.core.actions import parse_action
 
 ACTIONS_DIR = Path(__file__).resolve().parents[2] / "charts/newfuse-operator/argocd/actions"
 FLAGS = {

@@ -258,7 +258,10 @@ class Controller:
             decision = await self.rollouts.decide(key, fleet, revision, observed, reports, now)
             rollout = decision.state
             for rev in decision.desired:
-                if rev not in specs and (spec := await self.rollouts.spec_of(key, fleet, rev)) is not None:
+                if (
+                    rev not in specs
+                    and (spec := await self.rollouts.spec_of(key, fleet, rev)) is not None
+                ):
                     specs[rev] = spec
             decided = pods_for(decision, specs, observed, paused=fleet.spec.paused)
             target = target_revision(rollout, revision)

@@ -1,7 +1,7 @@
 """What the controller needs from Kubernetes and Redis, as Protocols a fake can implement.
 
 newfuse.adapters.kube.KubeClient and newfuse.adapters.redis_store.RedisStore are the real ones;
-tests/unit/fakes.py holds in-memory ones, so a whole reconcile runs in a unit test
+tests/fakes.py holds in-memory ones, so a whole reconcile runs in a unit test
 (tests/unit/test_reconcile.py). Errors are part of the contract: Kubernetes calls raise
 kubernetes' ApiException, Redis calls RedisError or OSError when Redis cannot be reached.
 """

@@ -76,7 +76,6 @@ class RedisRoutes:
             self.stores[url] = store
         self.routes[keys] = store
 
-
     def _connect(self, url: str) -> RedisPort:
         return RedisStore(
             url,
