@@ -68,7 +68,8 @@ def reasons(decision: Decision) -> list[RolloutReason]:
 
 
 GOOD = {"new": RevisionStats(completed=50, failed=0), "old": RevisionStats(completed=500, failed=5)}
-BAD = {"new": RevisionStats(completed=25, failed=25), "old": RevisionStats(completed=500, failed=5)}
+# 40 % errors and 60 % success: different numbers, so a swapped rate cannot pass.
+BAD = {"new": RevisionStats(completed=30, failed=20), "old": RevisionStats(completed=500, failed=5)}
 
 
 def test_no_change_is_steady_state() -> None:
@@ -136,9 +137,10 @@ def test_a_failing_gate_rolls_back_with_the_measured_error_rate() -> None:
     assert state.phase is RolloutPhase.ROLLED_BACK
     assert decision.desired == {"old": 6}
     assert reasons(decision) == [RolloutReason.ROLLED_BACK]
-    assert "error rate 50.0%" in state.message or "success rate 50.0%" in state.message
+    assert "success rate 60.0% < 95.0%" in state.message
     assert state.last_verdict is not None
-    assert state.last_verdict.measured.error_rate == 0.5
+    assert state.last_verdict.measured.error_rate == 0.4
+    assert state.last_verdict.measured.success_rate == 0.6
 
 
 def test_failure_limit_judges_again_before_rolling_back() -> None:
