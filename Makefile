@@ -54,6 +54,10 @@ test-unit: deps ## Run only the fast unit tests (no cluster, no Redis)
 test-integration: deps binaries ## Run only the integration and e2e tests
 	@hack/pytest.sh -m "integration or e2e" $(PYTEST_ARGS)
 
+.PHONY: mutation
+mutation: deps ## Mutation testing of the pure core and the wire contract (hack/mutation.py; >= 90% killed)
+	$(PY) hack/mutation.py
+
 .PHONY: bench
 bench: deps binaries ## Benchmarks (not tests): figures as ratios against baselines from the same run
 	$(PY) bench/operator_scale.py

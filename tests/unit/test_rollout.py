@@ -374,8 +374,9 @@ def test_gate_arithmetic(
         ({}, 6, 3, 1, {"a"}, {"a"}, (5, 2)),
         ({"max_surge": 0, "max_unavailable": 1}, 6, 2, 0, {"a"}, {"a"}, (5, 1)),
         ({"max_unavailable": 2, "capability_budget": 1}, 2, 2, 0, {"gpu"}, {"gpu"}, (1, 2)),
-        ({"max_unavailable": 6, "capability_budget": 2}, 6, 6, 0, {"a", "gpu"}, {"a"}, (2, 5)),
+        ({"max_unavailable": 6, "capability_budget": 2}, 6, 6, 4, {"a", "gpu"}, {"a"}, (2, 5)),
         ({}, 6, 6, 6, {"a"}, {"a"}, (0, 6)),
+        ({"max_surge": 0, "max_unavailable": 0}, 6, 1, 0, {"a"}, {"a"}, (6, 0)),
     ],
     ids=[
         "canary first (surge)",
@@ -385,6 +386,7 @@ def test_gate_arithmetic(
         "capability only 2 agents have",
         "capability the canary lacks",
         "all moved",
+        "no surge, no unavailability: nothing moves",
     ],
 )
 def test_allocation_respects_surge_unavailable_and_capability_budget(
@@ -411,6 +413,7 @@ def test_allocation_respects_surge_unavailable_and_capability_budget(
         (InitialStage(percent=10), 6, 1),
         (InitialStage(percent=50), 5, 3),
         (InitialStage(count=9), 4, 4),
+        (InitialStage(percent=10), 101, 11),
     ],
 )
 def test_initial_canary_size(initial: InitialStage, replicas: int, expected: int) -> None:
