@@ -134,7 +134,7 @@ def bench_redis(name: str) -> Iterator[BenchRedis]:
 
 @contextmanager
 def bench_environment(
-    name: str, namespaces: tuple[str, ...], keep: bool = False
+    name: str, namespaces: tuple[str, ...], *, keep: bool = False
 ) -> Iterator[BenchEnvironment]:
     """A cluster with the CRD installed and ``namespaces`` created, plus Redis (see module doc)."""
     if os.environ.get(KUBECONFIG_ENV):

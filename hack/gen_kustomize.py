@@ -7,7 +7,7 @@ default values the chart renders none: the operator creates its signing key at i
 config/README.md says so).
 
 `python hack/gen_kustomize.py` (`make manifests`) writes the files; `--check` exits 1 when the
-committed ones are stale (tests/integration/test_chart.py runs the same comparison).
+committed ones are stale (tests/integration/test_chart_api_server.py runs the same comparison).
 """
 
 from __future__ import annotations

@@ -34,9 +34,13 @@ TIMEOUT_SECONDS = 120
 
 # Each module, and the unit tests that are its specification.
 TARGETS: dict[str, tuple[str, ...]] = {
-    "newfuse/core/rollout.py": ("test_rollout.py", "test_rollout_transitions.py"),
-    "newfuse/core/gates.py": ("test_rollout.py", "test_rollout_transitions.py"),
-    "newfuse/core/allocation.py": ("test_rollout.py",),
+    "newfuse/core/rollout.py": ("test_rollout_decide.py", "test_rollout_transitions.py"),
+    "newfuse/core/gates.py": (
+        "test_rollout_decide.py",
+        "test_rollout_gates.py",
+        "test_rollout_transitions.py",
+    ),
+    "newfuse/core/allocation.py": ("test_rollout_decide.py", "test_rollout_gates.py"),
     "newfuse/core/actions.py": ("test_actions.py", "test_rollout_action_contract.py"),
     "newfuse/core/rolloutstep.py": ("test_rolloutstep.py", "test_reconcile.py"),
     "newfuse/core/planner.py": ("test_planner.py",),

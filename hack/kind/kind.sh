@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The kind path, for machines with Docker: the real images on a real (kind) cluster, installed by
-# the real chart. CI has no Docker engine, so CI never runs this; tests/unit/test_kind_path.py
+# the real chart. CI has no Docker engine, so CI never runs this; tests/unit/test_kind_*.py
 # checks it on paper and runs it against stand-in docker/kind/helm/kubectl commands.
 #
 # Usage: hack/kind/kind.sh up|e2e|down   (the Makefile: make kind-up | kind-e2e | kind-down)

@@ -6,6 +6,8 @@ import argparse
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
@@ -71,66 +73,106 @@ def _real_node_demo(cluster: LocalCluster, redis: RedisServer) -> RealNodeDemo |
     return RealNodeDemo(built.agent, pod_url)
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What the commands act on, found in the default state directories."""
+
+    cluster: LocalCluster
+    redis: RedisServer
+    operator: OperatorRunner
+    runner: PodRunnerProcess
+
+
+def _build(parts: _Parts) -> int:
+    Binaries.ensure(link_dir=parts.cluster.state_dir.parent / "bin")
+    return 0
+
+
+def _up(parts: _Parts) -> int:
+    parts.cluster.up(real_node=True)
+    redis_info = parts.redis.up()
+    _log(f"redis {'already running' if redis_info.reused else 'started'} at {redis_info.url}")
+    _summary(parts.cluster, parts.redis)
+    return 0
+
+
+def _redis_up(parts: _Parts) -> int:
+    _log(f"redis at {parts.redis.up().url}")
+    return 0
+
+
+def _demo(parts: _Parts) -> int:
+    cluster, redis, operator = parts.cluster, parts.redis, parts.operator
+    up = cluster.up(real_node=True)
+    redis_info = redis.up()
+    kubectl = cluster.state_dir.parent / "bin" / "kubectl"
+    real = _real_node_demo(cluster, redis)
+    run_demo(kubectl, up.kubeconfig, redis_info.url, operator.state_dir, _log, real)
+    _summary(cluster, redis)
+    console.print(
+        f"[bold]Next:[/] export KUBECONFIG={up.kubeconfig}; kubectl get nfa -A -w   "
+        f"(operator log: {operator.state_dir / 'logs' / 'operator.log'}; "
+        "stop everything: make cluster-down)"
+    )
+    return 0
+
+
+def _down(parts: _Parts) -> int:
+    if parts.runner.down():
+        _log("stopped the pod runner and its agents")
+    if parts.operator.down():
+        _log("stopped the operator")
+    parts.cluster.down()
+    if parts.redis.down():
+        _log("stopped redis-server")
+    leftover = parts.cluster.pids() + parts.redis.pids() + parts.operator.pids()
+    leftover += parts.runner.pids()
+    if leftover:
+        _log(f"[red]processes still running: {leftover}[/]")
+        return 1
+    _log("nothing of ours is running")
+    return 0
+
+
+def _redis_down(parts: _Parts) -> int:
+    parts.redis.down()
+    return 0
+
+
+def _status(parts: _Parts) -> int:
+    _summary(parts.cluster, parts.redis)
+    return 0
+
+
+def _env(parts: _Parts) -> int:
+    info, running_redis = parts.cluster.running(), parts.redis.running()
+    if info:
+        print(f"export KUBECONFIG={info.kubeconfig}")
+    if running_redis:
+        print(f"export NEWFUSE_REDIS_URL={running_redis.url}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[_Parts], int]] = {
+    "up": _up, "down": _down, "status": _status, "redis-up": _redis_up,
+    "redis-down": _redis_down, "env": _env, "build": _build, "demo": _demo,
+}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command."""
     parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__)
-    parser.add_argument(
-        "command",
-        choices=["up", "down", "status", "redis-up", "redis-down", "env", "build", "demo"],
-    )
+    parser.add_argument("command", choices=list(COMMANDS))
     parser.add_argument("--nodes", type=int, default=3, help="fake kwok nodes (default 3)")
     args = parser.parse_args(argv)
     cluster = LocalCluster(cluster_state_dir(), node_count=args.nodes, log=_log)
-    redis = RedisServer(redis_state_dir())
-    operator = OperatorRunner(cluster.state_dir.parent / "operator")
-    runner = PodRunnerProcess(cluster.state_dir.parent / "podrunner")
-
-    if args.command == "build":
-        Binaries.ensure(link_dir=cluster.state_dir.parent / "bin")
-    elif args.command == "up":
-        cluster.up(real_node=True)
-        redis_info = redis.up()
-        _log(f"redis {'already running' if redis_info.reused else 'started'} at {redis_info.url}")
-        _summary(cluster, redis)
-    elif args.command == "redis-up":
-        redis_info = redis.up()
-        _log(f"redis at {redis_info.url}")
-    elif args.command == "demo":
-        up = cluster.up(real_node=True)
-        redis_info = redis.up()
-        kubectl = cluster.state_dir.parent / "bin" / "kubectl"
-        real = _real_node_demo(cluster, redis)
-        run_demo(kubectl, up.kubeconfig, redis_info.url, operator.state_dir, _log, real)
-        _summary(cluster, redis)
-        console.print(
-            f"[bold]Next:[/] export KUBECONFIG={up.kubeconfig}; kubectl get nfa -A -w   "
-            f"(operator log: {operator.state_dir / 'logs' / 'operator.log'}; "
-            "stop everything: make cluster-down)"
-        )
-    elif args.command == "down":
-        if runner.down():
-            _log("stopped the pod runner and its agents")
-        if operator.down():
-            _log("stopped the operator")
-        cluster.down()
-        if redis.down():
-            _log("stopped redis-server")
-        leftover = cluster.pids() + redis.pids() + operator.pids() + runner.pids()
-        if leftover:
-            _log(f"[red]processes still running: {leftover}[/]")
-            return 1
-        _log("nothing of ours is running")
-    elif args.command == "redis-down":
-        redis.down()
-    elif args.command == "status":
-        _summary(cluster, redis)
-    elif args.command == "env":
-        info, running_redis = cluster.running(), redis.running()
-        if info:
-            print(f"export KUBECONFIG={info.kubeconfig}")
-        if running_redis:
-            print(f"export NEWFUSE_REDIS_URL={running_redis.url}")
-    return 0
+    parts = _Parts(
+        cluster,
+        RedisServer(redis_state_dir()),
+        OperatorRunner(cluster.state_dir.parent / "operator"),
+        PodRunnerProcess(cluster.state_dir.parent / "podrunner"),
+    )
+    return COMMANDS[args.command](parts)
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ class LocalCluster:
         if not self._client(state).ok("/readyz"):
             return None
         return ClusterInfo(
-            self.state_dir, self.kubeconfig, state["server"], tuple(state["nodes"]), True
+            self.state_dir, self.kubeconfig, state["server"], tuple(state["nodes"]), reused=True
         )
 
     def pids(self) -> list[int]:
@@ -137,7 +137,7 @@ class LocalCluster:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def up(
-        self, binaries: Binaries | None = None, timeout: float = 120.0, real_node: bool = False
+        self, binaries: Binaries | None = None, timeout: float = 120.0, *, real_node: bool = False
     ) -> ClusterInfo:
         """Start the cluster, or return the healthy one already recorded.
 
@@ -356,9 +356,10 @@ class LocalCluster:
             f"cluster up in {time.monotonic() - started_at:.1f}s, "
             f"{len(state['nodes'])} Ready fake nodes"
         )
-        return ClusterInfo(self.state_dir, self.kubeconfig, server, tuple(state["nodes"]), False)
+        nodes = tuple(state["nodes"])
+        return ClusterInfo(self.state_dir, self.kubeconfig, server, nodes, reused=False)
 
-    def down(self, quiet: bool = False) -> list[str]:
+    def down(self, *, quiet: bool = False) -> list[str]:
         """Stop the real node, then every recorded process (reverse start order).
 
         Returns the names stopped.

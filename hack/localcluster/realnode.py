@@ -222,7 +222,7 @@ class RealNode:
         ):
             subprocess.run(argv, check=True, capture_output=True)
 
-    def down(self, quiet: bool = False) -> list[str]:
+    def down(self, *, quiet: bool = False) -> list[str]:
         """Stop the kubelet, then containerd (by PID), and clean up what they leave behind.
 
         Only a node this state dir started is cleaned up: the cleanup is machine-wide (cgroups,

@@ -63,7 +63,7 @@ def test_good_revision_walks_every_phase_and_retires_the_legacy_revision(
         ("Full", 6),
     ]
     gates = [h for h in history if h["reason"] == "GatePassed"]
-    assert len(gates) == 5, "one gate after phase 1 and after every phase-2 step"
+    assert len(gates) == 5, "one gate after stage 1 and after every stage-2 step"
     assert all(g["verdict"]["measured"]["tasks"] >= 5 for g in gates)
     assert history[-1]["reason"] == "RolloutCompleted"
     fleets.wait_available("canary", 6)
@@ -108,7 +108,7 @@ def test_bad_revision_fails_the_phase_one_gate_and_rolls_back_losing_nothing(
             60,
             what="every agent back on the stable revision",
         )
-    assert rolled["stage"] == "Initial", "phase 1's gate caught it"
+    assert rolled["stage"] == "Initial", "stage 1's gate caught it"
     verdict = rolled["lastVerdict"]
     assert verdict["result"] == "Failed"
     assert verdict["measured"]["errorRate"] == pytest.approx(0.5, abs=0.1)
@@ -181,7 +181,7 @@ def test_operator_killed_in_phase_two_resumes_the_same_step_within_budgets(
                 and r
             ),
             180,
-            what="phase 2, step 2",
+            what="stage 2, step 2",
         )
         operator.kill(signal.SIGKILL)
         operator.start()
@@ -280,7 +280,7 @@ def test_pause_resume_promote_abort_and_retry_from_the_cli(
         rollout = rollout_of(fleets, "steered")
         return rollout.get("phase") == phase and all(rollout.get(k) == v for k, v in fields.items())
 
-    wait_for(lambda: phase_is("Analyzing", stage="Initial"), 60, what="phase 1 soaking")
+    wait_for(lambda: phase_is("Analyzing", stage="Initial"), 60, what="stage 1 soaking")
     newfuse_rollout(kubectl, "pause", "steered", "-n", ns)
     wait_for(lambda: phase_is("Paused"), 30, what="Paused")
     paused = {c["type"]: c for c in fleets.get("steered")["status"]["conditions"]}["Paused"]
@@ -291,7 +291,7 @@ def test_pause_resume_promote_abort_and_retry_from_the_cli(
     wait_for(
         lambda: rollout_of(fleets, "steered").get("stage") == "Gradual",
         30,
-        what="promoted to phase 2",
+        what="promoted to stage 2",
     )
     assert rollout_of(fleets, "steered")["canaryAgents"] == 2
     newfuse_rollout(kubectl, "abort", "steered", "-n", ns)

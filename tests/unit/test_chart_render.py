@@ -7,7 +7,7 @@
 - The trial Redis's password is in no process's arguments (`ps` shows those to every user of
   the node), nor in its environment: redis-server reads a mounted config file, the probe's
   redis-cli gets REDISCLI_AUTH inside its shell from the mounted password file.
-tests/integration/test_chart.py checks the rest of the wiring against an API server.
+tests/integration/test_chart_*.py check the rest of the wiring against an API server.
 """
 
 from __future__ import annotations

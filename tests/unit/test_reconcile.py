@@ -258,7 +258,7 @@ async def test_cutover_drains_the_legacy_revision_once_then_deletes_its_pods() -
     world.kube.annotate(
         NS, NAME, naming.ROLLOUT_ACTION_ANNOTATION, "promote-full@2026-11-21T12:00:05Z"
     )
-    await world.twice()  # phase 3: one surge pod at a time moves to the canary revision
+    await world.twice()  # stage 3: one surge pod at a time moves to the canary revision
     for _ in range(10):
         assert world.redis.drains == []
         world.kube.kubelet()

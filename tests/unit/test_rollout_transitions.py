@@ -1,7 +1,7 @@
 """Every named transition of `decide`, one row each: what it starts from and where it lands.
 
 The rows follow the order in which `decide` tries them (newfuse.core.rollout). A row names the
-transition it exercises; test_rollout.py has the longer stories that chain them.
+transition it exercises; test_rollout_decide.py has the longer stories that chain them.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ R = RolloutReason
 
 
 def rollout(phase: RolloutPhase = RolloutPhase.PROGRESSING, **kw: object) -> RolloutState:
-    """A rollout from "old" to "new" that started at T0, in phase 1 with one canary agent."""
+    """A rollout from "old" to "new" that started at T0, in stage 1 with one canary agent."""
     values: dict[str, object] = {
         "phase": phase,
         "stable_revision": "old",
@@ -72,7 +72,7 @@ class Row:
 CANARY_READY = {"old": 5, "new": 1}
 ROWS = [
     Row("_idle: nothing to roll out", None, None, [], {"old": 6}, update="old"),
-    Row("_idle: a new revision starts phase 1", None, RolloutPhase.PROGRESSING, [R.STARTED],
+    Row("_idle: a new revision starts stage 1", None, RolloutPhase.PROGRESSING, [R.STARTED],
         {"old": 6, "new": 1}),
     Row("_idle: a failed revision waits for retry", rollout(RolloutPhase.ROLLED_BACK),
         RolloutPhase.ROLLED_BACK, [], {"old": 6}),
@@ -83,7 +83,7 @@ ROWS = [
         {"new": 6, "newer": 1}, update="newer", ready={"new": 6}),
     Row("_spec_changed: back to stable ends the rollout", rollout(), RolloutPhase.ROLLED_BACK,
         [R.REVERTED], {"old": 6}, update="old"),
-    Row("_spec_changed: another revision restarts phase 1", rollout(), RolloutPhase.PROGRESSING,
+    Row("_spec_changed: another revision restarts stage 1", rollout(), RolloutPhase.PROGRESSING,
         [R.RESTARTED], {"old": 6, "newer": 1}, update="newer"),
     Row("abort", rollout(), RolloutPhase.ABORTED, [R.ABORTED], {"old": 6},
         controls=Controls(abort=True)),
@@ -104,12 +104,12 @@ ROWS = [
         policy={"auto_rollback": False}),
     Row("promote", rollout(), RolloutPhase.PROMOTING, [R.PROMOTED], {"old": 5, "new": 2},
         ready=CANARY_READY, controls=Controls(promote=True)),
-    Row("promote in phase 3 completes", rollout(stage=Stage.FULL, canary_agents=6),
+    Row("promote in stage 3 completes", rollout(stage=Stage.FULL, canary_agents=6),
         RolloutPhase.COMPLETED, [R.COMPLETED], {"new": 6}, ready={"new": 6},
         controls=Controls(promote=True)),
     Row("_judge: soaking", rollout(), RolloutPhase.ANALYZING, [], {"old": 5, "new": 1},
         seconds=30, ready=CANARY_READY, stats=GOOD),
-    Row("_judge: phase 3 soaked, complete", rollout(stage=Stage.FULL, canary_agents=6),
+    Row("_judge: stage 3 soaked, complete", rollout(stage=Stage.FULL, canary_agents=6),
         RolloutPhase.COMPLETED, [R.COMPLETED], {"new": 6}, ready={"new": 6}),
     Row("_judge: the gate passes, next step", rollout(), RolloutPhase.PROMOTING,
         [R.GATE_PASSED, R.STEP_STARTED], {"old": 5, "new": 2}, seconds=61, ready=CANARY_READY,

@@ -33,7 +33,7 @@ CHART = ROOT / "charts" / "newfuse-operator"
 SAMPLE = ROOT / "crds" / "samples" / "summarizer.yaml"
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 # Every option of the chart at once (signing is on by default), as in
-# tests/integration/test_chart.py, plus the image digests and the admission policy.
+# tests/helm_chart.py, plus the image digests and the admission policy.
 EVERYTHING = [
     "redis.internal.enabled=true",
     "networkPolicy.enabled=true",

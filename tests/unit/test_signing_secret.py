@@ -2,8 +2,8 @@
 
 A stand-in for the two CoreV1Api calls keeps Secrets in a dict and answers like the API server
 (409 on a second create, 404 on a missing read), so the race of two replicas starting at once
-and a restart are both played here; tests/integration/test_chart.py runs the real thing under
-the chart's RBAC.
+and a restart are both played here; tests/integration/test_chart_lifecycle.py runs the real
+thing under the chart's RBAC.
 """
 
 from __future__ import annotations

@@ -33,7 +33,9 @@ def derive(
     decided: Plan | None = None,
 ) -> NewFuseAgentStatus:
     decided = (
-        decided if decided is not None else plan(f.spec.replicas, revision, pods, f.spec.paused)
+        decided
+        if decided is not None
+        else plan(f.spec.replicas, revision, pods, paused=f.spec.paused)
     )
     return derive_status(StatusInputs(f, revision, pods, decided, acted, redis, metrics, now))
 

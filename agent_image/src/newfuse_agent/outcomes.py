@@ -73,7 +73,7 @@ class Stats:
     last_active: dt.datetime | None = None
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=500))
 
-    def record(self, succeeded: bool, elapsed: float, now: dt.datetime) -> None:
+    def record(self, elapsed: float, now: dt.datetime, *, succeeded: bool) -> None:
         """Count one stored result."""
         self.last_active = now
         self.latencies.append(elapsed * 1000)
@@ -175,17 +175,17 @@ class Outcomes:
             )
             if isinstance(stored, str):
                 stored = await self._replace_if_forged(
-                    task.task_id, stored, envelope, succeeded, executed
+                    task.task_id, stored, envelope, succeeded=succeeded, executed=executed
                 )
         if not stored:
             if executed:
                 metrics.TASKS.labels(TaskOutcome.DUPLICATE).inc()
             return
-        self.stats.record(succeeded, elapsed, now)
+        self.stats.record(elapsed, now, succeeded=succeeded)
         metrics.TASKS.labels(TaskOutcome.SUCCEEDED if succeeded else TaskOutcome.FAILED).inc()
 
     async def _replace_if_forged(
-        self, task_id: str, found: str, envelope: bytes, succeeded: bool, executed: bool
+        self, task_id: str, found: str, envelope: bytes, *, succeeded: bool, executed: bool
     ) -> bool:
         """Replace ``found`` by this agent's result unless the fleet's keys signed it."""
         keyring = self._signing.keyring
@@ -238,6 +238,7 @@ class Outcomes:
         delivery: Delivery,
         task: TaskPayload,
         verdict: Fail,
+        *,
         executed: bool,
         reason: RejectReason | LetterReason | None = None,
         keep: int = RAW_KEPT,
@@ -273,7 +274,9 @@ class Outcomes:
         # The client waiting for this id returns at once with the reason, not at its timeout.
         stand_in = TaskPayload(task_id=task_id, handler="-")
         verdict = Fail(FailReason.HANDLER_FAILED, exc.detail)
-        await self.fail(delivery, stand_in, verdict, False, exc.reason, REFUSED_RAW_KEPT)
+        await self.fail(
+            delivery, stand_in, verdict, executed=False, reason=exc.reason, keep=REFUSED_RAW_KEPT
+        )
 
     def letter(
         self,

@@ -186,8 +186,8 @@ class Processor:
                 delivery,
                 task,
                 Fail(FailReason.HANDLER_FAILED, detail),
-                False,
-                RejectReason.UNKNOWN_HANDLER,
+                executed=False,
+                reason=RejectReason.UNKNOWN_HANDLER,
             )
             return
         self.stats.requests_handled += 1

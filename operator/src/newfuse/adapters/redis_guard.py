@@ -108,7 +108,8 @@ class Breaker:
 class _GuardedPipeline(Pipeline):
     breaker: Breaker
 
-    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+    # redis-py's signature, positional bool and all: callers pass it positionally.
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:  # noqa: FBT001, FBT002
         async with self.breaker.call():
             return await super().execute(raise_on_error)
 
@@ -126,7 +127,11 @@ class GuardedRedis(aioredis.Redis):
         async with self.breaker.call():
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
-    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+    def pipeline(  # redis-py's signature, which it overrides
+        self,
+        transaction: bool = True,  # noqa: FBT001, FBT002
+        shard_hint: str | None = None,
+    ) -> Pipeline:
         """A pipeline whose `execute` passes the breaker."""
         pipe = _GuardedPipeline(
             self.connection_pool, self.response_callbacks, transaction, shard_hint

@@ -48,52 +48,62 @@ def structural(
     schema: Mapping[str, Any], defs: Mapping[str, Any], path: str = ""
 ) -> dict[str, Any]:
     """Rewrite one pydantic JSON Schema node (and its children) into a structural schema node."""
-    node = dict(schema)
-    nullable = False
-    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
-        branches = node.pop("anyOf")
-        non_null = [b for b in branches if b.get("type") != "null"]
-        if len(non_null) != 1:
-            raise SchemaError(
-                f"{path or '<root>'}: unions other than Optional[X] are not structural"
-            )
-        nullable = len(non_null) < len(branches)
-        # Field-level keys (description, default) win over the branch's.
-        node = {**non_null[0], **node}
+    node, nullable = _unwrap_optional(dict(schema), path)
     if "$ref" in node:
         node = {**_resolve(node.pop("$ref"), defs), **node}
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in _DROPPED or (key == "additionalProperties" and value is False):
+        if _dropped(key, value):
             continue
-        if key == "default" and value is None:
-            continue
-        if key == "format" and value not in _SUPPORTED_FORMATS:
-            continue
-        if key == "const":
-            out["enum"] = [value]
-        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
-            # JSON Schema 2020-12 gives the bound; OpenAPI 3.0 (CRDs) wants bound + boolean flag.
-            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
-            out[key] = True
-        elif key == "uniqueItems":
-            # CRDs forbid uniqueItems; a set-typed list enforces the same thing.
-            out.setdefault("x-kubernetes-list-type", "set")
-        elif key == "properties":
-            out["properties"] = {
-                name: structural(prop, defs, f"{path}.{name}") for name, prop in value.items()
-            }
-        elif key == "items":
-            out["items"] = structural(value, defs, f"{path}[]")
-        elif key == "additionalProperties" and isinstance(value, Mapping):
-            out["additionalProperties"] = structural(value, defs, f"{path}.*")
-        else:
-            out[key] = value
+        _convert(out, key, value, defs, path)
     if nullable:
         out["nullable"] = True
     if "properties" in out and "type" not in out:
         out["type"] = "object"
     return out
+
+
+def _unwrap_optional(node: dict[str, Any], path: str) -> tuple[dict[str, Any], bool]:
+    """Optional[X] as X plus nullable; any other union is refused (CRDs cannot express it)."""
+    if "anyOf" not in node or node.get("x-kubernetes-int-or-string"):
+        return node, False
+    branches = node.pop("anyOf")
+    non_null = [b for b in branches if b.get("type") != "null"]
+    if len(non_null) != 1:
+        raise SchemaError(f"{path or '<root>'}: unions other than Optional[X] are not structural")
+    # Field-level keys (description, default) win over the branch's.
+    return {**non_null[0], **node}, len(non_null) < len(branches)
+
+
+def _dropped(key: str, value: Any) -> bool:
+    return (
+        key in _DROPPED
+        or (key == "additionalProperties" and value is False)
+        or (key == "default" and value is None)
+        or (key == "format" and value not in _SUPPORTED_FORMATS)
+    )
+
+
+def _convert(out: dict[str, Any], key: str, value: Any, defs: Mapping[str, Any], path: str) -> None:
+    if key == "const":
+        out["enum"] = [value]
+    elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+        # JSON Schema 2020-12 gives the bound; OpenAPI 3.0 (CRDs) wants bound + boolean flag.
+        out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+        out[key] = True
+    elif key == "uniqueItems":
+        # CRDs forbid uniqueItems; a set-typed list enforces the same thing.
+        out.setdefault("x-kubernetes-list-type", "set")
+    elif key == "properties":
+        out["properties"] = {
+            name: structural(prop, defs, f"{path}.{name}") for name, prop in value.items()
+        }
+    elif key == "items":
+        out["items"] = structural(value, defs, f"{path}[]")
+    elif key == "additionalProperties" and isinstance(value, Mapping):
+        out["additionalProperties"] = structural(value, defs, f"{path}.*")
+    else:
+        out[key] = value
 
 
 def openapi_schema() -> dict[str, Any]:

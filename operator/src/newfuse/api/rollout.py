@@ -1,8 +1,8 @@
 """The phased-migration rollout policy and state: `spec.rollout` and `status.rollout`.
 
-Phase 1 (initial) moves a small canary to the new revision and soaks it behind a gate on what the
-canary agents report; phase 2 (gradual) moves agents a step at a time, with a gate between steps;
-phase 3 (full) moves the rest and decommissions the legacy revision.
+Stage 1 (initial) moves a small canary to the new revision and soaks it behind a gate on what the
+canary agents report; stage 2 (gradual) moves agents a step at a time, with a gate between steps;
+stage 3 (full) moves the rest and decommissions the legacy revision.
 
 `spec.rollout` extends PhasedPolicy; `status.rollout` is a RolloutState. `newfuse.core.rollout`
 decides each step from them.
@@ -20,7 +20,7 @@ from newfuse.api.base import CEL, KubeModel, cel
 
 
 class Stage(StrEnum):
-    """The three phases of a migration."""
+    """The three stages of a rollout: the canary, gradual steps, the cutover."""
 
     INITIAL = "Initial"
     GRADUAL = "Gradual"
@@ -115,7 +115,7 @@ class GateSpec(KubeModel):
 
 
 class InitialStage(KubeModel):
-    """Phase 1: a small canary, soaked behind a gate."""
+    """Stage 1: a small canary, soaked behind a gate."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -134,7 +134,7 @@ class InitialStage(KubeModel):
 
 
 class GradualStage(KubeModel):
-    """Phase 2: move agents a step at a time, with a gate between steps."""
+    """Stage 2: move agents a step at a time, with a gate between steps."""
 
     step: int = Field(default=1, ge=1, description="Agents moved per step.")
     interval_seconds: float = Field(
@@ -144,7 +144,7 @@ class GradualStage(KubeModel):
 
 
 class FullStage(KubeModel):
-    """Phase 3: move the rest, then decommission the legacy revision."""
+    """Stage 3: move the rest, then decommission the legacy revision."""
 
     soak_seconds: float = Field(
         default=0, ge=0, description="Time on the new revision before completing."

@@ -195,7 +195,7 @@ def rollout_status(
             return
 
 
-def _set_paused(fleet: str, paused: bool, namespace: str, kubeconfig: str | None) -> None:
+def _set_paused(fleet: str, namespace: str, kubeconfig: str | None, *, paused: bool) -> None:
     from newfuse.core.naming import PAUSED_BY_ANNOTATION
 
     patch = {
@@ -214,7 +214,7 @@ def rollout_pause(
     fleet: Fleet, namespace: Namespace = DEFAULT_NAMESPACE, kubeconfig: Kubeconfig = None
 ) -> None:
     """Hold the rollout where it is (sets spec.rollout.paused, so GitOps sees it)."""
-    _set_paused(fleet, True, namespace, kubeconfig)
+    _set_paused(fleet, namespace, kubeconfig, paused=True)
 
 
 @rollout_app.command(RolloutAction.RESUME.value)
@@ -222,7 +222,7 @@ def rollout_resume(
     fleet: Fleet, namespace: Namespace = DEFAULT_NAMESPACE, kubeconfig: Kubeconfig = None
 ) -> None:
     """Continue a paused rollout."""
-    _set_paused(fleet, False, namespace, kubeconfig)
+    _set_paused(fleet, namespace, kubeconfig, paused=False)
 
 
 @rollout_app.command(RolloutAction.PROMOTE.value)
@@ -251,5 +251,5 @@ def rollout_abort(
 def rollout_retry(
     fleet: Fleet, namespace: Namespace = DEFAULT_NAMESPACE, kubeconfig: Kubeconfig = None
 ) -> None:
-    """Start an aborted or rolled-back rollout again from phase 1."""
+    """Start an aborted or rolled-back rollout again from stage 1."""
     _action(fleet, RolloutAction.RETRY, namespace, kubeconfig)

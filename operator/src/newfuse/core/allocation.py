@@ -13,7 +13,7 @@ from newfuse.api.rollout import PhasedPolicy
 
 
 def initial_canary(policy: PhasedPolicy, replicas: int) -> int:
-    """Agents phase 1 moves: `count`, or `percent` of replicas rounded up; at least 1."""
+    """Agents stage 1 moves: `count`, or `percent` of replicas rounded up; at least 1."""
     initial = policy.initial
     wanted = initial.count if initial.count is not None else 1
     if initial.percent is not None:

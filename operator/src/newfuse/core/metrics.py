@@ -92,10 +92,11 @@ def settle_totals(
 def fleet_state_update(
     agent_id: str,
     capabilities: list[str],
-    ready: bool,
     metrics: FleetMetrics,
     version: int,
     now: dt.datetime,
+    *,
+    ready: bool,
 ) -> StateUpdate:
     """The operator's summary of a fleet, mirrored to Redis as the seed's StateUpdate."""
     return StateUpdate(

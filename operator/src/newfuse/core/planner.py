@@ -60,7 +60,7 @@ def _highest_first(pods: Iterable[ObservedPod]) -> list[ObservedPod]:
 
 
 def plan(
-    replicas: int, update_revision: str, pods: Iterable[ObservedPod], paused: bool = False
+    replicas: int, update_revision: str, pods: Iterable[ObservedPod], *, paused: bool = False
 ) -> Plan:
     """Compute the pods to create and delete for one fleet."""
     if paused:
@@ -117,7 +117,7 @@ def _ordered(delete: list[PodToDelete], pods: list[ObservedPod]) -> list[PodToDe
 
 
 def plan_revisions(
-    desired: Mapping[str, int], pods: Iterable[ObservedPod], paused: bool = False
+    desired: Mapping[str, int], pods: Iterable[ObservedPod], *, paused: bool = False
 ) -> Plan:
     """Pods to create and delete so that each revision has exactly its desired agents.
 

@@ -117,7 +117,7 @@ class _Round:
             history=list(previous.history) if previous is not None else [],
         )
         state = self.record(
-            state, reason, f"moving {state.canary_agents} agent(s) to {canary} (phase 1)"
+            state, reason, f"moving {state.canary_agents} agent(s) to {canary} (stage 1)"
         )
         return self.moving(state)
 
@@ -147,7 +147,9 @@ class _Round:
         state = self.record(state.model_copy(update={"phase": phase}), reason, message, verdict)
         return self.steady(state, state.stable_revision)
 
-    def advance(self, state: RolloutState, reason: RolloutReason, full: bool = False) -> Decision:
+    def advance(
+        self, state: RolloutState, reason: RolloutReason, *, full: bool = False
+    ) -> Decision:
         replicas = self.obs.replicas
         gradual = self.policy.gradual
         if full or (

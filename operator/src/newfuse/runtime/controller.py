@@ -267,7 +267,7 @@ class Controller:
             target = target_revision(rollout, revision)
             await self.rollouts.post_events(fleet, rollout, decision.happened, now)
             if (legacy := revision_to_drain(fleet.status.rollout, decision.happened)) is not None:
-                # Phase 3: the legacy agents stop taking tasks now; deleting their pods (SIGTERM)
+                # Stage 3: the legacy agents stop taking tasks now; deleting their pods (SIGTERM)
                 # follows in this same reconcile, and both paths drain the same way.
                 await self.rollouts.drain(fleet, legacy, now)
             await self._apply(fleet, specs, decided, now, defaults)
@@ -354,7 +354,7 @@ class Controller:
             self._versions[key] = version
             ready = any(p.ready for p in observed)
             update = fleet_state_update(
-                key, list(fleet.spec.capabilities), ready, metrics, version, now
+                key, list(fleet.spec.capabilities), metrics, version, now, ready=ready
             )
             await self.redis.put_fleet_state(keys, update)
         except (RedisError, OSError) as exc:

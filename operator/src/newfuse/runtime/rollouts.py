@@ -77,7 +77,7 @@ class RolloutDriver:
         return spec_with_template(fleet.spec, template)
 
     async def drain(self, fleet: NewFuseAgent, revision: str, now: dt.datetime) -> None:
-        """Tell a retired revision's agents to stop taking tasks (phase 3's decommission)."""
+        """Tell a retired revision's agents to stop taking tasks (stage 3's decommission)."""
         keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
         try:
             await self.redis.publish_drain(keys, f"revision:{revision}", now)

@@ -187,7 +187,15 @@ def decode(
     ``max_age`` (None: any age). Message-id replay checks are the caller's.
     """
     try:
-        return _decode(raw, keyring, audience, require_signature, now, max_skew, max_age)
+        return _decode(
+            raw,
+            keyring,
+            audience,
+            require_signature=require_signature,
+            now=now,
+            max_skew=max_skew,
+            max_age=max_age,
+        )
     except MessageRejectedError:
         raise
     except Exception as exc:  # total by contract: no input may crash a listener
@@ -234,6 +242,7 @@ def _decode(
     raw: bytes | str,
     keyring: Keyring | None,
     audience: Audience | None,
+    *,
     require_signature: bool,
     now: dt.datetime,
     max_skew: dt.timedelta,
