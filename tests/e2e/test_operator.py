@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,14 +122,25 @@ def test_paused_fleet_is_left_alone(fleets: Fleets, namespace: str) -> None:
     wait_for(paused, 30, what="phase Paused at generation 2")
     victim = fleets.live_pod_names("frozen")[0]
     fleets.core.delete_namespaced_pod(victim, namespace)
-    wait_for(lambda: victim not in fleets.live_pod_names("frozen"), 30, what="pod deleted")
-    # Level-based: a later reconcile (resync runs every 2 s in tests) still must not act.
+    # Gone, not just Terminating: until then its name is taken and no operator could recreate it.
+    wait_for(
+        lambda: victim not in [p.metadata.name for p in fleets.pods("frozen")],
+        30,
+        what="pod gone",
+    )
     wait_for(
         lambda: fleets.get("frozen")["status"]["readyReplicas"] == 1,
         30,
         what="status to see 1 ready pod",
     )
-    assert len(fleets.live_pod_names("frozen")) == 1
+    # Level-based: the pod's DELETED event and three resyncs (every 2 s in tests) must not act.
+    gone_at = time.monotonic()
+
+    def three_resyncs_later() -> bool:
+        assert len(fleets.pods("frozen")) == 1, "a paused fleet's pod was recreated"
+        return time.monotonic() - gone_at > 3 * 2.0
+
+    wait_for(three_resyncs_later, 30, what="three resyncs while paused")
     fleets.patch_spec("frozen", paused=False)
     fleets.wait_available("frozen", 4)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from factories import pod
-from newfuse.core.planner import DeleteReason, PodToCreate, plan, plan_revisions
+from newfuse.core.planner import DeleteReason, Plan, PodToCreate, plan, plan_revisions
 from newfuse.core.pods import ObservedPod, PodHealth
 
 R, S = DeleteReason.REPLACED, DeleteReason.SCALE_DOWN
@@ -175,3 +175,18 @@ def test_plan_revisions_is_idempotent_once_applied() -> None:
         ]
     assert plan_revisions(desired, pods).empty
     assert sorted((p.revision, p.ordinal) for p in pods) == [("new", 0), ("new", 1), ("old", 0)]
+
+
+def test_plan_revisions_reports_blocked_ordinals_and_replaces_failed_pods() -> None:
+    pods = [pod(0, "new", terminating=True), pod(1, "old", PodHealth.FAILED), pod(0, "old")]
+    result = plan_revisions({"new": 2, "old": 1}, pods)
+    assert list(result.blocked) == ["demo-new-0"]
+    assert list(result.create) == [PodToCreate("new", 1)]
+    assert [(d.name, d.reason) for d in result.delete] == [("demo-old-1", DeleteReason.FAILED)]
+
+
+def test_a_paused_fleet_plans_nothing_whatever_it_sees() -> None:
+    pods = [pod(0, "old"), pod(1, "old", PodHealth.FAILED), pod(7, "new")]
+    assert plan_revisions({"new": 3}, pods, paused=True) == Plan()
+    assert plan_revisions({"new": 3}, pods, paused=False) != Plan()
+    assert plan(3, "new", pods, paused=True) == Plan()

@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import pytest
 
-from newfuse.api.rollout import GateResult, GateSpec, InitialStage, PhasedPolicy
+from newfuse.api.rollout import (
+    GateResult,
+    GateSpec,
+    InitialStage,
+    PhasedPolicy,
+    RevisionCounts,
+    RolloutPhase,
+    RolloutState,
+    Stage,
+)
 from newfuse.core.allocation import allocate, initial_canary
 from newfuse.core.gates import RevisionStats, evaluate_gate
+from newfuse.core.rollout import Observation, decide
 from phased_policy import POLICY, T0, at
 
 
@@ -157,3 +167,45 @@ def test_the_canary_share_of_traffic_is_reported_with_the_verdict() -> None:
         evaluate_gate(GateSpec(min_tasks=0), RevisionStats(), None, T0).measured.canary_share
         is None
     )
+
+
+@pytest.mark.parametrize(
+    ("baseline", "expected"),
+    [
+        (None, RevisionStats(10, 4, 99.0, 2)),
+        (RevisionCounts(completed=3, failed=1, rejected=1), RevisionStats(7, 3, 99.0, 1)),
+        # Counters reset (a Redis that lost them): never a negative count.
+        (RevisionCounts(completed=30, failed=9, rejected=5), RevisionStats(0, 0, 99.0, 0)),
+    ],
+    ids=["no baseline", "tasks since the baseline", "baseline above the counters"],
+)
+def test_a_gate_counts_only_the_tasks_since_its_baseline(
+    baseline: RevisionCounts | None, expected: RevisionStats
+) -> None:
+    assert RevisionStats(10, 4, 99.0, 2).since(baseline) == expected
+
+
+def test_a_passed_gate_forgets_the_failures_before_it() -> None:
+    policy = POLICY.model_copy(
+        update={"initial": InitialStage(soak_seconds=60, gate=GateSpec(min_tasks=10,
+                                                                       failure_limit=3))}
+    )  # fmt: skip
+    state = RolloutState(
+        phase=RolloutPhase.ANALYZING,
+        stable_revision="old",
+        canary_revision="new",
+        canary_agents=1,
+        step_started_at=T0,
+        consecutive_failures=2,
+    )
+    seen = Observation(
+        replicas=6,
+        update_revision="new",
+        current_revision="old",
+        ready={"old": 5, "new": 1},
+        stats={"new": RevisionStats(50, 0)},
+    )
+    decision = decide(policy, seen, state, at(61))
+    assert decision.state is not None
+    assert decision.state.stage is Stage.GRADUAL
+    assert decision.state.consecutive_failures == 0
