@@ -1,9 +1,9 @@
-"""What the kind path tests share: hack/kind/kind.sh run against stand-in commands, and Dockerfiles.
+"""What the kind path tests share: hack/kind/kind.sh run against stand-in commands, and Dockerfile.
 
 CI has no Docker engine, so kind never starts in the tests: run_kind_sh runs the script against
 stand-in docker, kind, helm, kubectl and `newfuse` commands that only record their arguments (and
-answer like a cluster holding the chart would). dockerfile_instructions and global_args read the
-two Dockerfiles.
+answer like a cluster holding the chart would). dockerfile_instructions, global_args,
+target_instructions and target_stages read the one multi-target Dockerfile.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "hack" / "kind" / "kind.sh"
-DOCKERFILES = {
-    "operator": ROOT / "operator" / "Dockerfile",
-    "agent": ROOT / "agent_image" / "Dockerfile",
-}
+DOCKERFILE = ROOT / "Dockerfile"
+# Each image is the Dockerfile's target of the same name.
+TARGETS = ("agent", "operator")
 PF_PORT = 41234
 # What the stand-in cluster holds: the trial Redis' URL (as the chart's URL Secret has it) and the
 # signing key. Neither may ever appear on a command line.
@@ -222,14 +221,69 @@ def global_args(path: Path) -> dict[str, str]:
     return args
 
 
+@dataclass
+class Stage:
+    """One build stage: what it starts FROM (an image or an earlier stage) and what follows."""
+
+    name: str
+    base: str
+    instructions: list[tuple[str, str]]
+
+
+def dockerfile_stages(path: Path) -> dict[str, Stage]:
+    """The stages in order, by their `AS` name (an unnamed stage by its index)."""
+    stages: dict[str, Stage] = {}
+    current: Stage | None = None
+    for word, rest in dockerfile_instructions(path):
+        if word == "FROM":
+            words = [w for w in rest.split() if not w.startswith("--")]
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(stages))
+            current = stages[name] = Stage(name, words[0], [])
+        elif current is not None:
+            current.instructions.append((word, rest))
+    return stages
+
+
+def target_instructions(path: Path, target: str) -> list[tuple[str, str]]:
+    """What makes the target's image: the instructions of its stage and of the stages it is FROM.
+
+    Oldest first: USER, ENV, ENTRYPOINT, LABEL and EXPOSE carry over a `FROM <stage>`.
+    """
+    stages = dockerfile_stages(path)
+    chain = [stages[target]]
+    while chain[0].base in stages:
+        chain.insert(0, stages[chain[0].base])
+    return [instruction for stage in chain for instruction in stage.instructions]
+
+
+def target_stages(path: Path, target: str) -> set[str]:
+    """Every stage a build of the target runs: itself, what it is FROM, what it COPYs --from."""
+    stages = dockerfile_stages(path)
+    needed: set[str] = set()
+    todo = [target]
+    while todo:
+        name = todo.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        stage = stages[name]
+        todo += [stage.base] if stage.base in stages else []
+        for word, rest in stage.instructions:
+            source = re.search(r"--from=(\S+)", rest) if word == "COPY" else None
+            if source and source.group(1) in stages:
+                todo.append(source.group(1))
+    return needed
+
+
 def built_refs(run: Run) -> dict[str, str]:
-    """Which image reference each Dockerfile was built and tagged as ("operator"/"agent")."""
+    """Which image reference each target was built and tagged as ("operator"/"agent")."""
     refs = {}
-    for which, dockerfile in DOCKERFILES.items():
+    for which in TARGETS:
         [build] = [
             b
             for b in run.of("docker", "build")
-            if option(b, "-f") == str(dockerfile.relative_to(ROOT))
+            if option(b, "-f") == str(DOCKERFILE.relative_to(ROOT))
+            and option(b, "--target") == which
         ]
         [tag] = [t for t in run.of("docker", "tag") if t[1] == option(build, "-t")]
         refs[which] = tag[2]

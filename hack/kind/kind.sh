@@ -137,13 +137,13 @@ ensure_cluster() {
   log "kubeconfig: $KIND_KUBECONFIG"
 }
 
-# build_image REPOSITORY DOCKERFILE: sets BUILT_TAG to the tag it built (IMAGE_TAG-<image ID
-# prefix>). Not called through $(...): errexit is off in command substitutions, and a failed build
-# must not go on to tag the previous image.
+# build_image REPOSITORY TARGET: builds the root Dockerfile's TARGET (operator or agent) and sets
+# BUILT_TAG to the tag it built (IMAGE_TAG-<image ID prefix>). Not called through $(...): errexit
+# is off in command substitutions, and a failed build must not go on to tag the previous image.
 build_image() {
-  local repository=$1 dockerfile=$2 id
-  log "building $repository from $dockerfile (base $BASE_IMAGE)"
-  "$DOCKER" build -f "$dockerfile" --build-arg "BASE=$BASE_IMAGE" \
+  local repository=$1 target=$2 id
+  log "building $repository from Dockerfile, target $target (base $BASE_IMAGE)"
+  "$DOCKER" build -f Dockerfile --target "$target" --build-arg "BASE=$BASE_IMAGE" \
     -t "$repository:$IMAGE_TAG" .
   id=$("$DOCKER" image inspect --format '{{.Id}}' "$repository:$IMAGE_TAG")
   id=${id#sha256:}
@@ -153,9 +153,9 @@ build_image() {
 }
 
 build_images() {
-  build_image "$OPERATOR_REPOSITORY" operator/Dockerfile
+  build_image "$OPERATOR_REPOSITORY" operator
   OPERATOR_TAG=$BUILT_TAG
-  build_image "$AGENT_REPOSITORY" agent_image/Dockerfile
+  build_image "$AGENT_REPOSITORY" agent
   AGENT_REF="$AGENT_REPOSITORY:$BUILT_TAG"
   log "loading $OPERATOR_REPOSITORY:$OPERATOR_TAG and $AGENT_REF into kind cluster '$KIND_CLUSTER'"
   "$KIND" load docker-image --name "$KIND_CLUSTER" "$OPERATOR_REPOSITORY:$OPERATOR_TAG" "$AGENT_REF"

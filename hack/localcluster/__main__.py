@@ -68,7 +68,7 @@ def _real_node_demo(cluster: LocalCluster, redis: RedisServer) -> RealNodeDemo |
         return None
     from localcluster import images
 
-    _log("building the images from operator/Dockerfile and agent_image/Dockerfile (cached)")
+    _log("building the images from the Dockerfile's operator and agent targets (cached)")
     built = images.ensure_images(node.containerd_socket, _log)
     return RealNodeDemo(built.agent, pod_url)
 

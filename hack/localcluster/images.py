@@ -8,9 +8,9 @@ built here and imported into containerd before the kubelet asks for it:
   registry); its root file system is cached as a tarball keyed by its inputs (about 2 min cold);
 - a pause (sandbox) image: containerd's default one is on a registry too. A few lines of Go
   (pause/), its tag a hash of the source, so containerd's `sandbox_image` is known before start;
-- operator/Dockerfile and agent_image/Dockerfile, built by buildah against the local base
-  (`--build-arg BASE=...`), tagged by a hash of everything they copy, so an unchanged tree builds
-  nothing and a test knows the exact image.
+- the root Dockerfile's two targets, `operator` and `agent`, built by buildah against the local
+  base (`--build-arg BASE=... --target ...`), each tagged by a hash of everything it copies and of
+  its target, so an unchanged tree builds nothing and a test knows the exact image.
 
 buildah always runs with the vfs driver (no overlay-on-overlay questions) and its own storage
 under the cache (see BuildahStore), so images survive between runs and clusters and the host's
@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from localcluster.imagetools import (
     BuildahStore,
@@ -47,7 +48,7 @@ PAUSE_SOURCE = HERE / "pause"
 # The base image's inputs: any change here is a new cache key, so a new base and new project tags.
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"  # the one apt uses (/etc/apt/sources.list.d/)
-# python-is-python3: the Dockerfiles run `python -m pip`. ca-certificates: RUN steps reach PyPI.
+# python-is-python3: the Dockerfile runs `python -m pip`. ca-certificates: RUN steps reach PyPI.
 PACKAGES = ("python3", "python3-venv", "python3-pip", "python-is-python3", "ca-certificates")
 # Bump when the way the root file system is made changes (post-processing, tar options).
 BASE_LAYOUT = 1
@@ -55,8 +56,21 @@ PAUSE_LAYOUT = 1
 
 BASE_REPOSITORY = "localhost/newfuse/python-base"
 PAUSE_REPOSITORY = "newfuse/pause"
-PROJECT_IMAGES = {"operator": "operator/Dockerfile", "agent": "agent_image/Dockerfile"}
-# What the Dockerfiles copy from the context (plus the Dockerfile and .dockerignore themselves).
+
+
+class ProjectImage(NamedTuple):
+    """Where a project image comes from: a Dockerfile (relative to the repository), a target."""
+
+    dockerfile: str
+    target: str
+
+
+# One multi-target Dockerfile: both images share its build and runtime stages.
+PROJECT_IMAGES = {
+    "operator": ProjectImage("Dockerfile", "operator"),
+    "agent": ProjectImage("Dockerfile", "agent"),
+}
+# What the Dockerfile copies from the context (plus the Dockerfile and .dockerignore themselves).
 PROJECT_INPUTS = ("pyproject.toml", "uv.lock", "README.md", "operator/src", "agent_image/src")
 BASE_ENV = (
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -104,10 +118,14 @@ def pause_image_ref() -> str:
 
 
 def project_image_ref(which: str, base_ref: str | None = None) -> str:
-    """`newfuse/<which>:dev-<hash12>`: the Dockerfile, what it copies, and the base it builds on."""
-    dockerfile = Path(PROJECT_IMAGES[which])
-    inputs = [dockerfile, Path(".dockerignore"), *(Path(p) for p in PROJECT_INPUTS)]
-    tag = content_hash(REPO_ROOT, inputs, f"base={base_ref or base_image_ref()}")[:12]
+    """`newfuse/<which>:dev-<hash12>`: the Dockerfile and its target, what it copies, the base.
+
+    The target is part of the hash: both images come from the same files, yet differ.
+    """
+    image = PROJECT_IMAGES[which]
+    inputs = [Path(image.dockerfile), Path(".dockerignore"), *(Path(p) for p in PROJECT_INPUTS)]
+    base = f"base={base_ref or base_image_ref()}"
+    tag = content_hash(REPO_ROOT, inputs, base, f"target={image.target}")[:12]
     return f"newfuse/{which}:dev-{tag}"
 
 
@@ -142,7 +160,7 @@ def base_tarball(log: Log) -> Path:
             else:
                 child.unlink()
     # Like the upstream python image: `pip install` into the system interpreter is allowed, so
-    # the Dockerfiles' `python -m pip install uv` works unchanged (PEP 668 marker removed).
+    # the Dockerfile's `python -m pip install uv` works unchanged (PEP 668 marker removed).
     for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
         marker.unlink()
     # debootstrap copied the host's; the container runtime mounts the pod's own over them.
@@ -235,16 +253,17 @@ def build_pause(store: BuildahStore, log: Log) -> str:
 
 
 def ensure_project_image(store: BuildahStore, which: str, base_ref: str, log: Log) -> str:
-    """Build operator/Dockerfile or agent_image/Dockerfile unless its content tag exists."""
+    """Build the Dockerfile's `operator` or `agent` target unless its content tag exists."""
+    image = PROJECT_IMAGES[which]
     ref = project_image_ref(which, base_ref)
     if store.has_image(ref):
         log(f"{which} image: cached ({ref})")
         return ref
     started = time.monotonic()
-    log(f"{which} image: building {ref} from {PROJECT_IMAGES[which]}")
+    log(f"{which} image: building {ref} from {image.dockerfile} (target {image.target})")
     # Build-time only (never committed): the host's CA bundle, so RUN steps trust whatever the
     # host trusts (an egress proxy's CA included), and a uv config that makes uv use that bundle
-    # instead of its compiled-in roots. The Dockerfiles stay unchanged for docker buildx.
+    # instead of its compiled-in roots. The Dockerfile stays unchanged for docker buildx.
     uv_toml = cache_dir() / "uv-system-certs.toml"
     uv_toml.write_text("system-certs = true\n")
     volumes = ["--volume", f"{uv_toml}:/etc/uv/uv.toml:ro"]
@@ -256,7 +275,7 @@ def ensure_project_image(store: BuildahStore, which: str, base_ref: str, log: Lo
     # A rebuild still reuses the downloads: RUN --mount=type=cache lives under the store's TMPDIR.
     store.run(
         "bud", "--isolation", "chroot", "--pull=never", "--layers=false", "--force-rm", *volumes,
-        "--build-arg", f"BASE={base_ref}", "-f", PROJECT_IMAGES[which],
+        "--build-arg", f"BASE={base_ref}", "-f", image.dockerfile, "--target", image.target,
         "-t", buildah_name(ref), ".",
         cwd=REPO_ROOT, log_file=build_log,
     )  # fmt: skip

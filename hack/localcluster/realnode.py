@@ -1,7 +1,7 @@
 """One real node beside the kwok nodes: containerd, runc and a kubelet running real containers.
 
 kwok nodes only pretend: a pod there is a local process started by the pod runner, so nothing
-checks the Dockerfiles, the restricted security context, the probes, SIGTERM delivery or memory
+checks the Dockerfile, the restricted security context, the probes, SIGTERM delivery or memory
 limits. This node runs the project's own images as real containers, for the tests and the demo
 that need one. It is tainted (`newfuse.io/real-node`), so only pods that tolerate the taint land
 on it, and the kwok nodes keep serving the scale tests.

@@ -94,7 +94,8 @@ def test_content_hash_refuses_a_missing_input(tmp_path: Path) -> None:
 def test_project_refs_are_content_tags_of_the_tree_and_the_base(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for relative in (*images.PROJECT_INPUTS, *images.PROJECT_IMAGES.values(), ".dockerignore"):
+    dockerfiles = {image.dockerfile for image in images.PROJECT_IMAGES.values()}
+    for relative in (*images.PROJECT_INPUTS, *dockerfiles, ".dockerignore"):
         path = tmp_path / relative
         if "." in Path(relative).name or relative.endswith("Dockerfile"):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,8 +108,13 @@ def test_project_refs_are_content_tags_of_the_tree_and_the_base(
     operator = images.project_image_ref("operator", "localhost/base:1")
     assert re.fullmatch(r"newfuse/agent:dev-[0-9a-f]{12}", agent)
     assert re.fullmatch(r"newfuse/operator:dev-[0-9a-f]{12}", operator)
-    assert agent.split(":")[1] != operator.split(":")[1], "each Dockerfile is an input"
+    assert agent.split(":")[1] != operator.split(":")[1], "each image's target is an input"
     assert images.project_image_ref("agent", "localhost/base:2") != agent
+    for dockerfile in dockerfiles:  # an input of each image built from it
+        (tmp_path / dockerfile).write_text("changed")
+    assert images.project_image_ref("operator", "localhost/base:1") != operator
+    assert images.project_image_ref("agent", "localhost/base:1") != agent
+    agent = images.project_image_ref("agent", "localhost/base:1")
     (tmp_path / "operator/src/pkg/__pycache__").mkdir()
     (tmp_path / "operator/src/pkg/__pycache__/x.pyc").write_bytes(b"\0")
     assert images.project_image_ref("agent", "localhost/base:1") == agent
@@ -161,9 +167,12 @@ def test_cache_dir_follows_newfuse_cache(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert images.cache_dir() == Path.home() / ".cache" / "newfuse" / "images"
 
 
-def test_both_dockerfiles_build_on_the_base_argument() -> None:
-    for dockerfile in images.PROJECT_IMAGES.values():
-        text = (images.REPO_ROOT / dockerfile).read_text()
-        froms = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
-        assert froms, dockerfile
-        assert set(froms) == {"${BASE}"}, dockerfile
+def test_each_image_is_a_target_of_a_dockerfile_on_the_base_argument() -> None:
+    for which, image in images.PROJECT_IMAGES.items():
+        text = (images.REPO_ROOT / image.dockerfile).read_text()
+        froms = re.findall(r"^FROM (\S+)(?: AS (\S+))?", text, re.MULTILINE)
+        assert froms, image
+        stages = {name for _, name in froms if name}
+        assert image.target in stages, f"{which}: no stage {image.target} in {image.dockerfile}"
+        # Every stage starts from BASE or from an earlier stage of the same file.
+        assert {base for base, _ in froms} - stages == {"${BASE}"}, image

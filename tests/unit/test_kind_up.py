@@ -20,7 +20,7 @@ import yaml
 
 from gen_kustomize import helm_binary
 from kind_path import (
-    DOCKERFILES,
+    DOCKERFILE,
     ROOT,
     SCRIPT,
     Run,
@@ -50,13 +50,11 @@ def up_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 def test_up_builds_both_images_from_one_base_and_tags_them_by_content(up_run: Run) -> None:
     assert up_run.result.returncode == 0, up_run.result.stderr
     builds = up_run.of("docker", "build")
-    assert sorted(option(b, "-f") for b in builds) == [
-        "agent_image/Dockerfile",
-        "operator/Dockerfile",
-    ]
+    assert [option(b, "-f") for b in builds] == ["Dockerfile", "Dockerfile"]
+    assert sorted(option(b, "--target") for b in builds) == ["agent", "operator"]
     assert all(b[-1] == "." for b in builds), "the build context is the repository root"
     base = {option(b, "--build-arg") for b in builds}
-    assert base == {f"BASE={global_args(DOCKERFILES['operator'])['BASE']}"}
+    assert base == {f"BASE={global_args(DOCKERFILE)['BASE']}"}
     refs = built_refs(up_run)
     assert refs["operator"].startswith("newfuse/operator:dev-")
     assert refs["agent"].startswith("newfuse/agent:dev-")

@@ -1,4 +1,4 @@
-"""Fixtures for the tests on the real node: real containers, from images built from our Dockerfiles.
+"""Fixtures for the tests on the real node: real containers, from images built from our Dockerfile.
 
 Where the machine cannot run the real node (no root, no containerd, ...), these tests skip with
 the reason the cluster logged at start-up, and the rest of the suite runs on kwok. CI sets

@@ -1,4 +1,4 @@
-"""Agents as real containers under a real kubelet, from the images our Dockerfiles build.
+"""Agents as real containers under a real kubelet, from the images our Dockerfile builds.
 
 What kwok and the pod runner cannot show: the image starts and works under the restricted
 security context the operator writes, and the agents reach Redis from the pod network. What the

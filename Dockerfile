@@ -1,26 +1,33 @@
 # syntax=docker/dockerfile:1
 #
-# The NewFuse operator image: `python -m newfuse`, the process of the chart's operator Deployment.
+# The NewFuse images, one file with two targets:
+#
+# - `operator`: `python -m newfuse`, the process of the chart's operator Deployment;
+# - `agent`: `python -m newfuse_agent`, the process of every agent pod.
 #
 # The repository root is one Python distribution (`newfuse`, holding both the `newfuse` and the
-# `newfuse_agent` packages), so the build context is the repository root, as for the agent image:
+# `newfuse_agent` packages), so both images install the same wheel (the shared `build` and
+# `runtime` stages) and differ only in their last stage. The build context is the repository
+# root; without --target, docker builds the last target, `agent`:
 #
-#     docker build -f operator/Dockerfile -t newfuse/operator:dev .
+#     docker build --target operator -t newfuse/operator:dev .
+#     docker build --target agent -t newfuse/agent:dev .
 #
-# Two builders, one file. Here (no Docker engine, no registry) buildah builds it against a local
-# Debian base, `--build-arg BASE=localhost/newfuse/python-base:<key>`, and the image runs under a
-# real kubelet and containerd (hack/localcluster/images.py). Elsewhere BASE keeps its default, the
-# public python:3.11-slim: `make kind-up` builds this image and agent_image/Dockerfile with the same
-# BASE, loads both into a kind cluster and installs charts/newfuse-operator with them
-# (hack/kind/kind.sh). tests/unit/test_kind_path.py checks the kind path on paper.
+# The root .dockerignore keeps .git, .venv, .local (the local cluster's state) and caches out of
+# the context.
 #
-# The image suits the pod the chart writes (restricted Pod Security Standard): non-root (numeric
-# UID, so the kubelet can check runAsNonRoot), readOnlyRootFilesystem (bytecode is compiled at
-# build time; HOME and TMPDIR point at /tmp, the chart's emptyDir) and no shell needed at run time
-# (exec-form entry point). The chart sets `command: ["python", "-m", "newfuse"]`, which finds the
-# same interpreter through PATH.
+# Two builders, one file. Here (no Docker engine, no registry) buildah builds both targets
+# against a local Debian base, `--build-arg BASE=localhost/newfuse/python-base:<key>`, and the
+# images run under a real kubelet and containerd (hack/localcluster/images.py). Elsewhere BASE
+# keeps its default, the public python:3.11-slim: `make kind-up` builds both targets with the
+# same BASE, loads them into a kind cluster and installs charts/newfuse-operator with them
+# (hack/kind/kind.sh). tests/unit/test_kind_dockerfiles.py checks both targets on paper.
 #
-# Keep the build stage in step with agent_image/Dockerfile: same base arguments, same steps.
+# The images suit the pods the chart and the operator write (restricted Pod Security Standard):
+# non-root (numeric UID, so the kubelet can check runAsNonRoot), readOnlyRootFilesystem (bytecode
+# is compiled at build time; HOME and TMPDIR point at /tmp, the pod's emptyDir) and no shell
+# needed at run time (exec-form entry point). The chart sets the operator's
+# `command: ["python", "-m", "newfuse"]`, which finds the same interpreter through PATH.
 
 ARG BASE=python:3.11-slim
 # Keep in step with UV_VERSION in the Makefile, so the lock file is read by the uv that wrote it.
@@ -57,9 +64,6 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 
 # --- runtime: the interpreter of the same base image plus the venv, nothing else ---------------
 FROM ${BASE} AS runtime
-LABEL org.opencontainers.image.title="newfuse-operator" \
-      org.opencontainers.image.description="NewFuse operator: reconciles NewFuseAgent fleets" \
-      org.opencontainers.image.licenses="Apache-2.0"
 # PYTHONSAFEPATH keeps the working directory off sys.path, so nothing dropped into a writable
 # directory can shadow a module.
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -77,6 +81,21 @@ RUN echo 'nonroot:x:65532:65532:nonroot:/tmp:/usr/sbin/nologin' >> /etc/passwd \
  && echo 'nonroot:x:65532:' >> /etc/group
 WORKDIR /
 USER 65532:65532
+
+# --- operator: reconciles the fleets -----------------------------------------------------------
+FROM runtime AS operator
+LABEL org.opencontainers.image.title="newfuse-operator" \
+      org.opencontainers.image.description="NewFuse operator: reconciles NewFuseAgent fleets" \
+      org.opencontainers.image.licenses="Apache-2.0"
 # The chart's defaults: NEWFUSE_METRICS_PORT (/metrics) and the kopf liveness endpoint (/healthz).
 EXPOSE 8080 8081
 ENTRYPOINT ["/opt/venv/bin/python", "-m", "newfuse"]
+
+# --- agent: a queue worker of a fleet ----------------------------------------------------------
+FROM runtime AS agent
+LABEL org.opencontainers.image.title="newfuse-agent" \
+      org.opencontainers.image.description="NewFuse agent: a queue worker of a NewFuse fleet" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# NEWFUSE_HTTP_PORT's default: /healthz, /readyz and /metrics.
+EXPOSE 8080
+ENTRYPOINT ["/opt/venv/bin/python", "-m", "newfuse_agent"]
