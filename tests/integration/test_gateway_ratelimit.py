@@ -143,7 +143,8 @@ GATEWAY_DURATION = 3.0
 CALLERS_PER_AGENT = 12
 
 
-def test_gateway_clients_share_the_limit(redis_server: RedisHandle) -> None:
+@pytest.mark.asyncio
+async def test_gateway_clients_share_the_limit(redis_server: RedisHandle) -> None:
     """Two agents' GatewayClients, each with its own Redis connection, against one stub."""
     arrivals: list[tuple[str, float]] = []
 
@@ -197,7 +198,7 @@ def test_gateway_clients_share_the_limit(redis_server: RedisHandle) -> None:
     keys = FleetKeys("ratelimit", uuid.uuid4().hex[:8])
     conn = redis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
-        asyncio.run(scenario(keys))
+        await scenario(keys)
     finally:
         conn.delete(keys.rate_limit, keys.rate_limit_holes)
         conn.close()
@@ -216,7 +217,8 @@ def test_gateway_clients_share_the_limit(redis_server: RedisHandle) -> None:
     assert all(per_agent[agent] >= 0.3 * len(arrivals) for agent in AGENTS), dict(per_agent)
 
 
-def test_a_call_with_no_slot_within_its_max_wait_fails_retryably_at_once(
+@pytest.mark.asyncio
+async def test_a_call_with_no_slot_within_its_max_wait_fails_retryably_at_once(
     redis_server: RedisHandle,
 ) -> None:
     """The gateway turns the limiter's refusal into a retryable HandlerError that was no attempt."""
@@ -254,7 +256,7 @@ def test_a_call_with_no_slot_within_its_max_wait_fails_retryably_at_once(
     keys = FleetKeys("ratelimit", uuid.uuid4().hex[:8])
     conn = redis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
-        error = asyncio.run(scenario(keys))
+        error = await scenario(keys)
     finally:
         conn.delete(keys.rate_limit, keys.rate_limit_holes)
         conn.close()

@@ -238,36 +238,34 @@ async def _drain_burst(bucket: RedisTokenBucket) -> None:
         assert await bucket.acquire() == 0.0
 
 
-def test_cancelled_waiters_leave_no_debt(redis_server: RedisHandle, bucket_key: str) -> None:
+@pytest.mark.asyncio
+async def test_cancelled_waiters_leave_no_debt(redis_server: RedisHandle, bucket_key: str) -> None:
     """The old limiter's bug: 50 abandoned waiters made the next call wait for all their slots."""
 
-    async def scenario() -> tuple[float, float, int]:
-        client = aioredis.Redis.from_url(redis_server.url)
-        try:
-            bucket = Recording(client, bucket_key)
-            await _drain_burst(bucket)
-            bucket.wanted = CAPACITY + ABANDONED
-            waiters = [asyncio.create_task(bucket.acquire()) for _ in range(ABANDONED)]
-            await asyncio.wait_for(bucket.enough.wait(), 10)
-            # Each holds a slot, the last one ABANDONED / RATE = 10 s away; they all give up.
-            for waiter in waiters:
-                waiter.cancel()
-            ended = await asyncio.gather(*waiters, return_exceptions=True)
-            abandoned = sum(isinstance(end, asyncio.CancelledError) for end in ended)
-            assert abandoned >= ABANDONED - CAPACITY, "most were still waiting"
-            began = time.monotonic()
-            await bucket.acquire()
-            next_call = time.monotonic() - began
-            # The slots given back are still the bucket's: ten callers together take them one
-            # per 1/RATE, not all at once.
-            began = time.monotonic()
-            await asyncio.gather(*(bucket.acquire() for _ in range(10)))
-            ten_calls = time.monotonic() - began
-            return next_call, ten_calls, abandoned - bucket.given_back
-        finally:
-            await client.aclose()
-
-    next_call, ten_calls, kept = asyncio.run(scenario())
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        bucket = Recording(client, bucket_key)
+        await _drain_burst(bucket)
+        bucket.wanted = CAPACITY + ABANDONED
+        waiters = [asyncio.create_task(bucket.acquire()) for _ in range(ABANDONED)]
+        await asyncio.wait_for(bucket.enough.wait(), 10)
+        # Each holds a slot, the last one ABANDONED / RATE = 10 s away; they all give up.
+        for waiter in waiters:
+            waiter.cancel()
+        ended = await asyncio.gather(*waiters, return_exceptions=True)
+        abandoned = sum(isinstance(end, asyncio.CancelledError) for end in ended)
+        assert abandoned >= ABANDONED - CAPACITY, "most were still waiting"
+        began = time.monotonic()
+        await bucket.acquire()
+        next_call = time.monotonic() - began
+        # The slots given back are still the bucket's: ten callers together take them one
+        # per 1/RATE, not all at once.
+        began = time.monotonic()
+        await asyncio.gather(*(bucket.acquire() for _ in range(10)))
+        ten_calls = time.monotonic() - began
+        kept = abandoned - bucket.given_back
+    finally:
+        await client.aclose()
     print(f"after {ABANDONED} abandoned waiters the next call waited {next_call:.3f}s")
     # One may have been cancelled as its slot fell due: that slot is spent, not given back.
     assert kept <= 1, f"{kept} abandoned waiters kept their slots"
@@ -275,76 +273,70 @@ def test_cancelled_waiters_leave_no_debt(redis_server: RedisHandle, bucket_key: 
     assert ten_calls >= 9 * SLOT - 0.05, f"ten calls in {ten_calls:.2f}s: faster than the rate"
 
 
-def test_a_caller_cancelled_while_reserving_gives_the_slot_back(
+@pytest.mark.asyncio
+async def test_a_caller_cancelled_while_reserving_gives_the_slot_back(
     redis_server: RedisHandle, bucket_key: str
 ) -> None:
-    async def scenario() -> float:
-        client = aioredis.Redis.from_url(redis_server.url)
-        try:
-            bucket = Recording(client, bucket_key)
-            await _drain_burst(bucket)
-            for _ in range(20):
-                # Cancelled as soon as it has started: the script is sent, its answer not read.
-                caller = asyncio.create_task(bucket.acquire())
-                await asyncio.sleep(0)
-                caller.cancel()
-                await asyncio.gather(caller, return_exceptions=True)
-            began = time.monotonic()
-            await bucket.acquire()
-            return time.monotonic() - began
-        finally:
-            await client.aclose()
-
-    waited = asyncio.run(scenario())
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        bucket = Recording(client, bucket_key)
+        await _drain_burst(bucket)
+        for _ in range(20):
+            # Cancelled as soon as it has started: the script is sent, its answer not read.
+            caller = asyncio.create_task(bucket.acquire())
+            await asyncio.sleep(0)
+            caller.cancel()
+            await asyncio.gather(caller, return_exceptions=True)
+        began = time.monotonic()
+        await bucket.acquire()
+        waited = time.monotonic() - began
+    finally:
+        await client.aclose()
     assert waited <= SLOT + 0.1, f"waited {waited:.2f}s: slots taken mid-cancel were kept"
 
 
-def test_a_slot_further_than_max_wait_is_refused_and_nothing_is_taken(
+@pytest.mark.asyncio
+async def test_a_slot_further_than_max_wait_is_refused_and_nothing_is_taken(
     redis_server: RedisHandle, bucket_key: str
 ) -> None:
-    async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_server.url)
-        try:
-            bucket = RedisTokenBucket(client, bucket_key, RATE, max_wait_seconds=1.0)
-            await _drain_burst(bucket)
-            held = [await bucket.reserve(max_wait=5.0) for _ in range(10)]  # up to 2 s away
-            for _ in range(3):
-                with pytest.raises(RateLimitedError) as refused:
-                    await bucket.acquire()
-                assert refused.value.max_wait == 1.0
-                assert 1.0 < refused.value.wait <= 11 * SLOT
-            # The refusals took nothing: the next slot is still the one after the last held.
-            nxt = await bucket.reserve(max_wait=5.0)
-            assert float(nxt.slot) - float(held[-1].slot) == pytest.approx(SLOT, abs=1e-3)
-            assert nxt.wait >= refused.value.wait - 0.5, "the wait the refusal named"
-        finally:
-            await client.aclose()
-
-    asyncio.run(scenario())
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        bucket = RedisTokenBucket(client, bucket_key, RATE, max_wait_seconds=1.0)
+        await _drain_burst(bucket)
+        held = [await bucket.reserve(max_wait=5.0) for _ in range(10)]  # up to 2 s away
+        for _ in range(3):
+            with pytest.raises(RateLimitedError) as refused:
+                await bucket.acquire()
+            assert refused.value.max_wait == 1.0
+            assert 1.0 < refused.value.wait <= 11 * SLOT
+        # The refusals took nothing: the next slot is still the one after the last held.
+        nxt = await bucket.reserve(max_wait=5.0)
+        assert float(nxt.slot) - float(held[-1].slot) == pytest.approx(SLOT, abs=1e-3)
+        assert nxt.wait >= refused.value.wait - 0.5, "the wait the refusal named"
+    finally:
+        await client.aclose()
 
 
-def test_a_slot_given_back_goes_to_the_next_caller_and_a_due_one_is_not_returned(
+@pytest.mark.asyncio
+async def test_a_slot_given_back_goes_to_the_next_caller_and_a_due_one_is_not_returned(
     redis_server: RedisHandle, bucket_key: str
 ) -> None:
-    async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_server.url)
-        try:
-            bucket = RedisTokenBucket(client, bucket_key, RATE)
-            await _drain_burst(bucket)
-            first, second, third = [await bucket.reserve() for _ in range(3)]
-            assert await bucket.release(second)
-            taker = await bucket.reserve()
-            assert taker.slot == second.slot, "the earliest free slot, not a new one at the end"
-            ttl = await client.pttl(bucket.holes_key)
-            assert ttl == -2, "the set of free slots goes away once empty"
-            # A slot that is due is spent: giving it back would let a caller exceed the rate.
-            while await _redis_now(client) <= float(first.slot):
-                await asyncio.sleep(0.01)
-            assert not await bucket.release(first)
-            assert await bucket.release(third)
-            ttl = await client.pttl(bucket.holes_key)
-            assert 0 < ttl <= (third.wait + 1.0) * 1000, "expires once its slots are due"
-        finally:
-            await client.aclose()
-
-    asyncio.run(scenario())
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        bucket = RedisTokenBucket(client, bucket_key, RATE)
+        await _drain_burst(bucket)
+        first, second, third = [await bucket.reserve() for _ in range(3)]
+        assert await bucket.release(second)
+        taker = await bucket.reserve()
+        assert taker.slot == second.slot, "the earliest free slot, not a new one at the end"
+        ttl = await client.pttl(bucket.holes_key)
+        assert ttl == -2, "the set of free slots goes away once empty"
+        # A slot that is due is spent: giving it back would let a caller exceed the rate.
+        while await _redis_now(client) <= float(first.slot):
+            await asyncio.sleep(0.01)
+        assert not await bucket.release(first)
+        assert await bucket.release(third)
+        ttl = await client.pttl(bucket.holes_key)
+        assert 0 < ttl <= (third.wait + 1.0) * 1000, "expires once its slots are due"
+    finally:
+        await client.aclose()

@@ -28,6 +28,8 @@ from newfuse.wire.state import AgentMetrics, AgentState, AgentStatus, StateUpdat
 
 T0 = dt.datetime(2026, 11, 21, tzinfo=dt.UTC)
 
+pytestmark = pytest.mark.asyncio
+
 
 def update(agent: str, version: int, completed: int = 1) -> StateUpdate:
     return StateUpdate(
@@ -57,7 +59,7 @@ def keys(redis_server: RedisHandle) -> Iterator[FleetKeys]:
     client.close()
 
 
-def test_garbage_in_every_agent_writable_hash_is_skipped_counted_and_logged_once(
+async def test_garbage_in_every_agent_writable_hash_is_skipped_counted_and_logged_once(
     redis_server: RedisHandle, keys: FleetKeys, caplog: pytest.LogCaptureFixture
 ) -> None:
     raw = redis.Redis.from_url(redis_server.url)  # bytes: it can write what is not UTF-8
@@ -88,25 +90,22 @@ def test_garbage_in_every_agent_writable_hash_is_skipped_counted_and_logged_once
         assert await store.task_counters(keys) is None
         assert await store.get_fleet_state(keys) is None
 
-    async def scenario() -> None:
-        store = RedisStore(redis_server.url)
-        try:
-            await reads(store)
-            first_lines = len(caplog.records)
-            await reads(store)
-            assert len(caplog.records) == first_lines, "a record that stays bad is not re-logged"
-            # A version that is not a number no longer blocks the compare-and-set for ever.
-            assert await store.put_fleet_state(keys, update("fleet", 10))
-            assert await store.put_agent_state(keys, update("a-0", 4))
-            stored = await store.get_fleet_state(keys)
-            assert stored is not None
-            assert stored.version == 10
-            await store.ping()
-            assert store.breaker.closed, "bad data is not an outage"
-        finally:
-            await store.close()
-
-    asyncio.run(scenario())
+    store = RedisStore(redis_server.url)
+    try:
+        await reads(store)
+        first_lines = len(caplog.records)
+        await reads(store)
+        assert len(caplog.records) == first_lines, "a record that stays bad is not re-logged"
+        # A version that is not a number no longer blocks the compare-and-set for ever.
+        assert await store.put_fleet_state(keys, update("fleet", 10))
+        assert await store.put_agent_state(keys, update("a-0", 4))
+        stored = await store.get_fleet_state(keys)
+        assert stored is not None
+        assert stored.version == 10
+        await store.ping()
+        assert store.breaker.closed, "bad data is not an outage"
+    finally:
+        await store.close()
     raw.close()
     assert {k: skipped(k) - v for k, v in before.items()} == {
         "agents": 2 * 3,
@@ -128,28 +127,29 @@ def test_garbage_in_every_agent_writable_hash_is_skipped_counted_and_logged_once
     assert keys.namespace in logged
 
 
-def test_keys_of_the_wrong_type_read_as_empty(redis_server: RedisHandle, keys: FleetKeys) -> None:
+async def test_keys_of_the_wrong_type_read_as_empty(
+    redis_server: RedisHandle, keys: FleetKeys
+) -> None:
     client = redis.Redis.from_url(redis_server.url)
     for key in (keys.agents, keys.retired, keys.counters, keys.fleet_state):
         client.set(key, "a string, not a hash")
     client.close()
 
-    async def scenario() -> None:
-        store = RedisStore(redis_server.url)
-        try:
-            assert await store.agent_states(keys) == []
-            assert await store.retired_states(keys) == []
-            assert await store.revision_counts(keys) == {}
-            assert await store.task_counters(keys) is None
-            assert await store.get_fleet_state(keys) is None
-            assert store.breaker.closed
-        finally:
-            await store.close()
-
-    asyncio.run(scenario())
+    store = RedisStore(redis_server.url)
+    try:
+        assert await store.agent_states(keys) == []
+        assert await store.retired_states(keys) == []
+        assert await store.revision_counts(keys) == {}
+        assert await store.task_counters(keys) is None
+        assert await store.get_fleet_state(keys) is None
+        assert store.breaker.closed
+    finally:
+        await store.close()
 
 
-def test_delete_fleet_unlinks_every_key_by_name(redis_server: RedisHandle, keys: FleetKeys) -> None:
+async def test_delete_fleet_unlinks_every_key_by_name(
+    redis_server: RedisHandle, keys: FleetKeys
+) -> None:
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     for key in keys.all_keys():
         client.set(key, "x")
@@ -164,7 +164,7 @@ def test_delete_fleet_unlinks_every_key_by_name(redis_server: RedisHandle, keys:
             await store.close()
 
     try:
-        assert asyncio.run(scenario()) == len(keys.all_keys())
+        assert await scenario() == len(keys.all_keys())
         assert list(client.scan_iter(match=keys.pattern)) == []
         assert client.exists(other.agents) == 1, "another fleet (same prefix) is untouched"
     finally:
@@ -182,62 +182,55 @@ def black_hole() -> Iterator[int]:
     sock.close()
 
 
-def test_an_outage_costs_one_timeout_then_calls_are_refused_until_a_probe(
+async def test_an_outage_costs_one_timeout_then_calls_are_refused_until_a_probe(
     black_hole: int, keys: FleetKeys
 ) -> None:
     timeout, hold = 1.0, 1.5
 
-    async def scenario() -> dict[str, float]:
-        store = RedisStore(f"redis://127.0.0.1:{black_hole}/0", timeout=timeout, backoff=hold)
-        took: dict[str, float] = {}
-        try:
-            started = time.perf_counter()
-            with pytest.raises((redis.exceptions.TimeoutError, redis.exceptions.ConnectionError)):
-                await store.agent_states(keys)
-            took["first call"] = time.perf_counter() - started
-            started = time.perf_counter()
-            for call in (store.agent_states, store.revision_counts, store.dead_letter_count):
-                with pytest.raises(RedisCircuitOpenError, match="Timeout"):
-                    await call(keys)
-            with pytest.raises(RedisCircuitOpenError):
-                await store.retire_agents(keys, [update("a", 1)])  # a pipeline
-            took["four refused calls"] = time.perf_counter() - started
-            assert not await store.probe(), "not due yet: no call"
-            await asyncio.sleep(hold)
-            started = time.perf_counter()
-            assert not await store.probe()
-            took["probe"] = time.perf_counter() - started
-            with pytest.raises(RedisCircuitOpenError):
-                await store.agent_states(keys)
-        finally:
-            await store.close()
-        return took
-
-    took = asyncio.run(scenario())
+    store = RedisStore(f"redis://127.0.0.1:{black_hole}/0", timeout=timeout, backoff=hold)
+    took: dict[str, float] = {}
+    try:
+        started = time.perf_counter()
+        with pytest.raises((redis.exceptions.TimeoutError, redis.exceptions.ConnectionError)):
+            await store.agent_states(keys)
+        took["first call"] = time.perf_counter() - started
+        started = time.perf_counter()
+        for call in (store.agent_states, store.revision_counts, store.dead_letter_count):
+            with pytest.raises(RedisCircuitOpenError, match="Timeout"):
+                await call(keys)
+        with pytest.raises(RedisCircuitOpenError):
+            await store.retire_agents(keys, [update("a", 1)])  # a pipeline
+        took["four refused calls"] = time.perf_counter() - started
+        assert not await store.probe(), "not due yet: no call"
+        await asyncio.sleep(hold)
+        started = time.perf_counter()
+        assert not await store.probe()
+        took["probe"] = time.perf_counter() - started
+        with pytest.raises(RedisCircuitOpenError):
+            await store.agent_states(keys)
+    finally:
+        await store.close()
     print(f"black-holed Redis, timeout {timeout}s: {took}")
     assert timeout <= took["first call"] < timeout + 0.5
     assert took["four refused calls"] < 0.05
     assert timeout <= took["probe"] < timeout + 0.5
 
 
-def test_the_circuit_closes_when_redis_answers_again(redis_server: RedisHandle) -> None:
+async def test_the_circuit_closes_when_redis_answers_again(redis_server: RedisHandle) -> None:
     hold = 0.3
 
-    async def scenario() -> None:
-        store = RedisStore(redis_server.url, backoff=hold)
-        fleet = FleetKeys("robust", "x")
-        try:
-            store.breaker.state = Circuit(
-                open_until=store.breaker.clock() + hold, failures=3, last_error="earlier outage"
-            )
-            with pytest.raises(RedisCircuitOpenError, match="earlier outage"):
-                await store.dead_letter_count(fleet)
-            assert not await store.probe(), "not due yet"
-            await asyncio.sleep(hold)
-            assert await store.probe()
-            assert store.breaker.closed
-            assert await store.dead_letter_count(fleet) == 0
-        finally:
-            await store.close()
-
-    asyncio.run(scenario())
+    store = RedisStore(redis_server.url, backoff=hold)
+    fleet = FleetKeys("robust", "x")
+    try:
+        store.breaker.state = Circuit(
+            open_until=store.breaker.clock() + hold, failures=3, last_error="earlier outage"
+        )
+        with pytest.raises(RedisCircuitOpenError, match="earlier outage"):
+            await store.dead_letter_count(fleet)
+        assert not await store.probe(), "not due yet"
+        await asyncio.sleep(hold)
+        assert await store.probe()
+        assert store.breaker.closed
+        assert await store.dead_letter_count(fleet) == 0
+    finally:
+        await store.close()

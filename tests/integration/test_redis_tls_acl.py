@@ -44,6 +44,8 @@ from newfuse_agent.runtime import Agent
 PASSWORD = "agent-" + uuid.uuid4().hex
 KEY = b"fleet-signing-key-of-at-least-32-bytes"
 
+pytestmark = pytest.mark.asyncio
+
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -141,10 +143,12 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
         proc.wait(timeout=10)
 
 
-def test_operator_store_client_and_agent_work_over_tls_as_an_acl_user(tls_redis: TlsRedis) -> None:
+async def test_operator_store_client_and_agent_work_over_tls_as_an_acl_user(
+    tls_redis: TlsRedis,
+) -> None:
     keys = FleetKeys("tls", f"f{uuid.uuid4().hex[:8]}")
 
-    async def scenario() -> None:
+    async with asyncio.timeout(60):
         store = RedisStore(tls_redis.url, signing_key=KEY, ca_file=tls_redis.ca_file)
         await store.ping()
         # The operator's drain notice is signed: an agent that requires signatures accepts it.
@@ -195,25 +199,20 @@ def test_operator_store_client_and_agent_work_over_tls_as_an_acl_user(tls_redis:
             await store.delete_fleet(keys)
             await store.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+async def test_the_acl_confines_the_user_to_newfuse_keys(tls_redis: TlsRedis) -> None:
+    client = connect(tls_redis.url, timeout=5, ca_file=tls_redis.ca_file)
+    try:
+        await client.set("newfuse:{acl}:probe", "ok")
+        with pytest.raises(NoPermissionError):
+            await client.set("someone-else:key", "x")
+        with pytest.raises(NoPermissionError):
+            await client.flushall()
+    finally:
+        await client.aclose()
 
 
-def test_the_acl_confines_the_user_to_newfuse_keys(tls_redis: TlsRedis) -> None:
-    async def scenario() -> None:
-        client = connect(tls_redis.url, timeout=5, ca_file=tls_redis.ca_file)
-        try:
-            await client.set("newfuse:{acl}:probe", "ok")
-            with pytest.raises(NoPermissionError):
-                await client.set("someone-else:key", "x")
-            with pytest.raises(NoPermissionError):
-                await client.flushall()
-        finally:
-            await client.aclose()
-
-    asyncio.run(scenario())
-
-
-def test_a_wrong_ca_or_password_is_refused(tls_redis: TlsRedis, tmp_path: Path) -> None:
+async def test_a_wrong_ca_or_password_is_refused(tls_redis: TlsRedis, tmp_path: Path) -> None:
     other_ca, _, _ = _write_ca_and_server_cert(tmp_path, "some-other-ca")
 
     async def ping(url: str, ca_file: str) -> None:
@@ -224,7 +223,7 @@ def test_a_wrong_ca_or_password_is_refused(tls_redis: TlsRedis, tmp_path: Path) 
             await client.aclose()
 
     with pytest.raises(ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
-        asyncio.run(ping(tls_redis.url, str(other_ca)))
+        await ping(tls_redis.url, str(other_ca))
     wrong_password = tls_redis.url.replace(PASSWORD, "not-the-password")
     with pytest.raises(AuthenticationError):
-        asyncio.run(ping(wrong_password, tls_redis.ca_file))
+        await ping(wrong_password, tls_redis.ca_file)

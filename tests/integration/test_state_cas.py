@@ -15,6 +15,8 @@ from newfuse.wire.state import AgentState, AgentStatus, StateUpdate
 
 T0 = dt.datetime(2026, 11, 21, tzinfo=dt.UTC)
 
+pytestmark = pytest.mark.asyncio
+
 
 def update(agent: str, version: int, status: AgentStatus = AgentStatus.ACTIVE) -> StateUpdate:
     return StateUpdate(
@@ -33,38 +35,32 @@ def update(agent: str, version: int, status: AgentStatus = AgentStatus.ACTIVE) -
     ],
     ids=["first", "increasing", "older loses", "equal loses", "interleaved"],
 )
-def test_older_versions_never_overwrite_newer(
+async def test_older_versions_never_overwrite_newer(
     redis_server: RedisHandle, writes: list[int], stored_flags: list[bool], final_version: int
 ) -> None:
-    async def scenario() -> None:
-        store = RedisStore(redis_server.url)
-        keys = FleetKeys("cas", uuid.uuid4().hex[:8])
-        try:
-            flags = [await store.put_fleet_state(keys, update("fleet", v)) for v in writes]
-            assert flags == stored_flags
-            stored = await store.get_fleet_state(keys)
-            assert stored is not None
-            assert stored.version == final_version
-        finally:
-            await store.delete_fleet(keys)
-            await store.close()
-
-    asyncio.run(scenario())
+    store = RedisStore(redis_server.url)
+    keys = FleetKeys("cas", uuid.uuid4().hex[:8])
+    try:
+        flags = [await store.put_fleet_state(keys, update("fleet", v)) for v in writes]
+        assert flags == stored_flags
+        stored = await store.get_fleet_state(keys)
+        assert stored is not None
+        assert stored.version == final_version
+    finally:
+        await store.delete_fleet(keys)
+        await store.close()
 
 
-def test_concurrent_writers_leave_the_newest(redis_server: RedisHandle) -> None:
-    async def scenario() -> None:
-        store = RedisStore(redis_server.url)
-        keys = FleetKeys("cas", uuid.uuid4().hex[:8])
-        try:
-            versions = list(range(1, 201))
-            # Shuffle deterministically so old and new writes race each other.
-            versions = versions[::2] + versions[1::2][::-1]
-            await asyncio.gather(*(store.put_agent_state(keys, update("a-0", v)) for v in versions))
-            [stored] = await store.agent_states(keys)
-            assert stored.version == 200
-        finally:
-            await store.delete_fleet(keys)
-            await store.close()
-
-    asyncio.run(scenario())
+async def test_concurrent_writers_leave_the_newest(redis_server: RedisHandle) -> None:
+    store = RedisStore(redis_server.url)
+    keys = FleetKeys("cas", uuid.uuid4().hex[:8])
+    try:
+        versions = list(range(1, 201))
+        # Shuffle deterministically so old and new writes race each other.
+        versions = versions[::2] + versions[1::2][::-1]
+        await asyncio.gather(*(store.put_agent_state(keys, update("a-0", v)) for v in versions))
+        [stored] = await store.agent_states(keys)
+        assert stored.version == 200
+    finally:
+        await store.delete_fleet(keys)
+        await store.close()

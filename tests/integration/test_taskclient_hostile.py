@@ -163,7 +163,8 @@ def test_follow_skips_and_reports_hostile_entries_and_yields_the_valid_one(
     assert all(s.reason and len(s.detail) <= 300 for s in skipped)
 
 
-def test_follow_from_now_skips_what_was_there_and_reports_what_comes(
+@pytest.mark.asyncio
+async def test_follow_from_now_skips_what_was_there_and_reports_what_comes(
     redis_server: RedisHandle, keys: FleetKeys
 ) -> None:
     writer = redis.Redis.from_url(redis_server.url)
@@ -197,7 +198,7 @@ def test_follow_from_now_skips_what_was_there_and_reports_what_comes(
         return seen, skipped
 
     try:
-        seen, skipped = asyncio.run(scenario())
+        seen, skipped = await scenario()
     finally:
         writer.close()
     assert seen == ["new"]

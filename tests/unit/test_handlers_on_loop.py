@@ -40,26 +40,24 @@ POD = {
 }
 
 
-def test_the_queue_refuses_callers_off_its_loop() -> None:
+@pytest.mark.asyncio
+async def test_the_queue_refuses_callers_off_its_loop() -> None:
     errors: list[BaseException] = []
 
-    async def scenario() -> None:
-        queue = WorkQueue()
-        queue.add("ns/a")
+    queue = WorkQueue()
+    queue.add("ns/a")
 
-        def from_a_thread() -> None:
-            try:
-                queue.add("ns/b")
-            except RuntimeError as exc:
-                errors.append(exc)
+    def from_a_thread() -> None:
+        try:
+            queue.add("ns/b")
+        except RuntimeError as exc:
+            errors.append(exc)
 
-        thread = threading.Thread(target=from_a_thread)
-        thread.start()
-        thread.join()
-        assert await queue.get() == "ns/a"
-        assert len(queue) == 0
-
-    asyncio.run(scenario())
+    thread = threading.Thread(target=from_a_thread)
+    thread.start()
+    thread.join()
+    assert await queue.get() == "ns/a"
+    assert len(queue) == 0
     assert len(errors) == 1
     assert "off its event loop" in str(errors[0])
 
@@ -75,26 +73,24 @@ def test_the_queue_refuses_a_second_loop() -> None:
         asyncio.run(add("ns/b"))
 
 
-def test_watch_handlers_run_on_the_loop_as_kopf_invokes_them() -> None:
-    async def scenario() -> list[str]:
-        controller = Controller(OperatorConfig(), cast(Any, None), cast(Any, None))
-        registry = build_registry(OperatorConfig(), state={"controller": controller})
-        handlers = list(registry._watching.get_all_handlers())
-        assert len(handlers) == 2
-        for handler in handlers:
-            assert handler.selector is not None
-            body = POD if handler.selector.any_name == "pods" else FLEET
-            await invoke(
-                handler.fn,
-                settings=kopf.OperatorSettings(),
-                kwargs={"type": "ADDED", "body": body},
-            )
-        keys = []
-        while len(controller.queue):
-            keys.append(await controller.queue.get())
-        return keys
-
-    assert asyncio.run(scenario()) == ["ns/demo"]
+@pytest.mark.asyncio
+async def test_watch_handlers_run_on_the_loop_as_kopf_invokes_them() -> None:
+    controller = Controller(OperatorConfig(), cast(Any, None), cast(Any, None))
+    registry = build_registry(OperatorConfig(), state={"controller": controller})
+    handlers = list(registry._watching.get_all_handlers())
+    assert len(handlers) == 2
+    for handler in handlers:
+        assert handler.selector is not None
+        body = POD if handler.selector.any_name == "pods" else FLEET
+        await invoke(
+            handler.fn,
+            settings=kopf.OperatorSettings(),
+            kwargs={"type": "ADDED", "body": body},
+        )
+    keys = []
+    while len(controller.queue):
+        keys.append(await controller.queue.get())
+    assert keys == ["ns/demo"]
 
 
 @pytest.mark.parametrize(("namespaces", "scanning_off"), [((), False), (("a", "b"), True)])

@@ -154,63 +154,58 @@ def elector(lease: MemoryLease, identity: str, clock: Clock) -> LeaderElector:
     return LeaderElector(cast(Any, lease), identity, TIMINGS, monotonic=clock)
 
 
-def test_only_one_of_two_candidates_leads_and_the_other_takes_over_after_expiry() -> None:
+@pytest.mark.asyncio
+async def test_only_one_of_two_candidates_leads_and_the_other_takes_over_after_expiry() -> None:
     lease, clock = MemoryLease(), Clock()
     first, second = elector(lease, "a", clock), elector(lease, "b", clock)
 
-    async def scenario() -> None:
-        await first.try_once()
-        await second.try_once()
-        assert (first.is_leader, second.is_leader) == (True, False)
-        assert second.holder == "a"
-        # "a" dies: its record stays unchanged. "b" must wait the full lease on its own clock.
-        clock.now += 14.0
-        await second.try_once()
-        leads_before_expiry = second.is_leader
-        clock.now += 1.0
-        await second.try_once()
-        assert (leads_before_expiry, second.is_leader) == (False, True)
-        assert lease.record is not None
-        assert (lease.record.holder, lease.record.transitions) == ("b", 1)
-
-    asyncio.run(scenario())
+    await first.try_once()
+    await second.try_once()
+    assert (first.is_leader, second.is_leader) == (True, False)
+    assert second.holder == "a"
+    # "a" dies: its record stays unchanged. "b" must wait the full lease on its own clock.
+    clock.now += 14.0
+    await second.try_once()
+    leads_before_expiry = second.is_leader
+    clock.now += 1.0
+    await second.try_once()
+    assert (leads_before_expiry, second.is_leader) == (False, True)
+    assert lease.record is not None
+    assert (lease.record.holder, lease.record.transitions) == ("b", 1)
 
 
-def test_a_renewed_lease_is_never_taken_over() -> None:
+@pytest.mark.asyncio
+async def test_a_renewed_lease_is_never_taken_over() -> None:
     lease, clock = MemoryLease(), Clock()
     leader, standby = elector(lease, "a", clock), elector(lease, "b", clock)
 
-    async def scenario() -> None:
+    await leader.try_once()
+    for _ in range(20):  # 40 s of renewals, every retry period
+        await standby.try_once()
+        clock.now += 2.0
         await leader.try_once()
-        for _ in range(20):  # 40 s of renewals, every retry period
-            await standby.try_once()
-            clock.now += 2.0
-            await leader.try_once()
-            assert leader.is_leader
-            assert not standby.is_leader
-
-    asyncio.run(scenario())
+        assert leader.is_leader
+        assert not standby.is_leader
     assert set(lease.writes) == {"a"}
 
 
-def test_a_holder_that_cannot_renew_gives_up_before_the_lease_expires() -> None:
+@pytest.mark.asyncio
+async def test_a_holder_that_cannot_renew_gives_up_before_the_lease_expires() -> None:
     lease, clock = MemoryLease(), Clock()
     leader = elector(lease, "a", clock)
 
-    async def scenario() -> None:
-        await leader.try_once()
-        lease.down = True
-        clock.now += TIMINGS.renew_deadline - 0.5
-        assert leader.is_leader
-        clock.now += 0.5
-        # Past the renew deadline: not leader any more, while others still see a live lease
-        # for another (lease duration - renew deadline) seconds. That gap is the fence.
-        assert not leader.is_leader
-
-    asyncio.run(scenario())
+    await leader.try_once()
+    lease.down = True
+    clock.now += TIMINGS.renew_deadline - 0.5
+    assert leader.is_leader
+    clock.now += 0.5
+    # Past the renew deadline: not leader any more, while others still see a live lease
+    # for another (lease duration - renew deadline) seconds. That gap is the fence.
+    assert not leader.is_leader
 
 
-def test_a_lost_lease_stops_the_work_and_calls_on_lost() -> None:
+@pytest.mark.asyncio
+async def test_a_lost_lease_stops_the_work_and_calls_on_lost() -> None:
     lease = MemoryLease()
     timings = ElectionTimings(lease_duration=0.6, renew_deadline=0.4, retry_period=0.05)
     candidate = LeaderElector(cast(Any, lease), "a", timings)
@@ -224,15 +219,13 @@ def test_a_lost_lease_stops_the_work_and_calls_on_lost() -> None:
         finally:
             work_cancelled.set()
 
-    async def scenario() -> None:
-        await asyncio.wait_for(run_as_leader(candidate, work, lambda: lost.append(True)), 10)
-
-    asyncio.run(scenario())
+    await asyncio.wait_for(run_as_leader(candidate, work, lambda: lost.append(True)), 10)
     assert lost == [True]
     assert work_cancelled.is_set()
 
 
-def test_stopping_the_leader_releases_the_lease() -> None:
+@pytest.mark.asyncio
+async def test_stopping_the_leader_releases_the_lease() -> None:
     lease = MemoryLease()
     timings = ElectionTimings(lease_duration=0.6, renew_deadline=0.4, retry_period=0.05)
     candidate = LeaderElector(cast(Any, lease), "a", timings)
@@ -242,13 +235,10 @@ def test_stopping_the_leader_releases_the_lease() -> None:
         started.set()
         await asyncio.sleep(30)
 
-    async def scenario() -> None:
-        task = asyncio.create_task(run_as_leader(candidate, work, lambda: None))
-        await asyncio.wait_for(started.wait(), 5)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    asyncio.run(scenario())
+    task = asyncio.create_task(run_as_leader(candidate, work, lambda: None))
+    await asyncio.wait_for(started.wait(), 5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
     assert lease.record is not None
     assert lease.record.holder is None
     assert judge(lease.record, "b", 0.0) is LeaseVerdict.TAKE_OVER

@@ -45,8 +45,9 @@ class LoggingController(Controller):
             raise RuntimeError("boom")
 
 
-def test_every_reconcile_line_names_its_namespace_and_fleet(json_lines: io.StringIO) -> None:
-    async def scenario() -> None:
+@pytest.mark.asyncio
+async def test_every_reconcile_line_names_its_namespace_and_fleet(json_lines: io.StringIO) -> None:
+    async with asyncio.timeout(10):
         controller = LoggingController(OperatorConfig(workers=2), cast(Any, None), cast(Any, None))
         workers = [asyncio.create_task(controller._worker(i)) for i in range(2)]
         for key in ("team-a/alpha", "team-b/beta", "team-a/broken"):
@@ -56,8 +57,6 @@ def test_every_reconcile_line_names_its_namespace_and_fleet(json_lines: io.Strin
         for worker in workers:
             worker.cancel()
         controller.queue.close()
-
-    asyncio.run(asyncio.wait_for(scenario(), 10))
     lines = _records(json_lines)
     seen = {(r["namespace"], r["fleet"]) for r in lines if r["message"] == "reconciling"}
     assert seen == {("team-a", "alpha"), ("team-b", "beta"), ("team-a", "broken")}

@@ -21,6 +21,8 @@ from newfuse.config import OperatorConfig
 from newfuse.core.rediscircuit import CLOSED
 from newfuse.runtime.controller import Controller
 
+pytestmark = pytest.mark.asyncio
+
 
 def redis_up() -> float | None:
     return REGISTRY.get_sample_value("newfuse_redis_up")
@@ -32,23 +34,20 @@ async def call_failing_with(breaker: Breaker, error: Exception) -> None:
             raise error
 
 
-def test_the_gauge_reads_the_breaker_and_ignores_error_replies() -> None:
+async def test_the_gauge_reads_the_breaker_and_ignores_error_replies() -> None:
     breaker = Breaker(hold=60.0)
     store = SimpleNamespace(breaker=breaker, probe=AsyncMock(return_value=True))
 
-    async def scenario() -> None:
-        controller = Controller(OperatorConfig(), cast(Any, None), cast(Any, store))
-        probing = asyncio.create_task(controller._probe_redis())  # what run() starts
-        await asyncio.sleep(0)  # one step of the loop: the gauge is bound
-        try:
-            assert redis_up() == 1.0
-            await call_failing_with(breaker, ResponseError("WRONGTYPE Operation against a key"))
-            assert redis_up() == 1.0, "an error reply came from a Redis that is up"
-            await call_failing_with(breaker, RedisConnectionError("Connection refused"))
-            assert redis_up() == 0.0
-            breaker.state = CLOSED  # as after a successful probe
-            assert redis_up() == 1.0
-        finally:
-            probing.cancel()
-
-    asyncio.run(scenario())
+    controller = Controller(OperatorConfig(), cast(Any, None), cast(Any, store))
+    probing = asyncio.create_task(controller._probe_redis())  # what run() starts
+    await asyncio.sleep(0)  # one step of the loop: the gauge is bound
+    try:
+        assert redis_up() == 1.0
+        await call_failing_with(breaker, ResponseError("WRONGTYPE Operation against a key"))
+        assert redis_up() == 1.0, "an error reply came from a Redis that is up"
+        await call_failing_with(breaker, RedisConnectionError("Connection refused"))
+        assert redis_up() == 0.0
+        breaker.state = CLOSED  # as after a successful probe
+        assert redis_up() == 1.0
+    finally:
+        probing.cancel()

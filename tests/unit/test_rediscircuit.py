@@ -86,32 +86,30 @@ async def _call(breaker: Breaker, outcome: BaseException | None) -> None:
             raise outcome
 
 
-def test_breaker_refuses_without_calling_then_probes_once_and_closes() -> None:
+@pytest.mark.asyncio
+async def test_breaker_refuses_without_calling_then_probes_once_and_closes() -> None:
     clock = Clock()
     breaker = Breaker(hold=5.0, clock=clock)
 
-    async def scenario() -> None:
-        with pytest.raises(RedisTimeoutError):
-            await _call(breaker, RedisTimeoutError("Timeout reading"))
-        assert breaker.seconds_to_probe() == 5.0
-        # While open: refused at once, with the cause in the message, and the body never runs.
-        ran = False
-        with pytest.raises(RedisCircuitOpenError, match="Timeout reading"):
-            async with breaker.call():
-                ran = True
-        assert not ran
-        clock.now += 5.0
-        assert breaker.seconds_to_probe() == 0.0
-        # The probe is in flight: everybody else is still refused.
-        probe = breaker.call()
-        await probe.__aenter__()
-        with pytest.raises(RedisCircuitOpenError):
-            await _call(breaker, None)
-        await probe.__aexit__(None, None, None)
-        assert breaker.seconds_to_probe() is None, "closed"
+    with pytest.raises(RedisTimeoutError):
+        await _call(breaker, RedisTimeoutError("Timeout reading"))
+    assert breaker.seconds_to_probe() == 5.0
+    # While open: refused at once, with the cause in the message, and the body never runs.
+    ran = False
+    with pytest.raises(RedisCircuitOpenError, match="Timeout reading"):
+        async with breaker.call():
+            ran = True
+    assert not ran
+    clock.now += 5.0
+    assert breaker.seconds_to_probe() == 0.0
+    # The probe is in flight: everybody else is still refused.
+    probe = breaker.call()
+    await probe.__aenter__()
+    with pytest.raises(RedisCircuitOpenError):
         await _call(breaker, None)
-
-    asyncio.run(scenario())
+    await probe.__aexit__(None, None, None)
+    assert breaker.seconds_to_probe() is None, "closed"
+    await _call(breaker, None)
 
 
 @pytest.mark.parametrize(
@@ -125,48 +123,42 @@ def test_breaker_refuses_without_calling_then_probes_once_and_closes() -> None:
     ],
     ids=["connection", "timeout", "os", "redis answered with an error", "not Redis at all"],
 )
-def test_only_failures_to_reach_redis_open_the_circuit(error: Exception, opens: bool) -> None:
+@pytest.mark.asyncio
+async def test_only_failures_to_reach_redis_open_the_circuit(error: Exception, opens: bool) -> None:
     breaker = Breaker(hold=5.0, clock=Clock())
 
-    async def scenario() -> None:
-        with pytest.raises(type(error)):
-            await _call(breaker, error)
-
-    asyncio.run(scenario())
+    with pytest.raises(type(error)):
+        await _call(breaker, error)
     assert breaker.closed is not opens
 
 
-def test_with_a_background_prober_ordinary_calls_never_probe() -> None:
+@pytest.mark.asyncio
+async def test_with_a_background_prober_ordinary_calls_never_probe() -> None:
     clock = Clock()
     breaker = Breaker(hold=1.0, clock=clock)
     breaker.background_probe = True
 
-    async def scenario() -> None:
-        with pytest.raises(RedisConnectionError):
-            await _call(breaker, RedisConnectionError("refused"))
-        clock.now += 10.0
-        with pytest.raises(RedisCircuitOpenError):
-            await _call(breaker, None)
-        async with breaker.call(probe=True):
-            pass
+    with pytest.raises(RedisConnectionError):
+        await _call(breaker, RedisConnectionError("refused"))
+    clock.now += 10.0
+    with pytest.raises(RedisCircuitOpenError):
         await _call(breaker, None)
+    async with breaker.call(probe=True):
+        pass
+    await _call(breaker, None)
 
-    asyncio.run(scenario())
 
-
-def test_a_probe_answered_with_an_error_closes_and_a_cancelled_one_lets_the_next_probe() -> None:
+@pytest.mark.asyncio
+async def test_an_error_reply_closes_the_probe_and_a_cancelled_one_lets_the_next_probe() -> None:
     clock = Clock()
     breaker = Breaker(hold=1.0, clock=clock)
 
-    async def scenario() -> None:
-        with pytest.raises(RedisConnectionError):
-            await _call(breaker, RedisConnectionError("refused"))
-        clock.now += 1.0
-        with pytest.raises(asyncio.CancelledError):
-            await _call(breaker, asyncio.CancelledError())
-        assert breaker.seconds_to_probe() == 0.0, "a cancelled probe proved nothing"
-        with pytest.raises(ResponseError):
-            await _call(breaker, ResponseError("NOSCRIPT"))
-        assert breaker.closed
-
-    asyncio.run(scenario())
+    with pytest.raises(RedisConnectionError):
+        await _call(breaker, RedisConnectionError("refused"))
+    clock.now += 1.0
+    with pytest.raises(asyncio.CancelledError):
+        await _call(breaker, asyncio.CancelledError())
+    assert breaker.seconds_to_probe() == 0.0, "a cancelled probe proved nothing"
+    with pytest.raises(ResponseError):
+        await _call(breaker, ResponseError("NOSCRIPT"))
+    assert breaker.closed

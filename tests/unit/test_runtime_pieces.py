@@ -94,37 +94,33 @@ async def _drain(queue: WorkQueue, n: int) -> list[str]:
     return [await asyncio.wait_for(queue.get(), 1) for _ in range(n)]
 
 
-def test_queue_deduplicates_and_never_hands_out_a_key_twice() -> None:
-    async def scenario() -> None:
-        q = WorkQueue()
-        for key in ["a", "b", "a", "a"]:
-            q.add(key)
-        assert await _drain(q, 2) == ["a", "b"]
-        q.add("a")  # re-added while "a" is being processed
-        assert len(q) == 0, "not handed out while processing"
-        q.done("a")
-        assert await _drain(q, 1) == ["a"]
-        q.done("a")
-        q.done("b")
-        assert len(q) == 0
-
-    asyncio.run(scenario())
+@pytest.mark.asyncio
+async def test_queue_deduplicates_and_never_hands_out_a_key_twice() -> None:
+    q = WorkQueue()
+    for key in ["a", "b", "a", "a"]:
+        q.add(key)
+    assert await _drain(q, 2) == ["a", "b"]
+    q.add("a")  # re-added while "a" is being processed
+    assert len(q) == 0, "not handed out while processing"
+    q.done("a")
+    assert await _drain(q, 1) == ["a"]
+    q.done("a")
+    q.done("b")
+    assert len(q) == 0
 
 
-def test_queue_delays_and_backoff() -> None:
-    async def scenario() -> None:
-        q = WorkQueue(base_delay=0.01, max_delay=0.04)
-        q.add_after("x", 10)
-        q.add_after("x", 0.01)  # the earlier schedule wins
-        assert await _drain(q, 1) == ["x"]
-        q.done("x")
-        assert [q.retry("y") for _ in range(4)] == [0.01, 0.02, 0.04, 0.04]
-        q.forget("y")
-        assert q.retry("y") == 0.01
-        assert await _drain(q, 1) == ["y"]
-        q.close()
-
-    asyncio.run(scenario())
+@pytest.mark.asyncio
+async def test_queue_delays_and_backoff() -> None:
+    q = WorkQueue(base_delay=0.01, max_delay=0.04)
+    q.add_after("x", 10)
+    q.add_after("x", 0.01)  # the earlier schedule wins
+    assert await _drain(q, 1) == ["x"]
+    q.done("x")
+    assert [q.retry("y") for _ in range(4)] == [0.01, 0.02, 0.04, 0.04]
+    q.forget("y")
+    assert q.retry("y") == 0.01
+    assert await _drain(q, 1) == ["y"]
+    q.close()
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from newfuse.config import OperatorConfig
 from newfuse.runtime.controller import Controller
+
+pytestmark = pytest.mark.asyncio
 
 
 class RecordingController(Controller):
@@ -23,12 +26,11 @@ class RecordingController(Controller):
             raise RuntimeError("boom")
 
 
-def test_each_reconcile_is_a_span_and_errors_are_recorded(
+async def test_each_reconcile_is_a_span_and_errors_are_recorded(
     span_exporter: InMemorySpanExporter,
 ) -> None:
     exporter = span_exporter
-
-    async def scenario() -> list[str]:
+    async with asyncio.timeout(10):
         controller = RecordingController(
             OperatorConfig(workers=1), cast(Any, None), cast(Any, None)
         )
@@ -40,9 +42,7 @@ def test_each_reconcile_is_a_span_and_errors_are_recorded(
             await asyncio.sleep(0.01)
         worker.cancel()
         controller.queue.close()
-        return controller.reconciled
-
-    assert asyncio.run(asyncio.wait_for(scenario(), 10)) == ["ns/a", "ns/broken", "ns/b"]
+    assert controller.reconciled == ["ns/a", "ns/broken", "ns/b"]
     spans = {
         s.attributes["newfuse.fleet"]: s
         for s in exporter.get_finished_spans()
