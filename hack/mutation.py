@@ -34,19 +34,21 @@ TIMEOUT_SECONDS = 120
 
 # Each module, and the unit tests that are its specification.
 TARGETS: dict[str, tuple[str, ...]] = {
-    "newfuse/core/rollout.py": ("test_rollout_decide.py", "test_rollout_transitions.py"),
+    "newfuse/core/rollout.py": (
+        "test_rollout_decide.py", "test_rollout_transitions.py", "test_rollout_gates.py",
+    ),
     "newfuse/core/gates.py": (
-        "test_rollout_decide.py",
-        "test_rollout_gates.py",
-        "test_rollout_transitions.py",
+        "test_rollout_decide.py", "test_rollout_gates.py", "test_rollout_transitions.py",
     ),
     "newfuse/core/allocation.py": ("test_rollout_decide.py", "test_rollout_gates.py"),
     "newfuse/core/actions.py": ("test_actions.py", "test_rollout_action_contract.py"),
     "newfuse/core/rolloutstep.py": ("test_rolloutstep.py", "test_reconcile.py"),
-    "newfuse/core/planner.py": ("test_planner.py",),
-    "newfuse/core/status.py": ("test_status.py",),
-    "newfuse/wire/envelope.py": ("test_envelope.py", "test_signing.py", "test_signing_vectors.py"),
-}
+    "newfuse/core/planner.py": ("test_planner.py", "test_planner_edges.py"),
+    "newfuse/core/status.py": ("test_status.py", "test_status_edges.py"),
+    "newfuse/wire/envelope.py": (
+        "test_envelope.py", "test_envelope_bounds.py", "test_signing.py", "test_signing_vectors.py",
+    ),
+}  # fmt: skip
 
 _SWAPS: dict[type[ast.AST], type[ast.AST]] = {
     ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,

@@ -8,6 +8,8 @@ them is in test_rollout_decide.py.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from newfuse.api.rollout import (
@@ -21,7 +23,7 @@ from newfuse.api.rollout import (
     Stage,
 )
 from newfuse.core.allocation import allocate, initial_canary
-from newfuse.core.gates import RevisionStats, evaluate_gate
+from newfuse.core.gates import RevisionStats, evaluate_gate, revision_stats
 from newfuse.core.rollout import Observation, decide
 from phased_policy import POLICY, T0, at
 
@@ -209,3 +211,57 @@ def test_a_passed_gate_forgets_the_failures_before_it() -> None:
     assert decision.state is not None
     assert decision.state.stage is Stage.GRADUAL
     assert decision.state.consecutive_failures == 0
+
+
+EXACT = GateSpec(min_tasks=1, min_success_rate=None)
+
+
+@pytest.mark.parametrize(
+    ("gate", "canary", "stable", "result"),
+    [
+        (GateSpec(min_tasks=1), RevisionStats(0, 0), None, GateResult.INCONCLUSIVE),
+        (GateSpec(min_tasks=1), RevisionStats(1, 0), None, GateResult.PASSED),
+        (GateSpec(min_tasks=10), RevisionStats(10, 0), None, GateResult.PASSED),
+        (EXACT.model_copy(update={"max_error_rate": 0.5}), RevisionStats(1, 1), None,
+         GateResult.PASSED),
+        (EXACT.model_copy(update={"max_error_rate_increase": 0.25}), RevisionStats(1, 1),
+         RevisionStats(3, 1), GateResult.PASSED),
+        (EXACT.model_copy(update={"max_p95_latency_ms": 250.0}), RevisionStats(4, 0, 250.0),
+         None, GateResult.PASSED),
+        (EXACT.model_copy(update={"max_p95_latency_ms": 0.5}), RevisionStats(4, 0, None), None,
+         GateResult.PASSED),
+    ],
+    ids=["one task wanted, none yet", "one task wanted, one done", "exactly min tasks",
+         "error rate at the maximum", "increase at the maximum", "p95 at the maximum",
+         "no p95 reported"],
+)  # fmt: skip
+def test_a_gate_fails_only_beyond_its_limits(
+    gate: GateSpec, canary: RevisionStats, stable: RevisionStats | None, result: GateResult
+) -> None:
+    assert evaluate_gate(gate, canary, stable, T0).result is result
+
+
+def test_measured_rates_and_share_have_four_decimals() -> None:
+    measured = evaluate_gate(EXACT, RevisionStats(2, 1), RevisionStats(4, 2), T0).measured
+    assert measured.error_rate == 0.3333
+    assert measured.success_rate == 0.6667
+    assert measured.stable_error_rate == 0.3333
+    assert measured.canary_share == 0.3333
+
+
+def test_refusals_are_named_only_in_a_failed_verdict() -> None:
+    passed = evaluate_gate(GateSpec(min_tasks=1), RevisionStats(99, 0, None, 1), None, T0)
+    assert passed.result is GateResult.PASSED
+    assert "refused" not in passed.reason
+    failed = evaluate_gate(GateSpec(min_tasks=1), RevisionStats(1, 1), None, T0)
+    assert failed.result is GateResult.FAILED
+    assert "refused" not in failed.reason
+
+
+def test_a_revision_with_latency_but_no_counters_has_no_tasks() -> None:
+    assert revision_stats({}, {"new": 5.0}) == {"new": RevisionStats(0, 0, 5.0, 0)}
+
+
+def test_revision_stats_cannot_be_edited() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RevisionStats(1, 0).completed = 2  # type: ignore[misc]

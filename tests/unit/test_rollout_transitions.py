@@ -6,6 +6,7 @@ transition it exercises; test_rollout_decide.py has the longer stories that chai
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ import newfuse.core.rollout as rollout_module
 from newfuse.api.rollout import (
     GateSpec,
     GradualStage,
+    HistoryEntry,
     InitialStage,
     PhasedPolicy,
     RolloutPhase,
@@ -24,7 +26,7 @@ from newfuse.api.rollout import (
 )
 from newfuse.core.actions import Controls
 from newfuse.core.gates import RevisionStats
-from newfuse.core.rollout import Observation, decide
+from newfuse.core.rollout import Decision, Observation, decide
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 POLICY = PhasedPolicy(
@@ -67,6 +69,10 @@ class Row:
     stats: dict[str, RevisionStats] = field(default_factory=dict)
     controls: Controls = field(default_factory=Controls)
     policy: dict[str, object] = field(default_factory=dict)
+    replicas: int = 6
+    # (stage, step, canary agents) after the transition, and its message, where a row says.
+    expect_step: tuple[Stage, int, int] | None = None
+    expect_message: str | None = None
 
 
 CANARY_READY = {"old": 5, "new": 1}
@@ -94,11 +100,23 @@ ROWS = [
         RolloutPhase.ANALYZING, [R.RESUMED], {"old": 5, "new": 1}, seconds=90,
         ready=CANARY_READY, stats=GOOD),
     Row("promote-full", rollout(), RolloutPhase.PROMOTING, [R.PROMOTED_FULL],
-        {"old": 5, "new": 2}, ready=CANARY_READY, controls=Controls(promote_full=True)),
+        {"old": 5, "new": 2}, ready=CANARY_READY, controls=Controls(promote_full=True),
+        expect_step=(Stage.FULL, 1, 6)),
+    Row("promote-full from stage 2", rollout(stage=Stage.GRADUAL, step=2, canary_agents=3),
+        RolloutPhase.PROMOTING, [R.PROMOTED_FULL], {"old": 3, "new": 4},
+        ready={"old": 3, "new": 3}, controls=Controls(promote_full=True),
+        expect_step=(Stage.FULL, 3, 6)),
     Row("_canaries_not_ready: wait", rollout(), RolloutPhase.PROGRESSING, [],
         {"old": 6, "new": 1}, seconds=10),
     Row("_canaries_not_ready: past the deadline, roll back", rollout(), RolloutPhase.ROLLED_BACK,
-        [R.DEADLINE_EXCEEDED], {"old": 6}, seconds=301),
+        [R.DEADLINE_EXCEEDED], {"old": 6}, seconds=301,
+        expect_message="only 0/1 canary agents Ready after 301s"),
+    Row("_canaries_not_ready: at the deadline exactly, still waiting",
+        rollout(RolloutPhase.ANALYZING), RolloutPhase.PROGRESSING, [], {"old": 6, "new": 1},
+        seconds=300),
+    Row("_canaries_not_ready: a Degraded rollout stays Degraded while it waits",
+        rollout(RolloutPhase.DEGRADED), RolloutPhase.DEGRADED, [], {"old": 6, "new": 1},
+        seconds=10),
     Row("_canaries_not_ready: past the deadline, no auto rollback", rollout(),
         RolloutPhase.DEGRADED, [R.DEADLINE_EXCEEDED], {"old": 6, "new": 1}, seconds=301,
         policy={"auto_rollback": False}),
@@ -113,9 +131,26 @@ ROWS = [
         RolloutPhase.COMPLETED, [R.COMPLETED], {"new": 6}, ready={"new": 6}),
     Row("_judge: the gate passes, next step", rollout(), RolloutPhase.PROMOTING,
         [R.GATE_PASSED, R.STEP_STARTED], {"old": 5, "new": 2}, seconds=61, ready=CANARY_READY,
+        stats=GOOD, expect_step=(Stage.GRADUAL, 1, 2)),
+    Row("_judge: soaked exactly, judged", rollout(), RolloutPhase.PROMOTING,
+        [R.GATE_PASSED, R.STEP_STARTED], {"old": 5, "new": 2}, seconds=60, ready=CANARY_READY,
         stats=GOOD),
+    Row("_judge: stage 1 passes with every agent moved: straight to stage 3", rollout(),
+        RolloutPhase.PROMOTING, [R.GATE_PASSED, R.STEP_STARTED], {"old": 1, "new": 2},
+        seconds=61, ready={"old": 1, "new": 1}, stats=GOOD, replicas=2,
+        expect_step=(Stage.FULL, 1, 2)),
+    Row("_judge: stage 2 passes, the next step", rollout(stage=Stage.GRADUAL, step=1,
+        canary_agents=2), RolloutPhase.PROMOTING, [R.GATE_PASSED, R.STEP_STARTED],
+        {"old": 4, "new": 3}, seconds=31, ready={"old": 4, "new": 2}, stats=GOOD,
+        expect_step=(Stage.GRADUAL, 2, 3)),
+    Row("_judge: stage 2's last step passes: stage 3", rollout(stage=Stage.GRADUAL, step=4,
+        canary_agents=5), RolloutPhase.PROMOTING, [R.GATE_PASSED, R.STEP_STARTED],
+        {"old": 1, "new": 6}, seconds=31, ready={"old": 1, "new": 5}, stats=GOOD,
+        expect_step=(Stage.FULL, 5, 6)),
     Row("_inconclusive: too few tasks", rollout(), RolloutPhase.ANALYZING, [],
         {"old": 5, "new": 1}, seconds=61, ready=CANARY_READY, stats=FEW),
+    Row("_inconclusive: at the deadline exactly", rollout(), RolloutPhase.ANALYZING, [],
+        {"old": 5, "new": 1}, seconds=300, ready=CANARY_READY, stats=FEW),
     Row("_inconclusive: past the deadline", rollout(), RolloutPhase.DEGRADED,
         [R.DEADLINE_EXCEEDED], {"old": 5, "new": 1}, seconds=301, ready=CANARY_READY,
         stats=FEW),
@@ -135,7 +170,7 @@ ROWS = [
 def test_transition(row: Row) -> None:
     capabilities = {**CAPS, "newer": frozenset({"chat"})}
     observation = Observation(
-        replicas=6,
+        replicas=row.replicas,
         update_revision=row.update,
         current_revision="old",
         ready=row.ready,
@@ -155,6 +190,39 @@ def test_transition(row: Row) -> None:
     if decision.state is not None and decision.happened:
         assert decision.state.history[-1] == decision.happened[-1]
         assert decision.state.message == decision.happened[-1].message
+    if row.expect_step is not None:
+        assert decision.state is not None
+        state = decision.state
+        assert (state.stage, state.step, state.canary_agents) == row.expect_step
+    if row.expect_message is not None:
+        assert decision.state is not None
+        assert decision.state.message == row.expect_message
+
+
+def test_the_history_keeps_the_last_hundred_entries() -> None:
+    entry = HistoryEntry(
+        at=T0, stage=Stage.INITIAL, step=0, canary_agents=1, reason=R.STARTED, message="old"
+    )
+    state = rollout(history=[entry] * 100)
+    seen = Observation(replicas=6, update_revision="new", current_revision="old",
+                       controls=Controls(abort=True))  # fmt: skip
+    decision = decide(POLICY, seen, state, T0)
+    assert decision.state is not None
+    assert len(decision.state.history) == 100
+    assert decision.state.history[-1].reason is R.ABORTED
+    assert decision.state.history[0].message == "old"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        Observation(replicas=1, update_revision="a", current_revision=None),
+        Decision(None, {"a": 1}),
+    ],
+)
+def test_what_decide_takes_and_gives_cannot_be_edited_afterwards(value: object) -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        value.replicas = 2  # type: ignore[attr-defined]
 
 
 def test_the_table_names_every_transition_function() -> None:

@@ -55,10 +55,6 @@ class Plan:
         return not self.create and not self.delete
 
 
-def _highest_first(pods: Iterable[ObservedPod]) -> list[ObservedPod]:
-    return sorted(pods, key=lambda p: (p.ordinal, p.name), reverse=True)
-
-
 def plan(
     replicas: int, update_revision: str, pods: Iterable[ObservedPod], *, paused: bool = False
 ) -> Plan:
@@ -72,14 +68,14 @@ def plan(
     delete: list[PodToDelete] = []
     # A failed pod never recovers on its own (restartPolicy only restarts containers): replace it.
     failed = [p for p in live if p.health is PodHealth.FAILED]
-    delete += [PodToDelete(p.name, DeleteReason.FAILED) for p in _highest_first(failed)]
+    delete += [PodToDelete(p.name, DeleteReason.FAILED) for p in failed]
     live = [p for p in live if p.health is not PodHealth.FAILED]
 
     current = [p for p in live if p.revision == update_revision]
     old = [p for p in live if p.revision != update_revision]
 
     surplus = [p for p in current if p.ordinal >= replicas]
-    delete += [PodToDelete(p.name, DeleteReason.SCALE_DOWN) for p in _highest_first(surplus)]
+    delete += [PodToDelete(p.name, DeleteReason.SCALE_DOWN) for p in surplus]
     # Two pods claiming one ordinal cannot come from this planner, but if they exist keep one.
     kept: dict[int, ObservedPod] = {}
     for pod in sorted((p for p in current if p.ordinal < replicas), key=lambda p: p.name):
@@ -113,7 +109,7 @@ def plan(
 def _ordered(delete: list[PodToDelete], pods: list[ObservedPod]) -> list[PodToDelete]:
     """Highest ordinals first, whatever rule chose them, so scale-down order is predictable."""
     ordinal = {p.name: p.ordinal for p in pods}
-    return sorted(delete, key=lambda d: (ordinal.get(d.name, -1), d.name), reverse=True)
+    return sorted(delete, key=lambda d: (ordinal[d.name], d.name), reverse=True)
 
 
 def plan_revisions(

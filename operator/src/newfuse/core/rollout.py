@@ -150,26 +150,15 @@ class _Round:
     def advance(
         self, state: RolloutState, reason: RolloutReason, *, full: bool = False
     ) -> Decision:
+        """The next step: `gradual.step` more agents (stage 2), or all of them (stage 3)."""
         replicas = self.obs.replicas
-        gradual = self.policy.gradual
-        if full or (
-            state.stage is Stage.GRADUAL and state.canary_agents + gradual.step >= replicas
-        ):
+        if full:
             stage, target, step = Stage.FULL, replicas, state.step + 1
-        elif state.stage is Stage.INITIAL:
-            stage, target, step = (
-                Stage.GRADUAL,
-                min(replicas, state.canary_agents + gradual.step),
-                1,
-            )
         else:
-            stage, target, step = (
-                state.stage,
-                min(replicas, state.canary_agents + gradual.step),
-                state.step + 1,
-            )
-        if stage is Stage.GRADUAL and target >= replicas:
-            stage = Stage.FULL
+            target = min(replicas, state.canary_agents + self.policy.gradual.step)
+            # Stage 2 counts its steps from 1; a step that reaches every agent is stage 3.
+            step = 1 if state.stage is Stage.INITIAL else state.step + 1
+            stage = Stage.FULL if target >= replicas else Stage.GRADUAL
         state = state.model_copy(
             update={
                 "phase": RolloutPhase.PROMOTING,

@@ -7,6 +7,7 @@ flips, so `kubectl describe` shows how long a fleet has been Available or Degrad
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -316,7 +317,5 @@ def derive_status(inputs: StatusInputs) -> NewFuseAgentStatus:
 
 
 def _majority_revision(pods: Sequence[ObservedPod]) -> str:
-    counts: dict[str, int] = {}
-    for pod in pods:
-        counts[pod.revision] = counts.get(pod.revision, 0) + 1
-    return max(sorted(counts), key=lambda r: counts[r])
+    counts = Counter(pod.revision for pod in pods)
+    return max(sorted(counts), key=counts.__getitem__)
