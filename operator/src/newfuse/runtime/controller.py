@@ -1,4 +1,4 @@
-"""The fleet controller: watch caches, a work queue, and one level-based reconcile per fleet.
+"""The fleet controller: a work queue, and one level-based reconcile per fleet.
 
 kopf delivers watch events (fleets, and the pods the operator owns) into in-memory caches and
 queues the fleet's key. Workers take keys and reconcile: read the cached fleet and pods, let the
@@ -6,8 +6,11 @@ pure planner decide, apply the difference, then write status (only if it changed
 reacts to status changes, so there is no handler chaining; every decision is re-derived from the
 current level of the world, which makes a restart at any point safe.
 
-Beside it: watch.py (queue keys, stale events), reports.py (agents' reports in Redis), rollouts.py
-(revision templates, the phased rollout's I/O) and finalizer.py (fleet deletion).
+Beside it, one concern each: caches.py (what the watches showed), effects.py (pods and their
+Events), rollouts.py (revision templates and a rollout step's reads, Events and drain),
+finalizer.py (fleet deletion), reports.py (agents' reports in Redis), watch.py (queue keys, stale
+events). Kubernetes and Redis are reached through ports.py, so tests/unit/test_reconcile.py runs
+this reconcile on fakes.
 """
 
 from __future__ import annotations
@@ -21,20 +24,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from newfuse import logcontext
 from newfuse import observability as obs
-from newfuse.api.rollout import RolloutPhase, RolloutState
+from newfuse.api.rollout import RolloutState
 from newfuse.api.v1alpha1 import (
-    EventType,
     FleetMetrics,
     NewFuseAgent,
     NewFuseAgentSpec,
     NewFuseAgentStatus,
-    Phase,
-    Reason,
     RolloutStrategy,
 )
 from newfuse.config import OperatorConfig, secret_key_ref
@@ -45,12 +44,14 @@ from newfuse.core.metrics import (
     fold_agent_states,
     settle_totals,
 )
-from newfuse.core.planner import Plan, plan
-from newfuse.core.pods import AgentDefaults, ObservedPod, build_pod, observe_pod
+from newfuse.core.planner import plan
+from newfuse.core.pods import AgentDefaults, ObservedPod
 from newfuse.core.revision import template_hash
 from newfuse.core.rolloutstep import pods_for, revision_to_drain, target_revision
 from newfuse.core.status import RedisObservation, StatusInputs, derive_status
 from newfuse.runtime.backlog import forget_backlog, observe_backlog
+from newfuse.runtime.caches import Caches
+from newfuse.runtime.effects import announce_phase, apply_plan
 from newfuse.runtime.finalizer import Finalizer
 from newfuse.runtime.fleet_keys import FleetKeysManager
 from newfuse.runtime.ports import KubePort, RedisPort
@@ -61,7 +62,6 @@ from newfuse.runtime.rollouts import RolloutDriver
 from newfuse.runtime.watch import fleet_key, is_older, key_fields, utc_now
 from newfuse.runtime.workqueue import WorkQueue
 from newfuse.wire.keys import FleetKeys
-from newfuse.wire.state import next_version
 
 log = logging.getLogger("newfuse.controller")
 # How often the Redis probe loop looks at the circuit while it is closed.
@@ -82,11 +82,8 @@ class Controller:
         redis = self.redis_routes.view()
         self.kube, self.redis = kube, redis
         self.queue = WorkQueue()
-        self.fleets: dict[str, NewFuseAgent] = {}
-        self.pods: dict[str, dict[str, ObservedPod]] = {}
-        self.phases: dict[str, str] = {}
-        self.rollout_phases: dict[str, str] = {}
-        self._versions: dict[str, int] = {}
+        self.caches = Caches()
+        self.fleets = self.caches.fleets  # what the reconcile reads, by queue key
         self.rollouts = RolloutDriver(kube, redis)
         self._defaults = AgentDefaults(
             redis_url=config.effective_agent_redis_url,
@@ -97,53 +94,28 @@ class Controller:
         self._heartbeat_timeout = dt.timedelta(seconds=config.heartbeat_timeout_seconds)
         self.redis_users = FleetRedisUsers(config, kube, redis)
         self.fleet_keys = FleetKeysManager(config, kube, redis)
-        self.finalizer = Finalizer(
-            config, kube, redis, self.queue, clock, lambda key: self.pods.get(key, {}).values()
-        )
+        self.finalizer = Finalizer(config, kube, redis, self.queue, clock, self.caches.pods_of)
 
     def observe_fleet(self, event_type: str | None, body: Body) -> None:
-        """Cache a fleet (parsed, so raw bodies and managedFields are not kept) and queue it."""
+        """Cache a fleet and queue it; forget a deleted one and everything kept about it."""
         meta = body["metadata"]
+        if event_type != "DELETED":
+            if (key := self.caches.put_fleet(body)) is not None:
+                self.queue.add(key)
+            return
         key = fleet_key(meta["namespace"], meta["name"])
-        if event_type == "DELETED":
-            with contextlib.suppress(KeyError):
-                obs.DEAD_LETTERS.remove(meta["namespace"], meta["name"])
-            forget_backlog(meta["namespace"], meta["name"])
-            self.finalizer.forget(meta.get("uid", ""))
-            for cache in (self.fleets, self.phases, self.rollout_phases, self._versions):
-                cache.pop(key, None)
-            self.rollouts.forget(key)
-            self._refresh_gauges()
-            return
-        cached = self.fleets.get(key)
-        if cached is not None and is_older(meta, cached):
-            # Our own status write already put a newer version in the cache (write-through);
-            # an event from before it must not roll the cache back.
-            return
-        try:
-            self.fleets[key] = NewFuseAgent.model_validate(body)
-        except ValidationError as exc:
-            # The API server validated it, so this means the CRD and the operator disagree.
-            log.error("cannot parse fleet %s: %s", key, exc.errors()[:3], extra=key_fields(key))
-            return
-        self.queue.add(key)
+        with contextlib.suppress(KeyError):
+            obs.DEAD_LETTERS.remove(meta["namespace"], meta["name"])
+        forget_backlog(meta["namespace"], meta["name"])
+        self.finalizer.forget(meta.get("uid", ""))
+        self.caches.drop_fleet(key)
+        self.rollouts.forget(key)
+        self.caches.refresh_gauges(len(self.queue))
 
     def observe_pod(self, event_type: str | None, body: Body) -> None:
         """Cache the facts about an owned pod (not its body) and queue its fleet."""
-        meta = body["metadata"]
-        fleet = (meta.get("labels") or {}).get(naming.LABEL_FLEET)
-        observed = observe_pod(body)
-        if not fleet or observed is None:
-            return
-        key = fleet_key(meta["namespace"], fleet)
-        pods = self.pods.setdefault(key, {})
-        if event_type == "DELETED":
-            pods.pop(observed.name, None)
-            if not pods:
-                self.pods.pop(key, None)
-        else:
-            pods[observed.name] = observed
-        self.queue.add(key)
+        if (key := self.caches.put_pod(event_type, body)) is not None:
+            self.queue.add(key)
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -244,7 +216,7 @@ class Controller:
     async def _reconcile_revision(
         self, key: str, fleet: NewFuseAgent, revision: str, now: dt.datetime
     ) -> None:
-        observed = list(self.pods.get(key, {}).values())
+        observed = self.caches.pods_of(key)
         defaults = await self.redis_users.defaults_for(fleet, self._defaults)
         defaults = await self.fleet_keys.defaults_for(fleet, defaults)
         await self.rollouts.store_revision(key, fleet, revision)
@@ -270,10 +242,10 @@ class Controller:
                 # Stage 3: the legacy agents stop taking tasks now; deleting their pods (SIGTERM)
                 # follows in this same reconcile, and both paths drain the same way.
                 await self.rollouts.drain(fleet, legacy, now)
-            await self._apply(fleet, specs, decided, now, defaults)
+            await apply_plan(self.kube, fleet, specs, decided, now, defaults)
         else:
             decided = plan(fleet.spec.replicas, revision, observed, paused=fleet.spec.paused)
-            await self._apply(fleet, specs, decided, now, defaults)
+            await apply_plan(self.kube, fleet, specs, decided, now, defaults)
             reports = await read_reports(self.redis, fleet)
         backlog = None
         if isinstance(reports, AgentReports):
@@ -299,37 +271,6 @@ class Controller:
         )
         await self._write_status(key, fleet, status, now)
 
-    async def _apply(
-        self,
-        fleet: NewFuseAgent,
-        specs: dict[str, NewFuseAgentSpec],
-        decided: Plan,
-        now: dt.datetime,
-        defaults: AgentDefaults,
-    ) -> None:
-        meta = fleet.metadata
-        for pod in decided.create:
-            revision = pod.revision
-            manifest = build_pod(
-                fleet.model_copy(update={"spec": specs[revision]}),
-                revision,
-                pod.ordinal,
-                defaults,
-            )
-            if await self.kube.create_pod(manifest):
-                obs.POD_ACTIONS.labels("create", "Desired").inc()
-                await self.kube.post_event(
-                    meta.namespace, meta.name, meta.uid, EventType.NORMAL, Reason.POD_CREATED,
-                    f"created pod {manifest['metadata']['name']} (revision {revision})", now,
-                )  # fmt: skip
-        for victim in decided.delete:
-            if await self.kube.delete_pod(meta.namespace, victim.name):
-                obs.POD_ACTIONS.labels("delete", victim.reason).inc()
-                await self.kube.post_event(
-                    meta.namespace, meta.name, meta.uid, EventType.NORMAL, Reason.POD_DELETED,
-                    f"deleted pod {victim.name} ({victim.reason})", now,
-                )  # fmt: skip
-
     async def _mirror(
         self,
         key: str,
@@ -350,8 +291,7 @@ class Controller:
                 await self.redis.task_counters(keys),
                 fleet.status.metrics,
             )
-            version = next_version(self._versions.get(key, 0), now)
-            self._versions[key] = version
+            version = self.caches.next_version(key, now)
             ready = any(p.ready for p in observed)
             update = fleet_state_update(
                 key, list(fleet.spec.capabilities), metrics, version, now, ready=ready
@@ -365,7 +305,6 @@ class Controller:
         self, key: str, fleet: NewFuseAgent, status: NewFuseAgentStatus, now: dt.datetime
     ) -> None:
         meta = fleet.metadata
-        previous_phase = fleet.status.phase
         if status != fleet.status:
             # Explicit nulls: under a merge patch, a field left out would keep its old value.
             body = status.model_dump(mode="json", by_alias=True)
@@ -373,24 +312,9 @@ class Controller:
             # Write-through: a reconcile triggered before the watch delivers this write (a pod
             # event, say) must see the new status, or it would act on a one-shot action twice.
             self.observe_fleet("MODIFIED", updated)
-        if status.phase != previous_phase and status.phase is not None:
-            event_type = EventType.WARNING if status.phase is Phase.DEGRADED else EventType.NORMAL
-            await self.kube.post_event(
-                meta.namespace, meta.name, meta.uid, event_type, Reason.PHASE_CHANGED,
-                f"phase {previous_phase or 'None'} -> {status.phase}: {status.message}", now,
-            )  # fmt: skip
-        self.phases[key] = status.phase or ""
-        self.rollout_phases[key] = status.rollout.phase if status.rollout is not None else ""
-        self._refresh_gauges()
-
-    def _refresh_gauges(self) -> None:
-        for phase in Phase:
-            obs.FLEETS.labels(phase.value).set(sum(v == phase for v in self.phases.values()))
-        obs.PODS_MANAGED.set(sum(len(p) for p in self.pods.values()))
-        for rollout_phase in RolloutPhase:
-            count = sum(1 for value in self.rollout_phases.values() if value == rollout_phase)
-            obs.ROLLOUT_PHASE.labels(rollout_phase.value).set(count)
-        obs.QUEUE_DEPTH.set(len(self.queue))
+        await announce_phase(self.kube, fleet, status, now)
+        self.caches.record(key, status)
+        self.caches.refresh_gauges(len(self.queue))
 
 
 __all__ = ["Controller", "fleet_key", "is_older", "key_fields", "utc_now"]
