@@ -87,6 +87,16 @@ class World:
         await self.reconcile()
         assert self.status.phase is Phase.AVAILABLE
 
+    async def canary_ready(self) -> str | None:
+        """A running fleet given a new image, its first canary agent Ready; the stable revision."""
+        await self.running()
+        stable = self.status.current_revision
+        self.kube.apply_fleet(NS, NAME, {**SPEC, "image": "agent:2"})
+        await self.reconcile()
+        self.kube.kubelet()
+        await self.reconcile()
+        return stable
+
     @property
     def status(self) -> NewFuseAgentStatus:
         return NewFuseAgentStatus.model_validate(self.kube.fleets[(NS, NAME)]["status"])
@@ -200,12 +210,7 @@ async def test_a_rollout_step_moves_one_canary_then_the_gate_advances_it() -> No
 
 async def test_abort_returns_every_agent_to_stable_and_acts_once() -> None:
     world = World()
-    await world.running()
-    stable = world.status.current_revision
-    world.kube.apply_fleet(NS, NAME, {**SPEC, "image": "agent:2"})
-    await world.reconcile()
-    world.kube.kubelet()
-    await world.reconcile()
+    stable = await world.canary_ready()
     action = "abort@2026-11-21T12:00:05Z"
     world.kube.annotate(NS, NAME, naming.ROLLOUT_ACTION_ANNOTATION, action)
 
@@ -249,12 +254,7 @@ async def test_finalize_deletes_pods_then_keys_then_lets_the_fleet_go() -> None:
 
 async def test_cutover_drains_the_legacy_revision_once_then_deletes_its_pods() -> None:
     world = World()
-    await world.running()
-    stable = world.status.current_revision
-    world.kube.apply_fleet(NS, NAME, {**SPEC, "image": "agent:2"})
-    await world.reconcile()
-    world.kube.kubelet()
-    await world.reconcile()
+    stable = await world.canary_ready()
     world.kube.annotate(
         NS, NAME, naming.ROLLOUT_ACTION_ANNOTATION, "promote-full@2026-11-21T12:00:05Z"
     )
