@@ -106,6 +106,15 @@ class FleetKeys:
         return f"{self.prefix}:results:index"
 
     @property
+    def a2a_tasks(self) -> str:
+        """Hash: task id -> the fleet API's record of an A2A task (context, skill, message id).
+
+        A field expires (see `expiry_of`) a week after the task was sent: past the result's own
+        ttl, so GetTask still answers for a task that waited in a long backlog.
+        """
+        return f"{self.prefix}:a2a:tasks"
+
+    @property
     def dead_letters(self) -> str:
         """Stream of dead letters: malformed, refused or exhausted messages, with the reason."""
         return f"{self.prefix}:dlq"
@@ -147,7 +156,7 @@ class FleetKeys:
     @property
     def expiring_hashes(self) -> tuple[str, ...]:
         """The hashes whose fields expire, swept by SWEEP_LUA."""
-        return (self.result_index, self.task_index, self.seen)
+        return (self.result_index, self.task_index, self.seen, self.a2a_tasks)
 
     def all_keys(self) -> tuple[str, ...]:
         """Every key this fleet can have in Redis (deleting these deletes the fleet)."""
@@ -166,6 +175,7 @@ class FleetKeys:
             self.rate_limit,
             self.rate_limit_holes,
             self.seen,
+            self.a2a_tasks,
             *(self.expiry_of(h) for h in self.expiring_hashes),
         )
 

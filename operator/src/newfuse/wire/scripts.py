@@ -97,6 +97,27 @@ return 1
 """
 )
 
+# KEYS: result index, result stream, counters, result expiry, task index expiry, task stream.
+# ARGV: task id, result envelope (FAILED, reason canceled), ttl ms, result stream max length,
+# the task's entry id. Stores the cancellation as the task's result unless it has one (the first
+# result wins, so a finished task stays finished) and deletes the entry from its stream, so an agent
+# that has not taken it never runs it. Returns 1 if cancelled, else the result the task already had.
+CANCEL_LUA: Final = (
+    _NOW_MS
+    + """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  return redis.call('HGET', KEYS[1], ARGV[1])
+end
+local expires = now + tonumber(ARGV[3])
+redis.call('ZADD', KEYS[4], expires, ARGV[1])
+redis.call('ZADD', KEYS[5], expires, ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'task_id', ARGV[1], 'envelope', ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'tasksCanceled', 1)
+redis.call('XDEL', KEYS[6], ARGV[5])
+return 1
+"""
+)
+
 # KEYS: source stream, target stream, task index, result index, retry set.
 # ARGV: group, entry id, consumer, task id, new envelope, delay ms (negative: enqueue now),
 # target priority. Returns 'done' (the task has a result: dropped), 'lost' (another consumer owns
@@ -217,3 +238,4 @@ COUNTER_COMPLETED: Final = "tasksCompleted"
 COUNTER_FAILED: Final = "tasksFailed"
 COUNTER_REJECTED: Final = "tasksRejected"  # per revision only: refused and dead-lettered
 COUNTER_DUPLICATES: Final = "duplicates"
+COUNTER_CANCELED: Final = "tasksCanceled"  # by the fleet API's CancelTask (CANCEL_LUA)

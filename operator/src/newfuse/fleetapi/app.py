@@ -1,0 +1,111 @@
+"""The gateway's ASGI app: each fleet an A2A agent at `/a2a/<namespace>/<fleet>/`.
+
+The a2a-sdk's JSON-RPC dispatcher does the protocol (methods, errors, `A2A-Version`, SSE); around
+it this module finds the fleet the URL names, refuses one the operator has not mirrored to Redis
+with a 404, and serves each fleet's Agent Card, built fresh from the fleet's state so that a new
+capability shows as a skill without a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from importlib.metadata import version
+from typing import Final
+
+from a2a.server.context import ServerCallContext
+from a2a.server.request_handlers.response_helpers import agent_card_to_dict
+from a2a.server.routes import DefaultServerCallContextBuilder
+from a2a.server.routes.jsonrpc_dispatcher import JsonRpcDispatcher
+from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+
+from newfuse.fleetapi.a2amap import agent_card
+from newfuse.fleetapi.fleets import Fleets
+from newfuse.fleetapi.tasks import CAPABILITIES, FLEET, FleetTaskHandler
+
+A2A_PREFIX: Final = "/a2a"
+_VERSION: Final = version("newfuse")
+
+
+def fleet_path(namespace: str, fleet: str) -> str:
+    """The path of a fleet's A2A endpoint (the Agent Card is under it)."""
+    return f"{A2A_PREFIX}/{namespace}/{fleet}/"
+
+
+class _FleetContext(DefaultServerCallContextBuilder):
+    """Hands the handler the fleet that `_with_fleet` found for the request."""
+
+    def build(self, request: Request) -> ServerCallContext:
+        context = super().build(request)
+        context.state[FLEET] = request.state.fleet
+        context.state[CAPABILITIES] = request.state.capabilities
+        return context
+
+
+def _not_found(namespace: str, fleet: str) -> Response:
+    return JSONResponse(
+        {"error": f"no fleet {fleet!r} in namespace {namespace!r} (or no operator runs for it)"},
+        status_code=404,
+    )
+
+
+def create_app(
+    fleets: Fleets, handler: FleetTaskHandler, public_url: str | None = None
+) -> Starlette:
+    """The gateway app over ``fleets``; cards name ``public_url`` (default: the request's URL)."""
+    dispatcher = JsonRpcDispatcher(request_handler=handler, context_builder=_FleetContext())
+
+    async def _found(request: Request) -> bool:
+        namespace, name = request.path_params["namespace"], request.path_params["fleet"]
+        found = await fleets.lookup(namespace, name)
+        if found is None:
+            return False
+        request.state.fleet, request.state.capabilities = found
+        return True
+
+    async def rpc(request: Request) -> Response:
+        if not await _found(request):
+            return _not_found(request.path_params["namespace"], request.path_params["fleet"])
+        return await dispatcher.handle_requests(request)
+
+    async def card(request: Request) -> Response:
+        namespace, name = request.path_params["namespace"], request.path_params["fleet"]
+        if not await _found(request):
+            return _not_found(namespace, name)
+        base = (public_url or str(request.base_url)).rstrip("/")
+        url = base + fleet_path(namespace, name)
+        built = agent_card(namespace, name, request.state.capabilities, url, _VERSION)
+        return JSONResponse(agent_card_to_dict(built), headers={"Cache-Control": "no-cache"})
+
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(_: Request) -> Response:
+        try:
+            await fleets.client.ping()
+        except (RedisError, OSError) as exc:
+            return PlainTextResponse(f"redis: {exc}", status_code=503)
+        return PlainTextResponse("ok")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await fleets.aclose()
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Mount(
+            A2A_PREFIX + "/{namespace}/{fleet}",
+            routes=[
+                Route("/", rpc, methods=["POST"]),
+                Route(AGENT_CARD_WELL_KNOWN_PATH, card, methods=["GET"]),
+            ],
+        ),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,79 @@
+"""Gateway settings, read once from the environment (the chart sets them; so do the tests).
+
+Each field is read from `NEWFUSE_GATEWAY_<FIELD>`, except the ones the operator and the CLI share
+(`SHARED`), which keep the names they have there, so one Secret serves all three.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+# Fields read from the variable the operator and the CLI use for the same thing.
+SHARED: Final = {
+    "redis_url": "NEWFUSE_REDIS_URL",
+    "redis_ca_file": "NEWFUSE_REDIS_CA_FILE",
+    "signing_key": "NEWFUSE_SIGNING_KEY",
+    "encryption_key": "NEWFUSE_ENCRYPTION_KEY",
+}
+
+
+def env_var(field: str) -> str:
+    """The environment variable of a GatewayConfig field."""
+    return SHARED.get(field, f"NEWFUSE_GATEWAY_{field.upper()}")
+
+
+class GatewayConfig(BaseModel):
+    """Everything the gateway process can be told."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field(default="0.0.0.0", description="Address to listen on.")  # noqa: S104
+    port: int = Field(default=8080, ge=1, le=65535, description="Port to listen on.")
+    public_url: str | None = Field(
+        default=None,
+        description="The URL clients reach the gateway at (Agent Cards name it); default: the "
+        "URL of each request.",
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="The fleets' Redis.")
+    redis_ca_file: str | None = Field(default=None, description="CA bundle for rediss://.")
+    signing_key: SecretStr | None = Field(default=None, description="The fleets' signing key.")
+    encryption_key: SecretStr | None = Field(default=None, description="The fleets' sealing key.")
+    send_wait_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=300,
+        description="How long a blocking SendMessage waits for the result before it returns the "
+        "task still running (the client then polls GetTask or subscribes).",
+    )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
+        """Read the variables; raise ValueError naming the variable on bad input."""
+        env = os.environ if env is None else env
+        values = {name: env[env_var(name)] for name in cls.model_fields if env_var(name) in env}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{env_var(str(e['loc'][0]))}: {e['msg']}" if e["loc"] else e["msg"]
+                for e in exc.errors()
+            )
+            raise ValueError(f"invalid gateway configuration: {problems}") from exc
+
+    @staticmethod
+    def _bytes(secret: SecretStr | None) -> bytes | None:
+        return secret.get_secret_value().encode() if secret else None
+
+    @property
+    def signing_key_bytes(self) -> bytes | None:
+        """The signing key as the envelope code takes it (None: tasks go unsigned)."""
+        return self._bytes(self.signing_key)
+
+    @property
+    def encryption_key_bytes(self) -> bytes | None:
+        """The sealing key (None: task fields go in the clear)."""
+        return self._bytes(self.encryption_key)

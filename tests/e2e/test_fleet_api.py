@@ -1,0 +1,224 @@
+"""The fleet API: the official a2a-sdk client against a gateway process, a real fleet and Redis.
+
+Every fleet is an A2A v1.0 agent at `/a2a/<namespace>/<fleet>/`; these tests drive it only through
+`a2a-sdk`'s own client (and raw HTTP where the point is a header the client would not send wrong).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import redis
+from a2a.client import Client, ClientConfig, create_client
+from a2a.types.a2a_pb2 import (
+    CancelTaskRequest,
+    GetTaskRequest,
+    ListTasksRequest,
+    Message,
+    Part,
+    Role,
+    SendMessageConfiguration,
+    SendMessageRequest,
+    StreamResponse,
+    TaskState,
+)
+from a2a.utils.errors import A2AError, TaskNotCancelableError
+from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.struct_pb2 import Value
+
+from gatewayproc import GatewayProcess
+from harness import Fleets, RedisHandle, start_fleet
+from localcluster.podrunner import PodRunnerProcess
+from newfuse.wire.keys import FleetKeys
+from newfuse.wire.tasks import Priority
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+
+@pytest.fixture
+def gateway(redis_server: RedisHandle) -> Iterator[GatewayProcess]:
+    """A gateway with the default settings (blocking SendMessage waits up to 30 s)."""
+    with GatewayProcess(redis_server.url) as running:
+        yield running
+
+
+@pytest.fixture
+def echo_fleet(fleets: Fleets, pod_runner: PodRunnerProcess, redis_client: redis.Redis) -> str:
+    """A fleet of two agents that can `echo`."""
+    start_fleet(fleets, pod_runner, redis_client, "echoes", 2, capabilities=["echo", "summarize"])
+    return "echoes"
+
+
+def _message(*parts: Part, message_id: str | None = None, skill: str = "echo") -> Message:
+    message = Message(
+        message_id=message_id or uuid.uuid4().hex, role=Role.ROLE_USER, parts=list(parts)
+    )
+    message.metadata.update({"skill": skill})
+    return message
+
+
+async def _client(gateway: GatewayProcess, namespace: str, fleet: str, **config: Any) -> Client:
+    # The client resolves the Agent Card under the base URL, then posts to the card's interface.
+    return await create_client(
+        gateway.fleet_url(namespace, fleet).rstrip("/"), client_config=ClientConfig(**config)
+    )
+
+
+@pytest_asyncio.fixture
+async def blocking(
+    gateway: GatewayProcess, fleets: Fleets, echo_fleet: str
+) -> AsyncIterator[Client]:
+    client = await _client(gateway, fleets.namespace, echo_fleet, streaming=False)
+    yield client
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_agent_card_names_the_fleet_its_skills_and_its_endpoint(
+    gateway: GatewayProcess, fleets: Fleets, echo_fleet: str
+) -> None:
+    async with httpx.AsyncClient() as http:
+        reply = await http.get(
+            gateway.fleet_url(fleets.namespace, echo_fleet) + ".well-known/agent-card.json"
+        )
+    assert reply.status_code == 200, reply.text
+    card = reply.json()
+    assert card["name"] == echo_fleet
+    assert [s["id"] for s in card["skills"]] == ["echo", "summarize"]
+    assert card["supportedInterfaces"] == [
+        {
+            "url": gateway.fleet_url(fleets.namespace, echo_fleet),
+            "protocolBinding": "JSONRPC",
+            "protocolVersion": "1.0",
+        }
+    ]
+    assert card["capabilities"]["streaming"] is True
+
+
+@pytest.mark.asyncio
+async def test_send_message_returns_the_completed_task_with_the_echo_output(
+    blocking: Client,
+) -> None:
+    [event] = [
+        e
+        async for e in blocking.send_message(
+            SendMessageRequest(message=_message(Part(text="hello")))
+        )
+    ]
+    task = event.task
+    assert task.status.state == TaskState.TASK_STATE_COMPLETED, task
+    assert [p.text for p in task.artifacts[0].parts] == ["hello"]
+    data = _message(Part(data=ParseDict({"n": 1, "words": ["a", "b"]}, Value())))
+    [event] = [e async for e in blocking.send_message(SendMessageRequest(message=data))]
+    assert MessageToDict(event.task.artifacts[0].parts[0].data) == {"n": 1, "words": ["a", "b"]}
+
+
+@pytest.mark.asyncio
+async def test_streamed_events_arrive_in_order(
+    gateway: GatewayProcess, fleets: Fleets, echo_fleet: str
+) -> None:
+    client = await _client(gateway, fleets.namespace, echo_fleet, streaming=True)
+    try:
+        events = [
+            e
+            async for e in client.send_message(
+                SendMessageRequest(message=_message(Part(text="hi")))
+            )
+        ]
+    finally:
+        await client.close()
+    kinds = [e.WhichOneof("payload") for e in events]
+    assert kinds == ["task", "artifact_update", "status_update"], events
+    assert events[0].task.status.state == TaskState.TASK_STATE_SUBMITTED
+    assert [p.text for p in events[1].artifact_update.artifact.parts] == ["hi"]
+    assert events[2].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+    assert len({_task_id(e) for e in events}) == 1
+
+
+def _task_id(event: StreamResponse) -> str:
+    kind = event.WhichOneof("payload")
+    return event.task.id if kind == "task" else getattr(event, str(kind)).task_id
+
+
+@pytest.mark.asyncio
+async def test_a_message_sent_twice_is_one_task_and_get_and_list_find_it(
+    blocking: Client, fleets: Fleets, echo_fleet: str, redis_client: redis.Redis
+) -> None:
+    message = _message(Part(text="once"), message_id="retry-me")
+    first = next(e async for e in blocking.send_message(SendMessageRequest(message=message))).task
+    again = next(e async for e in blocking.send_message(SendMessageRequest(message=message))).task
+    assert again.id == first.id
+    keys = FleetKeys(fleets.namespace, echo_fleet)
+    assert redis_client.hlen(keys.result_index) == 1, "the second send ran the task again"
+    got = await blocking.get_task(GetTaskRequest(id=first.id))
+    assert got.status.state == TaskState.TASK_STATE_COMPLETED
+    assert got.context_id == first.context_id
+    listed = await blocking.list_tasks(ListTasksRequest(include_artifacts=True))
+    assert [t.id for t in listed.tasks] == [first.id]
+    assert [p.text for p in listed.tasks[0].artifacts[0].parts] == ["once"]
+
+
+@pytest.mark.asyncio
+async def test_cancel_task_ends_a_queued_task_canceled_and_no_agent_runs_it(
+    gateway: GatewayProcess,
+    fleets: Fleets,
+    pod_runner: PodRunnerProcess,
+    redis_client: redis.Redis,
+) -> None:
+    # No agents: the task waits in the stream, as behind a long backlog.
+    start_fleet(fleets, pod_runner, redis_client, "idle", 0, capabilities=["echo"])
+    client = await _client(gateway, fleets.namespace, "idle", streaming=False)
+    try:
+        request = SendMessageRequest(
+            message=_message(Part(text="never")),
+            configuration=SendMessageConfiguration(return_immediately=True),
+        )
+        [event] = [e async for e in client.send_message(request)]
+        assert event.task.status.state == TaskState.TASK_STATE_SUBMITTED
+        keys = FleetKeys(fleets.namespace, "idle")
+        assert redis_client.xlen(keys.tasks(Priority.NORMAL)) == 1
+        cancelled = await client.cancel_task(CancelTaskRequest(id=event.task.id))
+        assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+        assert redis_client.xlen(keys.tasks(Priority.NORMAL)) == 0, "an agent could still run it"
+        with pytest.raises(TaskNotCancelableError):
+            await client.cancel_task(CancelTaskRequest(id=event.task.id))
+        got = await client.get_task(GetTaskRequest(id=event.task.id))
+        assert got.status.state == TaskState.TASK_STATE_CANCELED
+    finally:
+        await client.close()
+
+
+@pytest.mark.asyncio
+async def test_an_unknown_a2a_version_gets_the_specs_error(
+    gateway: GatewayProcess, fleets: Fleets, echo_fleet: str
+) -> None:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "SendMessage",
+        "params": {"message": {"messageId": "v", "role": "ROLE_USER", "parts": [{"text": "x"}]}},
+    }
+    url = gateway.fleet_url(fleets.namespace, echo_fleet)
+    async with httpx.AsyncClient() as http:
+        reply = await http.post(url, json=body, headers={"A2A-Version": "9.9"})
+    assert reply.json()["error"]["code"] == -32009, reply.text
+
+
+@pytest.mark.asyncio
+async def test_unknown_fleets_and_skills_are_refused_by_name(
+    gateway: GatewayProcess, fleets: Fleets, blocking: Client
+) -> None:
+    async with httpx.AsyncClient() as http:
+        reply = await http.get(
+            gateway.fleet_url(fleets.namespace, "nope") + ".well-known/agent-card.json"
+        )
+    assert reply.status_code == 404
+    assert "nope" in reply.json()["error"]
+    request = SendMessageRequest(message=_message(Part(text="x"), skill="translate"))
+    with pytest.raises(A2AError, match=r"message\.metadata\.skill: 'translate'"):
+        _ = [e async for e in blocking.send_message(request)]
