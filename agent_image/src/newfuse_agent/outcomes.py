@@ -171,6 +171,7 @@ class Outcomes:
                     revision=self.config.revision,
                     executed=executed,
                     letter=letter,
+                    events=task.events,
                 )
             )
             if isinstance(stored, str):

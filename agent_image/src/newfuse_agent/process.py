@@ -199,6 +199,8 @@ class Processor:
                 delivery, task, fault, executed=True, reason=LetterReason.INJECTED_FAULT
             )
             return
+        if task.events:
+            await self.queue.note_started(task.task_id)
         started = time.perf_counter()
         deadline = asyncio.timeout(verdict.timeout_seconds)
         try:

@@ -11,13 +11,14 @@ never mistakes a dead incarnation's entries for its own in-flight work.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import (
@@ -33,7 +34,7 @@ from newfuse.wire.scripts import (
     SWEEP_LUA,
 )
 from newfuse.wire.taskpolicy import TaskPolicy
-from newfuse.wire.tasks import CONSUMER_GROUP, PRIORITY_ORDER, DeadLetter, Priority
+from newfuse.wire.tasks import CONSUMER_GROUP, PRIORITY_ORDER, DeadLetter, Priority, TaskEvent
 
 SWEEP_BATCH = 1000
 
@@ -185,10 +186,13 @@ class TaskQueue:
         revision: str,
         executed: bool,
         letter: DeadLetter | None = None,
+        events: bool = False,
     ) -> bool | str:
         """Store the task's first result (and its dead letter), count it, ack and delete it.
 
-        True if stored; else the result the task already had (the caller checks it), or False.
+        ``events``: the task is followed by the fleet API, so a stored result also adds its
+        `ended` event. True if stored; else the result the task already had (the caller checks
+        it), or False.
         """
         keys, policy = self.keys, self.policy
         counter = COUNTER_COMPLETED if succeeded else COUNTER_FAILED
@@ -201,6 +205,7 @@ class TaskQueue:
                 keys.expiry_of(keys.result_index),
                 keys.expiry_of(keys.task_index),
                 keys.dead_letters,
+                *([keys.a2a_events] if events else []),
             ],
             args=[
                 task_id,
@@ -217,6 +222,17 @@ class TaskQueue:
             ],
         )
         return stored if isinstance(stored, str) else bool(stored)
+
+    async def note_started(self, task_id: str) -> None:
+        """Add a `working` event for a task the fleet API follows (TaskPayload.events)."""
+        # Best effort: a subscriber missing one `working` update beats failing the task over it.
+        with contextlib.suppress(RedisError):
+            await self.client.xadd(
+                self.keys.a2a_events,
+                {"task_id": task_id, "state": TaskEvent.WORKING.value},
+                maxlen=self.policy.result_stream_max,
+                approximate=True,
+            )
 
     async def replace_forged(
         self,

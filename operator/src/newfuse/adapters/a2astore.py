@@ -15,9 +15,9 @@ from typing import Final
 
 from pydantic import ValidationError
 
-from newfuse.adapters.taskclient import TaskClient
+from newfuse.adapters.taskclient import TaskClient, TaskSpec
 from newfuse.wire.envelope import MessageType, encode
-from newfuse.wire.scripts import CANCEL_LUA
+from newfuse.wire.scripts import A2A_SUBMIT_LUA, CANCEL_LUA
 from newfuse.wire.sealing import RESULT_CLEAR, Sealer
 from newfuse.wire.signing import Channel, Signing
 from newfuse.wire.state import StateUpdate
@@ -44,6 +44,7 @@ class A2AStore:
         self.tasks, self.keys = tasks, tasks.keys
         self._signer = Signing.shared(signing_key).signer
         self._cancel = tasks.client.register_script(CANCEL_LUA)
+        self._submit = tasks.client.register_script(A2A_SUBMIT_LUA)
         self._sealer = (
             Sealer.of(tasks.namespace, tasks.fleet, encryption_key) if encryption_key else None
         )
@@ -58,14 +59,24 @@ class A2AStore:
         except ValidationError:
             return None
 
-    async def put_record(self, task_id: str, record: str, now: dt.datetime) -> str:
-        """Keep ``record`` for ``task_id`` unless it has one; return the record that is kept."""
+    async def submit(self, spec: TaskSpec, record: str, now: dt.datetime) -> str:
+        """Enqueue ``spec`` with ``record`` unless its task has a record; return the record kept.
+
+        Raises what `TaskClient.envelope` raises for an invalid or oversize task.
+        """
+        task_id, envelope = self.tasks.envelope(spec)
         expires = int((now + RECORD_TTL).timestamp() * 1000)
-        pipe = self.tasks.client.pipeline(transaction=True)
-        pipe.hsetnx(self.keys.a2a_tasks, task_id, record)
-        pipe.zadd(self.keys.expiry_of(self.keys.a2a_tasks), {task_id: expires}, nx=True)
-        pipe.hget(self.keys.a2a_tasks, task_id)
-        _, _, kept = await pipe.execute()
+        keys = self.keys
+        kept = await self._submit(
+            keys=[
+                keys.a2a_tasks,
+                keys.expiry_of(keys.a2a_tasks),
+                keys.a2a_events,
+                keys.task_index,
+                keys.tasks(spec.priority),
+            ],
+            args=[task_id, record, expires, _POLICY.result_stream_max, envelope],
+        )
         return str(kept)
 
     async def record(self, task_id: str) -> str | None:
@@ -113,6 +124,7 @@ class A2AStore:
                 self.keys.expiry_of(self.keys.result_index),
                 self.keys.expiry_of(self.keys.task_index),
                 self.keys.tasks(Priority.NORMAL),
+                self.keys.a2a_events,
             ],
             args=[task_id, envelope, ttl_ms, _POLICY.result_stream_max, entry or "0-0"],
         )

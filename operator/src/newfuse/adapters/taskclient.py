@@ -90,6 +90,8 @@ class TaskSpec:
     timeout_seconds: float | None = None
     # Past this instant (timezone-aware) the task gets a FAILED result, reason `deadline`.
     deadline: dt.datetime | None = None
+    # Followed by the fleet API: agents note its start and end (TaskPayload.events).
+    events: bool = False
 
 
 # redis-py's reply types are unions of everything; these are what XREAD/XRANGE return when decoded.
@@ -159,7 +161,7 @@ class TaskClient:
                 f"Redis (check `kubectl get nfa -n {self.namespace}` and that the operator runs)"
             )
 
-    def _envelope(self, spec: TaskSpec) -> tuple[str, bytes]:
+    def envelope(self, spec: TaskSpec) -> tuple[str, bytes]:
         """The task's id and envelope, inside its own producer span (the trace's first hop).
 
         Raises ValidationError for an invalid spec, ValueError for a naive deadline and
@@ -175,6 +177,7 @@ class TaskClient:
             max_attempts=spec.max_attempts,
             timeout_seconds=spec.timeout_seconds,
             deadline=spec.deadline.astimezone(dt.UTC) if spec.deadline is not None else None,
+            events=spec.events,
         )
         with tracer.start_as_current_span(
             "newfuse.task.submit",
@@ -206,7 +209,7 @@ class TaskClient:
 
     async def submit(self, spec: TaskSpec) -> Submitted:
         """Enqueue one task (a task id seen before is not enqueued again)."""
-        task_id, raw = self._envelope(spec)
+        task_id, raw = self.envelope(spec)
         created, entry = await self._submit(
             keys=[self.keys.task_index, self.keys.tasks(spec.priority)], args=[task_id, raw]
         )
@@ -240,7 +243,7 @@ class TaskClient:
             return done
 
         for spec in specs:
-            task_id, raw = self._envelope(spec)
+            task_id, raw = self.envelope(spec)
             pending.append((task_id, raw, spec.priority))
             if len(pending) >= batch:
                 yield await flush()

@@ -9,9 +9,10 @@ capability shows as a skill without a restart.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
 from importlib.metadata import version
-from typing import Final
+from typing import Any, Final
 
 from a2a.server.context import ServerCallContext
 from a2a.server.request_handlers.response_helpers import agent_card_to_dict
@@ -19,6 +20,7 @@ from a2a.server.routes import DefaultServerCallContextBuilder
 from a2a.server.routes.jsonrpc_dispatcher import JsonRpcDispatcher
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
 from redis.exceptions import RedisError
+from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -26,6 +28,7 @@ from starlette.routing import Mount, Route
 
 from newfuse.fleetapi.a2amap import agent_card
 from newfuse.fleetapi.fleets import Fleets
+from newfuse.fleetapi.streams import EVENT_ID
 from newfuse.fleetapi.tasks import CAPABILITIES, FLEET, FleetTaskHandler
 
 A2A_PREFIX: Final = "/a2a"
@@ -35,6 +38,43 @@ _VERSION: Final = version("newfuse")
 def fleet_path(namespace: str, fleet: str) -> str:
     """The path of a fleet's A2A endpoint (the Agent Card is under it)."""
     return f"{A2A_PREFIX}/{namespace}/{fleet}/"
+
+
+def _event_id(event: Any) -> str | None:
+    """The id a streamed JSON-RPC response carries in its event's metadata, if any."""
+    if not isinstance(event, dict) or "event" in event:  # an error event: nothing to resume
+        return None
+    result = json.loads(event.get("data", "{}")).get("result", {})
+    for payload in result.values() if isinstance(result, dict) else ():
+        found = payload.get("metadata", {}).get(EVENT_ID) if isinstance(payload, dict) else None
+        if isinstance(found, str):
+            return found
+    return None
+
+
+class _Dispatcher(JsonRpcDispatcher):
+    """The SDK's dispatcher, with each streamed event's id as its SSE `id:` field.
+
+    Browsers' EventSource and other SSE clients then send `Last-Event-ID` on reconnect by
+    themselves; the a2a-sdk client reads the same id from the event's metadata.
+    """
+
+    def _create_response(
+        self,
+        context: ServerCallContext,
+        handler_result: AsyncGenerator[dict[str, Any]] | dict[str, Any],
+    ) -> Response:
+        response = super()._create_response(context, handler_result)
+        if isinstance(response, EventSourceResponse):
+            inner = response.body_iterator
+
+            async def with_ids() -> AsyncIterator[Any]:
+                async for event in inner:
+                    found = _event_id(event) if isinstance(event, dict) else None
+                    yield {**event, "id": found} if isinstance(event, dict) and found else event
+
+            response.body_iterator = with_ids()
+        return response
 
 
 class _FleetContext(DefaultServerCallContextBuilder):
@@ -58,7 +98,7 @@ def create_app(
     fleets: Fleets, handler: FleetTaskHandler, public_url: str | None = None
 ) -> Starlette:
     """The gateway app over ``fleets``; cards name ``public_url`` (default: the request's URL)."""
-    dispatcher = JsonRpcDispatcher(request_handler=handler, context_builder=_FleetContext())
+    dispatcher = _Dispatcher(request_handler=handler, context_builder=_FleetContext())
 
     async def _found(request: Request) -> bool:
         namespace, name = request.path_params["namespace"], request.path_params["fleet"]

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from newfuse.adapters.a2aevents import EventLog
 from newfuse.adapters.a2astore import A2AStore
 from newfuse.adapters.taskclient import TaskClient
+from newfuse.fleetapi.hub import Hub
 
 SENDER = "newfuse-gateway"
 
@@ -24,6 +26,8 @@ class Fleet:
     name: str
     tasks: TaskClient
     store: A2AStore
+    events: EventLog
+    hub: Hub
 
 
 class Fleets:
@@ -60,7 +64,8 @@ class Fleets:
             self.client, namespace, name, sender=SENDER, signing_key=signing, encryption_key=sealing
         )
         store = A2AStore(tasks, signing_key=signing, encryption_key=sealing)
-        return Fleet(namespace, name, tasks, store)
+        events = EventLog(self.client, tasks.keys)
+        return Fleet(namespace, name, tasks, store, events, Hub(events))
 
     async def aclose(self) -> None:
         """Close the shared connection pool."""

@@ -8,14 +8,14 @@ Choices the protocol leaves open:
 - a task takes one message (our handlers are single-turn): a message naming a `taskId` is refused;
 - SendMessage waits up to `send_wait` seconds for the result and then returns the task as it
   stands; LLM work takes minutes, so a client polls GetTask or subscribes after that;
-- streams poll the fleet's result index with a backoff capped at `poll_max` seconds.
+- SendMessage and the streams wait on the fleet's event stream (`streams`), never by polling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-import time
 from collections.abc import AsyncGenerator, Callable
 
 from a2a.server.context import ServerCallContext
@@ -36,10 +36,8 @@ from a2a.types.a2a_pb2 import (
     SendMessageRequest,
     SubscribeToTaskRequest,
     Task,
-    TaskArtifactUpdateEvent,
     TaskPushNotificationConfig,
     TaskState,
-    TaskStatusUpdateEvent,
 )
 from a2a.utils.constants import DEFAULT_LIST_TASKS_PAGE_SIZE, MAX_LIST_TASKS_PAGE_SIZE
 from a2a.utils.errors import (
@@ -63,10 +61,13 @@ from newfuse.fleetapi.a2amap import (
     task_of,
 )
 from newfuse.fleetapi.fleets import Fleet
+from newfuse.fleetapi.streams import Position, follow
 
 # Keys of ServerCallContext.state the app's context builder fills.
 FLEET: str = "newfuse.fleet"
 CAPABILITIES: str = "newfuse.capabilities"
+# The SSE resume header, as Starlette's (lower-cased) header map names it.
+LAST_EVENT_ID: str = "last-event-id"
 
 
 def _fleet(context: ServerCallContext) -> tuple[Fleet, list[str]]:
@@ -80,11 +81,10 @@ class FleetTaskHandler(RequestHandler):
         self,
         *,
         send_wait: float = 30.0,
-        poll_max: float = 0.5,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
-        """Wait ``send_wait`` s in a blocking SendMessage; poll at most ``poll_max`` s apart."""
-        self.send_wait, self.poll_max, self.clock = send_wait, poll_max, clock
+        """Wait ``send_wait`` seconds in a blocking SendMessage."""
+        self.send_wait, self.clock = send_wait, clock
 
     async def _start(self, message: Message, context: ServerCallContext) -> tuple[Task, TaskRecord]:
         """Submit the message's task unless its message id was sent before; the task as it is."""
@@ -108,9 +108,10 @@ class FleetTaskHandler(RequestHandler):
             message_id=message.message_id,
             created_at=now,
         )
+        spec = TaskSpec(handler=skill, input=task_input(message), task_id=task_id, events=True)
         try:
-            await fleet.tasks.submit(
-                TaskSpec(handler=skill, input=task_input(message), task_id=task_id)
+            kept = TaskRecord.model_validate_json(
+                await fleet.store.submit(spec, record.model_dump_json(), now)
             )
         except PayloadTooLargeError as exc:
             raise InvalidParamsError(f"message.parts: {exc}") from None
@@ -118,9 +119,6 @@ class FleetTaskHandler(RequestHandler):
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise InvalidParamsError(f"message: {where}: {first['msg']}") from None
-        kept = TaskRecord.model_validate_json(
-            await fleet.store.put_record(task_id, record.model_dump_json(), now)
-        )
         return task_of(task_id, kept, None), kept
 
     async def _task(self, fleet: Fleet, task_id: str, record: TaskRecord) -> Task:
@@ -134,61 +132,49 @@ class FleetTaskHandler(RequestHandler):
         record = TaskRecord.model_validate_json(raw)
         return await self._task(fleet, task_id, record), record
 
-    async def _until_terminal(
-        self, fleet: Fleet, task: Task, record: TaskRecord, deadline: float | None
-    ) -> Task:
-        """Poll the task until it ends or ``deadline`` (monotonic) passes; the task then."""
-        delay = 0.01
-        while task.status.state not in TERMINAL:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            await asyncio.sleep(delay if left is None else min(delay, left))
-            delay = min(delay * 2, self.poll_max)
-            task = await self._task(fleet, task.id, record)
-        return task
-
     async def on_message_send(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> Task | Message:
         """SendMessage: submit, then wait up to `send_wait` unless the client asked not to."""
-        task, record = await self._start(params.message, context)
-        if params.configuration.return_immediately:
-            return task
         fleet, _ = _fleet(context)
-        return await self._until_terminal(fleet, task, record, time.monotonic() + self.send_wait)
+        before = await fleet.events.newest()
+        task, record = await self._start(params.message, context)
+        if params.configuration.return_immediately or task.status.state in TERMINAL:
+            return task
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.send_wait):
+                async for _ in follow(fleet, task.id, record, None, fresh=(task, before)):
+                    pass
+        return await self._task(fleet, task.id, record)
 
     async def on_message_send_stream(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event]:
-        """SendStreamingMessage: the task, then its output and final status when it ends."""
+        """SendStreamingMessage: the task, then each of its events until it ends."""
+        fleet, _ = _fleet(context)
+        before = await fleet.events.newest()
         task, record = await self._start(params.message, context)
-        async for event in self._follow(task, record, context):
+        async for event in follow(fleet, task.id, record, None, fresh=(task, before)):
             yield event
 
     async def on_subscribe_to_task(
         self, params: SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event]:
-        """SubscribeToTask: like a stream, for a task still running (the spec's rule)."""
+        """SubscribeToTask: a running task's events; with `Last-Event-ID`, those after it.
+
+        The spec refuses a subscription to a task that has ended. A client resuming a stream
+        (`Last-Event-ID`) still gets what it missed, the end included.
+        """
+        fleet, _ = _fleet(context)
+        header = context.state.get("headers", {}).get(LAST_EVENT_ID)
+        since = Position.parse(header) if header else None
         task, record = await self._known(params.id, context)
-        if task.status.state in TERMINAL:
+        if since is None and task.status.state in TERMINAL:
             raise UnsupportedOperationError(
                 f"task {task.id} is in terminal state {TaskState.Name(task.status.state)}"
             )
-        async for event in self._follow(task, record, context):
+        async for event in follow(fleet, task.id, record, since):
             yield event
-
-    async def _follow(
-        self, task: Task, record: TaskRecord, context: ServerCallContext
-    ) -> AsyncGenerator[Event]:
-        fleet, _ = _fleet(context)
-        yield task
-        task = await self._until_terminal(fleet, task, record, None)
-        for artifact in task.artifacts:
-            yield TaskArtifactUpdateEvent(
-                task_id=task.id, context_id=task.context_id, artifact=artifact, last_chunk=True
-            )
-        yield TaskStatusUpdateEvent(task_id=task.id, context_id=task.context_id, status=task.status)
 
     async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task:
         """GetTask: the task's state and, once it ended, its output."""

@@ -115,6 +115,15 @@ class FleetKeys:
         return f"{self.prefix}:a2a:tasks"
 
     @property
+    def a2a_events(self) -> str:
+        """Stream of A2A task events (task id, `TaskEvent`), for tasks the fleet API follows.
+
+        One stream for the fleet, so its entry ids order every event of a task: an SSE client
+        resumes from the last id it saw (`Last-Event-ID`). Capped like the result stream.
+        """
+        return f"{self.prefix}:a2a:events"
+
+    @property
     def dead_letters(self) -> str:
         """Stream of dead letters: malformed, refused or exhausted messages, with the reason."""
         return f"{self.prefix}:dlq"
@@ -176,6 +185,7 @@ class FleetKeys:
             self.rate_limit_holes,
             self.seen,
             self.a2a_tasks,
+            self.a2a_events,
             *(self.expiry_of(h) for h in self.expiring_hashes),
         )
 

@@ -41,6 +41,8 @@ return {1, id}
 # ARGV: task id, result envelope, group, entry id, outcome counter field, revision, ttl ms,
 # result stream max length, DLQ max length, executed (1: a handler ran), then the dead letter's
 # field/value pairs (none: no dead letter).
+# KEYS[8], given for a task the fleet API follows (TaskPayload.events), is its event stream: a
+# stored result adds the task's `ended` event there, in the same step.
 # Returns 1 if this result was stored; else (still acknowledged) the result the task already had,
 # which the agent checks: a forged one is then replaced (REPLACE_FORGED_LUA).
 # A stored result expires after the ttl, and so does the task id's idempotency record.
@@ -57,6 +59,9 @@ if stored == 1 then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'task_id', ARGV[1], 'envelope', ARGV[2])
   redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
   redis.call('HINCRBY', KEYS[4], 'rev:' .. ARGV[6] .. ':' .. ARGV[5], 1)
+  if KEYS[8] then
+    redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[8], '*', 'task_id', ARGV[1], 'state', 'ended')
+  end
 elseif ARGV[10] == '1' then
   redis.call('HINCRBY', KEYS[4], 'duplicates', 1)
 end
@@ -97,7 +102,8 @@ return 1
 """
 )
 
-# KEYS: result index, result stream, counters, result expiry, task index expiry, task stream.
+# KEYS: result index, result stream, counters, result expiry, task index expiry, task stream,
+# A2A event stream.
 # ARGV: task id, result envelope (FAILED, reason canceled), ttl ms, result stream max length,
 # the task's entry id. Stores the cancellation as the task's result unless it has one (the first
 # result wins, so a finished task stays finished) and deletes the entry from its stream, so an agent
@@ -114,9 +120,28 @@ redis.call('ZADD', KEYS[5], expires, ARGV[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'task_id', ARGV[1], 'envelope', ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'tasksCanceled', 1)
 redis.call('XDEL', KEYS[6], ARGV[5])
+redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[4], '*', 'task_id', ARGV[1], 'state', 'ended')
 return 1
 """
 )
+
+# KEYS: A2A record hash, its expiry set, A2A event stream, task index, task stream.
+# ARGV: task id, record, record expiry (Redis ms), event stream max length, task envelope.
+# The fleet API's submission, in one step: keep the first record of a task id and, only then,
+# enqueue the task (unless its id was seen: SUBMIT_LUA's rule) and add its `submitted` event.
+# Two gateways sending the same message thus make one task and one event, and no agent can start
+# the task before its `submitted` event exists. Returns the record kept.
+A2A_SUBMIT_LUA: Final = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+  if not redis.call('HGET', KEYS[4], ARGV[1]) then
+    local id = redis.call('XADD', KEYS[5], '*', 'task_id', ARGV[1], 'envelope', ARGV[5])
+    redis.call('HSET', KEYS[4], ARGV[1], id)
+  end
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'task_id', ARGV[1], 'state', 'submitted')
+end
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
 
 # KEYS: source stream, target stream, task index, result index, retry set.
 # ARGV: group, entry id, consumer, task id, new envelope, delay ms (negative: enqueue now),

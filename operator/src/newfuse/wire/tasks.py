@@ -67,6 +67,21 @@ class TaskPayload(BaseModel):
     deferrals: int = Field(default=0, ge=0)
     # When each failed attempt ended, and why (newest last): shown in results and `newfuse dlq`.
     history: list[AttemptRecord] = Field(default_factory=list, max_length=64)
+    # The fleet API follows this task: agents note each start and the end on its event stream
+    # (FleetKeys.a2a_events), which streams and resumes A2A subscriptions.
+    events: bool = False
+
+
+class TaskEvent(StrEnum):
+    """The `state` field of an entry on a fleet's A2A event stream (`FleetKeys.a2a_events`).
+
+    An entry holds only the task id and this state: what a task produced is read from its
+    verified result, never from the event stream, which anybody with Redis access can write to.
+    """
+
+    SUBMITTED = "submitted"
+    WORKING = "working"
+    ENDED = "ended"
 
 
 class ResultStatus(StrEnum):
