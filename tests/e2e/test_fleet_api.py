@@ -14,7 +14,7 @@ import httpx
 import pytest
 import pytest_asyncio
 import redis
-from a2a.client import Client, ClientConfig, create_client
+from a2a.client import Client, ClientCallContext, ClientConfig, create_client
 from a2a.types.a2a_pb2 import (
     CancelTaskRequest,
     GetTaskRequest,
@@ -25,6 +25,7 @@ from a2a.types.a2a_pb2 import (
     SendMessageConfiguration,
     SendMessageRequest,
     StreamResponse,
+    SubscribeToTaskRequest,
     TaskState,
 )
 from a2a.utils.errors import A2AError, TaskNotCancelableError
@@ -49,8 +50,8 @@ def gateway(redis_server: RedisHandle) -> Iterator[GatewayProcess]:
 
 @pytest.fixture
 def echo_fleet(fleets: Fleets, pod_runner: PodRunnerProcess, redis_client: redis.Redis) -> str:
-    """A fleet of two agents that can `echo`."""
-    start_fleet(fleets, pod_runner, redis_client, "echoes", 2, capabilities=["echo", "summarize"])
+    """A fleet of two agents that can `echo` and `sleep`."""
+    start_fleet(fleets, pod_runner, redis_client, "echoes", 2, capabilities=["echo", "sleep"])
     return "echoes"
 
 
@@ -89,7 +90,7 @@ async def test_agent_card_names_the_fleet_its_skills_and_its_endpoint(
     assert reply.status_code == 200, reply.text
     card = reply.json()
     assert card["name"] == echo_fleet
-    assert [s["id"] for s in card["skills"]] == ["echo", "summarize"]
+    assert [s["id"] for s in card["skills"]] == ["echo", "sleep"]
     assert card["supportedInterfaces"] == [
         {
             "url": gateway.fleet_url(fleets.namespace, echo_fleet),
@@ -133,16 +134,78 @@ async def test_streamed_events_arrive_in_order(
     finally:
         await client.close()
     kinds = [e.WhichOneof("payload") for e in events]
-    assert kinds == ["task", "artifact_update", "status_update"], events
+    assert kinds == ["task", "status_update", "artifact_update", "status_update"], events
     assert events[0].task.status.state == TaskState.TASK_STATE_SUBMITTED
-    assert [p.text for p in events[1].artifact_update.artifact.parts] == ["hi"]
-    assert events[2].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+    assert events[1].status_update.status.state == TaskState.TASK_STATE_WORKING
+    assert [p.text for p in events[2].artifact_update.artifact.parts] == ["hi"]
+    assert events[3].status_update.status.state == TaskState.TASK_STATE_COMPLETED
     assert len({_task_id(e) for e in events}) == 1
+    ids = [_event_id(e) for e in events[1:]]
+    assert ids == sorted(ids, key=_id_key), "event ids must grow"
+
+
+def _payload(event: StreamResponse) -> Any:
+    return getattr(event, str(event.WhichOneof("payload")))
 
 
 def _task_id(event: StreamResponse) -> str:
-    kind = event.WhichOneof("payload")
-    return event.task.id if kind == "task" else getattr(event, str(kind)).task_id
+    return event.task.id if event.HasField("task") else _payload(event).task_id
+
+
+def _event_id(event: StreamResponse) -> str:
+    return str(_payload(event).metadata["newfuse.eventId"])
+
+
+def _id_key(event_id: str) -> tuple[int, int, int]:
+    entry, _, part = event_id.partition("#")
+    ms, _, seq = entry.partition("-")
+    return int(ms), int(seq), int(part)
+
+
+def _log_entry(event: StreamResponse) -> tuple[str, int]:
+    """What a streamed update says, to compare streams: its kind and the state it reports."""
+    kind = str(event.WhichOneof("payload"))
+    return kind, _payload(event).status.state if kind == "status_update" else 0
+
+
+@pytest.mark.asyncio
+async def test_a_stream_killed_mid_way_resumes_from_the_last_event_id_100_times(
+    gateway: GatewayProcess, fleets: Fleets, echo_fleet: str
+) -> None:
+    """Each run cuts the stream after 1, 2 or 3 events, then SubscribeToTask with Last-Event-ID.
+
+    Put together, the two streams hold every update of the task once, in order: working, the
+    output, completed (the Task each stream opens with is the state it starts from).
+    """
+    client = await _client(gateway, fleets.namespace, echo_fleet, streaming=True)
+    expected = [
+        ("status_update", TaskState.TASK_STATE_WORKING),
+        ("artifact_update", 0),
+        ("status_update", TaskState.TASK_STATE_COMPLETED),
+    ]
+    try:
+        for run in range(100):
+            cut_after = 1 + run % 3
+            message = _message(
+                Part(data=ParseDict({"seconds": 0.05, "run": run}, Value())), skill="sleep"
+            )
+            before: list[StreamResponse] = []
+            async for event in client.send_message(SendMessageRequest(message=message)):
+                before.append(event)
+                if len(before) == cut_after:
+                    break  # closes the connection mid-stream
+            resume = ClientCallContext(service_parameters={"Last-Event-ID": _event_id(before[-1])})
+            request = SubscribeToTaskRequest(id=before[0].task.id)
+            after = [e async for e in client.subscribe(request, context=resume)]
+            assert after[0].HasField("task"), f"run {run}: a resumed stream starts with the Task"
+            updates = before[1:] + after[1:]
+            assert [_log_entry(e) for e in updates] == expected, (
+                f"run {run} (cut after {cut_after})"
+            )
+            ids = [_event_id(e) for e in updates]
+            assert len(set(ids)) == len(ids), f"run {run}: an event came twice: {ids}"
+    finally:
+        await client.close()
 
 
 @pytest.mark.asyncio
@@ -150,8 +213,8 @@ async def test_a_message_sent_twice_is_one_task_and_get_and_list_find_it(
     blocking: Client, fleets: Fleets, echo_fleet: str, redis_client: redis.Redis
 ) -> None:
     message = _message(Part(text="once"), message_id="retry-me")
-    first = next(e async for e in blocking.send_message(SendMessageRequest(message=message))).task
-    again = next(e async for e in blocking.send_message(SendMessageRequest(message=message))).task
+    [first] = [e.task async for e in blocking.send_message(SendMessageRequest(message=message))]
+    [again] = [e.task async for e in blocking.send_message(SendMessageRequest(message=message))]
     assert again.id == first.id
     keys = FleetKeys(fleets.namespace, echo_fleet)
     assert redis_client.hlen(keys.result_index) == 1, "the second send ran the task again"
