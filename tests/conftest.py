@@ -26,6 +26,7 @@ from harness import Cluster, Fleets, Kubectl, OperatorProcess, RedisHandle
 from localcluster import LocalCluster, RedisServer, wait_established
 from localcluster.cluster import default_state_dir as cluster_state_dir
 from localcluster.demo import OperatorRunner
+from localcluster.netutil import free_port
 from localcluster.podrunner import PodRunnerProcess
 from localcluster.redis_server import default_state_dir as redis_state_dir
 
@@ -144,7 +145,15 @@ def crd(kubectl: Kubectl) -> None:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster, redis_server: RedisHandle, crd: None) -> Iterator[OperatorProcess]:
+def gateway_port() -> int:
+    """The port of the fleet API gateway that tests start (the operator names it in status)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Cluster, redis_server: RedisHandle, crd: None, gateway_port: int
+) -> Iterator[OperatorProcess]:
     """One operator process for the session (tests that kill it start it again).
 
     A `make demo` operator on the same cluster would reconcile the tests' fleets too and hide what
@@ -152,7 +161,7 @@ def operator(cluster: Cluster, redis_server: RedisHandle, crd: None) -> Iterator
     """
     if cluster.is_local() and OperatorRunner(REPO / ".local" / "operator").down():
         print("stopped the `make demo` operator so that only the operator under test reconciles")
-    env = {}
+    env = {"NEWFUSE_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"}
     pod_url = redis_server.server.pod_url() if redis_server.server else None
     if cluster.local is not None and cluster.local.real_node().running() and pod_url:
         # Agents in real containers reach Redis through the pod gateway, not the loopback (the

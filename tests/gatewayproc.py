@@ -18,8 +18,8 @@ from localcluster.netutil import free_port
 class GatewayProcess:
     """One gateway on ``redis_url``, listening on loopback at a free port."""
 
-    def __init__(self, redis_url: str, **env: str) -> None:
-        self.port = free_port()
+    def __init__(self, redis_url: str, port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,

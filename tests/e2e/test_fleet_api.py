@@ -42,16 +42,21 @@ pytestmark = pytest.mark.usefixtures("operator")
 
 
 @pytest.fixture
-def gateway(redis_server: RedisHandle) -> Iterator[GatewayProcess]:
-    """A gateway with the default settings (blocking SendMessage waits up to 30 s)."""
-    with GatewayProcess(redis_server.url) as running:
+def gateway(redis_server: RedisHandle, gateway_port: int) -> Iterator[GatewayProcess]:
+    """A gateway with the default settings, at the URL the operator was told."""
+    with GatewayProcess(redis_server.url, gateway_port) as running:
         yield running
 
 
 @pytest.fixture
-def echo_fleet(fleets: Fleets, pod_runner: PodRunnerProcess, redis_client: redis.Redis) -> str:
-    """A fleet of two agents that can `echo` and `sleep`."""
-    start_fleet(fleets, pod_runner, redis_client, "echoes", 2, capabilities=["echo", "sleep"])
+def echo_fleet(
+    fleets: Fleets, pod_runner: PodRunnerProcess, redis_client: redis.Redis, gateway: GatewayProcess
+) -> str:
+    """A fleet of two agents that can `echo` and `sleep`, and whose status names its endpoint."""
+    body = start_fleet(
+        fleets, pod_runner, redis_client, "echoes", 2, capabilities=["echo", "sleep"]
+    )
+    assert body["status"]["endpoints"] == {"a2a": gateway.fleet_url(fleets.namespace, "echoes")}
     return "echoes"
 
 

@@ -97,3 +97,22 @@ def test_the_last_known_backlog_stays_until_redis_says_again() -> None:
 def test_what_status_is_derived_from_cannot_be_edited(value: object) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         value.now = NOW  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("gateway", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("https://agents.example.com", "https://agents.example.com/a2a/ns/demo/"),
+        ("http://gw:8080/", "http://gw:8080/a2a/ns/demo/"),
+    ],
+    ids=["no gateway", "empty", "public URL", "trailing slash"],
+)
+def test_status_names_the_fleets_a2a_endpoint_on_the_gateway(
+    gateway: str | None, expected: str | None
+) -> None:
+    f = fleet()
+    inputs = StatusInputs(f, "rev1", [], Plan(), True, None, None, NOW, gateway_url=gateway)
+    endpoints = derive_status(inputs).endpoints
+    assert (endpoints.a2a if endpoints else None) == expected

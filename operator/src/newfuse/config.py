@@ -66,6 +66,11 @@ class OperatorConfig(BaseModel):
             "go) before it lets the fleet go without removing its Redis keys."
         ),
     )
+    gateway_url: str | None = Field(
+        default=None,
+        description="The fleet API gateway's URL as clients reach it; each fleet's A2A endpoint "
+        "under it goes into status.endpoints.a2a (the chart sets it when it deploys the gateway).",
+    )
     redis_ca_file: str | None = Field(
         default=None,
         description="PEM CA bundle verifying a rediss:// server (the chart mounts it).",

@@ -131,6 +131,16 @@ class FleetMetrics(KubeModel):
     stale_agents: int = Field(default=0, ge=0, description="Agents whose heartbeat is overdue.")
 
 
+class Endpoints(KubeModel):
+    """Where clients reach the fleet."""
+
+    a2a: str | None = Field(
+        default=None,
+        description="The fleet's A2A v1.0 endpoint on the fleet API gateway; its Agent Card is "
+        "at .well-known/agent-card.json under it.",
+    )
+
+
 class NewFuseAgentStatus(KubeModel):
     """What the operator observed, as of observedGeneration."""
 
@@ -164,5 +174,8 @@ class NewFuseAgentStatus(KubeModel):
     )
     rollout: RolloutState | None = Field(
         default=None, description="The phased rollout, if one ran."
+    )
+    endpoints: Endpoints | None = Field(
+        default=None, description="Where clients reach the fleet (set when a gateway is known)."
     )
     message: str | None = Field(default=None, description="Human-readable summary.")

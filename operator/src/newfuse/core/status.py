@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from newfuse.api.rollout import TERMINAL_PHASES, RolloutPhase, RolloutState
+from newfuse.api.status import Endpoints
 from newfuse.api.tasks import Backlog
 from newfuse.api.v1alpha1 import (
     Condition,
@@ -26,6 +27,7 @@ from newfuse.api.v1alpha1 import (
 from newfuse.core import naming
 from newfuse.core.planner import Plan
 from newfuse.core.pods import ObservedPod, PodHealth
+from newfuse.wire.endpoints import a2a_url
 
 TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 
@@ -56,6 +58,8 @@ class StatusInputs:
     target_revision: str | None = None
     # The task backlog Redis showed (None: not read this time, the last known one stays).
     backlog: Backlog | None = None
+    # The fleet API gateway's URL (OperatorConfig.gateway_url), if one serves the fleets.
+    gateway_url: str | None = None
 
 
 def merge_conditions(
@@ -312,8 +316,15 @@ def derive_status(inputs: StatusInputs) -> NewFuseAgentStatus:
         metrics=inputs.metrics if inputs.metrics is not None else previous.metrics,
         backlog=inputs.backlog if inputs.backlog is not None else previous.backlog,
         rollout=f.rollout,
+        endpoints=_endpoints(fleet, inputs.gateway_url),
         message=f"{f.counts}; revision {inputs.update_revision}",
     )
+
+
+def _endpoints(fleet: NewFuseAgent, gateway_url: str | None) -> Endpoints | None:
+    if not gateway_url:
+        return None
+    return Endpoints(a2a=a2a_url(gateway_url, fleet.metadata.namespace, fleet.metadata.name))
 
 
 def _majority_revision(pods: Sequence[ObservedPod]) -> str:

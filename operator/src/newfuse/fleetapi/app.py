@@ -30,14 +30,9 @@ from newfuse.fleetapi.a2amap import agent_card
 from newfuse.fleetapi.fleets import Fleets
 from newfuse.fleetapi.streams import EVENT_ID
 from newfuse.fleetapi.tasks import CAPABILITIES, FLEET, FleetTaskHandler
+from newfuse.wire.endpoints import A2A_PREFIX, a2a_url
 
-A2A_PREFIX: Final = "/a2a"
 _VERSION: Final = version("newfuse")
-
-
-def fleet_path(namespace: str, fleet: str) -> str:
-    """The path of a fleet's A2A endpoint (the Agent Card is under it)."""
-    return f"{A2A_PREFIX}/{namespace}/{fleet}/"
 
 
 def _event_id(event: Any) -> str | None:
@@ -117,8 +112,7 @@ def create_app(
         namespace, name = request.path_params["namespace"], request.path_params["fleet"]
         if not await _found(request):
             return _not_found(namespace, name)
-        base = (public_url or str(request.base_url)).rstrip("/")
-        url = base + fleet_path(namespace, name)
+        url = a2a_url(public_url or str(request.base_url), namespace, name)
         built = agent_card(namespace, name, request.state.capabilities, url, _VERSION)
         return JSONResponse(agent_card_to_dict(built), headers={"Cache-Control": "no-cache"})
 

@@ -267,6 +267,7 @@ class Controller:
                 rollout=rollout,
                 target_revision=target,
                 backlog=backlog,
+                gateway_url=self.config.gateway_url,
             )
         )
         await self._write_status(key, fleet, status, now)
