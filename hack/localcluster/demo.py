@@ -1,7 +1,8 @@
 """`make demo`: the operator running against the local cluster, with a sample fleet Available.
 
-The operator runs as a tracked local process (`python -m newfuse`, exactly what the image's entry
-point runs), so `make cluster-down` stops it with everything else.
+The operator and the fleet API gateway run as tracked local processes (`python -m newfuse` and
+`python -m newfuse.fleetapi`, exactly what the image's entry points run), so `make cluster-down`
+stops them with everything else.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from localcluster import processes
+from localcluster.a2ademo import show_fleet_api
 from localcluster.binaries import REPO_ROOT
 from localcluster.netutil import free_port
 from localcluster.podrunner import PodRunnerProcess
@@ -60,7 +62,7 @@ def _real_node_fleet(
 
 
 class OperatorRunner:
-    """One operator process whose PID and ports live in ``state_dir``."""
+    """The operator and its fleet API gateway, with their PIDs and ports kept in ``state_dir``."""
 
     def __init__(self, state_dir: Path) -> None:
         """Manage the operator recorded in ``state_dir``."""
@@ -70,9 +72,15 @@ class OperatorRunner:
     def _load(self) -> dict[str, object]:
         return dict(json.loads(self._state_file.read_text())) if self._state_file.exists() else {}
 
-    def _record(self) -> processes.ProcessRecord | None:
-        data = self._load().get("process")
+    def _record(self, name: str = "process") -> processes.ProcessRecord | None:
+        data = self._load().get(name)
         return processes.ProcessRecord.from_json(data) if isinstance(data, dict) else None
+
+    @property
+    def gateway_url(self) -> str | None:
+        """Where the gateway listens, once started."""
+        port = self._load().get("gateway_port")
+        return f"http://127.0.0.1:{port}" if port else None
 
     def running(self) -> bool:
         """Whether the recorded operator process is alive."""
@@ -94,8 +102,19 @@ class OperatorRunner:
         if self.running():
             log("operator already running")
             return
-        metrics_port, health_port = free_port(), free_port()
+        metrics_port, health_port, gateway_port = free_port(), free_port(), free_port()
+        gateway = processes.start(
+            "newfuse-gateway",
+            [sys.executable, "-m", "newfuse.fleetapi"],
+            self.state_dir / "logs" / "gateway.log",
+            {
+                "NEWFUSE_REDIS_URL": redis_url,
+                "NEWFUSE_GATEWAY_HOST": "127.0.0.1",
+                "NEWFUSE_GATEWAY_PORT": str(gateway_port),
+            },
+        )
         env = {
+            "NEWFUSE_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}",
             "NEWFUSE_KUBECONFIG": str(kubeconfig),
             "NEWFUSE_REDIS_URL": redis_url,
             "NEWFUSE_METRICS_PORT": str(metrics_port),
@@ -115,38 +134,50 @@ class OperatorRunner:
             json.dumps(
                 {
                     "process": record.to_json(),
+                    "gateway": gateway.to_json(),
+                    "gateway_port": gateway_port,
                     "metrics_port": metrics_port,
                     "health_port": health_port,
                 }
             )
         )
 
-        def healthy() -> bool:
-            if not processes.is_running(record):
-                raise RuntimeError(f"the operator exited; see {record.log}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=1):
-                    return True
-            except OSError:
-                return False
-
-        wait_for(healthy, 60, what="operator liveness")
+        health = f"http://127.0.0.1:{health_port}/healthz"
+        wait_for(lambda: _serves(record, health), 60, what="operator liveness")
+        wait_for(
+            lambda: _serves(gateway, f"http://127.0.0.1:{gateway_port}/readyz"),
+            60,
+            what="the fleet API gateway",
+        )
         log(
             f"operator running (pid {record.pid}), metrics at http://127.0.0.1:{metrics_port}/metrics"
         )
+        log(f"fleet API gateway running (pid {gateway.pid}) at http://127.0.0.1:{gateway_port}")
+
+    def _records(self) -> list[processes.ProcessRecord]:
+        found = [self._record(), self._record("gateway")]
+        return [r for r in found if r is not None and processes.is_running(r)]
 
     def down(self) -> bool:
-        """Stop the operator if it runs. True if it was stopped."""
-        record = self._record()
-        if record is None or not processes.is_running(record):
-            return False
-        processes.stop(record)
-        return True
+        """Stop the operator and the gateway if they run. True if one was stopped."""
+        running = self._records()
+        for record in running:
+            processes.stop(record)
+        return bool(running)
 
     def pids(self) -> list[int]:
         """PIDs still running (for leak checks)."""
-        record = self._record()
-        return [record.pid] if record and processes.is_running(record) else []
+        return [r.pid for r in self._records()]
+
+
+def _serves(record: processes.ProcessRecord, url: str) -> bool:
+    if not processes.is_running(record):
+        raise RuntimeError(f"{record.name} exited; see {record.log}")
+    try:
+        with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - our own loopback URL
+            return True
+    except OSError:
+        return False
 
 
 def run_demo(
@@ -232,3 +263,6 @@ def run_demo(
     # NODE: kwok-node-* are kwok's (the pod runner runs those agents), the other is the real one.
     print(k("get", "pods", "-n", DEMO_NAMESPACE, "-o", "wide", "-L", "newfuse.io/revision"))
     subprocess.run([newfuse, "agents", "summarizer", "-n", DEMO_NAMESPACE], check=True, env=env)
+    gateway = OperatorRunner(state_dir).gateway_url
+    if gateway is not None:
+        show_fleet_api(gateway, DEMO_NAMESPACE, "summarizer", log)
