@@ -31,9 +31,11 @@ from a2a.types.a2a_pb2 import (
 from a2a.utils.errors import A2AError, TaskNotCancelableError
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.struct_pb2 import Value
+from kubernetes import client as k8s_client
 
+from fleetapi_auth import SUBMITTER, apply_chart_roles, service_account
 from gatewayproc import GatewayProcess
-from harness import Fleets, RedisHandle, start_fleet
+from harness import Cluster, Fleets, RedisHandle, start_fleet
 from localcluster.podrunner import PodRunnerProcess
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.tasks import Priority
@@ -42,10 +44,24 @@ pytestmark = pytest.mark.usefixtures("operator")
 
 
 @pytest.fixture
-def gateway(redis_server: RedisHandle, gateway_port: int) -> Iterator[GatewayProcess]:
-    """A gateway with the default settings, at the URL the operator was told."""
-    with GatewayProcess(redis_server.url, gateway_port) as running:
+def gateway(
+    redis_server: RedisHandle, gateway_port: int, cluster: Cluster
+) -> Iterator[GatewayProcess]:
+    """A gateway with the default settings (auth on), at the URL the operator was told."""
+    kubeconfig = str(cluster.kubeconfig)
+    with GatewayProcess(redis_server.url, gateway_port, NEWFUSE_KUBECONFIG=kubeconfig) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def chart_roles(k8s_api: k8s_client.ApiClient) -> None:
+    apply_chart_roles(k8s_api)
+
+
+@pytest.fixture
+def token(k8s_api: k8s_client.ApiClient, namespace: str, chart_roles: None) -> str:
+    """A ServiceAccount token bound to the chart's task-submitter role in this namespace."""
+    return service_account(k8s_api, namespace, "caller", cluster_role=SUBMITTER)
 
 
 @pytest.fixture
@@ -68,18 +84,26 @@ def _message(*parts: Part, message_id: str | None = None, skill: str = "echo") -
     return message
 
 
-async def _client(gateway: GatewayProcess, namespace: str, fleet: str, **config: Any) -> Client:
+async def _client(
+    gateway: GatewayProcess, namespace: str, fleet: str, token: str, **config: Any
+) -> Client:
     # The client resolves the Agent Card under the base URL, then posts to the card's interface.
+    http = httpx.AsyncClient(headers=bearer(token), timeout=60)
     return await create_client(
-        gateway.fleet_url(namespace, fleet).rstrip("/"), client_config=ClientConfig(**config)
+        gateway.fleet_url(namespace, fleet).rstrip("/"),
+        client_config=ClientConfig(httpx_client=http, **config),
     )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest_asyncio.fixture
 async def blocking(
-    gateway: GatewayProcess, fleets: Fleets, echo_fleet: str
+    gateway: GatewayProcess, fleets: Fleets, echo_fleet: str, token: str
 ) -> AsyncIterator[Client]:
-    client = await _client(gateway, fleets.namespace, echo_fleet, streaming=False)
+    client = await _client(gateway, fleets.namespace, echo_fleet, token, streaming=False)
     yield client
     await client.close()
 
@@ -126,9 +150,9 @@ async def test_send_message_returns_the_completed_task_with_the_echo_output(
 
 @pytest.mark.asyncio
 async def test_streamed_events_arrive_in_order(
-    gateway: GatewayProcess, fleets: Fleets, echo_fleet: str
+    gateway: GatewayProcess, fleets: Fleets, echo_fleet: str, token: str
 ) -> None:
-    client = await _client(gateway, fleets.namespace, echo_fleet, streaming=True)
+    client = await _client(gateway, fleets.namespace, echo_fleet, token, streaming=True)
     try:
         events = [
             e
@@ -175,14 +199,14 @@ def _log_entry(event: StreamResponse) -> tuple[str, int]:
 
 @pytest.mark.asyncio
 async def test_a_stream_killed_mid_way_resumes_from_the_last_event_id_100_times(
-    gateway: GatewayProcess, fleets: Fleets, echo_fleet: str
+    gateway: GatewayProcess, fleets: Fleets, echo_fleet: str, token: str
 ) -> None:
     """Each run cuts the stream after 1, 2 or 3 events, then SubscribeToTask with Last-Event-ID.
 
     Put together, the two streams hold every update of the task once, in order: working, the
     output, completed (the Task each stream opens with is the state it starts from).
     """
-    client = await _client(gateway, fleets.namespace, echo_fleet, streaming=True)
+    client = await _client(gateway, fleets.namespace, echo_fleet, token, streaming=True)
     expected = [
         ("status_update", TaskState.TASK_STATE_WORKING),
         ("artifact_update", 0),
@@ -237,10 +261,11 @@ async def test_cancel_task_ends_a_queued_task_canceled_and_no_agent_runs_it(
     fleets: Fleets,
     pod_runner: PodRunnerProcess,
     redis_client: redis.Redis,
+    token: str,
 ) -> None:
     # No agents: the task waits in the stream, as behind a long backlog.
     start_fleet(fleets, pod_runner, redis_client, "idle", 0, capabilities=["echo"])
-    client = await _client(gateway, fleets.namespace, "idle", streaming=False)
+    client = await _client(gateway, fleets.namespace, "idle", token, streaming=False)
     try:
         request = SendMessageRequest(
             message=_message(Part(text="never")),
@@ -263,7 +288,7 @@ async def test_cancel_task_ends_a_queued_task_canceled_and_no_agent_runs_it(
 
 @pytest.mark.asyncio
 async def test_an_unknown_a2a_version_gets_the_specs_error(
-    gateway: GatewayProcess, fleets: Fleets, echo_fleet: str
+    gateway: GatewayProcess, fleets: Fleets, echo_fleet: str, token: str
 ) -> None:
     body = {
         "jsonrpc": "2.0",
@@ -273,7 +298,7 @@ async def test_an_unknown_a2a_version_gets_the_specs_error(
     }
     url = gateway.fleet_url(fleets.namespace, echo_fleet)
     async with httpx.AsyncClient() as http:
-        reply = await http.post(url, json=body, headers={"A2A-Version": "9.9"})
+        reply = await http.post(url, json=body, headers={"A2A-Version": "9.9", **bearer(token)})
     assert reply.json()["error"]["code"] == -32009, reply.text
 
 

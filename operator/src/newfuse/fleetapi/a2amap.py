@@ -19,9 +19,13 @@ from a2a.types.a2a_pb2 import (
     AgentProvider,
     AgentSkill,
     Artifact,
+    HTTPAuthSecurityScheme,
     Message,
     Part,
     Role,
+    SecurityRequirement,
+    SecurityScheme,
+    StringList,
     Task,
     TaskState,
     TaskStatus,
@@ -39,6 +43,7 @@ PROTOCOL_BINDING: Final = "JSONRPC"
 # The message metadata key that picks a skill (the fleet's capability, which names a handler).
 SKILL_KEY: Final = "skill"
 RESULT_ARTIFACT: Final = "result"
+BEARER: Final = "bearer"
 # A cancelled task is stored as a FAILED result with this reason, so the first result still wins.
 CANCELED_REASON: Final = "canceled"
 # uuid5 namespace of task ids made from message ids (any fixed UUID works; this one is ours).
@@ -58,13 +63,24 @@ class TaskRecord(BaseModel):
     skill: str = Field(min_length=1, max_length=64)
     message_id: str = Field(min_length=1, max_length=256)
     created_at: dt.datetime
+    # The verified caller who sent it (None: the gateway runs without auth).
+    by: str | None = Field(default=None, max_length=512)
 
 
 def agent_card(
-    namespace: str, fleet: str, capabilities: Sequence[str], url: str, version: str
+    namespace: str,
+    fleet: str,
+    capabilities: Sequence[str],
+    url: str,
+    version: str,
+    *,
+    bearer: bool = False,
 ) -> AgentCard:
-    """The Agent Card of a fleet: one skill per capability, reached over JSON-RPC at ``url``."""
-    return AgentCard(
+    """The Agent Card of a fleet: one skill per capability, reached over JSON-RPC at ``url``.
+
+    ``bearer``: callers must send a bearer JWT (the card says so, as a security scheme).
+    """
+    card = AgentCard(
         name=fleet,
         description=f"NewFuse fleet {namespace}/{fleet}: {', '.join(capabilities) or 'no skills'}",
         version=version,
@@ -84,6 +100,20 @@ def agent_card(
             for name in capabilities
         ],
     )
+    if bearer:
+        card.security_schemes[BEARER].CopyFrom(
+            SecurityScheme(
+                http_auth_security_scheme=HTTPAuthSecurityScheme(
+                    scheme="Bearer",
+                    bearer_format="JWT",
+                    description="A Kubernetes ServiceAccount token for audience newfuse-gateway, "
+                    "or a token of an OIDC issuer the gateway trusts; RBAC on "
+                    "newfuseagents/tasks decides.",
+                )
+            )
+        )
+        card.security_requirements.append(SecurityRequirement(schemes={BEARER: StringList()}))
+    return card
 
 
 def task_id_for(namespace: str, fleet: str, message_id: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, Final
 
@@ -27,9 +28,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from newfuse.fleetapi.a2amap import agent_card
+from newfuse.fleetapi.auth import Authenticator, AuthError, Authorizer, audit, verb_of
 from newfuse.fleetapi.fleets import Fleets
 from newfuse.fleetapi.streams import EVENT_ID
-from newfuse.fleetapi.tasks import CAPABILITIES, FLEET, FleetTaskHandler
+from newfuse.fleetapi.tasks import CAPABILITIES, FLEET, USER, FleetTaskHandler
 from newfuse.wire.endpoints import A2A_PREFIX, a2a_url
 
 _VERSION: Final = version("newfuse")
@@ -79,6 +81,7 @@ class _FleetContext(DefaultServerCallContextBuilder):
         context = super().build(request)
         context.state[FLEET] = request.state.fleet
         context.state[CAPABILITIES] = request.state.capabilities
+        context.state[USER] = getattr(request.state, "user", None)
         return context
 
 
@@ -89,10 +92,56 @@ def _not_found(namespace: str, fleet: str) -> Response:
     )
 
 
+def _refused(error: AuthError) -> Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="newfuse"'} if error.status == 401 else {}
+    return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
+
+
+async def _method(request: Request) -> str:
+    try:
+        body = await request.json()  # Starlette keeps the body: the dispatcher reads it again
+    except ValueError:
+        return ""  # the dispatcher answers with the JSON-RPC parse error
+    return str(body.get("method", "")) if isinstance(body, dict) else ""
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Who may call: the token's user, then RBAC on the fleet's tasks."""
+
+    authenticator: Authenticator
+    authorizer: Authorizer
+
+    async def admit(self, request: Request, namespace: str, fleet: str) -> Response | None:
+        """None if the caller may go on (its user in ``request.state.user``); else the refusal."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        try:
+            if scheme.lower() != "bearer" or not token.strip():
+                raise AuthError(401, "a bearer token is required (Authorization: Bearer <JWT>)")
+            user = await self.authenticator.identify(token.strip())
+            method = await _method(request)
+            await self.authorizer.check(user, verb_of(method), namespace, fleet)
+        except AuthError as exc:
+            return _refused(exc)
+        request.state.user = user
+        audit.info(
+            "%s %s on %s/%s", user.username, method, namespace, fleet,
+            extra={"user": user.username, "method": method, "namespace": namespace,
+                   "fleet": fleet},
+        )  # fmt: skip
+        return None
+
+
 def create_app(
-    fleets: Fleets, handler: FleetTaskHandler, public_url: str | None = None
+    fleets: Fleets,
+    handler: FleetTaskHandler,
+    public_url: str | None = None,
+    guard: Guard | None = None,
 ) -> Starlette:
-    """The gateway app over ``fleets``; cards name ``public_url`` (default: the request's URL)."""
+    """The gateway app over ``fleets``; cards name ``public_url`` (default: the request's URL).
+
+    Without ``guard`` anybody who reaches the gateway may do anything (NEWFUSE_GATEWAY_AUTH=none).
+    """
     dispatcher = _Dispatcher(request_handler=handler, context_builder=_FleetContext())
 
     async def _found(request: Request) -> bool:
@@ -104,8 +153,11 @@ def create_app(
         return True
 
     async def rpc(request: Request) -> Response:
+        namespace, name = request.path_params["namespace"], request.path_params["fleet"]
+        if guard is not None and (refused := await guard.admit(request, namespace, name)):
+            return refused  # before the lookup: who may not call learns nothing of the fleet
         if not await _found(request):
-            return _not_found(request.path_params["namespace"], request.path_params["fleet"])
+            return _not_found(namespace, name)
         return await dispatcher.handle_requests(request)
 
     async def card(request: Request) -> Response:
@@ -113,7 +165,9 @@ def create_app(
         if not await _found(request):
             return _not_found(namespace, name)
         url = a2a_url(public_url or str(request.base_url), namespace, name)
-        built = agent_card(namespace, name, request.state.capabilities, url, _VERSION)
+        built = agent_card(
+            namespace, name, request.state.capabilities, url, _VERSION, bearer=guard is not None
+        )
         return JSONResponse(agent_card_to_dict(built), headers={"Cache-Control": "no-cache"})
 
     async def healthz(_: Request) -> Response:

@@ -8,12 +8,37 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Json, SecretStr, ValidationError
+
+
+class Auth(StrEnum):
+    """How callers prove who they are."""
+
+    KUBERNETES = "kubernetes"  # bearer JWTs (ServiceAccount or configured OIDC), RBAC decides
+    NONE = "none"  # anybody who reaches the gateway may do anything: for local tests only
+
+
+class OidcIssuerConfig(BaseModel):
+    """An OIDC issuer whose tokens the gateway takes (NEWFUSE_GATEWAY_OIDC_ISSUERS: a JSON list)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    jwks_uri: str | None = Field(
+        default=None, description="Default: <issuer>/.well-known/jwks.json"
+    )
+    username_claim: str = "sub"
+    groups_claim: str = "groups"
+    prefix: str = Field(default="oidc:", description="Put before usernames and groups for RBAC.")
+
 
 # Fields read from the variable the operator and the CLI use for the same thing.
 SHARED: Final = {
+    "kubeconfig": "NEWFUSE_KUBECONFIG",
     "redis_url": "NEWFUSE_REDIS_URL",
     "redis_ca_file": "NEWFUSE_REDIS_CA_FILE",
     "signing_key": "NEWFUSE_SIGNING_KEY",
@@ -42,6 +67,20 @@ class GatewayConfig(BaseModel):
     redis_ca_file: str | None = Field(default=None, description="CA bundle for rediss://.")
     signing_key: SecretStr | None = Field(default=None, description="The fleets' signing key.")
     encryption_key: SecretStr | None = Field(default=None, description="The fleets' sealing key.")
+    kubeconfig: str | None = Field(default=None, description="Kubeconfig; default in-cluster.")
+    auth: Auth = Field(default=Auth.KUBERNETES, description="How callers authenticate.")
+    audience: str = Field(
+        default="newfuse-gateway",
+        min_length=1,
+        description="The audience ServiceAccount tokens must be issued for "
+        "(`kubectl create token <sa> --audience newfuse-gateway`).",
+    )
+    oidc_issuers: Json[list[OidcIssuerConfig]] = Field(
+        default_factory=list, description="Other token issuers to trust, as a JSON list."
+    )
+    decision_cache_seconds: float = Field(
+        default=10.0, ge=0, le=300, description="How long an RBAC decision is reused."
+    )
     send_wait_seconds: float = Field(
         default=30.0,
         ge=0,

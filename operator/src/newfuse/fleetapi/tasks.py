@@ -66,6 +66,7 @@ from newfuse.fleetapi.streams import Position, follow
 # Keys of ServerCallContext.state the app's context builder fills.
 FLEET: str = "newfuse.fleet"
 CAPABILITIES: str = "newfuse.capabilities"
+USER: str = "newfuse.user"  # the verified caller (a ReviewedUser), None without auth
 # The SSE resume header, as Starlette's (lower-cased) header map names it.
 LAST_EVENT_ID: str = "last-event-id"
 
@@ -102,11 +103,13 @@ class FleetTaskHandler(RequestHandler):
             record = TaskRecord.model_validate_json(known)
             return await self._task(fleet, task_id, record), record
         skill, now = skill_of(message, capabilities), self.clock()
+        user = context.state.get(USER)
         record = TaskRecord(
             context_id=message.context_id or task_id,
             skill=skill,
             message_id=message.message_id,
             created_at=now,
+            by=user.username if user is not None else None,
         )
         spec = TaskSpec(handler=skill, input=task_input(message), task_id=task_id, events=True)
         try:
