@@ -1,6 +1,7 @@
 """The end of `make demo`: the sample fleet answers as an A2A agent through the fleet API gateway.
 
-It uses the official a2a-sdk client, as a user's agent would.
+It uses the official a2a-sdk client, as a user's agent would, with the token of a ServiceAccount
+that a Role lets send tasks to the fleet (the gateway's default: RBAC decides).
 """
 
 from __future__ import annotations
@@ -9,14 +10,39 @@ import asyncio
 import uuid
 from collections.abc import Callable
 
+import httpx
 from a2a.client import ClientConfig, create_client
 from a2a.types.a2a_pb2 import Message, Part, Role, SendMessageRequest, Task, TaskState
 
 from newfuse.wire.endpoints import a2a_url
 
+CLIENT = "demo-client"
+# What the chart's task-submitter ClusterRole grants, as a Role of the demo namespace.
+_RBAC = """
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {name}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: {name}}}
+rules:
+  - apiGroups: [newfuse.io]
+    resources: [newfuseagents/tasks]
+    verbs: [create, get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: {name}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {name}}}
+subjects: [{{kind: ServiceAccount, name: {name}}}]
+"""
 
-async def _ask(url: str, text: str) -> Task:
-    client = await create_client(url.rstrip("/"), client_config=ClientConfig(streaming=False))
+
+async def _ask(url: str, token: str, text: str) -> Task:
+    http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    config = ClientConfig(streaming=False, httpx_client=http)
+    client = await create_client(url.rstrip("/"), client_config=config)
     try:
         message = Message(message_id=uuid.uuid4().hex, role=Role.ROLE_USER, parts=[Part(text=text)])
         message.metadata.update({"skill": "echo"})
@@ -24,15 +50,20 @@ async def _ask(url: str, text: str) -> Task:
         return event.task
     finally:
         await client.close()
+        await http.aclose()
 
 
 def show_fleet_api(
-    gateway_url: str, namespace: str, fleet: str, log: Callable[[str], None]
+    k: Callable[..., str], gateway_url: str, namespace: str, fleet: str, log: Callable[[str], None]
 ) -> None:
     """Send one message to ``fleet`` through the gateway and print what came back."""
     url = a2a_url(gateway_url, namespace, fleet)
     log(f"the fleet is an A2A v1.0 agent too; its Agent Card: {url}.well-known/agent-card.json")
-    task = asyncio.run(_ask(url, "hello from the fleet API"))
+    k("apply", "-n", namespace, "-f", "-", stdin=_RBAC.format(name=CLIENT))
+    token = k("create", "token", CLIENT, "-n", namespace, "--audience", "newfuse-gateway").strip()
+    log(f"calling it as ServiceAccount {CLIENT} (`kubectl create token {CLIENT} --audience "
+        "newfuse-gateway`)")  # fmt: skip
+    task = asyncio.run(_ask(url, token, "hello from the fleet API"))
     output = " ".join(p.text for a in task.artifacts for p in a.parts)
     state = TaskState.Name(task.status.state)
     log(f"SendMessage via the gateway: task {task.id} {state}: {output!r}")

@@ -108,6 +108,7 @@ class OperatorRunner:
             [sys.executable, "-m", "newfuse.fleetapi"],
             self.state_dir / "logs" / "gateway.log",
             {
+                "NEWFUSE_KUBECONFIG": str(kubeconfig),
                 "NEWFUSE_REDIS_URL": redis_url,
                 "NEWFUSE_GATEWAY_HOST": "127.0.0.1",
                 "NEWFUSE_GATEWAY_PORT": str(gateway_port),
@@ -265,4 +266,4 @@ def run_demo(
     subprocess.run([newfuse, "agents", "summarizer", "-n", DEMO_NAMESPACE], check=True, env=env)
     gateway = OperatorRunner(state_dir).gateway_url
     if gateway is not None:
-        show_fleet_api(gateway, DEMO_NAMESPACE, "summarizer", log)
+        show_fleet_api(k, gateway, DEMO_NAMESPACE, "summarizer", log)
