@@ -59,6 +59,13 @@ class Hub:
                 self._reader.cancel()
                 self._reader = None
 
+    def rejoin(self, subscription: Subscription) -> None:
+        """Take a `lost` subscription back; its owner then reads what it missed from the stream."""
+        while not subscription.queue.empty():
+            subscription.queue.get_nowait()
+        subscription.lost = False
+        self._subscribers.setdefault(subscription.task_id, set()).add(subscription)
+
     def _drop(self, subscription: Subscription) -> None:
         found = self._subscribers.get(subscription.task_id)
         if found is not None:
@@ -72,6 +79,10 @@ class Hub:
                 events, after = await self.events.wait(after, self.block_ms)
             except (RedisError, OSError) as exc:
                 log.warning("reading %s failed (%s): retrying", self.events.key, exc)
+                await asyncio.sleep(self.retry_seconds)
+                continue
+            except Exception:  # the reader must outlive any bug: its subscribers wait on it
+                log.exception("reading %s failed: retrying", self.events.key)
                 await asyncio.sleep(self.retry_seconds)
                 continue
             for event in events:

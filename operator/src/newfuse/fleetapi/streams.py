@@ -107,20 +107,26 @@ async def _entries(fleet: Fleet, task_id: str, cursor: str) -> AsyncIterator[Eve
 
 
 async def _live(fleet: Fleet, subscription: Subscription, cursor: str) -> AsyncIterator[Event]:
-    """The task's entries after ``cursor``: those in the stream, then the hub's, in order."""
-    async for event in _entries(fleet, subscription.task_id, cursor):
-        cursor = event.entry_id
-        yield event
+    """The task's entries after ``cursor``: those in the stream, then the hub's, in order.
+
+    Entries the hub hands over that the stream read already gave are skipped by id. A
+    subscription the hub dropped (`lost`) rejoins, then reads what it missed from the stream.
+    """
+    catch_up = True
     while True:
+        if catch_up:
+            async for event in _entries(fleet, subscription.task_id, cursor):
+                cursor = event.entry_id
+                yield event
+            catch_up = False
+        if subscription.lost and subscription.queue.empty():
+            fleet.hub.rejoin(subscription)
+            catch_up = True
+            continue
         try:
             event = await asyncio.wait_for(subscription.queue.get(), CHECK_SECONDS)
         except TimeoutError:
-            if subscription.lost:  # fell behind: read the stream itself from here on
-                subscription.lost = False
-                async for event in _entries(fleet, subscription.task_id, cursor):
-                    cursor = event.entry_id
-                    yield event
-            continue
+            continue  # nothing new: SSE pings keep the connection alive meanwhile
         if entry_key(event.entry_id) > entry_key(cursor):
             cursor = event.entry_id
             yield event
