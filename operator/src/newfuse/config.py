@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Final
 
@@ -25,6 +25,13 @@ class LogFormat(StrEnum):
 NAME_SLASH_KEY_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[-._a-zA-Z0-9]+$"
 # The README's configuration table documents this default (a unit test compares the two).
 DEFAULT_REDIS_CLEANUP_TIMEOUT_SECONDS: Final = 120.0
+
+
+def env_problems(exc: ValidationError, variable: Callable[[str], str]) -> str:
+    """What is wrong with a configuration, each problem named by its environment ``variable``."""
+    return "; ".join(
+        f"{variable(str(e['loc'][0]))}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()
+    )
 
 
 def secret_key_ref(value: str | None) -> SecretKeyRef | None:
@@ -199,11 +206,8 @@ class OperatorConfig(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"NEWFUSE_{str(e['loc'][0]).upper()}: {e['msg']}" if e["loc"] else e["msg"]
-                for e in exc.errors()
-            )
-            raise ValueError(f"invalid operator configuration: {problems}") from exc
+            named = env_problems(exc, lambda field: f"NEWFUSE_{field.upper()}")
+            raise ValueError(f"invalid operator configuration: {named}") from exc
 
     @property
     def signing_key_bytes(self) -> bytes | None:

@@ -13,6 +13,8 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, Json, SecretStr, ValidationError
 
+from newfuse.config import env_problems
+
 
 class Auth(StrEnum):
     """How callers prove who they are."""
@@ -97,11 +99,9 @@ class GatewayConfig(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{env_var(str(e['loc'][0]))}: {e['msg']}" if e["loc"] else e["msg"]
-                for e in exc.errors()
-            )
-            raise ValueError(f"invalid gateway configuration: {problems}") from exc
+            raise ValueError(
+                f"invalid gateway configuration: {env_problems(exc, env_var)}"
+            ) from exc
 
     @staticmethod
     def _bytes(secret: SecretStr | None) -> bytes | None:
