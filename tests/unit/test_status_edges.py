@@ -114,5 +114,7 @@ def test_status_names_the_fleets_a2a_endpoint_on_the_gateway(
 ) -> None:
     f = fleet()
     inputs = StatusInputs(f, "rev1", [], Plan(), True, None, None, NOW, gateway_url=gateway)
-    endpoints = derive_status(inputs).endpoints
-    assert (endpoints.a2a if endpoints else None) == expected
+    status = derive_status(inputs)
+    assert (status.endpoints.a2a if status.endpoints else None) == expected
+    written = status.model_dump(by_alias=True, exclude_none=True).get("endpoints")
+    assert written == ({"a2a": expected} if expected else None), "the field kubectl shows"

@@ -136,6 +136,7 @@ class Endpoints(KubeModel):
 
     a2a: str | None = Field(
         default=None,
+        alias="a2a",  # the camel-case generator would say "a2A"
         description="The fleet's A2A v1.0 endpoint on the fleet API gateway; its Agent Card is "
         "at .well-known/agent-card.json under it.",
     )
