@@ -76,6 +76,18 @@ def render(binaries: Binaries, *sets: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
+FLEET_API_ROLES = ("-task-submitter", "-viewer")
+
+
+def operator_cluster_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ClusterRoles the operator itself is bound to (not the fleet API's roles for users)."""
+    return [
+        d
+        for d in docs
+        if d["kind"] == "ClusterRole" and not d["metadata"]["name"].endswith(FLEET_API_ROLES)
+    ]
+
+
 def _env(docs: list[dict[str, Any]], name: str = "nf-newfuse-operator") -> dict[str, Any]:
     [deployment] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name]
     container = deployment["spec"]["template"]["spec"]["containers"][0]

@@ -14,7 +14,16 @@ import yaml
 
 import gen_kustomize
 from harness import Cluster, Kubectl
-from helm_chart import CHART, EVERYTHING, MONITORING_KINDS, NAMESPACED, ROOT, helm, render
+from helm_chart import (
+    CHART,
+    EVERYTHING,
+    MONITORING_KINDS,
+    NAMESPACED,
+    ROOT,
+    helm,
+    operator_cluster_roles,
+    render,
+)
 from localcluster.binaries import Binaries
 
 
@@ -72,7 +81,7 @@ def test_rendered_chart_is_accepted_by_the_api_server(
             "team-a",
             "team-b",
         ]
-        [crds_only] = [d for d in docs if d["kind"] == "ClusterRole"]
+        [crds_only] = operator_cluster_roles(docs)
         assert [r["resources"] for r in crds_only["rules"]] == [["customresourcedefinitions"]]
         assert crds_only["rules"][0]["verbs"] == ["get", "list", "watch"]
 

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from gen_kustomize import helm_binary, kube_version
+from helm_chart import operator_cluster_roles
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "newfuse-operator"
 
@@ -103,7 +104,7 @@ def test_per_fleet_credentials_switch_the_operator_and_its_secret_rights(
         for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert {k: values[k] for k in env} == env
-    [cluster_role] = [d for d in rendered if d["kind"] == "ClusterRole"]
+    [cluster_role] = operator_cluster_roles(rendered)
     granted = [r for r in cluster_role["rules"] if "secrets" in r["resources"]]
     assert granted == (
         [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}]
