@@ -20,6 +20,7 @@ from a2a.server.request_handlers.response_helpers import agent_card_to_dict
 from a2a.server.routes import DefaultServerCallContextBuilder
 from a2a.server.routes.jsonrpc_dispatcher import JsonRpcDispatcher
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
+from prometheus_client import make_asgi_app
 from redis.exceptions import RedisError
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
@@ -30,6 +31,7 @@ from starlette.routing import Mount, Route
 from newfuse.fleetapi.a2amap import agent_card
 from newfuse.fleetapi.auth import Authenticator, AuthError, Authorizer, audit, verb_of
 from newfuse.fleetapi.fleets import Fleets
+from newfuse.fleetapi.metrics import CALLS
 from newfuse.fleetapi.streams import EVENT_ID
 from newfuse.fleetapi.tasks import CAPABILITIES, FLEET, USER, FleetTaskHandler
 from newfuse.wire.endpoints import A2A_PREFIX, a2a_url
@@ -132,6 +134,56 @@ class Guard:
         return None
 
 
+@dataclass(frozen=True)
+class _Endpoints:
+    """The gateway's HTTP endpoints over its fleets."""
+
+    fleets: Fleets
+    dispatcher: _Dispatcher
+    public_url: str | None
+    guard: Guard | None
+
+    async def _found(self, request: Request) -> bool:
+        namespace, name = request.path_params["namespace"], request.path_params["fleet"]
+        found = await self.fleets.lookup(namespace, name)
+        if found is None:
+            return False
+        request.state.fleet, request.state.capabilities = found
+        return True
+
+    async def rpc(self, request: Request) -> Response:
+        response = await self._rpc(request)
+        CALLS.labels(str(response.status_code)).inc()
+        return response
+
+    async def _rpc(self, request: Request) -> Response:
+        namespace, name = request.path_params["namespace"], request.path_params["fleet"]
+        if self.guard is not None and (refused := await self.guard.admit(request, namespace, name)):
+            return refused  # before the lookup: who may not call learns nothing of the fleet
+        if not await self._found(request):
+            return _not_found(namespace, name)
+        return await self.dispatcher.handle_requests(request)
+
+    async def card(self, request: Request) -> Response:
+        namespace, name = request.path_params["namespace"], request.path_params["fleet"]
+        if not await self._found(request):
+            return _not_found(namespace, name)
+        url = a2a_url(self.public_url or str(request.base_url), namespace, name)
+        capabilities, bearer = request.state.capabilities, self.guard is not None
+        built = agent_card(namespace, name, capabilities, url, _VERSION, bearer=bearer)
+        return JSONResponse(agent_card_to_dict(built), headers={"Cache-Control": "no-cache"})
+
+    async def healthz(self, _: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(self, _: Request) -> Response:
+        try:
+            await self.fleets.client.ping()
+        except (RedisError, OSError) as exc:
+            return PlainTextResponse(f"redis: {exc}", status_code=503)
+        return PlainTextResponse("ok")
+
+
 def create_app(
     fleets: Fleets,
     handler: FleetTaskHandler,
@@ -143,42 +195,7 @@ def create_app(
     Without ``guard`` anybody who reaches the gateway may do anything (NEWFUSE_GATEWAY_AUTH=none).
     """
     dispatcher = _Dispatcher(request_handler=handler, context_builder=_FleetContext())
-
-    async def _found(request: Request) -> bool:
-        namespace, name = request.path_params["namespace"], request.path_params["fleet"]
-        found = await fleets.lookup(namespace, name)
-        if found is None:
-            return False
-        request.state.fleet, request.state.capabilities = found
-        return True
-
-    async def rpc(request: Request) -> Response:
-        namespace, name = request.path_params["namespace"], request.path_params["fleet"]
-        if guard is not None and (refused := await guard.admit(request, namespace, name)):
-            return refused  # before the lookup: who may not call learns nothing of the fleet
-        if not await _found(request):
-            return _not_found(namespace, name)
-        return await dispatcher.handle_requests(request)
-
-    async def card(request: Request) -> Response:
-        namespace, name = request.path_params["namespace"], request.path_params["fleet"]
-        if not await _found(request):
-            return _not_found(namespace, name)
-        url = a2a_url(public_url or str(request.base_url), namespace, name)
-        built = agent_card(
-            namespace, name, request.state.capabilities, url, _VERSION, bearer=guard is not None
-        )
-        return JSONResponse(agent_card_to_dict(built), headers={"Cache-Control": "no-cache"})
-
-    async def healthz(_: Request) -> Response:
-        return PlainTextResponse("ok")
-
-    async def readyz(_: Request) -> Response:
-        try:
-            await fleets.client.ping()
-        except (RedisError, OSError) as exc:
-            return PlainTextResponse(f"redis: {exc}", status_code=503)
-        return PlainTextResponse("ok")
+    endpoints = _Endpoints(fleets, dispatcher, public_url, guard)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -186,13 +203,14 @@ def create_app(
         await fleets.aclose()
 
     routes = [
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
+        Route("/healthz", endpoints.healthz),
+        Route("/readyz", endpoints.readyz),
+        Mount("/metrics", app=make_asgi_app()),
         Mount(
             A2A_PREFIX + "/{namespace}/{fleet}",
             routes=[
-                Route("/", rpc, methods=["POST"]),
-                Route(AGENT_CARD_WELL_KNOWN_PATH, card, methods=["GET"]),
+                Route("/", endpoints.rpc, methods=["POST"]),
+                Route(AGENT_CARD_WELL_KNOWN_PATH, endpoints.card, methods=["GET"]),
             ],
         ),
     ]

@@ -29,6 +29,7 @@ from newfuse.adapters.a2aevents import Event, entry_key
 from newfuse.fleetapi.a2amap import TERMINAL, TaskRecord, task_of
 from newfuse.fleetapi.fleets import Fleet
 from newfuse.fleetapi.hub import Subscription
+from newfuse.fleetapi.metrics import STREAMS
 from newfuse.wire.tasks import TaskEvent
 
 # The metadata key of every streamed event that holds its id (also sent as the SSE `id:`).
@@ -146,25 +147,42 @@ async def follow(
     own events are all streamed however fast it runs.
     """
     async with fleet.hub.subscribe(task_id) as subscription:
-        if fresh is not None:
-            first, start = fresh[0], Position(fresh[1])
-        else:
-            start = since or Position(await fleet.events.newest())
-            first = task_of(task_id, record, await fleet.tasks.result(task_id))
-        yield _marked(first, str(start))
-        if since is None and first.status.state in TERMINAL:
-            return  # nothing is left to happen, and the Task says all that did
-        # The entry of ``start`` is read again when only some of its parts were delivered.
-        cursor = start.entry if since is None else _before(start.entry)
-        async for event in _live(fleet, subscription, cursor):
-            parts = await render(fleet, record, event)
-            for number, part in enumerate(parts):
-                at = Position(event.entry_id, number)
-                if since is not None and event.entry_id == since.entry and number <= since.part:
-                    continue
-                yield _marked(part, str(at))
-            if event.state is TaskEvent.ENDED and parts:
-                return
+        STREAMS.inc()
+        try:
+            async for event in _stream(fleet, subscription, record, since, fresh):
+                yield event
+        finally:
+            STREAMS.dec()
+
+
+async def _stream(
+    fleet: Fleet,
+    subscription: Subscription,
+    record: TaskRecord,
+    since: Position | None,
+    fresh: tuple[Task, str] | None,
+) -> AsyncIterator[A2AEvent]:
+    """`follow`'s stream, once the subscription is in place."""
+    task_id = subscription.task_id
+    if fresh is not None:
+        first, start = fresh[0], Position(fresh[1])
+    else:
+        start = since or Position(await fleet.events.newest())
+        first = task_of(task_id, record, await fleet.tasks.result(task_id))
+    yield _marked(first, str(start))
+    if since is None and first.status.state in TERMINAL:
+        return  # nothing is left to happen, and the Task says all that did
+    # The entry of ``start`` is read again when only some of its parts were delivered.
+    cursor = start.entry if since is None else _before(start.entry)
+    async for event in _live(fleet, subscription, cursor):
+        parts = await render(fleet, record, event)
+        for number, part in enumerate(parts):
+            at = Position(event.entry_id, number)
+            if since is not None and event.entry_id == since.entry and number <= since.part:
+                continue
+            yield _marked(part, str(at))
+        if event.state is TaskEvent.ENDED and parts:
+            return
 
 
 def _before(entry: str) -> str:

@@ -1,0 +1,14 @@
+"""The gateway's Prometheus series (served at /metrics, documented in the README's tables)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Gauge
+
+CALLS: Final = Counter(
+    "newfuse_gateway_calls_total",
+    "Fleet API JSON-RPC calls, by the HTTP status answered (401, 403 and 404 are refusals).",
+    ["status"],
+)
+STREAMS: Final = Gauge("newfuse_gateway_streams", "Event streams (SSE) the gateway holds open.")
