@@ -94,7 +94,9 @@ def test_a_token_rbac_allows_on_fleet_a_submits_to_a_and_gets_403_on_b(
     assert refused.status_code == 403, refused.text
     assert f"system:serviceaccount:{ns}:only-a" in refused.json()["error"]
     assert "fleet-b" in refused.json()["error"]
-    metrics = httpx.get(gateway.url + "/metrics", timeout=10).text
+    scraped = httpx.get(gateway.url + "/metrics", timeout=10)
+    assert scraped.status_code == 200, scraped.status_code
+    metrics = scraped.text
     assert 'newfuse_gateway_calls_total{status="200"} 1.0' in metrics
     assert 'newfuse_gateway_calls_total{status="403"} 1.0' in metrics
 

@@ -20,7 +20,7 @@ from a2a.server.request_handlers.response_helpers import agent_card_to_dict
 from a2a.server.routes import DefaultServerCallContextBuilder
 from a2a.server.routes.jsonrpc_dispatcher import JsonRpcDispatcher
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
@@ -31,6 +31,7 @@ from starlette.routing import Mount, Route
 from newfuse.fleetapi.a2amap import agent_card
 from newfuse.fleetapi.auth import Authenticator, AuthError, Authorizer, audit, verb_of
 from newfuse.fleetapi.fleets import Fleets
+from newfuse.fleetapi.liveroutes import LiveEndpoints
 from newfuse.fleetapi.metrics import CALLS
 from newfuse.fleetapi.streams import EVENT_ID
 from newfuse.fleetapi.tasks import CAPABILITIES, FLEET, USER, FleetTaskHandler
@@ -184,6 +185,11 @@ class _Endpoints:
         return PlainTextResponse("ok")
 
 
+async def _metrics(_: Request) -> Response:
+    """Prometheus exposition at exactly /metrics (a Mount would redirect it to /metrics/)."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_app(
     fleets: Fleets,
     handler: FleetTaskHandler,
@@ -202,10 +208,13 @@ def create_app(
         yield
         await fleets.aclose()
 
+    identity = None if guard is None else (guard.authenticator, guard.authorizer)
+    live = LiveEndpoints(fleets, identity)
     routes = [
+        *live.routes(),
         Route("/healthz", endpoints.healthz),
         Route("/readyz", endpoints.readyz),
-        Mount("/metrics", app=make_asgi_app()),
+        Route("/metrics", _metrics),
         Mount(
             A2A_PREFIX + "/{namespace}/{fleet}",
             routes=[
