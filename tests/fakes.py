@@ -25,7 +25,7 @@ from newfuse.core.backlog import TaskObservation
 from newfuse.core.metrics import TaskCounters
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.signing import Signer
-from newfuse.wire.state import StateUpdate
+from newfuse.wire.state import FleetSummary, StateUpdate
 
 Key = tuple[str, str]
 
@@ -223,6 +223,7 @@ class FakeRedis:
     agents: dict[FleetKeys, list[StateUpdate]] = field(default_factory=dict)
     counts: dict[FleetKeys, dict[str, tuple[int, int, int]]] = field(default_factory=dict)
     fleet_states: dict[FleetKeys, StateUpdate] = field(default_factory=dict)
+    summaries: dict[FleetKeys, FleetSummary] = field(default_factory=dict)
     drains: list[tuple[FleetKeys, str]] = field(default_factory=list)
     deleted: list[FleetKeys] = field(default_factory=list)
     keys_left: dict[FleetKeys, int] = field(default_factory=dict)
@@ -262,6 +263,11 @@ class FakeRedis:
         self.fleet_states[keys] = update
         self.keys_left[keys] = max(self.keys_left.get(keys, 0), 1)
         return True
+
+    async def put_fleet_summary(self, keys: FleetKeys, summary: FleetSummary) -> None:
+        """Keep the fleet's summary."""
+        self._reach()
+        self.summaries[keys] = summary
 
     async def task_counters(self, keys: FleetKeys) -> TaskCounters | None:
         """No task has finished."""

@@ -49,7 +49,9 @@ class FakeKube:
         self.reviewed.append(audience)
         return self.review_answer
 
-    def may(self, user: ReviewedUser, verb: str, namespace: str, fleet: str) -> tuple[bool, str]:
+    def may(
+        self, user: ReviewedUser, verb: str, namespace: str, fleet: str, subresource: str = "tasks"
+    ) -> tuple[bool, str]:
         self.decisions.append((user.username, verb, namespace, fleet))
         return self.allowed, "" if self.allowed else "no RBAC rule matched"
 

@@ -67,8 +67,18 @@ class KubeAuth:
         user = status.user
         return ReviewedUser(user.username or "", tuple(user.groups or ()), user.uid or "")
 
-    def may(self, user: ReviewedUser, verb: str, namespace: str, fleet: str) -> tuple[bool, str]:
-        """Whether RBAC lets ``user`` ``verb`` the fleet's tasks, and the API server's reason."""
+    def may(
+        self,
+        user: ReviewedUser,
+        verb: str,
+        namespace: str,
+        fleet: str,
+        subresource: str = TASKS_SUBRESOURCE,
+    ) -> tuple[bool, str]:
+        """Whether RBAC lets ``user`` ``verb`` the fleet's ``subresource`` ("": the fleet itself).
+
+        Also the API server's reason.
+        """
         review = k8s.V1SubjectAccessReview(
             spec=k8s.V1SubjectAccessReviewSpec(
                 user=user.username,
@@ -77,7 +87,7 @@ class KubeAuth:
                 resource_attributes=k8s.V1ResourceAttributes(
                     group=GROUP,
                     resource=PLURAL,
-                    subresource=TASKS_SUBRESOURCE,
+                    subresource=subresource or None,
                     verb=verb,
                     namespace=namespace,
                     name=fleet,

@@ -38,7 +38,7 @@ from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import COUNTER_COMPLETED, COUNTER_DUPLICATES, COUNTER_FAILED
 from newfuse.wire.signing import Channel, Signer, Signing
-from newfuse.wire.state import StateUpdate
+from newfuse.wire.state import FleetSummary, StateUpdate
 from newfuse.wire.tasks import CONSUMER_GROUP, PRIORITY_ORDER
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,10 @@ class RedisStore:
     async def put_fleet_state(self, keys: FleetKeys, update: StateUpdate) -> bool:
         """Mirror the operator's fleet summary unless a newer version is stored. True if stored."""
         return await put_state(self._client, keys, update, fleet=True)
+
+    async def put_fleet_summary(self, keys: FleetKeys, summary: FleetSummary) -> None:
+        """Store the fleet's FleetSummary (last writer wins: only the leader writes)."""
+        await self._client.hset(keys.fleet_state, keys.FLEET_SUMMARY_FIELD, summary.to_json())
 
     async def put_agent_state(self, keys: FleetKeys, update: StateUpdate) -> bool:
         """Store an agent's StateUpdate unless a newer version is stored. True if stored."""

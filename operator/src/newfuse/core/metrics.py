@@ -6,8 +6,15 @@ import datetime as dt
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from newfuse.api.v1alpha1 import FleetMetrics
-from newfuse.wire.state import AgentMetrics, AgentState, AgentStatus, StateUpdate
+from newfuse.api.v1alpha1 import FleetMetrics, NewFuseAgentStatus
+from newfuse.wire.state import (
+    AgentMetrics,
+    AgentState,
+    AgentStatus,
+    FleetSummary,
+    RolloutSummary,
+    StateUpdate,
+)
 
 
 def fold_agent_states(
@@ -114,6 +121,30 @@ def fleet_state_update(
         ),
         version=version,
         timestamp=now,
+    )
+
+
+def fleet_summary(status: NewFuseAgentStatus) -> FleetSummary:
+    """What the live feed shows of a fleet's status: its phase, pods and rollout."""
+    rollout = status.rollout
+    return FleetSummary(
+        phase=status.phase.value if status.phase is not None else None,
+        replicas=status.replicas,
+        ready_replicas=status.ready_replicas,
+        updated_replicas=status.updated_replicas,
+        update_revision=status.update_revision,
+        rollout=None
+        if rollout is None
+        else RolloutSummary(
+            phase=rollout.phase.value,
+            stage=rollout.stage.value,
+            step=rollout.step,
+            stable_revision=rollout.stable_revision,
+            canary_revision=rollout.canary_revision,
+            canary_agents=rollout.canary_agents,
+            message=rollout.message,
+        ),
+        message=status.message,
     )
 
 

@@ -23,7 +23,8 @@ from typing import Any, Final
 import jwt
 from cachetools import TTLCache
 
-from newfuse.adapters.kubeauth import KubeAuth, ReviewedUser
+from newfuse.adapters.kubeauth import TASKS_SUBRESOURCE, KubeAuth, ReviewedUser
+from newfuse.api.v1alpha1 import PLURAL
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("newfuse.audit")
@@ -172,6 +173,10 @@ class Authenticator:
         return user
 
 
+def _resource(subresource: str) -> str:
+    return f"{PLURAL}/{subresource}" if subresource else PLURAL
+
+
 class Authorizer:
     """RBAC decisions on fleets' tasks, cached for ``ttl`` seconds."""
 
@@ -180,12 +185,24 @@ class Authorizer:
         self.kube = kube
         self._decisions: TTLCache[tuple[Any, ...], tuple[bool, str]] = TTLCache(size, ttl)
 
-    async def check(self, user: ReviewedUser, verb: str, namespace: str, fleet: str) -> None:
-        """Return if RBAC allows; raise AuthError(403) and log the denial otherwise."""
-        key = (user.username, user.groups, verb, namespace, fleet)
+    async def check(
+        self,
+        user: ReviewedUser,
+        verb: str,
+        namespace: str,
+        fleet: str,
+        subresource: str = TASKS_SUBRESOURCE,
+    ) -> None:
+        """Return if RBAC allows ``verb`` on the fleet's ``subresource`` ("": the fleet itself).
+
+        Raise AuthError(403) and log the denial otherwise.
+        """
+        key = (user.username, user.groups, verb, namespace, fleet, subresource)
         decision = self._decisions.get(key)
         if decision is None:
-            decision = await asyncio.to_thread(self.kube.may, user, verb, namespace, fleet)
+            decision = await asyncio.to_thread(
+                self.kube.may, user, verb, namespace, fleet, subresource
+            )
             self._decisions[key] = decision
         allowed, reason = decision
         if not allowed:
@@ -196,6 +213,6 @@ class Authorizer:
             )  # fmt: skip
             raise AuthError(
                 403,
-                f"{user.username} may not {verb} newfuseagents/tasks of {namespace}/{fleet}"
+                f"{user.username} may not {verb} {_resource(subresource)} of {namespace}/{fleet}"
                 + (f": {reason}" if reason else ""),
             )

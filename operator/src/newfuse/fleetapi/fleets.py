@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from newfuse.adapters.a2aevents import EventLog
 from newfuse.adapters.a2astore import A2AStore
 from newfuse.adapters.taskclient import TaskClient
+from newfuse.fleetapi.feed import Feed
 from newfuse.fleetapi.hub import Hub
 
 SENDER = "newfuse-gateway"
@@ -28,6 +29,7 @@ class Fleet:
     store: A2AStore
     events: EventLog
     hub: Hub
+    feed: Feed
 
 
 class Fleets:
@@ -65,7 +67,7 @@ class Fleets:
         )
         store = A2AStore(tasks, signing_key=signing, encryption_key=sealing)
         events = EventLog(self.client, tasks.keys)
-        return Fleet(namespace, name, tasks, store, events, Hub(events))
+        return Fleet(namespace, name, tasks, store, events, Hub(events), Feed(tasks))
 
     async def aclose(self) -> None:
         """Close the shared connection pool."""

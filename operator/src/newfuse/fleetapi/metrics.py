@@ -12,3 +12,10 @@ CALLS: Final = Counter(
     ["status"],
 )
 STREAMS: Final = Gauge("newfuse_gateway_streams", "Event streams (SSE) the gateway holds open.")
+WATCHERS: Final = Gauge(
+    "newfuse_gateway_watchers", "Live-feed clients (WebSocket and SSE) the gateway serves."
+)
+WATCHERS_CUT: Final = Counter(
+    "newfuse_gateway_watchers_cut_total",
+    "Live-feed clients disconnected because they fell a whole queue behind (slow consumers).",
+)

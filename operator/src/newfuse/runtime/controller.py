@@ -41,6 +41,7 @@ from newfuse.core import naming
 from newfuse.core.metrics import (
     AgentReports,
     fleet_state_update,
+    fleet_summary,
     fold_agent_states,
     settle_totals,
 )
@@ -270,7 +271,17 @@ class Controller:
                 gateway_url=self.config.gateway_url,
             )
         )
+        if redis_seen.reachable:
+            await self._mirror_summary(fleet, status)
         await self._write_status(key, fleet, status, now)
+
+    async def _mirror_summary(self, fleet: NewFuseAgent, status: NewFuseAgentStatus) -> None:
+        """Mirror the new status's phase and rollout for the gateway's live feed (best effort)."""
+        keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
+        try:
+            await self.redis.put_fleet_summary(keys, fleet_summary(status))
+        except (RedisError, OSError) as exc:  # the next reconcile writes it again
+            log.debug("mirroring the summary of %s failed: %s", keys.prefix, exc)
 
     async def _mirror(
         self,

@@ -17,7 +17,7 @@ from newfuse.core.backlog import TaskObservation
 from newfuse.core.metrics import TaskCounters
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.signing import Signer
-from newfuse.wire.state import StateUpdate
+from newfuse.wire.state import FleetSummary, StateUpdate
 
 
 class KubePort(Protocol):
@@ -109,6 +109,9 @@ class RedisPort(Protocol):
 
     async def put_fleet_state(self, keys: FleetKeys, update: StateUpdate) -> bool:
         """Mirror the fleet's state (versioned: an older version never wins)."""
+
+    async def put_fleet_summary(self, keys: FleetKeys, summary: FleetSummary) -> None:
+        """Mirror what the fleet's status says (phase, rollout) for the gateway's live feed."""
 
     async def task_counters(self, keys: FleetKeys) -> TaskCounters | None:
         """The fleet's task counters, or None if it has none."""

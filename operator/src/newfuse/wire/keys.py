@@ -43,7 +43,7 @@ class FleetKeys:
 
     @property
     def fleet_state(self) -> str:
-        """Hash: field `state` holds the operator's fleet StateUpdate (JSON)."""
+        """Hash: `state` the operator's fleet StateUpdate, `summary` its FleetSummary (JSON)."""
         return f"{self.prefix}:fleet"
 
     @property
@@ -191,3 +191,4 @@ class FleetKeys:
 
     FLEET_VERSION_FIELD = "fleet"
     FLEET_STATE_FIELD = "state"
+    FLEET_SUMMARY_FIELD = "summary"  # the operator's FleetSummary (phase, rollout): live feeds

@@ -63,6 +63,34 @@ class StateUpdate(WireModel):
     timestamp: dt.datetime
 
 
+class RolloutSummary(WireModel):
+    """Where a phased rollout stands, as the fleet's status says."""
+
+    phase: str
+    stage: str
+    step: int
+    stable_revision: str
+    canary_revision: str
+    canary_agents: int = 0
+    message: str = ""
+
+
+class FleetSummary(WireModel):
+    """The fleet's status as the operator last wrote it, for readers without API access.
+
+    The gateway's live feed reads it from Redis (one place it already watches) rather than
+    watching the Kubernetes API with rights of its own.
+    """
+
+    phase: str | None = None
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    update_revision: str | None = None
+    rollout: RolloutSummary | None = None
+    message: str | None = None
+
+
 def next_version(previous: int, now: dt.datetime) -> int:
     """A version newer than ``previous``: wall-clock milliseconds, bumped if the clock stalls.
 
