@@ -43,9 +43,11 @@ def apply_chart_roles(api: k8s.ApiClient) -> None:
 def service_account(
     api: k8s.ApiClient, namespace: str, name: str, *, cluster_role: str | None = None,
     fleets: list[str] | None = None, audience: str = AUDIENCE,
+    rules: list[dict[str, Any]] | None = None,
 ) -> str:  # fmt: skip
-    """A ServiceAccount bound to ``cluster_role`` (namespace-wide) or to a Role that may create and
-    get the tasks of ``fleets`` only; returns a token for ``audience``."""
+    """A ServiceAccount bound to ``cluster_role`` (namespace-wide), to a Role that may create
+    and get the tasks of ``fleets`` only, or to a Role of ``rules``; returns a token for
+    ``audience``."""
     core, rbac = k8s.CoreV1Api(api), k8s.RbacAuthorizationV1Api(api)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
     role_ref = {
@@ -54,11 +56,10 @@ def service_account(
         "name": cluster_role,
     }
     if fleets is not None:
-        rbac.create_namespaced_role(namespace, {
-            "metadata": {"name": name},
-            "rules": [{"apiGroups": ["newfuse.io"], "resources": ["newfuseagents/tasks"],
-                       "verbs": ["create", "get"], "resourceNames": fleets}],
-        })  # fmt: skip
+        rules = [{"apiGroups": ["newfuse.io"], "resources": ["newfuseagents/tasks"],
+                  "verbs": ["create", "get"], "resourceNames": fleets}]  # fmt: skip
+    if rules is not None:
+        rbac.create_namespaced_role(namespace, {"metadata": {"name": name}, "rules": rules})
         role_ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
     subject = {"kind": "ServiceAccount", "name": name, "namespace": namespace}
     rbac.create_namespaced_role_binding(

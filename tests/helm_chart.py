@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from gen_kustomize import helm_binary, kube_version
 from localcluster.binaries import Binaries
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +40,8 @@ EVERYTHING = [
     "metrics.prometheusRule.enabled=true",
     "--set",
     "metrics.dashboard.enabled=true",
+    "--set",
+    "gateway.enabled=true",
 ]
 # Prometheus Operator kinds: the session cluster has no CRDs for them, so its dry run leaves them
 # out (tests/unit/test_chart_rules.py checks their content); the lifecycle test installs minimal
@@ -59,6 +62,18 @@ def helm(
     if check:
         assert result.returncode == 0, result.stderr
     return result
+
+
+def template(*sets: str) -> str:
+    """`helm template` of the chart with ``sets`` (`key=value`), no cluster needed."""
+    argv = [str(helm_binary()), "template", "nf", str(CHART), "-n", "newfuse-system"]
+    argv += ["--kube-version", kube_version(), *(a for s in sets for a in ("--set", s))]
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120).stdout
+
+
+def docs(*sets: str) -> list[dict[str, Any]]:
+    """The objects `template` renders."""
+    return [d for d in yaml.safe_load_all(template(*sets)) if d]
 
 
 def render(binaries: Binaries, *sets: str) -> list[dict[str, Any]]:

@@ -17,6 +17,8 @@ from kubernetes import client as k8s_client
 
 import agedbacklog
 import soak
+from fleetapi_auth import SUBMITTER, VIEWER, apply_chart_roles, service_account
+from gatewayproc import GatewayProcess
 from harness import Cluster, OperatorProcess, RedisHandle
 from newfuse.wire.keys import KEY_ROOT
 from newfuse.wire.scripts import COUNTER_DUPLICATES
@@ -40,6 +42,30 @@ def no_unplanned_duplicates(
         client.close()
     duplicated = {key: n for key, n in found.items() if n}
     assert not duplicated, f"duplicate task executions: {duplicated}"
+
+
+@pytest.fixture
+def gateway(
+    redis_server: RedisHandle, gateway_port: int, cluster: Cluster
+) -> Iterator[GatewayProcess]:
+    """A fleet API gateway with the default settings (auth on), at the URL the operator was told."""
+    kubeconfig = str(cluster.kubeconfig)
+    with GatewayProcess(redis_server.url, gateway_port, NEWFUSE_KUBECONFIG=kubeconfig) as running:
+        yield running
+
+
+@pytest.fixture
+def viewer(k8s_api: k8s_client.ApiClient, namespace: str) -> str:
+    """A token of a ServiceAccount bound to the chart's viewer role in the test's namespace."""
+    apply_chart_roles(k8s_api)
+    return service_account(k8s_api, namespace, "viewer", cluster_role=VIEWER)
+
+
+@pytest.fixture
+def submitter(k8s_api: k8s_client.ApiClient, namespace: str) -> str:
+    """A token of a ServiceAccount bound to the chart's task-submitter role in the namespace."""
+    apply_chart_roles(k8s_api)
+    return service_account(k8s_api, namespace, "submitter", cluster_role=SUBMITTER)
 
 
 @pytest.fixture(scope="session")

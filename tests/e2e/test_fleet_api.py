@@ -7,7 +7,7 @@ Every fleet is an A2A v1.0 agent at `/a2a/<namespace>/<fleet>/`; these tests dri
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -35,22 +35,12 @@ from kubernetes import client as k8s_client
 
 from fleetapi_auth import SUBMITTER, apply_chart_roles, service_account
 from gatewayproc import GatewayProcess
-from harness import Cluster, Fleets, RedisHandle, start_fleet
+from harness import Fleets, start_fleet
 from localcluster.podrunner import PodRunnerProcess
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.tasks import Priority
 
 pytestmark = pytest.mark.usefixtures("operator")
-
-
-@pytest.fixture
-def gateway(
-    redis_server: RedisHandle, gateway_port: int, cluster: Cluster
-) -> Iterator[GatewayProcess]:
-    """A gateway with the default settings (auth on), at the URL the operator was told."""
-    kubeconfig = str(cluster.kubeconfig)
-    with GatewayProcess(redis_server.url, gateway_port, NEWFUSE_KUBECONFIG=kubeconfig) as running:
-        yield running
 
 
 @pytest.fixture(scope="session")

@@ -99,6 +99,9 @@ def test_a_token_rbac_allows_on_fleet_a_submits_to_a_and_gets_403_on_b(
     metrics = scraped.text
     assert 'newfuse_gateway_calls_total{status="200"} 1.0' in metrics
     assert 'newfuse_gateway_calls_total{status="403"} 1.0' in metrics
+    # Both tokens were verified with the API server's published keys, with no TokenReview.
+    assert 'newfuse_gateway_tokens_verified_total{by="jwks"} 2.0' in metrics
+    assert 'by="tokenreview"' not in metrics
 
 
 def test_the_chart_roles_let_submitters_send_and_viewers_only_read(

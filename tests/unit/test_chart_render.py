@@ -14,27 +14,10 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from gen_kustomize import helm_binary, kube_version
-from helm_chart import operator_cluster_roles
-
-CHART = Path(__file__).resolve().parents[2] / "charts" / "newfuse-operator"
-
-
-def template(*sets: str) -> str:
-    argv = [str(helm_binary()), "template", "nf", str(CHART), "-n", "newfuse-system"]
-    argv += ["--kube-version", kube_version(), *(a for s in sets for a in ("--set", s))]
-    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120).stdout
-
-
-def docs(*sets: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(template(*sets)) if d]
+from helm_chart import docs, operator_cluster_roles, template
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -36,8 +37,10 @@ class FakeKube:
         self.review_answer: ReviewedUser | None = None
         self.decisions: list[tuple[str, str, str, str]] = []
         self.allowed = True
+        self.fetches = 0
 
     def issuer(self) -> str:
+        self.fetches += 1
         if not self.discovery_works:
             raise RuntimeError("GET /.well-known/openid-configuration: HTTP 404")
         return ISSUER
@@ -52,6 +55,7 @@ class FakeKube:
     def may(
         self, user: ReviewedUser, verb: str, namespace: str, fleet: str, subresource: str = "tasks"
     ) -> tuple[bool, str]:
+        time.sleep(0.05)  # an API server round trip: concurrent askers overlap
         self.decisions.append((user.username, verb, namespace, fleet))
         return self.allowed, "" if self.allowed else "no RBAC rule matched"
 
@@ -172,3 +176,34 @@ async def test_decisions_are_cached_and_denials_raise_403_naming_user_and_fleet(
         await authorizer.check(user, "get", "ns", "b")
     assert denied.value.status == 403
     assert "no RBAC rule matched" in denied.value.message
+
+
+@pytest.mark.asyncio
+async def test_a_burst_of_callers_costs_one_key_fetch_and_one_review() -> None:
+    kube = FakeKube()
+    authenticator = Authenticator(kube, "newfuse-gateway")  # type: ignore[arg-type]
+    authorizer = Authorizer(kube, ttl=60)  # type: ignore[arg-type]
+
+    async def caller() -> None:
+        user = await authenticator.identify(_token())
+        await authorizer.check(user, "watch", "ns", "a", subresource="")
+
+    await asyncio.gather(*(caller() for _ in range(200)))
+    assert kube.fetches == 1
+    assert len(kube.decisions) == 1
+    assert kube.reviewed == [], "the API server's keys verified every token locally"
+
+
+@pytest.mark.asyncio
+async def test_made_up_key_ids_and_failed_discovery_do_not_flood_the_api_server() -> None:
+    kube = FakeKube()
+    kube.review_answer = ReviewedUser("system:serviceaccount:a:b", ("system:authenticated",))
+    authenticator = Authenticator(kube, "newfuse-gateway")  # type: ignore[arg-type]
+    for n in range(20):
+        await authenticator.identify(_token(kid=f"made-up-{n}"))
+    assert kube.fetches == 1, "an unknown key id refreshes the keys at most every 30 s"
+    kube.discovery_works = False
+    broken = Authenticator(kube, "newfuse-gateway")  # type: ignore[arg-type]
+    for _ in range(20):
+        await broken.identify(_token())
+    assert kube.fetches == 2, "a failed discovery is not retried on every call"

@@ -111,3 +111,46 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled=true (the ServiceMonitor selects that Service)." -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The Redis URL (and its CA file) the operator and the gateway use. */}}
+{{- define "newfuse.redisEnv" -}}
+{{- if .Values.redis.internal.enabled }}
+- name: NEWFUSE_REDIS_URL
+  valueFrom:
+    secretKeyRef: {name: {{ include "newfuse.redisName" . }}-url, key: url}
+{{- else if .Values.redis.existingSecret }}
+- name: NEWFUSE_REDIS_URL
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.redis.existingSecret | quote }}, key: {{ .Values.redis.existingSecretKey | quote }}}
+{{- else }}
+- name: NEWFUSE_REDIS_URL
+  value: {{ .Values.redis.url | quote }}
+{{- end }}
+{{- if .Values.redis.tls.caSecret.name }}
+- name: NEWFUSE_REDIS_CA_FILE
+  value: /etc/newfuse/redis-ca/ca.crt
+{{- end }}
+{{- end -}}
+
+{{/* The gateway's labels: a name of its own, so that no selector of the operator picks it. */}}
+{{- define "newfuse.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: newfuse-gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "newfuse.gatewayLabels" -}}
+{{ include "newfuse.gatewaySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: fleet-api
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* The gateway's URL as clients reach it: gateway.publicUrl, else its Service in the cluster. */}}
+{{- define "newfuse.gatewayUrl" -}}
+{{- if .Values.gateway.publicUrl -}}
+{{- .Values.gateway.publicUrl -}}
+{{- else -}}
+{{- printf "http://%s-gateway.%s.svc:%d" (include "newfuse.fullname" .) .Release.Namespace (int .Values.gateway.port) -}}
+{{- end -}}
+{{- end -}}

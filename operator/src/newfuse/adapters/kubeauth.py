@@ -41,9 +41,9 @@ class KubeAuth:
         self._auth = k8s.AuthenticationV1Api(api)
         self._authz = k8s.AuthorizationV1Api(api)
 
-    def _get(self, path: str) -> dict[str, Any]:
+    def _get(self, path: str, accept: str = "application/json") -> dict[str, Any]:
         method, url, headers, body, post = self.api.param_serialize(
-            "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
+            "GET", path, header_params={"Accept": accept}, auth_settings=["BearerToken"]
         )
         response = self.api.call_api(method, url, headers, body, post)
         if response.status != 200:
@@ -56,7 +56,8 @@ class KubeAuth:
 
     def jwks(self) -> dict[str, Any]:
         """The public keys that sign service-account tokens."""
-        return self._get("/openid/v1/jwks")
+        # The API server serves the key set only as what it is (406 for application/json).
+        return self._get("/openid/v1/jwks", accept="application/jwk-set+json")
 
     def review_token(self, token: str, audience: str) -> ReviewedUser | None:
         """The user the API server authenticates ``token`` as, for ``audience``; None if none."""

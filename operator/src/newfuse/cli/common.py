@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from functools import wraps
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
+import httpx
 import typer
+from a2a.utils.errors import A2AError
 from opentelemetry import trace
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -21,13 +24,16 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from rich.markup import escape
 
-from newfuse.adapters.taskclient import DEFAULT_MAX_PAYLOAD_BYTES, TaskClient
+from newfuse.adapters.taskclient import DEFAULT_MAX_PAYLOAD_BYTES, Submitted, TaskClient, TaskSpec
 from newfuse.adapters.taskerrors import (
     FleetNotFoundError,
     MalformedResultError,
     PayloadTooLargeError,
 )
+from newfuse.cli.remote import GatewayClient, GatewayError, find_token
+from newfuse.wire.state import StateUpdate
 from newfuse.wire.taskpolicy import ENV_VARS
+from newfuse.wire.tasks import ResultPayload
 
 app = typer.Typer(
     help="Submit tasks to a fleet, follow results, inspect agents and dead letters.",
@@ -100,11 +106,70 @@ def run(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
             )
         except RedisError as exc:
             fail(f"Redis refused the request: {exc}")
-        except TimeoutError as exc:
+        except (TimeoutError, GatewayError, A2AError) as exc:
             fail(str(exc))
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach the gateway ({type(exc).__name__}: {exc})")
         raise typer.Exit(1)
 
     return wrapper
+
+
+class FleetClient(Protocol):
+    """What the task commands that also work through the gateway use of a fleet client."""
+
+    async def ensure_fleet(self) -> None: ...
+    def submit_many(self, specs: Iterable[TaskSpec]) -> AsyncIterator[list[Submitted]]: ...
+    async def result(self, task_id: str) -> ResultPayload | None: ...
+    async def wait(self, task_id: str, timeout: float) -> ResultPayload: ...
+    async def agents(self) -> list[StateUpdate]: ...
+    async def aclose(self) -> None: ...
+
+
+@dataclass
+class Remote:
+    """`newfuse --server URL [--token T]`: the gateway the task commands go through, if any."""
+
+    server: str | None = None
+    token: str | None = None
+
+
+REMOTE = Remote()
+
+
+@app.callback()
+def _through_the_gateway(
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            envvar="NEWFUSE_SERVER",
+            help="The fleet API gateway's URL: task submit/get/wait and agents go through it "
+            "(no Redis credentials needed).",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="NEWFUSE_TOKEN",
+            help="Bearer token for --server (default: NEWFUSE_TOKEN_FILE, the kubeconfig's "
+            "user, or the pod's ServiceAccount token).",
+        ),
+    ] = None,
+) -> None:
+    REMOTE.server, REMOTE.token = server, token
+
+
+async def with_remote(namespace: str, fleet: str, body: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``body`` with a client of the fleet on the gateway (``--server``)."""
+    assert REMOTE.server is not None
+    client = GatewayClient(REMOTE.server, namespace, fleet, find_token(REMOTE.token))
+    try:
+        await client.ensure_fleet()
+        return await body(client)
+    finally:
+        await client.aclose()
 
 
 async def with_client(
@@ -113,8 +178,21 @@ async def with_client(
     fleet: str,
     body: Callable[[TaskClient], Awaitable[T]],
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
+    *,
+    remote: bool = False,
 ) -> T:
-    """Run ``body`` with a client of the fleet, which must exist."""
+    """Run ``body`` with a client of the fleet, which must exist.
+
+    With ``remote`` the command also works through the gateway: under ``--server`` the client is
+    a GatewayClient (``body`` then uses only FleetClient's methods); without it, --server is an
+    error that says the command needs Redis.
+    """
+    if REMOTE.server is not None:
+        if not remote:
+            raise GatewayError(
+                "this command reads the fleet's Redis: run it without --server (NEWFUSE_SERVER)"
+            )
+        return await with_remote(namespace, fleet, body)
     client = TaskClient.from_url(
         url,
         namespace,

@@ -18,6 +18,7 @@ from newfuse.cli.common import (
     DEFAULT_NAMESPACE,
     DEFAULT_REDIS,
     Fleet,
+    FleetClient,
     Namespace,
     RedisUrl,
     app,
@@ -36,7 +37,7 @@ async def agents(
 ) -> None:
     """List the fleet's agents: state, heartbeat age and metrics."""
 
-    async def body(client: TaskClient) -> None:
+    async def body(client: FleetClient) -> None:
         table = Table(title=f"agents of {escape(namespace)}/{escape(fleet)}")
         for column in ("agent", "status", "revision"):
             table.add_column(column)
@@ -56,7 +57,7 @@ async def agents(
             )
         console.print(table)
 
-    await with_client(redis_url, namespace, fleet, body)
+    await with_client(redis_url, namespace, fleet, body, remote=True)
 
 
 @app.command("dlq")

@@ -29,7 +29,9 @@ from newfuse.cli.common import (
     DEFAULT_MAX_PAYLOAD,
     DEFAULT_NAMESPACE,
     DEFAULT_REDIS,
+    REMOTE,
     Fleet,
+    FleetClient,
     MaxPayload,
     Namespace,
     RedisUrl,
@@ -125,8 +127,15 @@ async def submit(
             "must be more than 0 and at most 86400", param_hint="--task-timeout"
         )
     until = _deadline(deadline)
+    if REMOTE.server is not None and (
+        priority is not Priority.NORMAL or max_attempts != 3 or task_timeout or until
+    ):
+        raise typer.BadParameter(
+            "--priority, --max-attempts, --task-timeout and --deadline need direct Redis access: "
+            "the gateway sends tasks with the fleet's defaults"
+        )
 
-    async def body(client: TaskClient) -> None:
+    async def body(client: FleetClient) -> None:
         specs = (
             TaskSpec(
                 handler,
@@ -170,7 +179,7 @@ async def submit(
         failed = sum(r.status is ResultStatus.FAILED for r in results)
         console.print(f"{len(results) - failed} succeeded, {failed} failed")
 
-    await with_client(redis_url, namespace, fleet, body, max_payload_bytes)
+    await with_client(redis_url, namespace, fleet, body, max_payload_bytes, remote=True)
 
 
 @task_app.command("get")
@@ -184,14 +193,14 @@ async def get(
 ) -> None:
     """Show a task's result (exit 4: none yet, 3: it failed)."""
 
-    async def body(client: TaskClient) -> None:
+    async def body(client: FleetClient) -> None:
         result = await client.result(task_id)
         if result is None:
             console.print(f"task {escape(task_id)} has no result (yet)")
             raise typer.Exit(4)
         _show(result, as_json)
 
-    await with_client(redis_url, namespace, fleet, body)
+    await with_client(redis_url, namespace, fleet, body, remote=True)
 
 
 @task_app.command("wait")
@@ -206,10 +215,10 @@ async def wait_for_result(
 ) -> None:
     """Wait for a task's result and show it (exit 1: timed out, 3: it failed)."""
 
-    async def body(client: TaskClient) -> None:
+    async def body(client: FleetClient) -> None:
         _show(await client.wait(task_id, timeout), as_json)
 
-    await with_client(redis_url, namespace, fleet, body)
+    await with_client(redis_url, namespace, fleet, body, remote=True)
 
 
 @task_app.command("watch")

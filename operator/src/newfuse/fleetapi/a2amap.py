@@ -37,12 +37,10 @@ from google.protobuf.struct_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field
 
+from newfuse.wire.endpoints import RESULT_ARTIFACT, RESULT_METADATA, SKILL_KEY
 from newfuse.wire.tasks import FailReason, ResultPayload, ResultStatus
 
 PROTOCOL_BINDING: Final = "JSONRPC"
-# The message metadata key that picks a skill (the fleet's capability, which names a handler).
-SKILL_KEY: Final = "skill"
-RESULT_ARTIFACT: Final = "result"
 BEARER: Final = "bearer"
 # A cancelled task is stored as a FAILED result with this reason, so the first result still wins.
 CANCELED_REASON: Final = "canceled"
@@ -183,6 +181,18 @@ def state_of(result: ResultPayload | None) -> TaskState:
     return TaskState.TASK_STATE_FAILED
 
 
+def _result_metadata(result: ResultPayload) -> dict[str, Any]:
+    values = {
+        "agentId": result.agent_id,
+        "attempts": result.attempts,
+        "latencyMs": result.latency_ms,
+        "revision": result.revision,
+        "reason": result.reason,
+        "finishedAt": result.finished_at.isoformat(),
+    }
+    return {k: values[k] for k in RESULT_METADATA if values[k] is not None}
+
+
 def task_of(task_id: str, record: TaskRecord, result: ResultPayload | None) -> Task:
     """The A2A Task of a fleet task: its state, and the output as the `result` artifact."""
     state = state_of(result)
@@ -191,6 +201,7 @@ def task_of(task_id: str, record: TaskRecord, result: ResultPayload | None) -> T
     if result is None:
         return task
     status.timestamp.CopyFrom(_timestamp(result.finished_at))
+    task.metadata.update(_result_metadata(result))
     if state == TaskState.TASK_STATE_COMPLETED:
         task.artifacts.append(
             Artifact(

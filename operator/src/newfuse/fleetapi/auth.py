@@ -25,6 +25,7 @@ from cachetools import TTLCache
 
 from newfuse.adapters.kubeauth import TASKS_SUBRESOURCE, KubeAuth, ReviewedUser
 from newfuse.api.v1alpha1 import PLURAL
+from newfuse.fleetapi.metrics import TOKENS
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("newfuse.audit")
@@ -101,6 +102,9 @@ def service_account(claims: dict[str, Any]) -> ReviewedUser:
     return ReviewedUser(str(claims["sub"]), groups, uid)
 
 
+REFETCH_SECONDS: Final = 30.0
+
+
 class Authenticator:
     """Turns a bearer token into a user, or refuses it with AuthError(401)."""
 
@@ -115,6 +119,8 @@ class Authenticator:
         self.kube, self.audience, self.keys_ttl = kube, audience, keys_ttl
         self._oidc = {o.issuer: (o, jwt.PyJWKClient(o.jwks_uri, lifespan=keys_ttl)) for o in oidc}
         self._keys: tuple[float, str, jwt.PyJWKSet] | None = None
+        self._fetching = asyncio.Lock()  # a burst of callers fetches the API server's keys once
+        self._failed_at: float | None = None
 
     async def identify(self, token: str) -> ReviewedUser:
         """The verified user ``token`` belongs to."""
@@ -124,10 +130,13 @@ class Authenticator:
         except jwt.InvalidTokenError:
             raise AuthError(401, "the bearer token is not a JWT") from None
         if issuer in self._oidc:
+            TOKENS.labels("oidc").inc()
             return await asyncio.to_thread(self._oidc_user, token, *self._oidc[issuer])
         key = await self._service_account_key(str(issuer), kid)
         if key is None:
+            TOKENS.labels("tokenreview").inc()
             return await self._reviewed(token)
+        TOKENS.labels("jwks").inc()
         return service_account(_decode(token, key, self.audience, str(issuer)))
 
     def _oidc_user(self, token: str, issuer: OidcIssuer, keys: jwt.PyJWKClient) -> ReviewedUser:
@@ -154,16 +163,26 @@ class Authenticator:
         return None
 
     async def _api_keys(self, *, refresh: bool) -> tuple[str, jwt.PyJWKSet] | None:
-        now = time.monotonic()
-        if self._keys is not None and not refresh and now - self._keys[0] < self.keys_ttl:
-            return self._keys[1], self._keys[2]
+        async with self._fetching:
+            now = time.monotonic()
+            # A token with an unknown key id refreshes the keys, but at most every REFETCH_SECONDS:
+            # tokens with made-up key ids must not turn into a stream of calls to the API server.
+            fresh = REFETCH_SECONDS if refresh else self.keys_ttl
+            if self._keys is not None and now - self._keys[0] < fresh:
+                return self._keys[1], self._keys[2]
+            if self._failed_at is not None and now - self._failed_at < REFETCH_SECONDS:
+                return None
+            return await self._fetch_keys(now)
+
+    async def _fetch_keys(self, now: float) -> tuple[str, jwt.PyJWKSet] | None:
         try:
             issuer = await asyncio.to_thread(self.kube.issuer)
             keys = jwt.PyJWKSet.from_dict(await asyncio.to_thread(self.kube.jwks))
         except Exception as exc:  # no discovery: TokenReview still answers
             log.warning("service-account issuer discovery failed (%s): using TokenReview", exc)
+            self._failed_at = now
             return None
-        self._keys = (now, issuer, keys)
+        self._keys, self._failed_at = (now, issuer, keys), None
         return issuer, keys
 
     async def _reviewed(self, token: str) -> ReviewedUser:
@@ -184,6 +203,7 @@ class Authorizer:
         """Ask ``kube``; keep up to ``size`` decisions."""
         self.kube = kube
         self._decisions: TTLCache[tuple[Any, ...], tuple[bool, str]] = TTLCache(size, ttl)
+        self._asking: dict[tuple[Any, ...], asyncio.Future[tuple[bool, str]]] = {}
 
     async def check(
         self,
@@ -200,9 +220,16 @@ class Authorizer:
         key = (user.username, user.groups, verb, namespace, fleet, subresource)
         decision = self._decisions.get(key)
         if decision is None:
-            decision = await asyncio.to_thread(
-                self.kube.may, user, verb, namespace, fleet, subresource
-            )
+            # One review per question: a burst of callers (500 clients reconnecting after a
+            # gateway restart) waits on the first one's answer instead of asking again.
+            pending = self._asking.get(key)
+            if pending is None:
+                pending = asyncio.ensure_future(
+                    asyncio.to_thread(self.kube.may, user, verb, namespace, fleet, subresource)
+                )
+                self._asking[key] = pending
+                pending.add_done_callback(lambda _: self._asking.pop(key, None))
+            decision = await asyncio.shield(pending)
             self._decisions[key] = decision
         allowed, reason = decision
         if not allowed:

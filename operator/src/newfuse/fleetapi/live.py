@@ -46,6 +46,7 @@ def agent_view(update: StateUpdate) -> dict[str, Any]:
         "capabilities": list(state.capabilities),
         "heartbeat": _iso(update.timestamp),
         "version": update.version,
+        "requestsHandled": metrics.requests_handled,
         "tasksCompleted": metrics.tasks_completed,
         "tasksFailed": metrics.tasks_failed,
         "latencyP95Ms": metrics.latency_p95_ms,

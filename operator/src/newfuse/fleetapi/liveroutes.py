@@ -28,13 +28,16 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from newfuse.fleetapi.auth import Authenticator, AuthError, Authorizer, audit
 from newfuse.fleetapi.feed import SlowConsumerError, Watcher
 from newfuse.fleetapi.fleets import Fleet, Fleets
+from newfuse.wire.endpoints import live_path
 
-LIVE_PREFIX: Final = "/live"
-# Close codes (RFC 6455 section 7.4): 1008 the caller may not watch, 1013 it stopped reading
-# (a whole queue behind) and may come back, 4404 no such fleet.
-CLOSE_REFUSED: Final = 1008
-CLOSE_SLOW: Final = 1013
+# Close codes. A refused caller is accepted, then closed with a code and a reason: a browser never
+# sees the HTTP status of a refused handshake, only 1006. 4401/4403/4404 mirror HTTP's (the
+# private range of RFC 6455 section 7.4.2, as graphql-ws uses it); 1013 "try again later": the
+# client stopped reading, fell a whole queue behind, and may come back.
+CLOSE_UNAUTHENTICATED: Final = 4401
+CLOSE_FORBIDDEN: Final = 4403
 CLOSE_NOT_FOUND: Final = 4404
+CLOSE_SLOW: Final = 1013
 # A close frame to a client that does not read may never go out; give up on it after this.
 CLOSE_TIMEOUT: Final = 1.0
 SSE_SEND_TIMEOUT: Final = 10.0
@@ -85,15 +88,16 @@ class LiveEndpoints:
         return (None if found is None else found[0]), results
 
     async def websocket(self, websocket: WebSocket) -> None:
+        await websocket.accept()
         try:
             fleet, results = await self._fleet(websocket)
         except AuthError as exc:
-            await websocket.close(CLOSE_REFUSED, exc.message[:120])
+            code = CLOSE_UNAUTHENTICATED if exc.status == 401 else CLOSE_FORBIDDEN
+            await websocket.close(code, _reason(exc.message))
             return
         if fleet is None:
             await websocket.close(CLOSE_NOT_FOUND, "no such fleet")
             return
-        await websocket.accept()
         async with fleet.feed.watch(results=results) as watcher:
             sender = asyncio.create_task(_send_all(websocket, watcher))
             watcher.on_cut = sender.cancel
@@ -129,12 +133,17 @@ class LiveEndpoints:
 
     def routes(self) -> list[BaseRoute]:
         """The routes to mount at the app's root."""
-        path = LIVE_PREFIX + "/{namespace}/{fleet}"
+        path = live_path("{namespace}", "{fleet}")
         return [
             WebSocketRoute(path, self.websocket),
             Route(path, self.page, methods=["GET"]),
             Route(path + "/events", self.events, methods=["GET"]),
         ]
+
+
+def _reason(message: str) -> str:
+    """``message`` cut to the 123 bytes of UTF-8 a close frame's reason may take."""
+    return message.encode()[:123].decode(errors="ignore")
 
 
 async def _send_all(websocket: WebSocket, watcher: Watcher) -> None:

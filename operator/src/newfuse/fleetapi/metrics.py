@@ -19,3 +19,9 @@ WATCHERS_CUT: Final = Counter(
     "newfuse_gateway_watchers_cut_total",
     "Live-feed clients disconnected because they fell a whole queue behind (slow consumers).",
 )
+TOKENS: Final = Counter(
+    "newfuse_gateway_tokens_verified_total",
+    "Bearer tokens checked, by how: jwks (the API server's keys, locally), tokenreview (asked "
+    "the API server), oidc (a configured issuer's keys).",
+    ["by"],
+)

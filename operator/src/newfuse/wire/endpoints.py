@@ -1,6 +1,7 @@
-"""Where the fleet API serves each fleet, in the one place that lays the URLs out.
+"""Where the fleet API serves each fleet, and the names its clients read, in one place.
 
-The operator writes them into status (`status.endpoints.a2a`); the gateway routes them.
+The operator writes the URLs into status (`status.endpoints.a2a`); the gateway routes them; the
+CLI (`newfuse --server`) calls them and reads the message and task metadata keys below.
 """
 
 from __future__ import annotations
@@ -8,6 +9,13 @@ from __future__ import annotations
 from typing import Final
 
 A2A_PREFIX: Final = "/a2a"
+LIVE_PREFIX: Final = "/live"
+# The message metadata key that picks a skill (the fleet's capability, which names a handler).
+SKILL_KEY: Final = "skill"
+# The artifact that carries a completed task's output.
+RESULT_ARTIFACT: Final = "result"
+# Task metadata of an ended task: who ran it, how often, how long (ResultPayload's fields).
+RESULT_METADATA: Final = ("agentId", "attempts", "latencyMs", "revision", "reason", "finishedAt")
 
 
 def a2a_path(namespace: str, fleet: str) -> str:
@@ -18,3 +26,8 @@ def a2a_path(namespace: str, fleet: str) -> str:
 def a2a_url(gateway_url: str, namespace: str, fleet: str) -> str:
     """The fleet's A2A endpoint on the gateway at ``gateway_url``."""
     return gateway_url.rstrip("/") + a2a_path(namespace, fleet)
+
+
+def live_path(namespace: str, fleet: str) -> str:
+    """The path of a fleet's live feed (WebSocket) and page; `/events` under it is the SSE feed."""
+    return f"{LIVE_PREFIX}/{namespace}/{fleet}"
