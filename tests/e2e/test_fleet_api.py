@@ -277,19 +277,26 @@ async def test_cancel_task_ends_a_queued_task_canceled_and_no_agent_runs_it(
 
 
 @pytest.mark.asyncio
-async def test_an_unknown_a2a_version_gets_the_specs_error(
+async def test_a2a_version_negotiation_holds_clients_to_the_fleets_protocol_version(
     gateway: GatewayProcess, fleets: Fleets, echo_fleet: str, token: str
 ) -> None:
     body = {
         "jsonrpc": "2.0",
-        "id": 1,
+        "id": 7,
         "method": "SendMessage",
         "params": {"message": {"messageId": "v", "role": "ROLE_USER", "parts": [{"text": "x"}]}},
     }
     url = gateway.fleet_url(fleets.namespace, echo_fleet)
-    async with httpx.AsyncClient() as http:
-        reply = await http.post(url, json=body, headers={"A2A-Version": "9.9", **bearer(token)})
-    assert reply.json()["error"]["code"] == -32009, reply.text
+    async with httpx.AsyncClient(timeout=60) as http:
+        card = (await http.get(url + ".well-known/agent-card.json")).json()
+        assert card["supportedInterfaces"][0]["protocolVersion"] == "1.0"  # spec.protocolVersion
+        for asked in ("9.9", "1.1", "0.3", "one"):
+            reply = await http.post(url, json=body, headers={"A2A-Version": asked, **bearer(token)})
+            error = reply.json()["error"]
+            assert (error["code"], reply.json()["id"]) == (-32009, 7), (asked, reply.text)
+            assert "this fleet speaks A2A 1.0" in error["message"], error
+        ok = await http.post(url, json=body, headers={"A2A-Version": "1.0.3", **bearer(token)})
+        assert "result" in ok.json(), ok.text  # the patch level is ignored
 
 
 @pytest.mark.asyncio

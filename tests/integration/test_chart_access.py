@@ -126,8 +126,13 @@ def test_network_policies_open_only_what_the_operator_needs(binaries: Binaries) 
     assert set(policies) == {
         ("newfuse-system", "nf-newfuse-operator"),
         ("newfuse-system", "nf-newfuse-operator-redis"),
+        ("newfuse-system", "nf-newfuse-operator-gateway"),
         ("team-a", "nf-newfuse-operator-agents"),
     }
+    gateway = policies[("newfuse-system", "nf-newfuse-operator-gateway")]
+    assert gateway["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    gateway_ports = [sorted(p["port"] for p in rule["ports"]) for rule in gateway["egress"]]
+    assert gateway_ports == [[53, 53], [443, 6443], [6379, 6380]], "DNS, API server, Redis only"
     operator = policies[("newfuse-system", "nf-newfuse-operator")]
     assert operator["policyTypes"] == ["Ingress", "Egress"]
     assert operator["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]

@@ -256,7 +256,9 @@ def test_install_run_as_configured_upgrade_and_uninstall(
         "-o",
         "name",
     ).split()
-    assert len(created) == 7, created  # 3 monitoring objects, 3 policies, the dashboard
+    # 3 monitoring objects and 3 policies for the operator, Redis and agents; the gateway's
+    # policy and ServiceMonitor; the dashboard.
+    assert len(created) == 9, created
     redis_url = _secret_value(k, "newfuse-system", "nf-newfuse-operator-redis-url", "url")
 
     # Generated secrets survive upgrades: the same signing key and Redis password.

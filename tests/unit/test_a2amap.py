@@ -11,6 +11,7 @@ from a2a.utils.errors import InvalidParamsError
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.struct_pb2 import Value
 
+from newfuse.cli.remote import result_of
 from newfuse.fleetapi.a2amap import (
     TaskRecord,
     agent_card,
@@ -20,6 +21,7 @@ from newfuse.fleetapi.a2amap import (
     task_id_for,
     task_input,
     task_of,
+    version_refusal,
 )
 from newfuse.fleetapi.config import SHARED, GatewayConfig, env_var
 from newfuse.wire.tasks import ResultPayload, ResultStatus
@@ -176,3 +178,48 @@ def test_gateway_config_round_trips_through_its_env_vars() -> None:
 def test_gateway_config_names_the_variable_it_refuses() -> None:
     with pytest.raises(ValueError, match="NEWFUSE_GATEWAY_PORT"):
         GatewayConfig.from_env({"NEWFUSE_GATEWAY_PORT": "0"})
+
+
+@pytest.mark.parametrize(
+    ("requested", "fleet", "refused"),
+    [
+        ("1.0", "1.0", None),
+        ("1.0.7", "1.0", None),
+        (None, "1.0", None),
+        ("", "1.0", None),
+        ("1.1", "1.0", "this fleet speaks A2A 1.0"),
+        ("0.3", "1.0", "this fleet speaks A2A 1.0"),
+        ("2.0", "1.0", "this fleet speaks A2A 1.0"),
+        ("x" * 500, "1.0", "is not supported"),
+        ("1.0", "1.1", "not an A2A version this gateway speaks"),
+        ("2.0", "2.0", "not an A2A version this gateway speaks"),
+        ("1.0", "garbage", "not an A2A version this gateway speaks"),
+    ],
+)
+def test_version_negotiation_follows_the_fleet(
+    requested: str | None, fleet: str, refused: str | None
+) -> None:
+    found = version_refusal(requested, fleet)
+    if refused is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert refused in found
+        assert len(found) < 200, "a hostile header is not echoed whole"
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        _result(ResultStatus.SUCCEEDED, output={"a": ["b", 1]}),
+        _result(ResultStatus.SUCCEEDED, output="plain text"),
+        _result(ResultStatus.FAILED, reason="timeout", error="took 600 s"),
+    ],
+    ids=["data", "text", "failed"],
+)
+def test_the_cli_reads_back_the_result_the_gateway_serves(result: ResultPayload) -> None:
+    back = result_of(task_of("t", RECORD, result))
+    assert back is not None
+    kept = {"status", "output", "agent_id", "attempts", "latency_ms", "reason", "finished_at"}
+    assert back.model_dump(include=kept) == result.model_dump(include=kept)
+    assert result_of(task_of("t", RECORD, None)) is None

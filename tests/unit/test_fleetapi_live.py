@@ -88,7 +88,8 @@ def test_the_fleet_view_carries_phase_rollout_and_counters() -> None:
     status = NewFuseAgentStatus(
         phase=Phase.PROGRESSING, replicas=4, ready_replicas=3, rollout=rollout
     )
-    view = fleet_view(fleet_summary(status), {"tasksFailed": 1, "tasksCompleted": 9})
+    view = fleet_view(fleet_summary(status, "1.0"), {"tasksFailed": 1, "tasksCompleted": 9})
+    assert view["protocolVersion"] == "1.0"
     assert view["phase"] == "Progressing"
     assert (view["replicas"], view["readyReplicas"]) == (4, 3)
     assert view["rollout"]["canaryRevision"] == "new"

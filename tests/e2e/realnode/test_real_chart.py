@@ -1,10 +1,12 @@
-"""`helm install` runs the operator for real: its image, as a pod on the real node.
+"""`helm install` runs the operator and the fleet API gateway for real: pods on the real node.
 
 The API server listens on 127.0.0.1 and there is no kube-proxy, so a pod on the pod network
 reaches neither it nor Redis. The chart's test-only `hostNetwork` value puts the operator pod on
 the node's network, and `extraEnv` points the in-cluster client at the loopback API server
 (choice and reasons in the README's "Real node" section). Everything else is the chart as users
-install it: its RBAC, its ServiceAccount token, its Lease, its probes.
+install it: its RBAC, its ServiceAccount token, its Lease, its probes. The gateway pod, from the
+same image, verifies a caller's ServiceAccount token with the API server's keys and asks RBAC
+through its own ServiceAccount, with nothing but the chart's ClusterRole.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import httpx
 import pytest
 import yaml
+from kubernetes import config as k8s_config
 
+from fleetapi_auth import service_account
 from harness import Cluster, Fleets, Kubectl, OperatorProcess, RedisHandle
 from localcluster import images, wait_for
 from localcluster.binaries import REPO_ROOT, Binaries
@@ -65,6 +70,61 @@ def _ready_pod(kubectl: Kubectl, ns: str, release: str) -> dict[str, Any] | None
 def _server(cluster: Cluster) -> str:
     config = yaml.safe_load(cluster.kubeconfig.read_text())
     return str(config["clusters"][0]["cluster"]["server"])
+
+
+GATEWAY_PORT = free_port()
+
+
+def _gateway_values(node_label: str) -> list[str]:
+    """The gateway as the operator runs here: one pod on the real node's network."""
+    url = f"http://127.0.0.1:{GATEWAY_PORT}"
+    return [
+        "gateway.enabled=true", "gateway.replicaCount=1", "gateway.hostNetwork=true",
+        f"gateway.port={GATEWAY_PORT}", f"gateway.publicUrl={url}",
+        "gateway.extraEnv[0].name=KUBERNETES_SERVICE_HOST", "gateway.extraEnv[0].value=127.0.0.1",
+        "gateway.extraEnv[1].name=KUBERNETES_SERVICE_PORT",
+        f"gateway.nodeSelector.{node_label}={NODE_LABEL_VALUE}",
+        f"gateway.tolerations[0].key={TAINT_KEY}", "gateway.tolerations[0].operator=Exists",
+    ]  # fmt: skip
+
+
+def _check_the_gateway(
+    kubectl: Kubectl, cluster: Cluster, real_node: RealNodeInfo, system: str, release: str,
+    namespace: str, fleet: dict[str, Any],
+) -> None:  # fmt: skip
+    """The chart's gateway pod serves the fleet to a ServiceAccount bound to the viewer role."""
+    url = f"http://127.0.0.1:{GATEWAY_PORT}"
+    assert fleet["status"]["endpoints"] == {"a2a": f"{url}/a2a/{namespace}/charted/"}
+    selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/name=newfuse-gateway"
+
+    def ready() -> dict[str, Any] | None:
+        pods = json.loads(kubectl("get", "pods", "-n", system, "-l", selector, "-o", "json"))
+        found = [
+            p
+            for p in pods["items"]
+            if all(s["ready"] for s in p["status"].get("containerStatuses") or [{"ready": False}])
+        ]
+        return found[0] if found else None  # fmt: skip
+
+    pod = wait_for(ready, 180, what="the gateway pod Ready")
+    assert pod["spec"]["nodeName"] == real_node.name
+    card = httpx.get(f"{url}/a2a/{namespace}/charted/.well-known/agent-card.json", timeout=10)
+    assert card.status_code == 200, card.text
+    assert card.json()["name"] == "charted"
+
+    api = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
+    token = service_account(api, namespace, "chart-viewer",
+                            cluster_role=f"{release}-newfuse-operator-viewer")  # fmt: skip
+    call = {"jsonrpc": "2.0", "id": 1, "method": "ListTasks", "params": {}}
+    headers = {"Authorization": f"Bearer {token}", "A2A-Version": "1.0"}
+    listed = httpx.post(f"{url}/a2a/{namespace}/charted/", json=call, headers=headers, timeout=30)
+    assert listed.status_code == 200, listed.text
+    assert "result" in listed.json(), listed.json()
+    denied = httpx.post(f"{url}/a2a/{namespace}/charted/", json={**call, "method": "SendMessage"},
+                        headers=headers, timeout=30)  # fmt: skip
+    assert denied.status_code == 403, denied.text
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    assert 'newfuse_gateway_tokens_verified_total{by="jwks"}' in metrics
 
 
 def _operator_pods(kubectl: Kubectl, ns: str, release: str) -> list[dict[str, Any]]:
@@ -117,10 +177,12 @@ def _install_upgrade_uninstall(
         f"redis.url={redis_server.url}", f"watchNamespaces={{{namespace}}}", "crds.install=false",
         f"nodeSelector.{escaped_label}={NODE_LABEL_VALUE}",
         f"tolerations[0].key={TAINT_KEY}", "tolerations[0].operator=Exists",
+    *_gateway_values(escaped_label),
     ]  # fmt: skip
     kubeconfig = str(cluster.kubeconfig)
     sets = [arg for value in values for arg in ("--set", value)]
     sets += ["--set-string", f"extraEnv[1].value={api_port}"]  # an env value is a string
+    sets += ["--set-string", f"gateway.extraEnv[1].value={api_port}"]
     install = ("install", release, str(CHART), "-n", system, *sets, "--wait", "--timeout", "180s")
     _helm(kubeconfig, *install)
 
@@ -138,7 +200,8 @@ def _install_upgrade_uninstall(
 
     wait_for(leading, 60, what="the operator pod holding its Lease")
     fleets.create("charted", replicas=2)
-    fleets.wait_available("charted", 2, timeout=120)
+    body = fleets.wait_available("charted", 2, timeout=120)
+    _check_the_gateway(kubectl, cluster, real_node, system, release, namespace, body)
 
     # An upgrade that changes the pod template rolls the operator pod.
     _helm(kubeconfig, "upgrade", release, str(CHART), "-n", system, *sets,

@@ -9,6 +9,7 @@ other gateways included, sees it the same way.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Sequence
 from typing import Final
@@ -20,7 +21,7 @@ from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.scripts import A2A_SUBMIT_LUA, CANCEL_LUA
 from newfuse.wire.sealing import RESULT_CLEAR, Sealer
 from newfuse.wire.signing import Channel, Signing
-from newfuse.wire.state import StateUpdate
+from newfuse.wire.state import FleetSummary, StateUpdate
 from newfuse.wire.taskpolicy import TaskPolicy
 from newfuse.wire.tasks import Priority, ResultPayload, ResultStatus
 
@@ -49,15 +50,26 @@ class A2AStore:
             Sealer.of(tasks.namespace, tasks.fleet, encryption_key) if encryption_key else None
         )
 
-    async def capabilities(self) -> Sequence[str] | None:
-        """The fleet's capabilities as the operator mirrored them (None: the fleet has no state)."""
-        raw = await self.tasks.client.hget(self.keys.fleet_state, self.keys.FLEET_STATE_FIELD)
+    async def described(self) -> tuple[Sequence[str], str | None] | None:
+        """The fleet's capabilities and A2A version as the operator mirrored them.
+
+        None: the fleet has no state. The version is None until the operator has written it.
+        """
+        keys = self.keys
+        raw, summary = await self.tasks.client.hmget(
+            keys.fleet_state, [keys.FLEET_STATE_FIELD, keys.FLEET_SUMMARY_FIELD]
+        )
         if raw is None:
             return None
         try:
-            return StateUpdate.model_validate_json(raw).state.capabilities
+            capabilities = StateUpdate.model_validate_json(raw).state.capabilities
         except ValidationError:
             return None
+        version = None
+        if summary is not None:
+            with contextlib.suppress(ValidationError):
+                version = FleetSummary.model_validate_json(summary).protocol_version
+        return capabilities, version
 
     async def submit(self, spec: TaskSpec, record: str, now: dt.datetime) -> str:
         """Enqueue ``spec`` with ``record`` unless its task has a record; return the record kept.

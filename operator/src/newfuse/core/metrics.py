@@ -124,8 +124,8 @@ def fleet_state_update(
     )
 
 
-def fleet_summary(status: NewFuseAgentStatus) -> FleetSummary:
-    """What the live feed shows of a fleet's status: its phase, pods and rollout."""
+def fleet_summary(status: NewFuseAgentStatus, protocol_version: str) -> FleetSummary:
+    """What the live feed shows of a fleet's status (phase, pods, rollout), and its A2A version."""
     rollout = status.rollout
     return FleetSummary(
         phase=status.phase.value if status.phase is not None else None,
@@ -145,6 +145,7 @@ def fleet_summary(status: NewFuseAgentStatus) -> FleetSummary:
             message=rollout.message,
         ),
         message=status.message,
+        protocol_version=protocol_version,
     )
 
 

@@ -41,6 +41,8 @@ from newfuse.wire.endpoints import RESULT_ARTIFACT, RESULT_METADATA, SKILL_KEY
 from newfuse.wire.tasks import FailReason, ResultPayload, ResultStatus
 
 PROTOCOL_BINDING: Final = "JSONRPC"
+# The A2A version this gateway speaks (the a2a-sdk's); a fleet's spec.protocolVersion narrows it.
+A2A_VERSION: Final = PROTOCOL_VERSION_1_0
 BEARER: Final = "bearer"
 # A cancelled task is stored as a FAILED result with this reason, so the first result still wins.
 CANCELED_REASON: Final = "canceled"
@@ -73,6 +75,7 @@ def agent_card(
     version: str,
     *,
     bearer: bool = False,
+    protocol_version: str = A2A_VERSION,
 ) -> AgentCard:
     """The Agent Card of a fleet: one skill per capability, reached over JSON-RPC at ``url``.
 
@@ -85,7 +88,7 @@ def agent_card(
         provider=AgentProvider(organization="NewFuse", url="https://github.com/newfuse"),
         supported_interfaces=[
             AgentInterface(
-                url=url, protocol_binding=PROTOCOL_BINDING, protocol_version=PROTOCOL_VERSION_1_0
+                url=url, protocol_binding=PROTOCOL_BINDING, protocol_version=protocol_version
             )
         ],
         capabilities=AgentCapabilities(streaming=True, push_notifications=False),
@@ -112,6 +115,35 @@ def agent_card(
         )
         card.security_requirements.append(SecurityRequirement(schemes={BEARER: StringList()}))
     return card
+
+
+def _major_minor(version: str) -> tuple[int, int] | None:
+    major, _, rest = version.strip().partition(".")
+    minor = rest.partition(".")[0]
+    return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else None
+
+
+def version_refusal(requested: str | None, fleet_version: str) -> str | None:
+    """Why a call asking for A2A ``requested`` cannot reach a fleet that speaks ``fleet_version``.
+
+    None if it can. The spec's rule: the request's major.minor (patch ignored) must be one the
+    agent speaks, and a fleet speaks its spec.protocolVersion. Without an A2A-Version header the
+    a2a-sdk's own rule applies (the request is taken as 0.3).
+    """
+    speaks, ours = _major_minor(fleet_version), _major_minor(A2A_VERSION)
+    if speaks is None or ours is None or speaks[0] != ours[0] or speaks[1] > ours[1]:
+        return (
+            f"this fleet's spec.protocolVersion {fleet_version} is not an A2A version this "
+            f"gateway speaks ({A2A_VERSION})"
+        )
+    if requested is None or not requested.strip():
+        return None
+    if _major_minor(requested) != speaks:
+        return (
+            f"A2A-Version {requested[:20]!r} is not supported: this fleet speaks A2A "
+            f"{fleet_version} (send A2A-Version: {fleet_version})"
+        )
+    return None
 
 
 def task_id_for(namespace: str, fleet: str, message_id: str) -> str:

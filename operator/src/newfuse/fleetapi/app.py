@@ -19,7 +19,8 @@ from a2a.server.context import ServerCallContext
 from a2a.server.request_handlers.response_helpers import agent_card_to_dict
 from a2a.server.routes import DefaultServerCallContextBuilder
 from a2a.server.routes.jsonrpc_dispatcher import JsonRpcDispatcher
-from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
+from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH, VERSION_HEADER
+from a2a.utils.errors import A2AError, VersionNotSupportedError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from sse_starlette.sse import EventSourceResponse
@@ -28,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
-from newfuse.fleetapi.a2amap import agent_card
+from newfuse.fleetapi.a2amap import agent_card, version_refusal
 from newfuse.fleetapi.auth import Authenticator, AuthError, Authorizer, audit, verb_of
 from newfuse.fleetapi.fleets import Fleets
 from newfuse.fleetapi.liveroutes import LiveEndpoints
@@ -76,6 +77,10 @@ class _Dispatcher(JsonRpcDispatcher):
             response.body_iterator = with_ids()
         return response
 
+    def refuse(self, request_id: Any, error: A2AError) -> Response:
+        """The JSON-RPC error response to request ``request_id``."""
+        return self._generate_error_response(request_id, error)
+
 
 class _FleetContext(DefaultServerCallContextBuilder):
     """Hands the handler the fleet that `_with_fleet` found for the request."""
@@ -100,12 +105,17 @@ def _refused(error: AuthError) -> Response:
     return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
 
 
-async def _method(request: Request) -> str:
+async def _body(request: Request) -> dict[str, Any]:
+    """The JSON-RPC request as a dict ({} if it is not one: the dispatcher says what is wrong)."""
     try:
         body = await request.json()  # Starlette keeps the body: the dispatcher reads it again
     except ValueError:
-        return ""  # the dispatcher answers with the JSON-RPC parse error
-    return str(body.get("method", "")) if isinstance(body, dict) else ""
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+async def _method(request: Request) -> str:
+    return str((await _body(request)).get("method", ""))
 
 
 @dataclass(frozen=True)
@@ -149,7 +159,8 @@ class _Endpoints:
         found = await self.fleets.lookup(namespace, name)
         if found is None:
             return False
-        request.state.fleet, request.state.capabilities = found
+        request.state.fleet, request.state.capabilities = found.fleet, found.capabilities
+        request.state.protocol_version = found.protocol_version
         return True
 
     async def rpc(self, request: Request) -> Response:
@@ -163,6 +174,12 @@ class _Endpoints:
             return refused  # before the lookup: who may not call learns nothing of the fleet
         if not await self._found(request):
             return _not_found(namespace, name)
+        refusal = version_refusal(
+            request.headers.get(VERSION_HEADER), request.state.protocol_version
+        )
+        if refusal is not None:
+            request_id = (await _body(request)).get("id")
+            return self.dispatcher.refuse(request_id, VersionNotSupportedError(message=refusal))
         return await self.dispatcher.handle_requests(request)
 
     async def card(self, request: Request) -> Response:
@@ -171,7 +188,15 @@ class _Endpoints:
             return _not_found(namespace, name)
         url = a2a_url(self.public_url or str(request.base_url), namespace, name)
         capabilities, bearer = request.state.capabilities, self.guard is not None
-        built = agent_card(namespace, name, capabilities, url, _VERSION, bearer=bearer)
+        built = agent_card(
+            namespace,
+            name,
+            capabilities,
+            url,
+            _VERSION,
+            bearer=bearer,
+            protocol_version=request.state.protocol_version,
+        )
         return JSONResponse(agent_card_to_dict(built), headers={"Cache-Control": "no-cache"})
 
     async def healthz(self, _: Request) -> Response:

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from newfuse.adapters.a2aevents import EventLog
 from newfuse.adapters.a2astore import A2AStore
 from newfuse.adapters.taskclient import TaskClient
+from newfuse.fleetapi.a2amap import A2A_VERSION
 from newfuse.fleetapi.feed import Feed
 from newfuse.fleetapi.hub import Hub
 
@@ -32,6 +33,15 @@ class Fleet:
     feed: Feed
 
 
+@dataclass(frozen=True)
+class Found:
+    """A fleet the operator has mirrored, with what its Agent Card says of it."""
+
+    fleet: Fleet
+    capabilities: list[str]
+    protocol_version: str  # spec.protocolVersion (the gateway's own until the operator says)
+
+
 class Fleets:
     """Every fleet this gateway has served, by (namespace, name)."""
 
@@ -47,18 +57,19 @@ class Fleets:
         self._signing_key, self._encryption_key = signing_key, encryption_key
         self._known: dict[tuple[str, str], Fleet] = {}
 
-    async def lookup(self, namespace: str, name: str) -> tuple[Fleet, list[str]] | None:
-        """The fleet and its capabilities; None if the operator has not mirrored it to Redis.
+    async def lookup(self, namespace: str, name: str) -> Found | None:
+        """The fleet as it stands; None if the operator has not mirrored it to Redis.
 
         Only fleets that exist are kept, so requests naming made-up fleets cannot grow the map.
         """
-        found = self._known.get((namespace, name)) or self._make(namespace, name)
-        capabilities = await found.store.capabilities()
-        if capabilities is None:
+        fleet = self._known.get((namespace, name)) or self._make(namespace, name)
+        described = await fleet.store.described()
+        if described is None:
             self._known.pop((namespace, name), None)
             return None
-        self._known[(namespace, name)] = found
-        return found, list(capabilities)
+        self._known[(namespace, name)] = fleet
+        capabilities, version = described
+        return Found(fleet, list(capabilities), version or A2A_VERSION)
 
     def _make(self, namespace: str, name: str) -> Fleet:
         signing, sealing = self._signing_key, self._encryption_key

@@ -85,7 +85,7 @@ class LiveEndpoints:
         namespace, name = connection.path_params["namespace"], connection.path_params["fleet"]
         results = await self._admit(connection, namespace, name)
         found = await self.fleets.lookup(namespace, name)
-        return (None if found is None else found[0]), results
+        return (None if found is None else found.fleet), results
 
     async def websocket(self, websocket: WebSocket) -> None:
         await websocket.accept()

@@ -279,7 +279,8 @@ class Controller:
         """Mirror the new status's phase and rollout for the gateway's live feed (best effort)."""
         keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
         try:
-            await self.redis.put_fleet_summary(keys, fleet_summary(status))
+            summary = fleet_summary(status, fleet.spec.protocol_version)
+            await self.redis.put_fleet_summary(keys, summary)
         except (RedisError, OSError) as exc:  # the next reconcile writes it again
             log.debug("mirroring the summary of %s failed: %s", keys.prefix, exc)
 

@@ -89,6 +89,9 @@ class FleetSummary(WireModel):
     update_revision: str | None = None
     rollout: RolloutSummary | None = None
     message: str | None = None
+    # spec.protocolVersion: the A2A version (major.minor) the fleet speaks; the gateway holds
+    # clients to it (A2A-Version) and advertises it in the fleet's Agent Card.
+    protocol_version: str | None = None
 
 
 def next_version(previous: int, now: dt.datetime) -> int:
