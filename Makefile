@@ -64,6 +64,7 @@ bench: deps binaries ## Benchmarks (not tests): figures as ratios against baseli
 	$(PY) bench/task_throughput.py
 	$(PY) bench/rollout_steps.py
 	$(PY) bench/long_tasks.py
+	$(PY) bench/fleet_api.py
 
 .PHONY: lint
 lint: deps ## ruff (lint + format check), mypy --strict and import-linter
