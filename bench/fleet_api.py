@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import random
 import sys
 import time
 import uuid
@@ -67,7 +68,8 @@ def start_gateway(redis_url: str, state: Path) -> tuple[object, str]:
         **os.environ, "NEWFUSE_REDIS_URL": redis_url, "NEWFUSE_GATEWAY_HOST": "127.0.0.1",
         "NEWFUSE_GATEWAY_PORT": str(port), "NEWFUSE_GATEWAY_AUTH": "none",
     }  # fmt: skip
-    proc = spawn([sys.executable, "-m", "newfuse.fleetapi"], env, state / "gateway.log")
+    log = state / f"gateway-{port}.log"  # one per run: a failed run keeps its own
+    proc = spawn([sys.executable, "-m", "newfuse.fleetapi"], env, log)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -165,6 +167,8 @@ async def fan_out(redis_url: str, gateway: str, fleet: str, subscribers: int) ->
 
         followers = [asyncio.create_task(follow()) for _ in range(subscribers)]
         await asyncio.wait_for(all_ready.wait(), 300)
+        # The feed looks every 0.5 s: a change lands at a random point of that period.
+        await asyncio.sleep(random.uniform(1.0, 1.5))  # noqa: S311 - not for security
         with redis.Redis.from_url(redis_url) as client:
             sent = time.perf_counter()
             client.hset(keys.agents, agent, _state(agent, ["echo"]))

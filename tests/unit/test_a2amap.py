@@ -161,7 +161,7 @@ def test_agent_card_has_a_skill_per_capability_and_one_jsonrpc_interface() -> No
         "http://gw/a2a/ns/fleet/", "JSONRPC", "1.0",
     )  # fmt: skip
     assert card.capabilities.streaming
-    assert not card.capabilities.push_notifications
+    assert card.capabilities.push_notifications
 
 
 def test_gateway_config_round_trips_through_its_env_vars() -> None:

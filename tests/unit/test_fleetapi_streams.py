@@ -7,6 +7,7 @@ import json
 
 import pytest
 from a2a.utils.errors import InvalidParamsError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from newfuse.adapters.a2aevents import Event, entry_key
 from newfuse.fleetapi.app import _event_id
@@ -143,3 +144,29 @@ async def test_a_subscriber_whose_queue_overflows_is_marked_lost_and_dropped() -
         assert flooded.lost
         assert flooded.queue.qsize() == QUEUE_SIZE
         assert await _drain(calm.queue) == [last], "one flooded task must not stall others"
+
+
+class _SwallowsCancellation(_Log):
+    """A read that turns a cancellation into a Redis timeout, as redis-py's pool wait does."""
+
+    async def wait(self, after: str, block_ms: int) -> tuple[list[Event], str]:
+        try:
+            return await super().wait(after, block_ms)
+        except asyncio.CancelledError:
+            raise RedisTimeoutError("timed out waiting for a connection") from None
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(20)  # without the fix the leaked readers never end
+async def test_a_reader_whose_cancellation_is_swallowed_still_stops() -> None:
+    log = _SwallowsCancellation()
+    hub = Hub(log, block_ms=200, retry_seconds=0.01)  # type: ignore[arg-type]
+    before = len(asyncio.all_tasks())
+    for n in range(50):
+        async with hub.subscribe(f"t{n}"):
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.3)
+    assert len(asyncio.all_tasks()) == before, "every reader ended: none holds a connection"
+    reads = log.reads
+    await asyncio.sleep(0.3)
+    assert log.reads == reads

@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from typing import Final
 
 from pydantic import ValidationError
+from redis.exceptions import ResponseError
 
 from newfuse.adapters.taskclient import TaskClient, TaskSpec
 from newfuse.wire.envelope import MessageType, encode
+from newfuse.wire.keys import A2A_PUSH_FLEETS, A2A_PUSH_GROUP
 from newfuse.wire.scripts import A2A_SUBMIT_LUA, CANCEL_LUA
 from newfuse.wire.sealing import RESULT_CLEAR, Sealer
 from newfuse.wire.signing import Channel, Signing
@@ -95,6 +97,31 @@ class A2AStore:
         """The record of ``task_id``, if the gateway sent it."""
         found = await self.tasks.client.hget(self.keys.a2a_tasks, task_id)
         return None if found is None else str(found)
+
+    async def ensure_push_group(self) -> None:
+        """Make the event stream's webhook consumer group, reading from now on, unless it exists.
+
+        Called before a webhook is first kept, so every event after it is delivered.
+        """
+        try:
+            await self.tasks.client.xgroup_create(
+                self.keys.a2a_events, A2A_PUSH_GROUP, id="$", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def update_record(self, task_id: str, record: str) -> None:
+        """Store ``record`` again (its webhooks changed) and list the fleet for webhook delivery.
+
+        Last writer wins: two clients changing one task's webhooks at the same instant may lose
+        one change, which the client sees when it lists them.
+        """
+        await self.ensure_push_group()
+        pipe = self.tasks.client.pipeline(transaction=True)
+        pipe.hset(self.keys.a2a_tasks, task_id, record)
+        pipe.sadd(A2A_PUSH_FLEETS, f"{self.tasks.namespace}/{self.tasks.fleet}")
+        await pipe.execute()
 
     async def records(self, cursor: int, count: int) -> tuple[int, dict[str, str]]:
         """One HSCAN page of records: the next cursor (0 when done) and task id -> record."""

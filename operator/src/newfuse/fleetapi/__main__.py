@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 
 import httpx
@@ -15,7 +17,9 @@ from newfuse.fleetapi.app import Guard, create_app
 from newfuse.fleetapi.auth import Authenticator, Authorizer, OidcIssuer
 from newfuse.fleetapi.config import Auth, GatewayConfig, OidcIssuerConfig
 from newfuse.fleetapi.fleets import Fleets
+from newfuse.fleetapi.pushconfig import screen_for
 from newfuse.fleetapi.tasks import FleetTaskHandler
+from newfuse.fleetapi.webhooks import Pusher, PushSettings
 
 
 def main() -> int:
@@ -34,7 +38,13 @@ def main() -> int:
         signing_key=config.signing_key_bytes,
         encryption_key=config.encryption_key_bytes,
     )
-    handler = FleetTaskHandler(send_wait=config.send_wait_seconds)
+    screen = screen_for(allow_private=config.push_allow_private)
+    handler = FleetTaskHandler(send_wait=config.send_wait_seconds, push_screen=screen)
+    settings = PushSettings(
+        config.push_attempts, config.push_backoff_seconds, config.push_timeout_seconds
+    )
+    consumer = f"{socket.gethostname()}-{os.getpid()}"
+    pusher = Pusher(fleets.client, fleets, screen, settings, consumer)
     try:
         guard = _guard(config)
     except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
@@ -44,7 +54,7 @@ def main() -> int:
         logging.getLogger("newfuse").warning(
             "NEWFUSE_GATEWAY_AUTH=none: every caller may do anything"
         )
-    app = create_app(fleets, handler, config.public_url, guard)
+    app = create_app(fleets, handler, config.public_url, guard, pusher)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False)
     return 0
 

@@ -27,6 +27,7 @@ from a2a.types.a2a_pb2 import (
     SecurityScheme,
     StringList,
     Task,
+    TaskPushNotificationConfig,
     TaskState,
     TaskStatus,
 )
@@ -35,7 +36,7 @@ from a2a.utils.errors import InvalidParamsError
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.struct_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from newfuse.wire.endpoints import RESULT_ARTIFACT, RESULT_METADATA, SKILL_KEY
 from newfuse.wire.tasks import FailReason, ResultPayload, ResultStatus
@@ -44,6 +45,7 @@ PROTOCOL_BINDING: Final = "JSONRPC"
 # The A2A version this gateway speaks (the a2a-sdk's); a fleet's spec.protocolVersion narrows it.
 A2A_VERSION: Final = PROTOCOL_VERSION_1_0
 BEARER: Final = "bearer"
+MAX_PUSH_TARGETS: Final = 10
 # A cancelled task is stored as a FAILED result with this reason, so the first result still wins.
 CANCELED_REASON: Final = "canceled"
 # uuid5 namespace of task ids made from message ids (any fixed UUID works; this one is ours).
@@ -52,6 +54,18 @@ _TASK_IDS: Final = uuid.UUID("5f1e3c2a-9b7d-4c1e-8a6f-0e2d4b6c8a10")
 TERMINAL: Final = frozenset(
     {TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_CANCELED}
 )
+
+
+class PushTarget(BaseModel):
+    """A webhook of a task (the A2A TaskPushNotificationConfig the client set)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(min_length=1, max_length=128)
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://")
+    token: str = Field(default="", max_length=512)
+    scheme: str = Field(default="", max_length=64)
+    credentials: str = Field(default="", max_length=4096)
 
 
 class TaskRecord(BaseModel):
@@ -65,6 +79,31 @@ class TaskRecord(BaseModel):
     created_at: dt.datetime
     # The verified caller who sent it (None: the gateway runs without auth).
     by: str | None = Field(default=None, max_length=512)
+    push: list[PushTarget] = Field(default_factory=list, max_length=MAX_PUSH_TARGETS)
+
+
+def push_config(task_id: str, target: PushTarget) -> TaskPushNotificationConfig:
+    """The A2A form of a task's webhook (its credentials are never read back)."""
+    config = TaskPushNotificationConfig(id=target.id, task_id=task_id, url=target.url)
+    if target.scheme:
+        config.authentication.scheme = target.scheme
+    return config
+
+
+def push_target(config: TaskPushNotificationConfig) -> PushTarget:
+    """A client's webhook, checked (InvalidParamsError naming the field otherwise)."""
+    try:
+        return PushTarget(
+            id=config.id or uuid.uuid4().hex,
+            url=config.url,
+            token=config.token,
+            scheme=config.authentication.scheme,
+            credentials=config.authentication.credentials,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidParamsError(f"pushNotificationConfig.{where}: {first['msg']}") from None
 
 
 def agent_card(
@@ -91,7 +130,7 @@ def agent_card(
                 url=url, protocol_binding=PROTOCOL_BINDING, protocol_version=protocol_version
             )
         ],
-        capabilities=AgentCapabilities(streaming=True, push_notifications=False),
+        capabilities=AgentCapabilities(streaming=True, push_notifications=True),
         default_input_modes=["text/plain", "application/json"],
         default_output_modes=["text/plain", "application/json"],
         skills=[

@@ -8,6 +8,7 @@ capability shows as a skill without a restart.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -36,6 +37,7 @@ from newfuse.fleetapi.liveroutes import LiveEndpoints
 from newfuse.fleetapi.metrics import CALLS
 from newfuse.fleetapi.streams import EVENT_ID
 from newfuse.fleetapi.tasks import CAPABILITIES, FLEET, USER, FleetTaskHandler
+from newfuse.fleetapi.webhooks import Pusher
 from newfuse.wire.endpoints import A2A_PREFIX, a2a_url
 
 _VERSION: Final = version("newfuse")
@@ -220,6 +222,7 @@ def create_app(
     handler: FleetTaskHandler,
     public_url: str | None = None,
     guard: Guard | None = None,
+    pusher: Pusher | None = None,
 ) -> Starlette:
     """The gateway app over ``fleets``; cards name ``public_url`` (default: the request's URL).
 
@@ -230,7 +233,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        delivering = asyncio.create_task(pusher.run()) if pusher is not None else None
         yield
+        if delivering is not None and pusher is not None:
+            delivering.cancel()
+            await pusher.aclose()
         await fleets.aclose()
 
     identity = None if guard is None else (guard.authenticator, guard.authorizer)

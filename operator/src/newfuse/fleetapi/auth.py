@@ -38,6 +38,10 @@ VERBS: Final = {
     "GetTask": "get",
     "ListTasks": "get",
     "SubscribeToTask": "get",
+    "CreateTaskPushNotificationConfig": "create",
+    "DeleteTaskPushNotificationConfig": "create",
+    "GetTaskPushNotificationConfig": "get",
+    "ListTaskPushNotificationConfigs": "get",
 }
 ASYMMETRIC: Final = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}

@@ -91,6 +91,21 @@ class GatewayConfig(BaseModel):
         "task still running (the client then polls GetTask or subscribes).",
     )
 
+    push_attempts: int = Field(
+        default=5, ge=1, le=20, description="Tries of a webhook before its dead-letter record."
+    )
+    push_backoff_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="The first retry's wait; each next one doubles."
+    )
+    push_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="How long one webhook call may take."
+    )
+    push_allow_private: bool = Field(
+        default=False,
+        description="Let webhooks go to loopback, private and link-local addresses (off: the "
+        "a2a-sdk's SSRF screen refuses them, cloud metadata endpoints included).",
+    )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
         """Read the variables; raise ValueError naming the variable on bad input."""

@@ -133,8 +133,12 @@ class Feed:
         if watcher.on_cut is not None:
             watcher.on_cut()
 
+    def _current(self) -> bool:
+        """Whether the running reader is one of this feed's (see Hub._read for why)."""
+        return asyncio.current_task() in self._readers
+
     async def _poll(self) -> None:
-        while True:
+        while self._current():
             await asyncio.sleep(self.interval)
             try:
                 now = await read_snapshot(self.tasks)
@@ -146,7 +150,7 @@ class Feed:
             self._last = now
 
     async def _follow(self) -> None:
-        while True:
+        while self._current():
             try:
                 async for _, result in self.tasks.follow(block_ms=1000):
                     self.broadcast(result_event(result, _now()), results_only=True)

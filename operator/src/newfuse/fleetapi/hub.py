@@ -74,7 +74,10 @@ class Hub:
                 del self._subscribers[subscription.task_id]
 
     async def _read(self, after: str) -> None:
-        while True:
+        # Stop once this task is no longer the hub's reader, not only when cancelled: a
+        # cancellation that lands while redis-py waits for a pooled connection comes out as a
+        # TimeoutError, and a reader that went on would hold a connection for good.
+        while self._reader is asyncio.current_task():
             try:
                 events, after = await self.events.wait(after, self.block_ms)
             except (RedisError, OSError) as exc:

@@ -25,3 +25,9 @@ TOKENS: Final = Counter(
     "the API server), oidc (a configured issuer's keys).",
     ["by"],
 )
+PUSHES: Final = Counter(
+    "newfuse_gateway_webhooks_total",
+    "Webhook deliveries (push notifications), by outcome: delivered, or dead (given up on and "
+    "recorded in the fleet's push dead-letter stream).",
+    ["outcome"],
+)

@@ -43,7 +43,6 @@ from a2a.utils.constants import DEFAULT_LIST_TASKS_PAGE_SIZE, MAX_LIST_TASKS_PAG
 from a2a.utils.errors import (
     ExtendedAgentCardNotConfiguredError,
     InvalidParamsError,
-    PushNotificationNotSupportedError,
     TaskNotCancelableError,
     TaskNotFoundError,
     UnsupportedOperationError,
@@ -52,9 +51,12 @@ from pydantic import ValidationError
 
 from newfuse.adapters.taskclient import TaskSpec
 from newfuse.adapters.taskerrors import PayloadTooLargeError
+from newfuse.fleetapi import pushconfig
 from newfuse.fleetapi.a2amap import (
     TERMINAL,
+    PushTarget,
     TaskRecord,
+    push_target,
     skill_of,
     task_id_for,
     task_input,
@@ -83,11 +85,30 @@ class FleetTaskHandler(RequestHandler):
         *,
         send_wait: float = 30.0,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        push_screen: pushconfig.Screen | None = None,
     ) -> None:
-        """Wait ``send_wait`` seconds in a blocking SendMessage."""
-        self.send_wait, self.clock = send_wait, clock
+        """Wait ``send_wait`` s in a blocking SendMessage; screen webhook URLs with ``push_screen``.
 
-    async def _start(self, message: Message, context: ServerCallContext) -> tuple[Task, TaskRecord]:
+        The default screen is the a2a-sdk's SSRF check.
+        """
+        self.send_wait, self.clock = send_wait, clock
+        self.push_screen = push_screen or pushconfig.screen_for(allow_private=False)
+
+    async def _push(self, params: SendMessageRequest) -> list[PushTarget]:
+        """The webhook a SendMessage sets for its task, checked before the task exists."""
+        if not params.configuration.HasField("task_push_notification_config"):
+            return []
+        target = push_target(params.configuration.task_push_notification_config)
+        if not await self.push_screen(target.url):
+            raise InvalidParamsError(
+                f"configuration.taskPushNotificationConfig.url: {target.url[:200]!r} is not a "
+                "public http(s) address"
+            )
+        return [target]
+
+    async def _start(
+        self, message: Message, context: ServerCallContext, push: list[PushTarget] | None = None
+    ) -> tuple[Task, TaskRecord]:
         """Submit the message's task unless its message id was sent before; the task as it is."""
         fleet, capabilities = _fleet(context)
         if not message.message_id:
@@ -110,8 +131,12 @@ class FleetTaskHandler(RequestHandler):
             message_id=message.message_id,
             created_at=now,
             by=user.username if user is not None else None,
+            push=push or [],
         )
         spec = TaskSpec(handler=skill, input=task_input(message), task_id=task_id, events=True)
+        if push:
+            await fleet.store.ensure_push_group()  # before the task's first event
+            await fleet.store.update_record(task_id, record.model_dump_json())
         try:
             kept = TaskRecord.model_validate_json(
                 await fleet.store.submit(spec, record.model_dump_json(), now)
@@ -141,7 +166,7 @@ class FleetTaskHandler(RequestHandler):
         """SendMessage: submit, then wait up to `send_wait` unless the client asked not to."""
         fleet, _ = _fleet(context)
         before = await fleet.events.newest()
-        task, record = await self._start(params.message, context)
+        task, record = await self._start(params.message, context, await self._push(params))
         if params.configuration.return_immediately or task.status.state in TERMINAL:
             return task
         with contextlib.suppress(TimeoutError):
@@ -156,7 +181,7 @@ class FleetTaskHandler(RequestHandler):
         """SendStreamingMessage: the task, then each of its events until it ends."""
         fleet, _ = _fleet(context)
         before = await fleet.events.newest()
-        task, record = await self._start(params.message, context)
+        task, record = await self._start(params.message, context, await self._push(params))
         async for event in follow(fleet, task.id, record, None, fresh=(task, before)):
             yield event
 
@@ -228,26 +253,31 @@ class FleetTaskHandler(RequestHandler):
     async def on_create_task_push_notification_config(
         self, params: TaskPushNotificationConfig, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
-        """Push notifications are not offered yet (the card says so)."""
-        raise PushNotificationNotSupportedError
+        """Set a webhook of a task (one of the same id is replaced)."""
+        fleet, _ = _fleet(context)
+        return await pushconfig.add(fleet, params.task_id, params, self.push_screen)
 
     async def on_get_task_push_notification_config(
         self, params: GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
-        """Push notifications are not offered yet (the card says so)."""
-        raise PushNotificationNotSupportedError
+        """One webhook of a task (its credentials are never read back)."""
+        fleet, _ = _fleet(context)
+        return await pushconfig.one(fleet, params.task_id, params.id)
 
     async def on_list_task_push_notification_configs(
         self, params: ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> ListTaskPushNotificationConfigsResponse:
-        """Push notifications are not offered yet (the card says so)."""
-        raise PushNotificationNotSupportedError
+        """A task's webhooks (at most 10: one page)."""
+        fleet, _ = _fleet(context)
+        configs = await pushconfig.listed(fleet, params.task_id)
+        return ListTaskPushNotificationConfigsResponse(configs=configs)
 
     async def on_delete_task_push_notification_config(
         self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
-        """Push notifications are not offered yet (the card says so)."""
-        raise PushNotificationNotSupportedError
+        """Forget a webhook of a task."""
+        fleet, _ = _fleet(context)
+        await pushconfig.delete(fleet, params.task_id, params.id)
 
     async def on_get_extended_agent_card(
         self, params: GetExtendedAgentCardRequest, context: ServerCallContext

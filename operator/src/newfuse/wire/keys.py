@@ -20,6 +20,12 @@ from newfuse.wire.tasks import PRIORITY_ORDER
 KEY_ROOT = "newfuse"
 
 
+# Set of "<namespace>/<fleet>" whose tasks have webhooks: every gateway replica delivers for these.
+A2A_PUSH_FLEETS = f"{KEY_ROOT}:a2a:push-fleets"
+# The consumer group of a fleet's event stream that webhook deliveries read through.
+A2A_PUSH_GROUP = "push"
+
+
 @dataclass(frozen=True)
 class FleetKeys:
     """All Redis keys of one fleet."""
@@ -115,6 +121,11 @@ class FleetKeys:
         return f"{self.prefix}:a2a:tasks"
 
     @property
+    def a2a_push_dead(self) -> str:
+        """Stream: webhook deliveries given up on (task, config id, URL, last error), capped."""
+        return f"{self.prefix}:a2a:push-dead"
+
+    @property
     def a2a_events(self) -> str:
         """Stream of A2A task events (task id, `TaskEvent`), for tasks the fleet API follows.
 
@@ -186,6 +197,7 @@ class FleetKeys:
             self.seen,
             self.a2a_tasks,
             self.a2a_events,
+            self.a2a_push_dead,
             *(self.expiry_of(h) for h in self.expiring_hashes),
         )
 
