@@ -7,14 +7,18 @@ that a Role lets send tasks to the fleet (the gateway's default: RBAC decides).
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 from a2a.client import ClientConfig, create_client
 from a2a.types.a2a_pb2 import Message, Part, Role, SendMessageRequest, Task, TaskState
 
-from newfuse.wire.endpoints import a2a_url
+from newfuse.wire.endpoints import a2a_url, live_path
 
 CLIENT = "demo-client"
 # What the chart's task-submitter ClusterRole grants, as a Role of the demo namespace.
@@ -30,6 +34,9 @@ rules:
   - apiGroups: [newfuse.io]
     resources: [newfuseagents/tasks]
     verbs: [create, get]
+  - apiGroups: [newfuse.io]
+    resources: [newfuseagents]
+    verbs: [get, list, watch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -67,3 +74,12 @@ def show_fleet_api(
     output = " ".join(p.text for a in task.artifacts for p in a.parts)
     state = TaskState.Name(task.status.state)
     log(f"SendMessage via the gateway: task {task.id} {state}: {output!r}")
+    log("the same agents through the gateway, as a user without Redis credentials sees them:")
+    newfuse = str(Path(sys.executable).with_name("newfuse"))
+    env = {k: v for k, v in os.environ.items() if k != "NEWFUSE_REDIS_URL"}
+    subprocess.run(
+        [newfuse, "--server", gateway_url, "--token", token, "agents", fleet, "-n", namespace],
+        check=True, env=env,
+    )  # fmt: skip
+    log(f"live page (this token is valid 1 h): {gateway_url}{live_path(namespace, fleet)}"
+        f"#token={token}")  # fmt: skip

@@ -98,10 +98,11 @@ class A2AStore:
         found = await self.tasks.client.hget(self.keys.a2a_tasks, task_id)
         return None if found is None else str(found)
 
-    async def ensure_push_group(self) -> None:
-        """Make the event stream's webhook consumer group, reading from now on, unless it exists.
+    async def prepare_push(self) -> None:
+        """Get the fleet's webhook delivery going before a webhook is first kept.
 
-        Called before a webhook is first kept, so every event after it is delivered.
+        The event stream's consumer group (reading from now on, so every later event is
+        delivered), and the fleet in the set every gateway replica delivers for.
         """
         try:
             await self.tasks.client.xgroup_create(
@@ -110,18 +111,16 @@ class A2AStore:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        await self.tasks.client.sadd(A2A_PUSH_FLEETS, f"{self.tasks.namespace}/{self.tasks.fleet}")
 
     async def update_record(self, task_id: str, record: str) -> None:
-        """Store ``record`` again (its webhooks changed) and list the fleet for webhook delivery.
+        """Store ``record`` again: its webhooks changed.
 
         Last writer wins: two clients changing one task's webhooks at the same instant may lose
         one change, which the client sees when it lists them.
         """
-        await self.ensure_push_group()
-        pipe = self.tasks.client.pipeline(transaction=True)
-        pipe.hset(self.keys.a2a_tasks, task_id, record)
-        pipe.sadd(A2A_PUSH_FLEETS, f"{self.tasks.namespace}/{self.tasks.fleet}")
-        await pipe.execute()
+        await self.prepare_push()
+        await self.tasks.client.hset(self.keys.a2a_tasks, task_id, record)
 
     async def records(self, cursor: int, count: int) -> tuple[int, dict[str, str]]:
         """One HSCAN page of records: the next cursor (0 when done) and task id -> record."""

@@ -134,9 +134,8 @@ class FleetTaskHandler(RequestHandler):
             push=push or [],
         )
         spec = TaskSpec(handler=skill, input=task_input(message), task_id=task_id, events=True)
-        if push:
-            await fleet.store.ensure_push_group()  # before the task's first event
-            await fleet.store.update_record(task_id, record.model_dump_json())
+        if push:  # the record carries them; delivery must be ready for the first event
+            await fleet.store.prepare_push()
         try:
             kept = TaskRecord.model_validate_json(
                 await fleet.store.submit(spec, record.model_dump_json(), now)
