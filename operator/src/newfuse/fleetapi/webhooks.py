@@ -28,6 +28,7 @@ import httpx
 import redis.asyncio as aioredis
 from a2a.types.a2a_pb2 import StreamResponse
 from google.protobuf.json_format import MessageToDict
+from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -135,6 +136,13 @@ class Pusher:
                     "XREADGROUP", "GROUP", A2A_PUSH_GROUP, self.consumer, "COUNT", 50,
                     "BLOCK", 2000, "STREAMS", stream, cursor, **RAW,
                 )  # type: ignore[no-untyped-call]  # fmt: skip
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):  # Redis lost it (a restart without persistence)
+                    with contextlib.suppress(RedisError, OSError):
+                        await fleet.store.prepare_push()
+                log.warning("webhook events of %s: %s", name, exc)
+                await asyncio.sleep(DISCOVER_SECONDS)
+                continue
             except (RedisError, OSError) as exc:
                 log.warning("webhook events of %s: %s", name, exc)
                 await asyncio.sleep(DISCOVER_SECONDS)
@@ -161,7 +169,11 @@ class Pusher:
         task_id = text(fields.get(b"task_id") or b"")
         try:
             raw = await fleet.store.record(task_id) if task_id else None
-            record = TaskRecord.model_validate_json(raw) if raw else None
+            try:
+                record = TaskRecord.model_validate_json(raw) if raw else None
+            except ValidationError:  # a record nobody can read: nothing to deliver, ever
+                log.warning("webhook delivery of %s: unreadable record of %s", entry_id, task_id)
+                record = None
             if record is not None and record.push:
                 task = task_of(task_id, record, await fleet.tasks.result(task_id))
                 body = json.dumps(MessageToDict(StreamResponse(task=task))).encode()
