@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -57,10 +58,14 @@ def wait_established(kubectl: Callable[..., str], crd: str, timeout: float = 60.
     instead of waiting (a cold CI run hit it; so did tidb-operator#1511). ``kubectl(*args)`` runs
     kubectl against the cluster and returns its stdout.
     """
-    query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
-    wait_for(
-        lambda: kubectl("get", f"crd/{crd}", "-o", query).strip() == "True",
-        timeout,
-        what=f"CRD {crd} Established",
-        interval=0.2,
-    )
+    # Nor a jsonpath filter on the conditions: on null conditions kubectl fails ("<nil> is not
+    # array or slice and cannot be filtered"). The JSON is read here, where null is just empty.
+
+    def established() -> bool:
+        status = json.loads(kubectl("get", f"crd/{crd}", "-o", "json")).get("status") or {}
+        return any(
+            c.get("type") == "Established" and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+
+    wait_for(established, timeout, what=f"CRD {crd} Established", interval=0.2)
