@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import socket
 import ssl
 import urllib.error
@@ -10,12 +11,37 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+# Servers the tests start take ports below the kernel's ephemeral range (and below the NodePort
+# range, 30000-32767). A port from the ephemeral range can be taken, between the moment it is
+# chosen and the moment a server (or a restarted one) binds it, by any outgoing connection's source
+# port, or by a client's connect to it that the kernel turns into a connection to itself.
+PORT_RANGE = range(20000, 30000)
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now, outside the ephemeral range."""
+    for port in random.sample(PORT_RANGE, 200):
+        if port < _ephemeral_low() and _bindable(port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))  # noqa: S104 - a wildcard bind also proves loopback free
+        except OSError:
+            return False
+        return True
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class ApiClient:
