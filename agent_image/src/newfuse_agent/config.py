@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from newfuse.tracing import TraceExporter
 from newfuse.wire.agentenv import AgentEnv
 from newfuse.wire.envelope import PROTOCOL_VERSION, SUPPORTED_MAJOR_VERSIONS
+from newfuse.wire.review import ReviewPolicy
 from newfuse.wire.sealing import Sealer
 from newfuse.wire.signing import Keyring, Signing
 from newfuse.wire.taskpolicy import TaskPolicy
@@ -42,6 +44,7 @@ _ENV: Final[dict[str, str]] = {
     AgentEnv.FAULT_RATE: "fault_rate",
     AgentEnv.TRACE_EXPORTER: "trace_exporter",
     AgentEnv.REDIS_CA_FILE: "redis_ca_file",
+    AgentEnv.REVIEW_POLICY: "review",
 }
 
 
@@ -86,6 +89,8 @@ class AgentConfig(BaseModel):
     boot_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:8])
     # Timeouts, liveness, retries, retention and size limits: the fleet's spec.tasks.
     tasks: TaskPolicy = Field(default_factory=TaskPolicy)
+    # Which outputs wait for a person, and how long reviews wait: the fleet's spec.review.
+    review: ReviewPolicy = Field(default_factory=ReviewPolicy)
 
     @model_validator(mode="after")
     def _speaks_the_protocol(self) -> Self:
@@ -124,6 +129,11 @@ class AgentConfig(BaseModel):
             values[field] = (
                 tuple(c for c in raw.split(",") if c) if field == "capabilities" else raw
             )
+        if "review" in values:
+            try:
+                values["review"] = json.loads(str(values["review"]))
+            except ValueError as exc:
+                raise ValueError(f"{AgentEnv.REVIEW_POLICY} is not JSON: {exc}") from None
         values["tasks"] = TaskPolicy.from_env(env)
         try:
             return cls.model_validate(values)

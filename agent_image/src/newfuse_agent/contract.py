@@ -47,6 +47,36 @@ class HandlerError(Exception):
         self.counts_as_attempt = counts_as_attempt
 
 
+class InputRequired(BaseException):
+    """Raised by `TaskContext.request_input` when the question has no answer yet.
+
+    A BaseException, so a handler's own `except Exception` cannot swallow it: the task runtime
+    catches it, parks the task for a person (its slot is free at once) and runs the handler again
+    from the start once the question is answered.
+    """
+
+    def __init__(self, question: str, schema: dict[str, Any] | None, step: int) -> None:
+        """The ``step``-th question of this run (0-based)."""
+        super().__init__(question)
+        self.question, self.schema, self.step = question, schema, step
+
+
+class Answers:
+    """The answers a task already has, handed out in the order its handler asks."""
+
+    def __init__(self, given: tuple[Any, ...] = ()) -> None:
+        """Start a run with the answers ``given`` so far."""
+        self.given, self.asked = given, 0
+
+    def next(self, question: str, schema: dict[str, Any] | None) -> Any:
+        """The answer to the next question, or InputRequired."""
+        step = self.asked
+        self.asked += 1
+        if step < len(self.given):
+            return self.given[step]
+        raise InputRequired(question, schema, step)
+
+
 class ChatGateway(Protocol):
     """The model gateway as a handler sees it (newfuse_agent.gateway.GatewayClient is one)."""
 
@@ -69,6 +99,17 @@ class TaskContext:
     capabilities: tuple[str, ...]
     gateway: ChatGateway | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("newfuse_agent.handler"))
+    answers: Answers = field(default_factory=Answers, repr=False)
+
+    async def request_input(self, question: str, schema: dict[str, Any] | None = None) -> Any:
+        """Ask a person, and return their answer (valid against ``schema``, a JSON Schema).
+
+        The task waits in `input-required` without holding this agent's slot; once answered, the
+        handler runs again from the start and this call returns the answer. So ask before doing
+        anything that must not happen twice, and ask the same questions in the same order.
+        A rejection fails the task with the reviewer's reason.
+        """
+        return self.answers.next(question, schema)
 
 
 Handler = Callable[[Any, TaskContext], Awaitable[Any]]

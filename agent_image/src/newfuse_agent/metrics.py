@@ -23,6 +23,8 @@ class TaskOutcome(StrEnum):
     DEFERRED = "deferred"
     # Another agent took the entry over while this one ran it (this one stalled past the bound).
     LEASE_LOST = "lease_lost"
+    # Parked for a person (human review): the task resumes once decided, on whichever agent.
+    AWAITING_REVIEW = "awaiting_review"
 
 
 TASKS = Counter("newfuse_agent_tasks_total", "Task deliveries by outcome.", ["outcome"])
@@ -39,3 +41,15 @@ RECLAIMED = Counter("newfuse_agent_tasks_reclaimed_total", "Tasks taken over fro
 INFLIGHT = Gauge("newfuse_agent_tasks_inflight", "Tasks being handled now.")
 REDIS_UP = Gauge("newfuse_agent_redis_up", "1 if the last Redis call succeeded.")
 DRAINING = Gauge("newfuse_agent_draining", "1 while the agent drains.")
+REVIEWS_PENDING = Gauge(
+    "newfuse_agent_reviews_pending", "Open reviews of the fleet (its review queue's depth)."
+)
+REVIEWS_TIMED_OUT = Counter(
+    "newfuse_agent_reviews_timed_out_total",
+    "Review timeouts this agent applied (each applies once).",
+)
+REVIEW_SECONDS = Histogram(
+    "newfuse_agent_review_decision_seconds",
+    "From a review's request to its decision, observed when its task resumes.",
+    buckets=(1, 5, 30, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400),
+)

@@ -16,11 +16,13 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry import trace
 from redis.exceptions import RedisError
 
+from newfuse.adapters.reviews import ReviewStore
 from newfuse.core import tasklife
 from newfuse.core.tasklife import Fail, Failure
 from newfuse.tracing import context_from
@@ -37,10 +39,11 @@ from newfuse.wire.signing import Channel
 from newfuse.wire.tasks import FailReason, LetterReason, ResultStatus, TaskPayload
 from newfuse_agent import metrics
 from newfuse_agent.config import AgentConfig
-from newfuse_agent.contract import Handler, HandlerError, TaskContext
+from newfuse_agent.contract import Answers, Handler, HandlerError, InputRequired, TaskContext
 from newfuse_agent.metrics import TaskOutcome
 from newfuse_agent.outcomes import Outcomes, Stats
 from newfuse_agent.queue import Delivery, TaskQueue
+from newfuse_agent.reviews import Reviews
 
 log = logging.getLogger("newfuse_agent")
 tracer = trace.get_tracer("newfuse.agent")
@@ -67,6 +70,8 @@ class Processor:
         self._sealer = config.sealer
         self.tasks: dict[str, TaskPayload] = {}  # entry id -> decoded task, for hand-backs
         self.out = Outcomes(config, queue, clock, stats)
+        store = ReviewStore(queue.client, queue.keys, self.policy.result_ttl_seconds)
+        self.reviews = Reviews(config, store, self.out)
 
     async def process(self, delivery: Delivery) -> None:
         """Take one delivery to its outcome."""
@@ -174,6 +179,11 @@ class Processor:
         return envelope, task
 
     async def _run(self, delivery: Delivery, traceparent: str | None, task: TaskPayload) -> None:
+        if task.review is not None:  # a person decided: store, fail, or run with the answer
+            resumed = await self.reviews.resume(delivery, task, traceparent)
+            if resumed is None:
+                return
+            task = self.tasks[delivery.entry_id] = resumed
         verdict = tasklife.on_delivery(task, delivery.times_delivered, self.clock(), self.policy)
         if isinstance(verdict, Fail):
             await self.out.fail(delivery, task, verdict, executed=False)
@@ -205,16 +215,26 @@ class Processor:
         deadline = asyncio.timeout(verdict.timeout_seconds)
         try:
             async with deadline:
-                output = await handler(task.input, self.context)
+                output = await handler(task.input, self._context_of(task))
         except asyncio.CancelledError:
             raise
+        except InputRequired as asked:  # parked for a person: the slot is free once this returns
+            await self.reviews.park_question(delivery, task, asked, traceparent)
+            return
         except Exception as exc:  # a handler's failure is data, never the agent's crash
             failure = _failure(exc, verdict, timed_out=deadline.expired())
             await self._failed_attempt(delivery, traceparent, task, failure)
             return
         elapsed = time.perf_counter() - started
         metrics.TASK_SECONDS.observe(elapsed)
+        if self.reviews.holds(task):
+            await self.reviews.park_output(delivery, task, output, elapsed, traceparent)
+            return
         await self.out.store(delivery, task, ResultStatus.SUCCEEDED, output, elapsed, traceparent)
+
+    def _context_of(self, task: TaskPayload) -> TaskContext:
+        """The handler's context for this run: the answers the task already has."""
+        return replace(self.context, answers=Answers(tuple(task.answers)))
 
     async def _failed_attempt(
         self, delivery: Delivery, traceparent: str | None, task: TaskPayload, failure: Failure

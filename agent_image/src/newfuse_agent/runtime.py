@@ -198,6 +198,7 @@ class Agent:
             ticks += 1
             try:
                 await self.queue.promote_due()
+                await self.processor.reviews.apply_timeouts()
                 if ticks % reclaim_every == 0:
                     self._reclaim_into_free_slots(await self._reclaimable())
                 if ticks % sweep_every == 0:

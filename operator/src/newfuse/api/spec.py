@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field
 
 from newfuse.api.base import CEL, KubeModel, cel
 from newfuse.api.podspec import DnsLabel, EnvVar, PullPolicy, ResourceRequirements, Toleration
+from newfuse.api.review import ReviewSpec
 from newfuse.api.rollout import PhasedPolicy
 from newfuse.api.services import EncryptionSpec, GatewaySpec, RedisSpec, SigningSpec
 from newfuse.api.tasks import TaskPolicySpec
@@ -105,6 +106,10 @@ class NewFuseAgentSpec(KubeModel):
     )
     paused: bool = Field(default=False, description="Stop all changes to the fleet's pods.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout policy.")
+    review: ReviewSpec | None = Field(
+        default=None,
+        description="Human review: which handlers' outputs wait for a person's approval.",
+    )
     tasks: TaskPolicySpec | None = Field(
         default=None,
         description="Task policy: timeouts, claims, retries, retention and size limits "

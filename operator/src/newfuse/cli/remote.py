@@ -146,7 +146,7 @@ def _agent(view: dict[str, Any]) -> StateUpdate:
     )
 
 
-async def _refusal(response: httpx.Response) -> None:
+async def raise_refusal(response: httpx.Response) -> None:
     """Raise the gateway's own words for a 401 or 403 (the SDK's error would drop them)."""
     if response.status_code not in (401, 403):
         return
@@ -155,7 +155,8 @@ async def _refusal(response: httpx.Response) -> None:
         message = str(response.json().get("error"))
     except ValueError:
         message = response.text[:300]
-    raise GatewayError(f"the gateway refused the call ({response.status_code}): {message}")
+    what = "Forbidden" if response.status_code == 403 else "Unauthorized"
+    raise GatewayError(f"{what}: the gateway refused the call ({response.status_code}): {message}")
 
 
 class GatewayClient:
@@ -167,7 +168,7 @@ class GatewayClient:
         self.http = httpx.AsyncClient(
             headers={"Authorization": f"Bearer {token}"},
             timeout=60,
-            event_hooks={"response": [_refusal]},
+            event_hooks={"response": [raise_refusal]},
         )
         self._client: Client | None = None
 

@@ -24,7 +24,7 @@ Kubeconfig = Annotated[
 ]
 
 
-def _api_client(kubeconfig: str | None) -> Any:
+def api_client(kubeconfig: str | None) -> Any:
     """An API client from the kubeconfig, or one clear line and exit code 1."""
     from kubernetes import config as k8s_config
 
@@ -38,14 +38,14 @@ def _api_client(kubeconfig: str | None) -> Any:
 def _custom(kubeconfig: str | None) -> Any:
     from kubernetes import client as k8s_client
 
-    return k8s_client.CustomObjectsApi(_api_client(kubeconfig))
+    return k8s_client.CustomObjectsApi(api_client(kubeconfig))
 
 
-def _whoami(kubeconfig: str | None) -> str:
+def whoami(kubeconfig: str | None) -> str:
     """The identity the API server sees for this kubeconfig (SelfSubjectReview), for audit."""
     from kubernetes import client as k8s_client
 
-    api = _api_client(kubeconfig)
+    api = api_client(kubeconfig)
     try:
         review: Any = k8s_client.AuthenticationV1Api(api).create_self_subject_review(
             k8s_client.V1SelfSubjectReview()
@@ -58,7 +58,7 @@ def _whoami(kubeconfig: str | None) -> str:
 
 
 def _audit_stamp(kubeconfig: str | None) -> str:
-    return f"{_whoami(kubeconfig)}@{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}"
+    return f"{whoami(kubeconfig)}@{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}"
 
 
 def _fleet_call(

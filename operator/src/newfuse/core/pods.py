@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+from newfuse.api.review import ReviewSpec
 from newfuse.api.tasks import TaskPolicySpec
 from newfuse.api.v1alpha1 import API_VERSION, KIND, NewFuseAgent, SecretKeyRef
 from newfuse.core import naming
 from newfuse.wire.agentenv import AgentEnv
+from newfuse.wire.review import ReviewPolicy
 from newfuse.wire.taskpolicy import TaskPolicy
 
 AGENT_HTTP_PORT: Final = 8080
@@ -157,6 +159,11 @@ def task_policy(spec: TaskPolicySpec | None) -> TaskPolicy:
     return TaskPolicy.model_validate({TASK_POLICY_FIELDS[k]: v for k, v in values.items()})
 
 
+def review_policy(spec: ReviewSpec) -> ReviewPolicy:
+    """The agents' copy of spec.review."""
+    return ReviewPolicy.model_validate(spec.model_dump(mode="json"))
+
+
 def agent_env(fleet: NewFuseAgent, revision: str, defaults: AgentDefaults) -> list[dict[str, Any]]:
     """What an agent needs: identity, Redis, capabilities, task policy, gateway.
 
@@ -178,6 +185,8 @@ def agent_env(fleet: NewFuseAgent, revision: str, defaults: AgentDefaults) -> li
         # of its own image that differs from the operator's).
         *(_env(name, value) for name, value in task_policy(spec.tasks).to_env().items()),
     ]
+    if spec.review is not None:
+        env.append(_env(AgentEnv.REVIEW_POLICY, review_policy(spec.review).model_dump_json()))
     redis_ref = (spec.redis.url_secret_ref if spec.redis else None) or defaults.redis_secret
     if redis_ref:
         env.append(_secret_env(AgentEnv.REDIS_URL, redis_ref.name, redis_ref.key))

@@ -35,6 +35,7 @@ from newfuse.fleetapi.auth import Authenticator, AuthError, Authorizer, audit, v
 from newfuse.fleetapi.fleets import Fleets
 from newfuse.fleetapi.liveroutes import LiveEndpoints
 from newfuse.fleetapi.metrics import CALLS
+from newfuse.fleetapi.reviewroutes import ReviewEndpoints
 from newfuse.fleetapi.streams import EVENT_ID
 from newfuse.fleetapi.tasks import CAPABILITIES, FLEET, USER, FleetTaskHandler
 from newfuse.fleetapi.webhooks import Pusher
@@ -244,6 +245,7 @@ def create_app(
     live = LiveEndpoints(fleets, identity)
     routes = [
         *live.routes(),
+        *ReviewEndpoints(fleets, identity).routes(),
         Route("/healthz", endpoints.healthz),
         Route("/readyz", endpoints.readyz),
         Route("/metrics", _metrics),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 CALLS: Final = Counter(
     "newfuse_gateway_calls_total",
@@ -30,4 +30,15 @@ PUSHES: Final = Counter(
     "Webhook deliveries (push notifications), by outcome: delivered, or dead (given up on and "
     "recorded in the fleet's push dead-letter stream).",
     ["outcome"],
+)
+REVIEWS: Final = Counter(
+    "newfuse_gateway_reviews_total",
+    "Review decisions taken through the gateway, by verdict (approve, reject, answer), and "
+    "decisions refused (refused: expired, already decided, or not fitting the question).",
+    ["verdict"],
+)
+REVIEW_SECONDS: Final = Histogram(
+    "newfuse_gateway_review_decision_seconds",
+    "From a review's request to a reviewer's decision through the gateway.",
+    buckets=(1, 5, 30, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400),
 )

@@ -62,6 +62,12 @@ class Position:
 
 
 Marked = Task | TaskStatusUpdateEvent | TaskArtifactUpdateEvent
+# Events that change a task's state without ending it. `input-required`: a person must answer or
+# approve (human review, `newfuse review list`); the task holds no agent while it waits.
+_WAITING: Final = {
+    TaskEvent.WORKING: TaskState.TASK_STATE_WORKING,
+    TaskEvent.INPUT_REQUIRED: TaskState.TASK_STATE_INPUT_REQUIRED,
+}
 
 
 def _marked(event: Marked, at: str) -> Marked:
@@ -71,8 +77,8 @@ def _marked(event: Marked, at: str) -> Marked:
 
 async def render(fleet: Fleet, record: TaskRecord, event: Event) -> list[Marked]:
     """The A2A events one entry stands for (none for `submitted`: the first Task says it)."""
-    if event.state is TaskEvent.WORKING:
-        status = TaskStatus(state=TaskState.TASK_STATE_WORKING)
+    if event.state in _WAITING:
+        status = TaskStatus(state=_WAITING[event.state])
         status.timestamp.FromMilliseconds(entry_key(event.entry_id)[0])
         update = TaskStatusUpdateEvent(
             task_id=event.task_id, context_id=record.context_id, status=status

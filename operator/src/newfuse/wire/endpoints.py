@@ -10,6 +10,10 @@ from typing import Final
 
 A2A_PREFIX: Final = "/a2a"
 LIVE_PREFIX: Final = "/live"
+# A fleet's review queue: GET lists the open reviews, GET <id> shows one, POST <id> decides it,
+# GET feedback reads the decisions (the feedback dataset).
+REVIEWS_PREFIX: Final = "/reviews"
+FEEDBACK: Final = "feedback"
 # The message metadata key that picks a skill (the fleet's capability, which names a handler).
 SKILL_KEY: Final = "skill"
 # The artifact that carries a completed task's output.
@@ -31,3 +35,9 @@ def a2a_url(gateway_url: str, namespace: str, fleet: str) -> str:
 def live_path(namespace: str, fleet: str) -> str:
     """The path of a fleet's live feed (WebSocket) and page; `/events` under it is the SSE feed."""
     return f"{LIVE_PREFIX}/{namespace}/{fleet}"
+
+
+def reviews_path(namespace: str, fleet: str, review: str = "") -> str:
+    """The path of a fleet's review queue, or of one review (or `feedback`) in it."""
+    base = f"{REVIEWS_PREFIX}/{namespace}/{fleet}"
+    return f"{base}/{review}" if review else base

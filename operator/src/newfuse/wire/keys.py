@@ -135,6 +135,39 @@ class FleetKeys:
         return f"{self.prefix}:a2a:events"
 
     @property
+    def reviews(self) -> str:
+        """Hash: review id -> ReviewRequest (JSON), what the reviewers see (newfuse.wire.review).
+
+        This hash and the three below lose a review's fields a result ttl after its decision.
+        """
+        return f"{self.prefix}:reviews"
+
+    @property
+    def review_states(self) -> str:
+        """Hash: review id -> ReviewState; moved on only by DECIDE_LUA (one decision wins)."""
+        return f"{self.prefix}:reviews:state"
+
+    @property
+    def review_decisions(self) -> str:
+        """Hash: review id -> ReviewDecision (JSON)."""
+        return f"{self.prefix}:reviews:decision"
+
+    @property
+    def review_resume(self) -> str:
+        """Hash: review id -> "<priority>\\n<task id>\\n<envelope>", enqueued once decided."""
+        return f"{self.prefix}:reviews:resume"
+
+    @property
+    def review_due(self) -> str:
+        """Sorted set of open reviews: score = when the timeout applies (Redis ms)."""
+        return f"{self.prefix}:reviews:due"
+
+    @property
+    def review_log(self) -> str:
+        """Stream: every decision with its request (the audit log, and the feedback dataset)."""
+        return f"{self.prefix}:reviews:log"
+
+    @property
     def dead_letters(self) -> str:
         """Stream of dead letters: malformed, refused or exhausted messages, with the reason."""
         return f"{self.prefix}:dlq"
@@ -176,7 +209,16 @@ class FleetKeys:
     @property
     def expiring_hashes(self) -> tuple[str, ...]:
         """The hashes whose fields expire, swept by SWEEP_LUA."""
-        return (self.result_index, self.task_index, self.seen, self.a2a_tasks)
+        return (
+            self.result_index,
+            self.task_index,
+            self.seen,
+            self.a2a_tasks,
+            self.reviews,
+            self.review_states,
+            self.review_decisions,
+            self.review_resume,
+        )
 
     def all_keys(self) -> tuple[str, ...]:
         """Every key this fleet can have in Redis (deleting these deletes the fleet)."""
@@ -198,6 +240,12 @@ class FleetKeys:
             self.a2a_tasks,
             self.a2a_events,
             self.a2a_push_dead,
+            self.reviews,
+            self.review_states,
+            self.review_decisions,
+            self.review_resume,
+            self.review_due,
+            self.review_log,
             *(self.expiry_of(h) for h in self.expiring_hashes),
         )
 

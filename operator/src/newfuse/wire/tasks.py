@@ -70,6 +70,12 @@ class TaskPayload(BaseModel):
     # The fleet API follows this task: agents note each start and the end on its event stream
     # (FleetKeys.a2a_events), which streams and resumes A2A subscriptions.
     events: bool = False
+    # Answers to the handler's questions so far (context.request_input), in the order asked: a
+    # task resumed after a person answered runs its handler again, and the n-th question of the
+    # run returns the n-th answer instead of waiting.
+    answers: list[Any] = Field(default_factory=list, max_length=32)
+    # Set on the copy of a task that waits for a person: the review whose decision it resumes by.
+    review: str | None = Field(default=None, max_length=160)
 
 
 class TaskEvent(StrEnum):
@@ -81,6 +87,7 @@ class TaskEvent(StrEnum):
 
     SUBMITTED = "submitted"
     WORKING = "working"
+    INPUT_REQUIRED = "input-required"  # waiting for a person (newfuse.wire.review)
     ENDED = "ended"
 
 
@@ -118,6 +125,7 @@ class FailReason(StrEnum):
     EXHAUSTED = "exhausted"
     HANDLER_FAILED = "handler_failed"
     EXPIRED = "expired"
+    REJECTED = "rejected"  # a person (or a review's timeout) rejected it: see newfuse.wire.review
 
 
 class LetterReason(StrEnum):
