@@ -57,6 +57,12 @@ EVERY_OPTION: dict[str, Any] = {
         "credentialsSecretRef": _ref("llm", "token"),
     },
     "tasks": {"timeoutSeconds": 90, "retryBaseSeconds": 3},
+    "review": {
+        "handlers": ["draft"],
+        "samplePercent": 25,
+        "timeoutSeconds": 600,
+        "onTimeout": "escalate",
+    },
 }
 
 
@@ -96,6 +102,8 @@ def test_every_option_written_by_the_operator_is_read_back_by_the_agent() -> Non
     assert agent.require_signatures is True
     assert (agent.encryption_key, agent.encryption_accept) == ("s" * 40, "t" * 40)
     assert (agent.tasks.default_timeout_seconds, agent.tasks.retry_base_seconds) == (90, 3)
+    assert (agent.review.handlers, agent.review.sample_percent) == (("draft",), 25)
+    assert (agent.review.timeout_seconds, agent.review.on_timeout.value) == (600, "escalate")
     gateway = GatewayConfig.from_env(env)
     assert gateway is not None
     assert (gateway.endpoint, gateway.model, gateway.api_key) == (
