@@ -25,13 +25,15 @@ from localcluster.binaries import Binaries
 AUDIENCE = "newfuse-gateway"
 SUBMITTER = "nf-newfuse-operator-task-submitter"
 VIEWER = "nf-newfuse-operator-viewer"
+REVIEWER = "nf-newfuse-operator-reviewer"
+CHART_ROLES = (SUBMITTER, VIEWER, REVIEWER)
 
 
 def apply_chart_roles(api: k8s.ApiClient) -> None:
     """Create the chart's fleet API ClusterRoles (release `nf`), as `helm install` would."""
     rbac = k8s.RbacAuthorizationV1Api(api)
     for doc in render(Binaries.ensure()):
-        if doc["kind"] == "ClusterRole" and doc["metadata"]["name"] in (SUBMITTER, VIEWER):
+        if doc["kind"] == "ClusterRole" and doc["metadata"]["name"] in CHART_ROLES:
             try:
                 rbac.create_cluster_role(doc)
             except ApiException as exc:
