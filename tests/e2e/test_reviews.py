@@ -82,6 +82,17 @@ def _kubeconfig_as(admin: Path, token: str, path: Path) -> Path:
     return path
 
 
+def _feed_snapshot(gateway_url: str, ns: str, fleet: str, token: str) -> dict[str, Any]:
+    """The first event of the fleet's live feed (SSE): what the live page draws first."""
+    url = f"{gateway_url}/live/{ns}/{fleet}/events"
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.stream("GET", url, headers=headers, timeout=30) as events:
+        for line in events.iter_lines():
+            if line.startswith("data:"):
+                return dict(json.loads(line[len("data:") :]))
+    raise AssertionError("the feed ended without a snapshot")
+
+
 def test_a_waiting_task_holds_no_slot_and_the_cli_approves_or_rejects_it(
     fleets: Fleets,
     pod_runner: PodRunnerProcess,
@@ -202,6 +213,7 @@ def test_rbac_governs_reviewers_through_the_gateway_and_the_cli(
         headers = {"Authorization": f"Bearer {token}"}
         return httpx.request(method, queue + path, headers=headers, timeout=30, **kw)
 
+    assert _feed_snapshot(gateway.url, ns, "guarded", viewer)["fleet"]["reviewsPending"] == 1
     assert call(submitter).status_code == 403, "submitting tasks is not reviewing them"
     seen = call(viewer)
     assert seen.status_code == 200

@@ -95,7 +95,8 @@ def test_the_fleet_view_carries_phase_rollout_and_counters() -> None:
     assert view["rollout"]["canaryRevision"] == "new"
     assert view["rollout"]["step"] == 2
     assert list(view["counters"]) == ["tasksCompleted", "tasksFailed"]
-    assert fleet_view(None, {}) == {"counters": {}}
+    assert fleet_view(None, {}) == {"counters": {}, "reviewsPending": 0}
+    assert fleet_view(None, {}, 3)["reviewsPending"] == 3
 
 
 def test_a_result_event_cuts_a_big_output() -> None:

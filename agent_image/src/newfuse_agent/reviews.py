@@ -115,8 +115,13 @@ class Reviews:
             detail = f"review {task.review} is gone (decided longer ago than results are kept)"
             await self.out.fail(delivery, task, Fail(FailReason.REJECTED, detail), executed=False)
             return None
-        if review.decision is None:  # only a forged or hand-made entry gets here
+        if review.decision is None:
+            # Only a forged or hand-made entry gets here: drop it (acknowledge, no result), since
+            # the real resumption comes with the decision.
             log.warning("task %s resumed before review %s was decided", task.task_id, task.review)
+            await self.out.queue.complete(
+                delivery, task.task_id, b"", succeeded=False, revision="", executed=False
+            )
             return None
         metrics.REVIEW_SECONDS.observe(
             max(0.0, (review.decision.decided_at - review.request.created_at).total_seconds())
@@ -134,6 +139,7 @@ class Reviews:
                 outcome.output,
                 review.request.handler_seconds,
                 trace,
+                executed=False,  # the handler ran before the review; nothing ran now
             )
             return None
         return task.model_copy(update={"answers": [*task.answers, outcome.answer], "review": None})

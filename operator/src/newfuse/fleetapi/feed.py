@@ -76,7 +76,8 @@ async def read_snapshot(tasks: TaskClient) -> Snapshot:
         if str(value).lstrip("-").isdigit()
     }
     agents = {u.agent_id: agent_view(u) for u in await tasks.agents()}
-    return Snapshot(fleet_view(summary, counters), agents)
+    pending = int(await tasks.client.zcard(keys.review_due))
+    return Snapshot(fleet_view(summary, counters, pending), agents)
 
 
 class Feed:

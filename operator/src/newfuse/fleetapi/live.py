@@ -53,10 +53,16 @@ def agent_view(update: StateUpdate) -> dict[str, Any]:
     }
 
 
-def fleet_view(summary: FleetSummary | None, counters: dict[str, int]) -> dict[str, Any]:
-    """The fleet's status as the operator mirrored it, with its task counters as of now."""
+def fleet_view(
+    summary: FleetSummary | None, counters: dict[str, int], reviews_pending: int = 0
+) -> dict[str, Any]:
+    """The fleet's status as the operator mirrored it, with its task counters as of now.
+
+    `reviewsPending`: tasks waiting for a person (its review queue's depth).
+    """
     view: dict[str, Any] = summary.model_dump(mode="json", by_alias=True) if summary else {}
     view["counters"] = dict(sorted(counters.items()))
+    view["reviewsPending"] = reviews_pending
     return view
 
 
