@@ -77,6 +77,56 @@ class Answers:
         raise InputRequired(question, schema, step)
 
 
+class DelegationRequired(BaseException):
+    """Raised by `TaskContext.delegate` when the delegated task has not ended yet.
+
+    The task runtime submits the child task, parks this one (its slot is free at once) and runs
+    the handler again from the start once the child has ended.
+    """
+
+    def __init__(
+        self, namespace: str | None, fleet: str, handler: str, payload: Any, task_id: str | None,
+        step: int,
+    ) -> None:  # fmt: skip
+        """The ``step``-th delegation of this run (0-based)."""
+        super().__init__(f"{namespace or '.'}/{fleet}: {handler}")
+        self.namespace, self.fleet, self.handler = namespace, fleet, handler
+        self.payload, self.task_id, self.step = payload, task_id, step
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a delegated task ended."""
+
+    child: str
+    succeeded: bool
+    output: Any = None
+    error: str | None = None
+
+
+class Delegations:
+    """The outcomes of a task's delegations so far, in the order its handler delegates."""
+
+    def __init__(self, given: tuple[Outcome, ...] = ()) -> None:
+        """Start a run with the outcomes ``given`` so far."""
+        self.given, self.made = given, 0
+
+    def next(
+        self, namespace: str | None, fleet: str, handler: str, payload: Any, task_id: str | None
+    ) -> Any:
+        """The next delegation's output; HandlerError if it failed; else DelegationRequired."""
+        step = self.made
+        self.made += 1
+        if step >= len(self.given):
+            raise DelegationRequired(namespace, fleet, handler, payload, task_id, step)
+        outcome = self.given[step]
+        if not outcome.succeeded:
+            raise HandlerError(
+                f"delegated task {outcome.child} failed: {outcome.error}", retryable=False
+            )
+        return outcome.output
+
+
 class ChatGateway(Protocol):
     """The model gateway as a handler sees it (newfuse_agent.gateway.GatewayClient is one)."""
 
@@ -100,6 +150,7 @@ class TaskContext:
     gateway: ChatGateway | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("newfuse_agent.handler"))
     answers: Answers = field(default_factory=Answers, repr=False)
+    delegations: Delegations = field(default_factory=Delegations, repr=False)
 
     async def request_input(self, question: str, schema: dict[str, Any] | None = None) -> Any:
         """Ask a person, and return their answer (valid against ``schema``, a JSON Schema).
@@ -110,6 +161,24 @@ class TaskContext:
         A rejection fails the task with the reviewer's reason.
         """
         return self.answers.next(question, schema)
+
+    async def delegate(
+        self,
+        fleet: str,
+        handler: str,
+        payload: Any = None,
+        *,
+        namespace: str | None = None,
+        task_id: str | None = None,
+    ) -> Any:
+        """Run ``handler`` on another fleet (this namespace's by default) and return its output.
+
+        The task waits without holding this agent's slot; once the other task has ended, the
+        handler runs again from the start and this call returns its output, or raises its failure
+        as a HandlerError. ``task_id`` makes the delegated task idempotent (by default it is this
+        task's id and the delegation's step). Delegate in the same order on every run.
+        """
+        return self.delegations.next(namespace, fleet, handler, payload, task_id)
 
 
 Handler = Callable[[Any, TaskContext], Awaitable[Any]]

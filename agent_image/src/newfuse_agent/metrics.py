@@ -25,6 +25,8 @@ class TaskOutcome(StrEnum):
     LEASE_LOST = "lease_lost"
     # Parked for a person (human review): the task resumes once decided, on whichever agent.
     AWAITING_REVIEW = "awaiting_review"
+    # Parked on a task delegated to another fleet: it resumes once that task has ended.
+    DELEGATED = "delegated"
 
 
 TASKS = Counter("newfuse_agent_tasks_total", "Task deliveries by outcome.", ["outcome"])
@@ -52,4 +54,8 @@ REVIEW_SECONDS = Histogram(
     "newfuse_agent_review_decision_seconds",
     "From a review's request to its decision, observed when its task resumes.",
     buckets=(1, 5, 30, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400),
+)
+DEADLOCKS = Counter(
+    "newfuse_agent_deadlocks_total",
+    "Cycles of delegations this agent broke by failing the cycle's youngest waiter.",
 )

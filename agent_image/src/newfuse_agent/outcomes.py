@@ -22,9 +22,11 @@ from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from newfuse.adapters.streamread import verified_result
+from newfuse.adapters.waits import WaitStore
 from newfuse.core import tasklife
 from newfuse.core.tasklife import Fail, Retry
 from newfuse.tracing import current_traceparent
+from newfuse.wire.delegation import TaskRef
 from newfuse.wire.envelope import MessageRejectedError, MessageType, RejectReason, encode
 from newfuse.wire.sealing import RESULT_CLEAR, TASK_CLEAR
 from newfuse.wire.signing import Channel
@@ -104,6 +106,7 @@ class Outcomes:
         self.config, self.queue, self.clock, self.stats = config, queue, clock, stats
         self._signing = config.signing
         self._sealer = config.sealer
+        self.waits = WaitStore(queue.client)
 
     async def retry(self, delivery: Delivery, decision: Retry, traceparent: str | None) -> None:
         task = decision.task
@@ -184,6 +187,14 @@ class Outcomes:
             return
         self.stats.record(elapsed, now, succeeded=succeeded)
         metrics.TASKS.labels(TaskOutcome.SUCCEEDED if succeeded else TaskOutcome.FAILED).inc()
+        if task.parent is not None:
+            # The task a delegation parked waits for this: put it back. A lost notification
+            # (this agent dies here, Redis fails) is made good by the parent fleet's sweep.
+            child = TaskRef(
+                namespace=self.config.namespace, fleet=self.config.fleet, task_id=task.task_id
+            )
+            with contextlib.suppress(RedisError, OSError):
+                await self.waits.resume(task.parent, child)
 
     async def _replace_if_forged(
         self, task_id: str, found: str, envelope: bytes, *, succeeded: bool, executed: bool

@@ -39,7 +39,17 @@ from newfuse.wire.signing import Channel
 from newfuse.wire.tasks import FailReason, LetterReason, ResultStatus, TaskPayload
 from newfuse_agent import metrics
 from newfuse_agent.config import AgentConfig
-from newfuse_agent.contract import Answers, Handler, HandlerError, InputRequired, TaskContext
+from newfuse_agent.contract import (
+    Answers,
+    DelegationRequired,
+    Delegations,
+    Handler,
+    HandlerError,
+    InputRequired,
+    Outcome,
+    TaskContext,
+)
+from newfuse_agent.delegations import Delegator
 from newfuse_agent.metrics import TaskOutcome
 from newfuse_agent.outcomes import Outcomes, Stats
 from newfuse_agent.queue import Delivery, TaskQueue
@@ -72,6 +82,7 @@ class Processor:
         self.out = Outcomes(config, queue, clock, stats)
         store = ReviewStore(queue.client, queue.keys, self.policy.result_ttl_seconds)
         self.reviews = Reviews(config, store, self.out)
+        self.delegations = Delegator(config, self.out.waits, self.out)
 
     async def process(self, delivery: Delivery) -> None:
         """Take one delivery to its outcome."""
@@ -178,12 +189,27 @@ class Processor:
             return envelope, None
         return envelope, task
 
-    async def _run(self, delivery: Delivery, traceparent: str | None, task: TaskPayload) -> None:
+    async def _resumed(
+        self, delivery: Delivery, traceparent: str | None, task: TaskPayload
+    ) -> TaskPayload | None:
+        """A task back from a wait, with what it waited for; None if the wait ended it."""
         if task.review is not None:  # a person decided: store, fail, or run with the answer
-            resumed = await self.reviews.resume(delivery, task, traceparent)
-            if resumed is None:
-                return
-            task = self.tasks[delivery.entry_id] = resumed
+            found = await self.reviews.resume(delivery, task, traceparent)
+            if found is None:
+                return None
+            task = self.tasks[delivery.entry_id] = found
+        if task.waiting_on is not None or task.deadlock is not None or task.stalled is not None:
+            found = await self.delegations.resumed(delivery, task)
+            if found is None:
+                return None
+            task = self.tasks[delivery.entry_id] = found
+        return task
+
+    async def _run(self, delivery: Delivery, traceparent: str | None, task: TaskPayload) -> None:
+        resumed = await self._resumed(delivery, traceparent, task)
+        if resumed is None:
+            return
+        task = resumed
         verdict = tasklife.on_delivery(task, delivery.times_delivered, self.clock(), self.policy)
         if isinstance(verdict, Fail):
             await self.out.fail(delivery, task, verdict, executed=False)
@@ -221,6 +247,9 @@ class Processor:
         except InputRequired as asked:  # parked for a person: the slot is free once this returns
             await self.reviews.park_question(delivery, task, asked, traceparent)
             return
+        except DelegationRequired as delegated:  # parked on another fleet's task, likewise
+            await self.delegations.park(delivery, task, delegated, traceparent)
+            return
         except Exception as exc:  # a handler's failure is data, never the agent's crash
             failure = _failure(exc, verdict, timed_out=deadline.expired())
             await self._failed_attempt(delivery, traceparent, task, failure)
@@ -234,7 +263,14 @@ class Processor:
 
     def _context_of(self, task: TaskPayload) -> TaskContext:
         """The handler's context for this run: the answers the task already has."""
-        return replace(self.context, answers=Answers(tuple(task.answers)))
+        outcomes = tuple(
+            Outcome(str(d.child), d.succeeded, d.output, d.error) for d in task.delegated
+        )
+        return replace(
+            self.context,
+            answers=Answers(tuple(task.answers)),
+            delegations=Delegations(outcomes),
+        )
 
     async def _failed_attempt(
         self, delivery: Delivery, traceparent: str | None, task: TaskPayload, failure: Failure

@@ -53,6 +53,9 @@ from newfuse_agent.queue import Delivery, TaskQueue, utc_now
 log = logging.getLogger("newfuse_agent")
 Clock = Callable[[], dt.datetime]
 MAINTENANCE_TICK_SECONDS = 1.0
+# How often every agent looks at its fleet's delegation waits (lost resumptions, stalled waits,
+# deadlocks): a deadlock is broken within this many ticks of its cycle closing, plus one.
+WAIT_SWEEP_TICKS = 2
 
 
 class Agent:
@@ -199,6 +202,8 @@ class Agent:
             try:
                 await self.queue.promote_due()
                 await self.processor.reviews.apply_timeouts()
+                if ticks % WAIT_SWEEP_TICKS == 0:
+                    await self.processor.delegations.sweep()
                 if ticks % reclaim_every == 0:
                     self._reclaim_into_free_slots(await self._reclaimable())
                 if ticks % sweep_every == 0:

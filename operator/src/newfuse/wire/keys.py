@@ -168,6 +168,26 @@ class FleetKeys:
         return f"{self.prefix}:reviews:log"
 
     @property
+    def waits(self) -> str:
+        """Hash: task id -> WaitRecord (JSON) of a task waiting on a delegated task."""
+        return f"{self.prefix}:waits"
+
+    @property
+    def waits_open(self) -> str:
+        """Sorted set of waiting task ids: score = when the wait began (Redis ms)."""
+        return f"{self.prefix}:waits:open"
+
+    @property
+    def waits_resume(self) -> str:
+        """Hash: task id -> "<priority>\\n<child>\\n<envelope>", enqueued when the child ends."""
+        return f"{self.prefix}:waits:resume"
+
+    @property
+    def deadlocks(self) -> str:
+        """Stream: every deadlock the agents broke (the cycle, the task failed), capped."""
+        return f"{self.prefix}:deadlocks"
+
+    @property
     def dead_letters(self) -> str:
         """Stream of dead letters: malformed, refused or exhausted messages, with the reason."""
         return f"{self.prefix}:dlq"
@@ -246,6 +266,10 @@ class FleetKeys:
             self.review_resume,
             self.review_due,
             self.review_log,
+            self.waits,
+            self.waits_open,
+            self.waits_resume,
+            self.deadlocks,
             *(self.expiry_of(h) for h in self.expiring_hashes),
         )
 

@@ -13,6 +13,8 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from newfuse.wire.delegation import Delegated, TaskRef
+
 
 class Channel(StrEnum):
     """The three logical channels. Agents get each one's Redis key in the env var of that name."""
@@ -76,6 +78,15 @@ class TaskPayload(BaseModel):
     answers: list[Any] = Field(default_factory=list, max_length=32)
     # Set on the copy of a task that waits for a person: the review whose decision it resumes by.
     review: str | None = Field(default=None, max_length=160)
+    # Delegation (newfuse.wire.delegation): how deep in a chain of delegations this task is, the
+    # task waiting on it, what its own delegations came to (in the order made), the child its
+    # waiting copy waits on, and the cycle a deadlock victim's copy is failed for.
+    depth: int = Field(default=0, ge=0, le=64)
+    parent: TaskRef | None = None
+    delegated: list[Delegated] = Field(default_factory=list, max_length=32)
+    waiting_on: TaskRef | None = None
+    deadlock: str | None = Field(default=None, max_length=4000)
+    stalled: str | None = Field(default=None, max_length=4000)
 
 
 class TaskEvent(StrEnum):
@@ -126,6 +137,9 @@ class FailReason(StrEnum):
     HANDLER_FAILED = "handler_failed"
     EXPIRED = "expired"
     REJECTED = "rejected"  # a person (or a review's timeout) rejected it: see newfuse.wire.review
+    DEADLOCK = "deadlock"  # it waited in a cycle of delegations (newfuse.wire.delegation)
+    STALLED = "stalled"  # it waited on a delegated task its fleet never had
+    DELEGATION_REFUSED = "delegation_refused"  # too deep a chain, or a fleet it may not call
 
 
 class LetterReason(StrEnum):

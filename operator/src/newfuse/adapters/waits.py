@@ -1,0 +1,134 @@
+"""Waits on delegated tasks in Redis: park a parent, resume it, read the wait-for graph.
+
+Each fleet keeps its own waiting tasks (newfuse.wire.delegation); a child and its parent may be
+on two fleets, so the steps that cross fleets (submit the child, resume the parent) are separate
+scripts on each fleet's keys, every one of them idempotent. Delegation needs both fleets on one
+Redis (the default: the operator's).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from newfuse.wire.delegation import (
+    COUNTER_DEADLOCKS,
+    DEADLOCK_LOG_MAX,
+    PARK_WAIT_LUA,
+    RESUME_WAIT_LUA,
+    TaskRef,
+    WaitRecord,
+)
+from newfuse.wire.keys import FleetKeys
+from newfuse.wire.scripts import SUBMIT_LUA
+from newfuse.wire.tasks import PRIORITY_ORDER
+
+
+def keys_of(ref: TaskRef) -> FleetKeys:
+    """The keys of the fleet ``ref`` is a task of."""
+    return FleetKeys(ref.namespace, ref.fleet)
+
+
+class WaitStore:
+    """Delegation waits through one decoded async Redis client (every fleet's, by its keys)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        """Use ``client`` (decode_responses=True)."""
+        self.client = client
+        self._park = client.register_script(PARK_WAIT_LUA)
+        self._resume = client.register_script(RESUME_WAIT_LUA)
+        self._submit = client.register_script(SUBMIT_LUA)
+
+    async def submit(self, child: TaskRef, envelope: bytes, priority: str) -> bool:
+        """Enqueue the child task on its fleet (idempotent: an id seen before is not again)."""
+        k = keys_of(child)
+        created, _ = await self._submit(
+            keys=[k.task_index, k.tasks(priority)], args=[child.task_id, envelope]
+        )
+        return bool(int(created))
+
+    async def park(
+        self,
+        keys: FleetKeys,
+        record: WaitRecord,
+        resume: tuple[str, bytes],
+        *,
+        stream: str,
+        group: str,
+        entry_id: str,
+        consumer: str,
+    ) -> str:
+        """Record the wait and take the task off ``stream``: 'parked', 'lost' or 'done'."""
+        priority, envelope = resume
+        member = f"{priority}\n{record.child}\n".encode() + envelope
+        k = keys
+        reply = await self._park(
+            keys=[k.waits, k.waits_open, k.waits_resume, stream, k.result_index, k.counters],
+            args=[record.task_id, record.model_dump_json(), member, group, entry_id, consumer],
+        )
+        return str(reply)
+
+    async def resume(
+        self, waiter: TaskRef, child: TaskRef | None = None, envelope: bytes | str = b""
+    ) -> bool:
+        """Put ``waiter`` back on its stream if it still waits (on ``child``): once."""
+        k = keys_of(waiter)
+        args: list[Any] = [waiter.task_id, str(child) if child else "", envelope, ""]
+        reply = await self._resume(
+            keys=[k.waits, k.waits_open, k.waits_resume, k.task_index, k.result_index]
+            + [k.tasks(p) for p in PRIORITY_ORDER],
+            args=[*args, *PRIORITY_ORDER],
+        )
+        return bool(int(reply))
+
+    async def open_waits(self, keys: FleetKeys, limit: int = 200) -> list[tuple[str, int]]:
+        """The fleet's waiting task ids with when each wait began (Redis ms), oldest first."""
+        found = await self.client.zrange(keys.waits_open, 0, limit - 1, withscores=True)
+        return [(str(pair[0]), int(pair[1])) for pair in found]
+
+    async def wait_of(self, task: TaskRef) -> tuple[WaitRecord, int] | None:
+        """What ``task`` waits on, and since when; None if it does not wait (or is unreadable)."""
+        k = keys_of(task)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(k.waits, task.task_id)
+        pipe.zscore(k.waits_open, task.task_id)
+        raw, since = await pipe.execute()
+        if raw is None or since is None:
+            return None
+        try:
+            return WaitRecord.model_validate_json(raw), int(since)
+        except ValidationError:
+            return None
+
+    async def child_state(self, child: TaskRef) -> tuple[str | None, bool]:
+        """The child's stored result (its raw envelope) if it has one, and whether it exists.
+
+        It exists once its fleet knows its id: queued, running, retrying or ended.
+        """
+        k = keys_of(child)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(k.result_index, child.task_id)
+        pipe.hexists(k.task_index, child.task_id)
+        result, known = await pipe.execute()
+        return (str(result) if result is not None else None), bool(known) or result is not None
+
+    async def redis_ms(self) -> int:
+        """Redis' clock, in ms (every wait's age is measured on it)."""
+        seconds, micros = await self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def record_deadlock(
+        self, keys: FleetKeys, cycle: str, victim: TaskRef, since_ms: int
+    ) -> None:
+        """Log a broken deadlock on the victim's fleet (``since_ms``: when its cycle closed)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xadd(
+            keys.deadlocks,
+            {"cycle": cycle, "victim": str(victim), "since_ms": str(since_ms)},
+            maxlen=DEADLOCK_LOG_MAX,
+            approximate=True,
+        )
+        pipe.hincrby(keys.counters, COUNTER_DEADLOCKS, 1)
+        await pipe.execute()
