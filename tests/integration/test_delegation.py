@@ -8,11 +8,11 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from newfuse.adapters.taskclient import TaskSpec
+from newfuse.adapters.taskclient import StreamEntries, TaskSpec
 from newfuse.wire.delegation import COUNTER_DEADLOCKS, MAX_DELEGATION_DEPTH
 from newfuse.wire.tasks import ResultPayload
 from newfuse_agent import delegations
@@ -106,7 +106,7 @@ def test_a_cycle_between_two_fleets_is_broken_at_its_youngest_waiter(fleet_url: 
         assert broken_after < delegations_bound(), f"broken {broken_after:.2f}s after"
         print(f"deadlock broken {broken_after:.2f}s after its cycle closed")
         assert int(await b.redis.hget(b.client.keys.counters, COUNTER_DEADLOCKS) or 0) == 1
-        [entry] = await b.redis.xrange(b.client.keys.deadlocks)
+        [entry] = await _deadlocks(b)
         assert entry[1]["victim"] == f"rt/{b.name}/a1-pong"
         assert not await a.redis.hget(a.client.keys.counters, COUNTER_DEADLOCKS)
 
@@ -126,8 +126,12 @@ def delegations_bound() -> float:
 
 async def _cycle_closed_ms(b: Fleet) -> int:
     """When the cycle closed: the start of its youngest wait, the victim's (Redis ms)."""
-    [entry] = await b.redis.xrange(b.client.keys.deadlocks)
+    [entry] = await _deadlocks(b)
     return int(entry[1]["since_ms"])
+
+
+async def _deadlocks(fleet: Fleet) -> StreamEntries:
+    return cast(StreamEntries, await fleet.redis.xrange(fleet.client.keys.deadlocks))
 
 
 def test_a_chain_deeper_than_the_limit_is_refused(fleet_url: str) -> None:

@@ -34,6 +34,7 @@ from newfuse.core.untrusted import (
     parse_state_update,
     parse_states,
 )
+from newfuse.wire.delegation import COUNTER_DEADLOCKS
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import COUNTER_COMPLETED, COUNTER_DUPLICATES, COUNTER_FAILED
@@ -260,7 +261,7 @@ class RedisStore:
 
     async def task_counters(self, keys: FleetKeys) -> TaskCounters | None:
         """The fleet's task counters (None while it has none, or they are not numbers)."""
-        names = [COUNTER_COMPLETED, COUNTER_FAILED, COUNTER_DUPLICATES]
+        names = [COUNTER_COMPLETED, COUNTER_FAILED, COUNTER_DUPLICATES, COUNTER_DEADLOCKS]
         try:
             raw = [cast(str | None, v) for v in await self._client.hmget(keys.counters, names)]
         except ResponseError as exc:
@@ -279,8 +280,8 @@ class RedisStore:
         if bad:
             self._skipped(keys, "counters", bad)
             return None
-        completed, failed, duplicates = (c or 0 for c in counts)
-        return TaskCounters(completed, failed, duplicates)
+        completed, failed, duplicates, deadlocks = (c or 0 for c in counts)
+        return TaskCounters(completed, failed, duplicates, deadlocks)
 
     async def delete_fleet(self, keys: FleetKeys) -> int:
         """Delete every key of the fleet: one UNLINK of the names in `FleetKeys.all_keys()`.

@@ -81,6 +81,7 @@ class Reason(StrEnum):
     REDIS_CLEANUP_WAITING = "RedisCleanupWaiting"
     REDIS_CLEANUP_SKIPPED = "RedisCleanupSkipped"
     PHASE_CHANGED = "PhaseChanged"
+    DEADLOCK_BROKEN = "DeadlockBroken"
     ROLLOUT_IN_PROGRESS = "RolloutInProgress"
     ROLLOUT_PAUSED = "RolloutPaused"
     ROLLOUT_ABORTED = "RolloutAborted"
@@ -126,6 +127,12 @@ class FleetMetrics(KubeModel):
     )
     last_active: dt.datetime | None = Field(
         default=None, description="When any agent last finished a task."
+    )
+    deadlocks_broken: int = Field(
+        default=0,
+        ge=0,
+        description="Cycles of delegations broken by failing their youngest waiter (never "
+        "decreases).",
     )
     reporting_agents: int = Field(default=0, ge=0, description="Agents with a fresh heartbeat.")
     stale_agents: int = Field(default=0, ge=0, description="Agents whose heartbeat is overdue.")

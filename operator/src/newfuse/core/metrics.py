@@ -61,6 +61,7 @@ class TaskCounters:
     completed: int = 0
     failed: int = 0
     duplicates: int = 0
+    deadlocks: int = 0
 
 
 def settle_totals(
@@ -75,11 +76,13 @@ def settle_totals(
     from (and across a counter hash lost with its Redis).
     """
     completed, failed = folded.tasks_completed, folded.tasks_failed
-    duplicates = folded.duplicate_executions
+    duplicates, deadlocks = folded.duplicate_executions, folded.deadlocks_broken
     if counters is not None:
         completed, failed, duplicates = counters.completed, counters.failed, counters.duplicates
+        deadlocks = counters.deadlocks
     handled = folded.requests_handled
     if previous is not None:
+        deadlocks = max(deadlocks, previous.deadlocks_broken)
         completed = max(completed, previous.tasks_completed)
         failed = max(failed, previous.tasks_failed)
         duplicates = max(duplicates, previous.duplicate_executions)
@@ -91,6 +94,7 @@ def settle_totals(
             "tasks_completed": completed,
             "tasks_failed": failed,
             "duplicate_executions": duplicates,
+            "deadlocks_broken": deadlocks,
             "error_rate": round(failed / finished, 4) if finished else 0.0,
         }
     )

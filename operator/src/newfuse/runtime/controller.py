@@ -52,7 +52,7 @@ from newfuse.core.rolloutstep import pods_for, revision_to_drain, target_revisio
 from newfuse.core.status import RedisObservation, StatusInputs, derive_status
 from newfuse.runtime.backlog import forget_backlog, observe_backlog
 from newfuse.runtime.caches import Caches
-from newfuse.runtime.effects import announce_phase, apply_plan
+from newfuse.runtime.effects import announce_deadlocks, announce_phase, apply_plan
 from newfuse.runtime.finalizer import Finalizer
 from newfuse.runtime.fleet_keys import FleetKeysManager
 from newfuse.runtime.ports import KubePort, RedisPort
@@ -326,6 +326,7 @@ class Controller:
             # event, say) must see the new status, or it would act on a one-shot action twice.
             self.observe_fleet("MODIFIED", updated)
         await announce_phase(self.kube, fleet, status, now)
+        await announce_deadlocks(self.kube, fleet, status, now)
         self.caches.record(key, status)
         self.caches.refresh_gauges(len(self.queue))
 

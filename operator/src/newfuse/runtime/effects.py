@@ -21,6 +21,7 @@ from newfuse.api.v1alpha1 import (
 from newfuse.core.planner import Plan
 from newfuse.core.pods import AgentDefaults, build_pod
 from newfuse.runtime.ports import KubePort
+from newfuse.wire.keys import FleetKeys
 
 
 async def apply_plan(
@@ -51,6 +52,23 @@ async def apply_plan(
                 meta.namespace, meta.name, meta.uid, EventType.NORMAL, Reason.POD_DELETED,
                 f"deleted pod {victim.name} ({victim.reason})", now,
             )  # fmt: skip
+
+
+async def announce_deadlocks(
+    kube: KubePort, fleet: NewFuseAgent, status: NewFuseAgentStatus, now: dt.datetime
+) -> None:
+    """A Warning Event when the fleet's agents broke deadlocks since the last status."""
+    before = fleet.status.metrics.deadlocks_broken if fleet.status.metrics else 0
+    after = status.metrics.deadlocks_broken if status.metrics else 0
+    if after <= before:
+        return
+    meta = fleet.metadata
+    keys = FleetKeys(meta.namespace, meta.name)
+    await kube.post_event(
+        meta.namespace, meta.name, meta.uid, EventType.WARNING, Reason.DEADLOCK_BROKEN,
+        f"{after - before} cycle(s) of delegations broken by failing the youngest waiter with "
+        f"reason deadlock ({after} in all); the cycles are logged in {keys.deadlocks}", now,
+    )  # fmt: skip
 
 
 async def announce_phase(
