@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -17,7 +17,7 @@ import redis
 from harness import Fleets, RedisHandle, start_fleet, submit
 from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
-from newfuse.adapters.taskclient import TaskClient
+from newfuse.adapters.taskclient import StreamEntries, TaskClient
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.tasks import ResultPayload
 
@@ -74,7 +74,7 @@ def test_a_cycle_between_two_one_slot_fleets_is_broken_as_a_deadlock(
     assert cycle in (victim.error or "")
     assert first.reason == "handler_failed"
     assert f"delegated task {ns}/pong/c-1-pong failed: deadlock" in (first.error or "")
-    [(_, entry)] = redis_client.xrange(FleetKeys(ns, "pong").deadlocks)
+    [(_, entry)] = cast(StreamEntries, redis_client.xrange(FleetKeys(ns, "pong").deadlocks))
     broken_after = victim.finished_at.timestamp() - int(entry["since_ms"]) / 1000
     assert broken_after < BOUND_SECONDS
     print(f"deadlock broken {broken_after:.2f}s after its cycle closed")
