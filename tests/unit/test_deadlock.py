@@ -18,7 +18,8 @@ from newfuse.runtime.effects import announce_deadlocks
 
 
 def edges(*chain: tuple[str, str, int]) -> dict[str, Edge]:
-    return {waiter: Edge(waiter, child, since) for waiter, child, since in chain}
+    """Edges from (waiter, children separated by commas, since)."""
+    return {waiter: Edge(waiter, tuple(kids.split(",")), since) for waiter, kids, since in chain}
 
 
 CASES: dict[str, tuple[dict[str, Edge], str, list[str] | None]] = {
@@ -33,6 +34,12 @@ CASES: dict[str, tuple[dict[str, Edge], str, list[str] | None]] = {
         None,
     ),
     "waits on itself": (edges(("a", "a", 1)), "a", ["a"]),
+    "a fan-out, one branch loops back": (
+        edges(("a", "b,c", 1), ("b", "d", 2), ("c", "a", 3)),
+        "a",
+        ["a", "c"],
+    ),
+    "a fan-in, no cycle": (edges(("a", "b,c", 1), ("b", "d", 2), ("c", "d", 3)), "a", None),
 }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -77,21 +77,28 @@ class Answers:
         raise InputRequired(question, schema, step)
 
 
-class DelegationRequired(BaseException):
-    """Raised by `TaskContext.delegate` when the delegated task has not ended yet.
+@dataclass(frozen=True)
+class Call:
+    """One task to run on another fleet (``namespace``: this fleet's by default)."""
 
-    The task runtime submits the child task, parks this one (its slot is free at once) and runs
-    the handler again from the start once the child has ended.
+    fleet: str
+    handler: str
+    payload: Any = None
+    task_id: str | None = None  # makes the task idempotent; default: this task's id and step
+    namespace: str | None = None
+
+
+class DelegationRequired(BaseException):
+    """Raised by `TaskContext.delegate(_all)` when the delegated tasks have not ended yet.
+
+    The task runtime submits them, parks this task (its slot is free at once) and runs the
+    handler again from the start once ``need`` of them have ended.
     """
 
-    def __init__(
-        self, namespace: str | None, fleet: str, handler: str, payload: Any, task_id: str | None,
-        step: int,
-    ) -> None:  # fmt: skip
+    def __init__(self, calls: tuple[Call, ...], need: int, step: int) -> None:
         """The ``step``-th delegation of this run (0-based)."""
-        super().__init__(f"{namespace or '.'}/{fleet}: {handler}")
-        self.namespace, self.fleet, self.handler = namespace, fleet, handler
-        self.payload, self.task_id, self.step = payload, task_id, step
+        super().__init__(", ".join(f"{c.fleet}: {c.handler}" for c in calls))
+        self.calls, self.need, self.step = calls, need, step
 
 
 @dataclass(frozen=True)
@@ -107,24 +114,21 @@ class Outcome:
 class Delegations:
     """The outcomes of a task's delegations so far, in the order its handler delegates."""
 
-    def __init__(self, given: tuple[Outcome, ...] = ()) -> None:
-        """Start a run with the outcomes ``given`` so far."""
+    def __init__(self, given: tuple[tuple[Outcome | None, ...], ...] = ()) -> None:
+        """Start a run with the outcomes ``given`` so far (one tuple per step)."""
         self.given, self.made = given, 0
 
-    def next(
-        self, namespace: str | None, fleet: str, handler: str, payload: Any, task_id: str | None
-    ) -> Any:
-        """The next delegation's output; HandlerError if it failed; else DelegationRequired."""
+    def next(self, calls: tuple[Call, ...], need: int) -> tuple[Outcome | None, ...]:
+        """The next step's outcomes (None: not ended yet), or DelegationRequired."""
+        if not calls:
+            raise ValueError("delegate at least one task")
+        if not 1 <= need <= len(calls):
+            raise ValueError(f"need must be from 1 to {len(calls)}, got {need}")
         step = self.made
         self.made += 1
         if step >= len(self.given):
-            raise DelegationRequired(namespace, fleet, handler, payload, task_id, step)
-        outcome = self.given[step]
-        if not outcome.succeeded:
-            raise HandlerError(
-                f"delegated task {outcome.child} failed: {outcome.error}", retryable=False
-            )
-        return outcome.output
+            raise DelegationRequired(calls, need, step)
+        return self.given[step]
 
 
 class ChatGateway(Protocol):
@@ -178,7 +182,25 @@ class TaskContext:
         as a HandlerError. ``task_id`` makes the delegated task idempotent (by default it is this
         task's id and the delegation's step). Delegate in the same order on every run.
         """
-        return self.delegations.next(namespace, fleet, handler, payload, task_id)
+        call = Call(fleet, handler, payload, task_id, namespace)
+        [outcome] = self.delegations.next((call,), 1)
+        assert outcome is not None
+        if not outcome.succeeded:
+            raise HandlerError(
+                f"delegated task {outcome.child} failed: {outcome.error}", retryable=False
+            )
+        return outcome.output
+
+    async def delegate_all(
+        self, calls: Sequence[Call], need: int | None = None
+    ) -> list[Outcome | None]:
+        """Run ``calls`` at once (fan-out) and wait until ``need`` of them ended (all: fan-in).
+
+        Returns each call's Outcome, in order; None for one that had not ended when ``need`` had
+        (quorum, any). Failures are outcomes, not exceptions: the handler decides.
+        """
+        chosen = len(calls) if need is None else need
+        return list(self.delegations.next(tuple(calls), chosen))
 
 
 Handler = Callable[[Any, TaskContext], Awaitable[Any]]

@@ -20,10 +20,12 @@ from newfuse.adapters.waits import WaitStore, keys_of
 from newfuse.core import deadlock
 from newfuse.core.tasklife import Fail
 from newfuse.wire.delegation import (
+    MAX_CHILDREN,
     MAX_DELEGATION_DEPTH,
     STALL_SECONDS,
     Delegated,
     TaskRef,
+    Waiting,
     WaitRecord,
 )
 from newfuse.wire.envelope import (
@@ -47,6 +49,8 @@ from newfuse_agent.queue import Delivery
 
 log = logging.getLogger("newfuse_agent")
 SWEEP_LIMIT: Final = 200
+# Most waiting tasks one deadlock search reads (a cycle is found from each of its nodes).
+MAX_GRAPH: Final = 1000
 
 
 class Delegator:
@@ -64,34 +68,35 @@ class Delegator:
     async def park(
         self, delivery: Delivery, task: TaskPayload, asked: DelegationRequired, trace: str | None
     ) -> None:
-        """Submit the child task and wait for it, holding no slot."""
-        namespace = asked.namespace or self.config.namespace
-        refusal = None
-        if task.depth + 1 > MAX_DELEGATION_DEPTH:
-            refusal = f"a chain of {task.depth + 1} delegations (at most {MAX_DELEGATION_DEPTH})"
-        elif namespace != self.config.namespace:
-            refusal = f"delegation to namespace {namespace!r}: only this namespace's fleets"
+        """Submit the child tasks and wait for them, holding no slot."""
+        refusal = self._refusal(task, asked)
         if refusal is not None:
             fail = Fail(FailReason.DELEGATION_REFUSED, refusal)
             await self.out.fail(delivery, task, fail, executed=True)
             return
-        child = TaskRef(
-            namespace=namespace,
-            fleet=asked.fleet,
-            task_id=asked.task_id or f"{task.task_id}.d{asked.step}",
-        )
-        envelope = self._child(task, child, asked, trace)
-        await self.out.persist(lambda: self.store.submit(child, envelope, task.priority))
+        children = [
+            TaskRef(
+                namespace=call.namespace or self.config.namespace,
+                fleet=call.fleet,
+                task_id=call.task_id or f"{task.task_id}.d{asked.step}" + (f".{i}" if i else ""),
+            )
+            for i, call in enumerate(asked.calls)
+        ]
+        envelopes = [
+            self._child(task, child, call.handler, call.payload, trace)
+            for child, call in zip(children, asked.calls, strict=True)
+        ]
+        await self.out.persist(lambda: self.store.submit_all(children, envelopes, task.priority))
+        waiting = Waiting(step=asked.step, children=children, need=asked.need)
         record = WaitRecord(
-            task_id=task.task_id, step=asked.step, child=child, depth=task.depth,
-            created_at=self.out.clock(),
-        )  # fmt: skip
-        waiting = self.out.task_envelope(task.model_copy(update={"waiting_on": child}), trace)
+            task_id=task.task_id, waiting=waiting, depth=task.depth, created_at=self.out.clock()
+        )
+        parked = self.out.task_envelope(task.model_copy(update={"waiting_on": waiting}), trace)
         reply = await self.out.persist(
             lambda: self.store.park(
                 self.keys,
                 record,
-                (task.priority.value, waiting),
+                (task.priority.value, parked),
                 stream=delivery.stream,
                 group=CONSUMER_GROUP,
                 entry_id=delivery.entry_id,
@@ -100,23 +105,31 @@ class Delegator:
         )
         if reply == "parked":
             metrics.TASKS.labels(TaskOutcome.DELEGATED).inc()
-            result, _ = await self.store.child_state(child)
-            if result is not None:  # it ended before the wait existed: nobody resumed us
-                await self.store.resume(self.ref(task.task_id), child)
+            # Children that ended before the wait existed resumed nobody: look once more.
+            await self.store.resume_if_done(self.ref(task.task_id))
         elif reply == "lost":
             metrics.TASKS.labels(TaskOutcome.LEASE_LOST).inc()
 
+    def _refusal(self, task: TaskPayload, asked: DelegationRequired) -> str | None:
+        if task.depth + 1 > MAX_DELEGATION_DEPTH:
+            return f"a chain of {task.depth + 1} delegations (at most {MAX_DELEGATION_DEPTH})"
+        if len(asked.calls) > MAX_CHILDREN:
+            return f"{len(asked.calls)} tasks in one delegation (at most {MAX_CHILDREN})"
+        for call in asked.calls:
+            if call.namespace not in (None, self.config.namespace):
+                return f"delegation to namespace {call.namespace!r}: only this namespace's fleets"
+        return None
+
     def _child(
-        self, task: TaskPayload, child: TaskRef, asked: DelegationRequired, trace: str | None
+        self, task: TaskPayload, child: TaskRef, handler: str, payload: object, trace: str | None
     ) -> bytes:
-        payload = TaskPayload(
-            task_id=child.task_id, handler=asked.handler, input=asked.payload,
-            priority=task.priority, deadline=task.deadline, depth=task.depth + 1,
-            parent=self.ref(task.task_id),
+        body = TaskPayload(
+            task_id=child.task_id, handler=handler, input=payload, priority=task.priority,
+            deadline=task.deadline, depth=task.depth + 1, parent=self.ref(task.task_id),
         )  # fmt: skip
         return encode(
             MessageType.TASK,
-            payload.model_dump(mode="json"),
+            body.model_dump(mode="json"),
             self.config.agent_id,
             now=self.out.clock(),
             audience=keys_of(child).audience(Channel.TASKS),
@@ -125,22 +138,28 @@ class Delegator:
         )
 
     async def resumed(self, delivery: Delivery, task: TaskPayload) -> TaskPayload | None:
-        """The task to run again, with its child's outcome; None if it ended here."""
+        """The task to run again, with its children's outcomes; None if it ended here."""
         if task.deadlock is not None or task.stalled is not None:
             reason = FailReason.DEADLOCK if task.deadlock is not None else FailReason.STALLED
             detail = task.deadlock or task.stalled or ""
             await self.out.fail(delivery, task, Fail(reason, detail), executed=False)
             return None
-        child = task.waiting_on
-        assert child is not None
-        raw, _ = await self.store.child_state(child)
-        if raw is None:  # a resumption nobody decided (forged or hand-made): drop it
+        waiting = task.waiting_on
+        assert waiting is not None
+        results = await self.store.results(waiting.children)
+        if sum(r is not None for r in results) < waiting.need:
+            # A resumption nobody made (forged or hand-made): drop it; the real one comes.
             await self.out.queue.complete(
                 delivery, task.task_id, b"", succeeded=False, revision="", executed=False
             )
             return None
-        outcome = self._outcome(child, raw)
-        return task.model_copy(update={"delegated": [*task.delegated, outcome], "waiting_on": None})
+        outcomes = [
+            None if raw is None else self._outcome(child, raw)
+            for child, raw in zip(waiting.children, results, strict=True)
+        ]
+        return task.model_copy(
+            update={"delegated": [*task.delegated, outcomes], "waiting_on": None}
+        )
 
     def _outcome(self, child: TaskRef, raw: str) -> Delegated:
         audience = keys_of(child).audience(Channel.RESULTS)
@@ -156,7 +175,7 @@ class Delegator:
         )
 
     async def sweep(self) -> None:
-        """Resume waits whose child ended, fail stalled waits, break deadlocks."""
+        """Resume waits whose children ended, fail stalled waits, break deadlocks."""
         now = await self.store.redis_ms()
         for task_id, _ in await self.store.open_waits(self.keys, SWEEP_LIMIT):
             me = self.ref(task_id)
@@ -164,27 +183,36 @@ class Delegator:
             if found is None:
                 continue
             record, since = found
-            result, known = await self.store.child_state(record.child)
-            if result is not None:
-                await self.store.resume(me, record.child)
-            elif not known and now - since > STALL_SECONDS * 1000:
-                why = f"{record.child} does not exist on its fleet after {STALL_SECONDS:g}s"
+            if await self.store.resume_if_done(me):
+                continue
+            missing = await self._missing(record.waiting.children)
+            if missing and now - since > STALL_SECONDS * 1000:
+                why = f"{missing} does not exist on its fleet after {STALL_SECONDS:g}s"
                 await self._abandon(me, stalled=why)
             else:
                 await self._break_cycle(me)
 
+    async def _missing(self, children: list[TaskRef]) -> TaskRef | None:
+        for child in children:
+            _, known = await self.store.child_state(child)
+            if not known:
+                return child
+        return None
+
     async def _break_cycle(self, start: TaskRef) -> None:
         edges: dict[str, deadlock.Edge] = {}
-        node = start
-        for _ in range(2 * MAX_DELEGATION_DEPTH + 2):
+        frontier = [start]
+        while frontier and len(edges) < MAX_GRAPH:
+            node = frontier.pop()
+            if str(node) in edges:
+                continue
             found = await self.store.wait_of(node)
             if found is None:
-                break
+                continue
             record, since = found
-            edges[str(node)] = deadlock.Edge(str(node), str(record.child), since)
-            node = record.child
-            if str(node) in edges:
-                break
+            children = record.waiting.children
+            edges[str(node)] = deadlock.Edge(str(node), tuple(map(str, children)), since)
+            frontier.extend(children)
         cycle = deadlock.cycle_from(str(start), edges)
         if cycle is None:
             return

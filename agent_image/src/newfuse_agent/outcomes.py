@@ -194,7 +194,7 @@ class Outcomes:
                 namespace=self.config.namespace, fleet=self.config.fleet, task_id=task.task_id
             )
             with contextlib.suppress(RedisError, OSError):
-                await self.waits.resume(task.parent, child)
+                await self.waits.resume_if_done(task.parent, child)
 
     async def _replace_if_forged(
         self, task_id: str, found: str, envelope: bytes, *, succeeded: bool, executed: bool

@@ -264,8 +264,10 @@ class Processor:
     def _context_of(self, task: TaskPayload) -> TaskContext:
         """The handler's context for this run: the answers the task already has."""
         outcomes = tuple(
-            Outcome(str(d.child), d.succeeded, d.output, d.error) for d in task.delegated
-        )
+            tuple(None if d is None else Outcome(str(d.child), d.succeeded, d.output, d.error)
+                  for d in step)
+            for step in task.delegated
+        )  # fmt: skip
         return replace(
             self.context,
             answers=Answers(tuple(task.answers)),

@@ -49,6 +49,18 @@ class WaitStore:
         )
         return bool(int(created))
 
+    async def submit_all(
+        self, children: list[TaskRef], envelopes: list[bytes], priority: str
+    ) -> None:
+        """Enqueue every child on its fleet, in one round trip (idempotent, like submit)."""
+        pipe = self.client.pipeline(transaction=False)
+        for child, envelope in zip(children, envelopes, strict=True):
+            k = keys_of(child)
+            await self._submit(
+                keys=[k.task_index, k.tasks(priority)], args=[child.task_id, envelope], client=pipe
+            )
+        await pipe.execute()
+
     async def park(
         self,
         keys: FleetKeys,
@@ -62,7 +74,7 @@ class WaitStore:
     ) -> str:
         """Record the wait and take the task off ``stream``: 'parked', 'lost' or 'done'."""
         priority, envelope = resume
-        member = f"{priority}\n{record.child}\n".encode() + envelope
+        member = f"{priority}\n{record.waiting.marker}\n".encode() + envelope
         k = keys
         reply = await self._park(
             keys=[k.waits, k.waits_open, k.waits_resume, stream, k.result_index, k.counters],
@@ -70,12 +82,10 @@ class WaitStore:
         )
         return str(reply)
 
-    async def resume(
-        self, waiter: TaskRef, child: TaskRef | None = None, envelope: bytes | str = b""
-    ) -> bool:
-        """Put ``waiter`` back on its stream if it still waits (on ``child``): once."""
+    async def resume(self, waiter: TaskRef, marker: str = "", envelope: bytes | str = b"") -> bool:
+        """Put ``waiter`` back on its stream if it still waits (in the wait ``marker``): once."""
         k = keys_of(waiter)
-        args: list[Any] = [waiter.task_id, str(child) if child else "", envelope, ""]
+        args: list[Any] = [waiter.task_id, marker, envelope, ""]
         reply = await self._resume(
             keys=[k.waits, k.waits_open, k.waits_resume, k.task_index, k.result_index]
             + [k.tasks(p) for p in PRIORITY_ORDER],
@@ -113,6 +123,29 @@ class WaitStore:
         pipe.hexists(k.task_index, child.task_id)
         result, known = await pipe.execute()
         return (str(result) if result is not None else None), bool(known) or result is not None
+
+    async def results(self, children: list[TaskRef]) -> list[str | None]:
+        """Each child's stored result (its raw envelope), None for one that has not ended."""
+        pipe = self.client.pipeline(transaction=False)
+        for child in children:
+            pipe.hget(keys_of(child).result_index, child.task_id)
+        return [None if raw is None else str(raw) for raw in await pipe.execute()]
+
+    async def resume_if_done(self, waiter: TaskRef, child: TaskRef | None = None) -> bool:
+        """Resume ``waiter`` if enough of what it waits on has ended (and ``child`` is of it).
+
+        Called by each child that ends (and by the sweep): children that end together may each
+        see all ended, but RESUME_WAIT_LUA resumes once; none can see too few, since each looks
+        after storing its own result.
+        """
+        found = await self.wait_of(waiter)
+        if found is None:
+            return False
+        waiting = found[0].waiting
+        if child is not None and child not in waiting.children:
+            return False
+        ended = sum(r is not None for r in await self.results(waiting.children))
+        return ended >= waiting.need and await self.resume(waiter, waiting.marker)
 
     async def redis_ms(self) -> int:
         """Redis' clock, in ms (every wait's age is measured on it)."""

@@ -1,10 +1,10 @@
 """Deadlock detection in the wait-for graph of delegations: find a cycle, pick its victim.
 
-A waiting task has one edge, to the task it waits on (newfuse.wire.delegation). Following edges
-from a waiting task either ends (at a task that is not waiting) or comes back to a task already
-seen: a cycle, which no task in it can ever leave. Every agent of every fleet in the cycle may find
-it, so the victim must be the same whoever looks: the youngest waiter (the wait that began last,
-ties broken by name), whose wait closed the cycle. Failing it unblocks the others.
+A waiting task has edges to the tasks it waits on (newfuse.wire.delegation); one that fans out
+waits on several. A path of edges that comes back to where it began is a cycle, which no task in
+it can ever leave. Every agent of every fleet in the cycle may find it, so the victim must be the
+same whoever looks: the youngest waiter (the wait that began last, ties broken by name), whose
+wait closed the cycle. Failing it unblocks the others.
 """
 
 from __future__ import annotations
@@ -15,29 +15,36 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Edge:
-    """``waiter`` waits on ``child`` since ``since_ms`` (Redis ms). Nodes are TaskRef strings."""
+    """``waiter`` waits on ``children`` since ``since_ms`` (Redis ms). Nodes are TaskRef strings."""
 
     waiter: str
-    child: str
+    children: tuple[str, ...]
     since_ms: int
 
 
 def cycle_from(start: str, edges: Mapping[str, Edge]) -> list[Edge] | None:
-    """The cycle ``start`` is on, its edges in wait order from ``start``; None if it is on none.
+    """A cycle through ``start``, its edges in wait order from ``start``; None if it is on none.
 
-    A walk that loops without coming back to ``start`` (start waits on a cycle it is not part of)
-    is not its cycle: the agents of that cycle's fleets find it from its own nodes.
+    Depth first, children in order, so the same graph gives the same cycle. A task that waits on
+    a cycle it is not part of is not on it: the agents of that cycle's fleets find it from its
+    own nodes.
     """
     path: list[Edge] = []
-    node, seen = start, set()
-    while node in edges and node not in seen:
-        seen.add(node)
-        edge = edges[node]
+    done: set[str] = set()
+
+    def walk(node: str) -> bool:
+        edge = edges.get(node)
+        if edge is None or node in done:
+            return False
+        done.add(node)
         path.append(edge)
-        node = edge.child
-        if node == start:
-            return path
-    return None
+        for child in edge.children:
+            if child == start or walk(child):
+                return True
+        path.pop()
+        return False
+
+    return path if walk(start) else None
 
 
 def victim(cycle: list[Edge]) -> Edge:

@@ -27,6 +27,8 @@ from newfuse.wire.scripts import _NOW_MS
 MAX_DELEGATION_DEPTH: Final = 8
 # A child task its fleet has never heard of (no id, no result) for this long is a stalled wait.
 STALL_SECONDS: Final = 60.0
+# Most children one delegation step waits on (a workflow level, a fan-out).
+MAX_CHILDREN: Final = 256
 COUNTER_DEADLOCKS: Final = "deadlocks"
 COUNTER_DELEGATIONS: Final = "delegations"
 DEADLOCK_LOG_MAX: Final = 10_000
@@ -56,21 +58,35 @@ class Delegated(BaseModel):
     error: str | None = None
 
 
+class Waiting(BaseModel):
+    """What a parked task waits on: ``need`` of its ``children`` must end before it resumes."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    step: int = Field(ge=0)
+    children: list[TaskRef] = Field(min_length=1, max_length=MAX_CHILDREN)
+    need: int = Field(ge=1)
+
+    @property
+    def marker(self) -> str:
+        """This wait's name among the task's successive ones: a late notice resumes no other."""
+        return f"step-{self.step}"
+
+
 class WaitRecord(BaseModel):
-    """A parent task's open wait on a child: one per waiting task (a task waits on one child)."""
+    """A parent task's open wait: one per waiting task (it waits on one step at a time)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     task_id: str
-    step: int = Field(ge=0)
-    child: TaskRef
+    waiting: Waiting
     depth: int = Field(ge=0)
     created_at: dt.datetime
 
 
 # KEYS: waits, open waits, resume, source stream, result index, counters.
-# ARGV: task id, wait record, "<priority>\n<child>\n<envelope>" to resume with (child: the
-# TaskRef's string), group, entry id, consumer.
+# ARGV: task id, wait record, "<priority>\n<marker>\n<envelope>" to resume with (the marker
+# names the wait: Waiting.marker), group, entry id, consumer.
 # Returns 'lost' (another consumer owns the delivery), 'done' (the task has a result) or 'parked'.
 PARK_WAIT_LUA: Final = (
     _NOW_MS
@@ -89,11 +105,11 @@ return 'parked'
 )
 
 # KEYS: waits, open waits, resume, task index, result index, then the task streams in the order
-# of ARGV[5..]. ARGV: task id, the child it must be waiting on ("" for any), an envelope to resume
-# with instead of the parked one ("" for the parked one: a deadlock victim gets its own), unused,
-# then the priority names.
+# of ARGV[5..]. ARGV: task id, the wait it must be in (its marker; "" for any), an envelope to
+# resume with instead of the parked one ("" for the parked one: a deadlock victim gets its own),
+# unused, then the priority names.
 # Closes the wait and puts the task back on its stream, once: returns 1, or 0 if the task was not
-# waiting (on that child).
+# waiting (in that wait).
 RESUME_WAIT_LUA: Final = """
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 local member = redis.call('HGET', KEYS[3], ARGV[1]) or ''

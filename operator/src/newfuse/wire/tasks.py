@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from newfuse.wire.delegation import Delegated, TaskRef
+from newfuse.wire.delegation import Delegated, TaskRef, Waiting
 
 
 class Channel(StrEnum):
@@ -83,8 +83,8 @@ class TaskPayload(BaseModel):
     # waiting copy waits on, and the cycle a deadlock victim's copy is failed for.
     depth: int = Field(default=0, ge=0, le=64)
     parent: TaskRef | None = None
-    delegated: list[Delegated] = Field(default_factory=list, max_length=32)
-    waiting_on: TaskRef | None = None
+    delegated: list[list[Delegated | None]] = Field(default_factory=list, max_length=64)
+    waiting_on: Waiting | None = None
     deadlock: str | None = Field(default=None, max_length=4000)
     stalled: str | None = Field(default=None, max_length=4000)
 
