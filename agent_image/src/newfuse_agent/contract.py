@@ -155,6 +155,8 @@ class TaskContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("newfuse_agent.handler"))
     answers: Answers = field(default_factory=Answers, repr=False)
     delegations: Delegations = field(default_factory=Delegations, repr=False)
+    # The task this run is for (names what it delegates: workflows, sagas).
+    task_id: str = ""
 
     async def request_input(self, question: str, schema: dict[str, Any] | None = None) -> Any:
         """Ask a person, and return their answer (valid against ``schema``, a JSON Schema).

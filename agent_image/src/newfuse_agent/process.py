@@ -272,6 +272,7 @@ class Processor:
             self.context,
             answers=Answers(tuple(task.answers)),
             delegations=Delegations(outcomes),
+            task_id=task.task_id,
         )
 
     async def _failed_attempt(

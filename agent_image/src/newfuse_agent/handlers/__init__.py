@@ -37,7 +37,16 @@ def handler(name: str) -> Callable[[Handler], Handler]:
 
 
 def load_builtin_handlers() -> dict[str, Handler]:
-    """Import the built-in handlers (echo, sleep, chat, ask, delegate) and return the registry."""
-    from newfuse_agent.handlers import ask, chat, delegate, echo, sleep  # noqa: F401 - by import
+    """Import the built-in handlers and return the registry."""
+    from newfuse_agent.handlers import (  # noqa: F401 - registration by import
+        ask,
+        chat,
+        delegate,
+        echo,
+        reduce,
+        saga,
+        sleep,
+        workflow,
+    )
 
     return HANDLERS
