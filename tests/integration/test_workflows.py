@@ -94,8 +94,8 @@ def test_any_and_quorum_start_a_task_before_all_its_needs_succeeded(fleet_url: s
             result = await a.client.wait("wf-2", 60)
         assert result.status.value == "failed"
         assert "cannot run: all" in (result.error or ""), result.error
-        assert (await a.client.result("wf-2.two")).output == 2  # type: ignore[union-attr]
-        assert (await a.client.result("wf-2.one")).output == "x"  # type: ignore[union-attr]
+        assert (await a.client.result("wf-2.two")).output == 2
+        assert (await a.client.result("wf-2.one")).output == "x"
 
     with_fleets(fleet_url, 1, body)
 
