@@ -1,7 +1,8 @@
 """`reduce`: fold the outputs a workflow task needs into one (a fan-in step).
 
-Input: `{"op": "sum" | "count" | "min" | "max" | "concat" | "merge", "needs": {task: output}}`
-(a workflow task's `needs` arrive this way). `sum`, `min` and `max` take numbers, `concat`
+Input: `{"op": "sum" | "count" | "min" | "max" | "concat" | "merge", "field": "...",
+"needs": {task: output}}` (a workflow task's `needs` arrive this way; `field`, optional, takes
+that field of each output). `sum`, `min` and `max` take numbers, `concat`
 lists or strings, `merge` objects; the needs are folded in task-id order, so the result does
 not depend on which finished first.
 """
@@ -38,5 +39,10 @@ async def reduce(payload: Any, context: TaskContext) -> Any:
     """Fold ``needs`` with ``op``."""
     if not isinstance(payload, dict) or not isinstance(payload.get("needs"), dict):
         raise HandlerError('input must be {"op": "...", "needs": {...}}', retryable=False)
-    needs = payload["needs"]
-    return _fold(str(payload.get("op", "sum")), [needs[k] for k in sorted(needs)])
+    needs, field = payload["needs"], payload.get("field")
+    values = [needs[k] for k in sorted(needs)]
+    if field is not None:
+        if not all(isinstance(v, dict) and field in v for v in values):
+            raise HandlerError(f"every output needs the field {field!r}", retryable=False)
+        values = [v[field] for v in values]
+    return _fold(str(payload.get("op", "sum")), values)

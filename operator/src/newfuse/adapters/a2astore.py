@@ -130,13 +130,15 @@ class A2AStore:
         assert isinstance(found, dict)  # HSCAN without NOVALUES: field -> value
         return int(next_cursor), {str(k): str(v) for k, v in found.items()}
 
-    async def cancel(self, task_id: str, now: dt.datetime) -> bool:
+    async def cancel(
+        self, task_id: str, now: dt.datetime, why: str = "cancelled through the fleet API"
+    ) -> bool:
         """Cancel the task unless it has a result already; True if this call cancelled it."""
         entry = await self.tasks.client.hget(self.keys.task_index, task_id)
         result = ResultPayload(
             task_id=task_id,
             status=ResultStatus.FAILED,
-            error="cancelled through the fleet API",
+            error=why,
             reason=CANCELED,
             agent_id=self.tasks.sender,
             attempts=0,

@@ -188,6 +188,11 @@ class FleetKeys:
         return f"{self.prefix}:deadlocks"
 
     @property
+    def flows(self) -> str:
+        """Hash: workflow or transaction id -> its kind and definition (JSON), kept a week."""
+        return f"{self.prefix}:flows"
+
+    @property
     def dead_letters(self) -> str:
         """Stream of dead letters: malformed, refused or exhausted messages, with the reason."""
         return f"{self.prefix}:dlq"
@@ -238,6 +243,7 @@ class FleetKeys:
             self.review_states,
             self.review_decisions,
             self.review_resume,
+            self.flows,
         )
 
     def all_keys(self) -> tuple[str, ...]:
@@ -270,6 +276,7 @@ class FleetKeys:
             self.waits_open,
             self.waits_resume,
             self.deadlocks,
+            self.flows,
             *(self.expiry_of(h) for h in self.expiring_hashes),
         )
 
