@@ -70,10 +70,16 @@ def service_account(
     return token_for(api, namespace, name, audience)
 
 
-def token_for(api: k8s.ApiClient, namespace: str, name: str, audience: str = AUDIENCE) -> str:
-    """A fresh token of the ServiceAccount for ``audience`` (TokenRequest, 10 minutes)."""
+def token_for(
+    api: k8s.ApiClient, namespace: str, name: str, audience: str | None = AUDIENCE
+) -> str:
+    """A fresh token of the ServiceAccount for ``audience`` (TokenRequest, 10 minutes).
+
+    ``audience`` None: the API server's own (a token for a kubeconfig).
+    """
+    audiences = [audience] if audience is not None else None
     request = k8s.AuthenticationV1TokenRequest(
-        spec=k8s.V1TokenRequestSpec(audiences=[audience], expiration_seconds=600)
+        spec=k8s.V1TokenRequestSpec(audiences=audiences, expiration_seconds=600)
     )
     reply = k8s.CoreV1Api(api).create_namespaced_service_account_token(name, namespace, request)
     assert reply.status is not None

@@ -49,7 +49,16 @@ def rbac_reviewer(kubeconfig: str | None, verb: str, namespace: str, fleet: str)
             )
         )
     )
-    status = k8s_client.AuthorizationV1Api(api).create_self_subject_access_review(review).status
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        reply = k8s_client.AuthorizationV1Api(api).create_self_subject_access_review(review)
+    except ApiException as exc:
+        raise GatewayError(
+            f"cannot check review permissions: the API server answered {exc.status} "
+            f"{exc.reason} (is the kubeconfig's token for the API server?)"
+        ) from None
+    status = reply.status
     user = whoami(kubeconfig)
     if status is None or not status.allowed:
         reason = f": {status.reason}" if status is not None and status.reason else ""
