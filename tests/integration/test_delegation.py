@@ -184,3 +184,30 @@ async def _until(count: Callable[[], Awaitable[int]], what: str) -> None:
         return int(await count()) > 0
 
     await eventually(positive, 20, what)
+
+
+def test_a_fleet_confined_to_its_own_keys_is_refused_delegation_not_stuck(fleet_url: str) -> None:
+    """Per-fleet Redis users: the child cannot be submitted, and the parent fails at once."""
+
+    async def body(fleets: list[Fleet]) -> None:
+        a, b = fleets
+
+        async def ask_b(payload: Any, context: TaskContext) -> Any:
+            return await context.delegate(b.name, "echo", payload)
+
+        user, password = f"u-{a.name}", "pw-of-the-test-user"
+        await a.redis.execute_command(
+            "ACL", "SETUSER", user, "on", f">{password}", f"~newfuse:{{rt/{a.name}}}:*", "&*",
+            "+@all",
+        )  # fmt: skip
+        try:
+            a.url = fleet_url.replace("redis://", f"redis://{user}:{password}@", 1)
+            async with agents((a, {"ask": ask_b})):
+                task = await a.client.submit(TaskSpec("ask", 1))
+                result = await _wait(a, task.task_id, 20)
+        finally:
+            await a.redis.execute_command("ACL", "DELUSER", user)
+        assert result.reason == "delegation_refused"
+        assert f"may not reach {b.name}'s tasks" in (result.error or "")
+
+    with_fleets(fleet_url, 2, body)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Final
 
+from redis.exceptions import NoPermissionError
+
 from newfuse.adapters.streamread import verified_result
 from newfuse.adapters.waits import WaitStore, keys_of
 from newfuse.core import deadlock
@@ -86,7 +88,16 @@ class Delegator:
             self._child(task, child, call.handler, call.payload, trace)
             for child, call in zip(children, asked.calls, strict=True)
         ]
-        await self.out.persist(lambda: self.store.submit_all(children, envelopes, task.priority))
+        try:
+            await self.out.persist(
+                lambda: self.store.submit_all(children, envelopes, task.priority),
+                permanent=(NoPermissionError,),
+            )
+        except NoPermissionError as exc:  # per-fleet Redis users: this fleet reaches its own keys
+            why = f"this fleet's Redis user may not reach {children[0].fleet}'s tasks ({exc})"
+            await self.out.fail(delivery, task, Fail(FailReason.DELEGATION_REFUSED, why),
+                                executed=True)  # fmt: skip
+            return
         waiting = Waiting(step=asked.step, children=children, need=asked.need)
         record = WaitRecord(
             task_id=task.task_id, waiting=waiting, depth=task.depth, created_at=self.out.clock()

@@ -19,7 +19,12 @@ from typing import Any, Final
 import orjson
 from opentelemetry import trace
 from redis.exceptions import RedisError
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    wait_random_exponential,
+)
 
 from newfuse.adapters.streamread import verified_result
 from newfuse.adapters.waits import WaitStore
@@ -224,16 +229,24 @@ class Outcomes:
             )
         return False
 
-    async def persist(self, step: Callable[[], Awaitable[Any]]) -> Any:
+    async def persist(
+        self,
+        step: Callable[[], Awaitable[Any]],
+        permanent: tuple[type[Exception], ...] = (),
+    ) -> Any:
         # Finished work is never thrown away for a Redis blip: retry until Redis answers. The entry
         # stays ours meanwhile (nobody else can claim it while Redis is down either). The first try
-        # goes without the retry machinery: it is every task's hot path.
+        # goes without the retry machinery: it is every task's hot path. ``permanent`` errors
+        # (a refusal no retry changes) are raised at once.
         try:
             return await step()
+        except permanent:
+            raise
         except (RedisError, OSError) as exc:
             log.warning("storing an outcome failed (%s), retrying", exc)
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((RedisError, OSError)),
+            retry=retry_if_exception_type((RedisError, OSError))
+            & retry_if_not_exception_type(permanent),
             wait=wait_random_exponential(multiplier=0.2, max=5),
             before_sleep=lambda state: log.warning(
                 "storing an outcome failed (%s), retrying",
