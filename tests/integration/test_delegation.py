@@ -196,9 +196,9 @@ def test_a_fleet_confined_to_its_own_keys_is_refused_delegation_not_stuck(fleet_
             return await context.delegate(b.name, "echo", payload)
 
         user, password = f"u-{a.name}", "pw-of-the-test-user"
-        await a.redis.execute_command(
-            "ACL", "SETUSER", user, "on", f">{password}", f"~newfuse:{{rt/{a.name}}}:*", "&*",
-            "+@all",
+        await a.redis.acl_setuser(
+            user, enabled=True, passwords=[f"+{password}"], keys=[f"newfuse:{{rt/{a.name}}}:*"],
+            channels=["*"], commands=["+@all"],
         )  # fmt: skip
         try:
             a.url = fleet_url.replace("redis://", f"redis://{user}:{password}@", 1)
@@ -206,7 +206,7 @@ def test_a_fleet_confined_to_its_own_keys_is_refused_delegation_not_stuck(fleet_
                 task = await a.client.submit(TaskSpec("ask", 1))
                 result = await _wait(a, task.task_id, 20)
         finally:
-            await a.redis.execute_command("ACL", "DELUSER", user)
+            await a.redis.acl_deluser(user)
         assert result.reason == "delegation_refused"
         assert f"may not reach {b.name}'s tasks" in (result.error or "")
 
