@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,10 +17,12 @@ from kubernetes import client as k8s_client
 from localcluster import LocalCluster, RedisServer, wait_for
 from localcluster.nodeconfig import NODE_LABEL, NODE_LABEL_VALUE, TAINT_KEY
 from localcluster.podrunner import AgentEntry, PodRunnerProcess
+from newfuse.adapters.taskclient import TaskClient
 from newfuse.api.v1alpha1 import GROUP, PLURAL, VERSION
 from newfuse.core import naming
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.state import AgentStatus, StateUpdate
+from newfuse.wire.tasks import ResultPayload
 
 
 @dataclass(frozen=True)
@@ -299,3 +302,18 @@ def on_real_node(image: str, **spec: Any) -> dict[str, Any]:
         "tolerations": [{"key": TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
         **spec,
     }
+
+
+def wait_results(
+    url: str, namespace: str, fleet: str, ids: list[str], timeout: float
+) -> list[ResultPayload]:
+    """The tasks' results, each waited for up to ``timeout`` seconds (read as the CLI does)."""
+
+    async def wait_all() -> list[ResultPayload]:
+        client = TaskClient.from_url(url, namespace, fleet, signing_key=None)
+        try:
+            return [await client.wait(task_id, timeout) for task_id in ids]
+        finally:
+            await client.aclose()
+
+    return asyncio.run(wait_all())

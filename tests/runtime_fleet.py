@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
 
 import orjson
@@ -117,6 +117,33 @@ def with_fleet(url: str, body: Callable[[Fleet], Awaitable[None]]) -> None:
             await fleet.close()
 
     run(scenario())
+
+
+def with_fleets(url: str, n: int, body: Callable[[list[Fleet]], Awaitable[None]]) -> None:
+    """with_fleet for ``n`` fleets of one namespace (delegation, workflows)."""
+
+    async def scenario() -> None:
+        fleets = [Fleet(url) for _ in range(n)]
+        try:
+            await body(fleets)
+        finally:
+            for fleet in fleets:
+                await fleet.close()
+
+    run(scenario())
+
+
+@asynccontextmanager
+async def agents(
+    *pairs: tuple[Fleet, dict[str, Handler]], concurrency: int = 1
+) -> AsyncIterator[None]:
+    """One agent per (fleet, handlers), running together."""
+    async with AsyncExitStack() as stack:
+        for i, (fleet, handlers) in enumerate(pairs):
+            await stack.enter_async_context(
+                fleet.agent(f"agent-{i}", handlers=handlers, concurrency=concurrency)
+            )
+        yield
 
 
 async def _count(fleet: Fleet, n: int) -> bool:

@@ -7,36 +7,23 @@ one-slot fleets complete, and a cycle starves nobody: the agents fail its younge
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any, cast
 
 import pytest
 import redis
 
-from harness import Fleets, RedisHandle, start_fleet, submit
+from harness import Fleets, RedisHandle, start_fleet, submit, wait_results
 from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
-from newfuse.adapters.taskclient import StreamEntries, TaskClient
+from newfuse.adapters.taskclient import StreamEntries
 from newfuse.wire.keys import FleetKeys
-from newfuse.wire.tasks import ResultPayload
 
 pytestmark = pytest.mark.usefixtures("operator")
 ONE_SLOT: dict[str, Any] = {"concurrency": 1, "capabilities": ["delegate", "echo"]}
 # The detector's bound: every agent sweeps its fleet's waits every 2 s (WAIT_SWEEP_TICKS), so a
 # cycle is broken within 3 s of closing; the test allows twice that for a loaded machine.
 BOUND_SECONDS = 6.0
-
-
-def _results(url: str, ns: str, fleet: str, ids: list[str], timeout: float) -> list[ResultPayload]:
-    async def wait_all() -> list[ResultPayload]:
-        client = TaskClient.from_url(url, ns, fleet, signing_key=None)
-        try:
-            return [await client.wait(task_id, timeout) for task_id in ids]
-        finally:
-            await client.aclose()
-
-    return asyncio.run(wait_all())
 
 
 def test_a_chain_a_b_c_of_one_slot_fleets_completes(
@@ -52,7 +39,7 @@ def test_a_chain_a_b_c_of_one_slot_fleets_completes(
     for task_id in ids:
         submit("hop-a", ns, url, "--id", task_id, "--handler", "delegate",
                "--payload", json.dumps(chain))  # fmt: skip
-    results = _results(url, ns, "hop-a", ids, 90)
+    results = wait_results(url, ns, "hop-a", ids, 90)
     assert [r.output for r in results] == ["end of the line"] * 4, [r.error for r in results]
 
 
@@ -67,8 +54,8 @@ def test_a_cycle_between_two_one_slot_fleets_is_broken_as_a_deadlock(
     there = {"fleet": "pong", "handler": "delegate", "taskId": "c-1-pong", "input": back}
     submit("ping", ns, url, "--id", "c-1", "--handler", "delegate", "--payload", json.dumps(there))
 
-    [victim] = _results(url, ns, "pong", ["c-1-pong"], 60)
-    [first] = _results(url, ns, "ping", ["c-1"], 60)
+    [victim] = wait_results(url, ns, "pong", ["c-1-pong"], 60)
+    [first] = wait_results(url, ns, "ping", ["c-1"], 60)
     cycle = f"{ns}/pong/c-1-pong -> {ns}/ping/c-1 -> {ns}/pong/c-1-pong"
     assert victim.reason == "deadlock"
     assert cycle in (victim.error or "")
@@ -82,7 +69,7 @@ def test_a_cycle_between_two_one_slot_fleets_is_broken_as_a_deadlock(
     # Nobody starved: both one-slot fleets serve new work.
     for name in ("ping", "pong"):
         submit(name, ns, url, "--id", f"after-{name}", "--handler", "echo", "--payload", '"ok"')
-        [after] = _results(url, ns, name, [f"after-{name}"], 30)
+        [after] = wait_results(url, ns, name, [f"after-{name}"], 30)
         assert after.output == "ok"
 
     def reported() -> bool:

@@ -6,7 +6,6 @@ the default task settings, so a killed agent's work is taken over after the defa
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -19,10 +18,17 @@ import pytest
 import redis
 import yaml
 
-from harness import NEWFUSE_CLI, Fleets, OperatorProcess, RedisHandle, agents_of, start_fleet
+from harness import (
+    NEWFUSE_CLI,
+    Fleets,
+    OperatorProcess,
+    RedisHandle,
+    agents_of,
+    start_fleet,
+    wait_results,
+)
 from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
-from newfuse.adapters.taskclient import TaskClient
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import COUNTER_DUPLICATES
 from newfuse.wire.tasks import ResultPayload
@@ -39,14 +45,8 @@ def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _result(url: str, ns: str, fleet: str, task_id: str, timeout: float) -> ResultPayload:
-    async def wait() -> ResultPayload:
-        client = TaskClient.from_url(url, ns, fleet, signing_key=None)
-        try:
-            return await client.wait(task_id, timeout)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(wait())
+    [found] = wait_results(url, ns, fleet, [task_id], timeout)
+    return found
 
 
 def _kill_one_agent(runner: PodRunnerProcess, ns: str, fleet: str) -> str:

@@ -20,7 +20,7 @@ import yaml
 
 from fleetapi_auth import REVIEWER, service_account, token_for
 from gatewayproc import GatewayProcess
-from harness import NEWFUSE_CLI, Cluster, Fleets, RedisHandle, start_fleet, submit
+from harness import NEWFUSE_CLI, Cluster, Fleets, RedisHandle, start_fleet, submit, wait_results
 from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
 from newfuse.adapters.reviews import ReviewStore
@@ -29,7 +29,6 @@ from newfuse.wire.keys import FleetKeys
 from newfuse.wire.review import Feedback, Review
 from newfuse.wire.reviewscripts import COUNTER_REVIEWS_TIMED_OUT
 from newfuse.wire.scripts import COUNTER_DUPLICATES
-from newfuse.wire.tasks import ResultPayload
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -41,17 +40,6 @@ def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         [NEWFUSE_CLI, *args], capture_output=True, text=True, timeout=120, check=False,
         env={**clean, "NO_COLOR": "1", "COLUMNS": "250", **env},
     )  # fmt: skip
-
-
-def _results(url: str, ns: str, fleet: str, ids: list[str], timeout: float) -> list[ResultPayload]:
-    async def wait_all() -> list[ResultPayload]:
-        client = TaskClient.from_url(url, ns, fleet, signing_key=None)
-        try:
-            return [await client.wait(task_id, timeout) for task_id in ids]
-        finally:
-            await client.aclose()
-
-    return asyncio.run(wait_all())
 
 
 def _open(url: str, ns: str, fleet: str, n: int, timeout: float = 60) -> list[Review]:
@@ -136,7 +124,7 @@ def test_a_waiting_task_holds_no_slot_and_the_cli_approves_or_rejects_it(
             "--payload",
             '{"seconds": 0.2}',
         )
-    assert all(r.status.value == "succeeded" for r in _results(url, ns, "reviewed", ids, 30))
+    assert all(r.status.value == "succeeded" for r in wait_results(url, ns, "reviewed", ids, 30))
 
     admin = {"NEWFUSE_REDIS_URL": url, "KUBECONFIG": str(cluster.kubeconfig)}
     listed = _cli("review", "list", "reviewed", "-n", ns, **admin)
@@ -150,7 +138,7 @@ def test_a_waiting_task_holds_no_slot_and_the_cli_approves_or_rejects_it(
     rejected = _cli("review", "reject", "reviewed", "draft-2.output.0", "-n", ns,
                     "--reason", "off topic", **admin)  # fmt: skip
     assert rejected.returncode == 0, rejected.stderr
-    first, second = _results(url, ns, "reviewed", ["draft-1", "draft-2"], 30)
+    first, second = wait_results(url, ns, "reviewed", ["draft-1", "draft-2"], 30)
     assert (first.status.value, first.output) == ("succeeded", "final draft")
     assert (second.status.value, second.reason) == ("failed", "rejected")
     assert "off topic" in (second.error or "")
@@ -183,7 +171,7 @@ def test_a_5s_review_timeout_rejects_each_task_exactly_once_with_three_agents(
     ids = [f"t-{i}" for i in range(12)]
     for task_id in ids:
         submit("timed", ns, url, "--id", task_id, "--payload", json.dumps(task_id))
-    results = _results(url, ns, "timed", ids, 90)
+    results = wait_results(url, ns, "timed", ids, 90)
     assert all(r.reason == "rejected" for r in results), [r.error for r in results]
     assert all("timed out" in (r.error or "") for r in results)
     # Each timeout applies once although three agents race for it every second.
@@ -257,7 +245,7 @@ def test_rbac_governs_reviewers_through_the_gateway_and_the_cli(
     allowed = _cli("--server", gateway.url, "--token", reviewer, "review", "approve", "guarded",
                    review_id, "-n", ns, "-c", "fine")  # fmt: skip
     assert allowed.returncode == 0, allowed.stderr
-    [result] = _results(url, ns, "guarded", ["g-1"], 30)
+    [result] = wait_results(url, ns, "guarded", ["g-1"], 30)
     assert (result.status.value, result.output) == ("succeeded", "needs a look")
     feedback = call(viewer, path="/feedback").json()["feedback"]
     assert [row["decision"]["reviewer"] for row in feedback] == [

@@ -13,7 +13,7 @@ import pytest
 import redis
 import yaml
 
-from harness import NEWFUSE_CLI, Cluster, Fleets, RedisHandle, start_fleet
+from harness import NEWFUSE_CLI, Cluster, Fleets, RedisHandle, start_fleet, wait_results
 from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
 from newfuse.adapters.reviews import ReviewStore
@@ -32,14 +32,8 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _result(url: str, ns: str, fleet: str, task_id: str, timeout: float) -> ResultPayload:
-    async def wait() -> ResultPayload:
-        client = TaskClient.from_url(url, ns, fleet, signing_key=None)
-        try:
-            return await client.wait(task_id, timeout)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(wait())
+    [found] = wait_results(url, ns, fleet, [task_id], timeout)
+    return found
 
 
 def _draft_waits(url: str, ns: str, review_id: str) -> bool:

@@ -6,8 +6,7 @@ Fleets share the namespace `rt` and one Redis; agents run in this process (tests
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import pytest
@@ -17,31 +16,7 @@ from newfuse.wire.delegation import COUNTER_DEADLOCKS, MAX_DELEGATION_DEPTH
 from newfuse.wire.tasks import ResultPayload
 from newfuse_agent import delegations
 from newfuse_agent.handlers import TaskContext
-from runtime_fleet import Fleet, run
-
-Scenario = Callable[[list[Fleet]], Awaitable[None]]
-
-
-def with_fleets(url: str, n: int, body: Scenario) -> None:
-    async def scenario() -> None:
-        fleets = [Fleet(url) for _ in range(n)]
-        try:
-            await body(fleets)
-        finally:
-            for fleet in fleets:
-                await fleet.close()
-
-    run(scenario())
-
-
-@asynccontextmanager
-async def agents(*pairs: tuple[Fleet, dict[str, Any]], concurrency: int = 1) -> AsyncIterator[None]:
-    async with AsyncExitStack() as stack:
-        for i, (fleet, handlers) in enumerate(pairs):
-            await stack.enter_async_context(
-                fleet.agent(f"agent-{i}", handlers=handlers, concurrency=concurrency)
-            )
-        yield
+from runtime_fleet import Fleet, agents, with_fleets
 
 
 async def _wait(fleet: Fleet, task_id: str, timeout: float = 30) -> ResultPayload:

@@ -7,36 +7,13 @@ built-in handlers plus a few test ones. The e2e suite kills agents and the opera
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from newfuse.adapters.taskclient import TaskSpec
 from newfuse_agent.handlers import HandlerError, TaskContext, load_builtin_handlers
-from runtime_fleet import Fleet, run
+from runtime_fleet import Fleet, agents, with_fleets
 
 BUILTIN = load_builtin_handlers()
-Scenario = Callable[[list[Fleet]], Awaitable[None]]
-
-
-def with_fleets(url: str, n: int, body: Scenario) -> None:
-    async def scenario() -> None:
-        fleets = [Fleet(url) for _ in range(n)]
-        try:
-            await body(fleets)
-        finally:
-            for fleet in fleets:
-                await fleet.close()
-
-    run(scenario())
-
-
-@asynccontextmanager
-async def agents(fleets: list[Fleet], handlers: dict[str, Any]) -> AsyncIterator[None]:
-    async with AsyncExitStack() as stack:
-        for i, fleet in enumerate(fleets):
-            await stack.enter_async_context(fleet.agent(f"agent-{i}", handlers=handlers))
-        yield
 
 
 def fifty_tasks(a: str, b: str, c: str) -> dict[str, Any]:
@@ -55,7 +32,7 @@ def test_a_50_task_dag_across_three_fleets_reduces_to_the_right_sum(fleet_url: s
     async def body(fleets: list[Fleet]) -> None:
         a, b, c = fleets
         flow = fifty_tasks(a.name, b.name, c.name)
-        async with agents(fleets, BUILTIN):
+        async with agents(*((f, BUILTIN) for f in fleets), concurrency=4):
             await a.client.submit(TaskSpec("workflow", flow, task_id="wf-1"))
             result = await a.client.wait("wf-1", 60)
         assert result.status.value == "succeeded", result.error
@@ -89,7 +66,7 @@ def test_any_and_quorum_start_a_task_before_all_its_needs_succeeded(fleet_url: s
                 {"id": "all", "fleet": a.name, "handler": "echo", "needs": ["x", "y"]},
             ]
         }  # fmt: skip
-        async with agents(fleets, {**BUILTIN, "flaky": flaky}):
+        async with agents((a, {**BUILTIN, "flaky": flaky}), concurrency=4):
             await a.client.submit(TaskSpec("workflow", flow, task_id="wf-2"))
             result = await a.client.wait("wf-2", 60)
         assert result.status.value == "failed"
@@ -109,7 +86,7 @@ def test_a_cyclic_workflow_is_refused_naming_the_cycle(fleet_url: str) -> None:
                 {"id": "q", "fleet": a.name, "handler": "echo", "needs": ["p"]},
             ]
         }
-        async with agents(fleets, BUILTIN):
+        async with agents(*((f, BUILTIN) for f in fleets), concurrency=4):
             await a.client.submit(TaskSpec("workflow", flow, task_id="wf-3"))
             result = await a.client.wait("wf-3", 30)
         assert "a cycle: " in (result.error or "")
@@ -144,7 +121,7 @@ def test_a_saga_compensates_in_reverse_once_each_or_commits(fleet_url: str) -> N
 
     async def body(fleets: list[Fleet]) -> None:
         [a] = fleets
-        async with agents(fleets, {**BUILTIN, "step": step, "undo": undo}):
+        async with agents((a, {**BUILTIN, "step": step, "undo": undo}), concurrency=4):
             await a.client.submit(TaskSpec("saga", saga_spec(a.name, 3), task_id="tx-1"))
             rolled = await a.client.wait("tx-1", 60)
             await a.client.submit(TaskSpec("saga", saga_spec(a.name, None), task_id="tx-2"))
