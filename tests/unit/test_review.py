@@ -14,7 +14,7 @@ import pytest
 from newfuse.api import review as api_review
 from newfuse.core import review as rules
 from newfuse.core.pods import review_policy
-from newfuse.fleetapi.reviewroutes import decision_of
+from newfuse.fleetapi.reviewroutes import STREAM_ID, decision_of
 from newfuse.wire import review as wire
 from newfuse.wire import reviewscripts
 from newfuse.wire.keys import FleetKeys
@@ -222,3 +222,12 @@ def test_review_keys_are_fleet_keys_and_expire_with_results() -> None:
     assert mine <= set(keys.expiring_hashes)
     assert mine | {keys.review_due, keys.review_log} <= set(keys.all_keys())
     assert all(key.startswith(keys.prefix) for key in mine)
+
+
+@pytest.mark.parametrize(
+    ("since", "valid"),
+    [("1764650000000-0", True), ("(1764650000000-1", True), ("12", True), ("abc", False),
+     ("1-2-3", False), ("+", False)],
+)  # fmt: skip
+def test_the_feedback_cursor_must_be_a_log_entry_id(since: str, valid: bool) -> None:
+    assert bool(STREAM_ID.match(since)) is valid

@@ -13,6 +13,7 @@ in the audit log is the token's user, never a name the body gives.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -31,6 +32,7 @@ from newfuse.wire.keys import FleetKeys
 from newfuse.wire.review import REVIEW_SUBRESOURCE, ReviewDecision, Verdict
 
 ANONYMOUS: Final = "system:anonymous"
+STREAM_ID: Final = re.compile(r"^\(?[0-9]{1,20}(-[0-9]{1,20})?$")
 MAX_FEEDBACK: Final = 10_000
 
 
@@ -120,8 +122,11 @@ class ReviewEndpoints:
             limit = min(MAX_FEEDBACK, int(query.get("limit", "1000")))
         except ValueError:
             return _error(400, f"limit: a number, got {query.get('limit')!r}")
+        since = query.get("since", "-")
+        if since != "-" and not STREAM_ID.match(since):
+            return _error(400, f"since: a review log entry id like 1764650000000-0, got {since!r}")
         rows = await request.state.store.feedback(
-            revision=query.get("revision"), since=query.get("since", "-"), limit=limit
+            revision=query.get("revision"), since=since, limit=limit
         )
         return JSONResponse({"feedback": [row.model_dump(mode="json") for row in rows]})
 
