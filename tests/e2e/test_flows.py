@@ -103,6 +103,22 @@ def test_a_50_task_dag_completes_once_though_the_operator_and_agents_are_killed(
         redis_client.xlen(FleetKeys(ns, f).result_stream) for f in ("wf-a", "wf-b", "wf-c")
     )
     assert stored == 51, "one result per task (50) and the workflow's own"
+    # Only what a killed agent held when it died ran again: each of the two killed leaf agents
+    # held at most its concurrency (4, the default) of leaves.
+    reruns = [
+        leaf["id"]
+        for fleet in ("wf-a", "wf-b")
+        for leaf, done in zip(
+            [x for x in leaves if x["fleet"] == fleet],
+            wait_results(
+                url, ns, fleet, [f"wf-50.{x['id']}" for x in leaves if x["fleet"] == fleet], 5
+            ),
+            strict=True,
+        )
+        if done.attempts > 1
+    ]
+    assert len(reruns) <= 8, reruns
+    print(f"{len(reruns)} leaf task(s) ran again after their agent was killed: {reruns}")
 
 
 def _started(client: redis.Redis, ns: str, n: int) -> bool:
