@@ -262,7 +262,7 @@ class Processor:
         await self.out.store(delivery, task, ResultStatus.SUCCEEDED, output, elapsed, traceparent)
 
     def _context_of(self, task: TaskPayload) -> TaskContext:
-        """The handler's context for this run: the answers the task already has."""
+        """The handler's context for this run: the answers and delegation outcomes it has."""
         outcomes = tuple(
             tuple(None if d is None else Outcome(str(d.child), d.succeeded, d.output, d.error)
                   for d in step)
