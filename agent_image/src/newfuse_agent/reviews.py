@@ -115,9 +115,9 @@ class Reviews:
             detail = f"review {task.review} is gone (decided longer ago than results are kept)"
             await self.out.fail(delivery, task, Fail(FailReason.REJECTED, detail), executed=False)
             return None
-        if review.decision is None:
-            # Only a forged or hand-made entry gets here: drop it (acknowledge, no result), since
-            # the real resumption comes with the decision.
+        if review.decision is None or review.request.task_id != task.task_id:
+            # Only a forged or hand-made entry gets here (undecided, or another task's review):
+            # drop it (acknowledge, no result); the real resumption comes with the decision.
             log.warning("task %s resumed before review %s was decided", task.task_id, task.review)
             await self.out.queue.complete(
                 delivery, task.task_id, b"", succeeded=False, revision="", executed=False
