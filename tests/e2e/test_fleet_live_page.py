@@ -23,7 +23,7 @@ import redis
 from websockets.sync.client import connect
 
 from gatewayproc import GatewayProcess
-from harness import Fleets, start_fleet
+from harness import Fleets, RedisHandle, start_fleet, submit
 from localcluster import wait_for
 from localcluster.netutil import free_port
 from localcluster.podrunner import PodRunnerProcess
@@ -111,11 +111,13 @@ def test_the_live_page_shows_the_fleet_it_is_fed(
     fleets: Fleets,
     pod_runner: PodRunnerProcess,
     redis_client: redis.Redis,
+    redis_server: RedisHandle,
     viewer: str,
     browser: Browser,
 ) -> None:
     ns = fleets.namespace
-    start_fleet(fleets, pod_runner, redis_client, "shown", 3)
+    start_fleet(fleets, pod_runner, redis_client, "shown", 3, review={"handlers": ["echo"]})
+    submit("shown", ns, redis_server.url, "--id", "held-1", "--payload", '"a draft"')
     page = f"{gateway.url}/live/{ns}/shown#token={viewer}"
 
     browser.call("Page.navigate", url=page)
@@ -128,6 +130,9 @@ def test_the_live_page_shows_the_fleet_it_is_fed(
     )
     assert rows["result"]["value"] == 3
     browser.shows("agents", "s ago")  # each agent shows its heartbeat's age
+    browser.shows("reviews", "1")  # the draft waits for a person, and the queue shows it
+    browser.shows("review-rows", "held-1.output.0")
+    assert '"a draft"' in browser.text("review-rows")
     shot = SHOTS / f"live-page-{ns}.png"
     shot.write_bytes(base64.b64decode(browser.call("Page.captureScreenshot")["data"]))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
