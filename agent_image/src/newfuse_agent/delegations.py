@@ -245,10 +245,9 @@ class Delegator:
         return await self.store.resume(me, envelope=self.out.task_envelope(copy, None))
 
     async def _parked(self, me: TaskRef) -> TaskPayload | None:
-        raw = await self.store.client.hget(self.keys.waits_resume, me.task_id)
-        if raw is None:
+        envelope_raw = await self.store.parked(me)
+        if envelope_raw is None:
             return None
-        envelope_raw = str(raw).split("\n", 2)[-1]
         try:
             envelope = decode(
                 envelope_raw, keyring=self.config.signing.keyring,

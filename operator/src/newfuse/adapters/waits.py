@@ -85,13 +85,18 @@ class WaitStore:
     async def resume(self, waiter: TaskRef, marker: str = "", envelope: bytes | str = b"") -> bool:
         """Put ``waiter`` back on its stream if it still waits (in the wait ``marker``): once."""
         k = keys_of(waiter)
-        args: list[Any] = [waiter.task_id, marker, envelope, ""]
+        args: list[Any] = [waiter.task_id, marker, envelope]
         reply = await self._resume(
             keys=[k.waits, k.waits_open, k.waits_resume, k.task_index, k.result_index]
             + [k.tasks(p) for p in PRIORITY_ORDER],
             args=[*args, *PRIORITY_ORDER],
         )
         return bool(int(reply))
+
+    async def parked(self, waiter: TaskRef) -> str | None:
+        """The envelope a waiting task was parked as (None: it does not wait)."""
+        raw = await self.client.hget(keys_of(waiter).waits_resume, waiter.task_id)
+        return None if raw is None else str(raw).split("\n", 2)[-1]
 
     async def open_waits(self, keys: FleetKeys, limit: int = 200) -> list[tuple[str, int]]:
         """The fleet's waiting task ids with when each wait began (Redis ms), oldest first."""

@@ -105,9 +105,9 @@ return 'parked'
 )
 
 # KEYS: waits, open waits, resume, task index, result index, then the task streams in the order
-# of ARGV[5..]. ARGV: task id, the wait it must be in (its marker; "" for any), an envelope to
+# of ARGV[4..]. ARGV: task id, the wait it must be in (its marker; "" for any), an envelope to
 # resume with instead of the parked one ("" for the parked one: a deadlock victim gets its own),
-# unused, then the priority names.
+# then the priority names.
 # Closes the wait and puts the task back on its stream, once: returns 1, or 0 if the task was not
 # waiting (in that wait).
 RESUME_WAIT_LUA: Final = """
@@ -126,8 +126,8 @@ local priority = string.sub(member, 1, first - 1)
 local envelope = string.sub(member, second + 1)
 if ARGV[3] ~= '' then envelope = ARGV[3] end
 local stream = nil
-for i = 5, #ARGV do
-  if ARGV[i] == priority then stream = KEYS[6 + i - 5] end
+for i = 4, #ARGV do
+  if ARGV[i] == priority then stream = KEYS[6 + i - 4] end
 end
 if stream then
   local id = redis.call('XADD', stream, '*', 'task_id', ARGV[1], 'envelope', envelope)
