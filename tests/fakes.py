@@ -23,6 +23,7 @@ from newfuse.api.v1alpha1 import EventType
 from newfuse.core import naming
 from newfuse.core.backlog import TaskObservation
 from newfuse.core.metrics import TaskCounters
+from newfuse.wire.golden import GoldenOutput, GoldenRun
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.signing import Signer
 from newfuse.wire.state import FleetSummary, StateUpdate
@@ -49,6 +50,7 @@ class FakeKube:
         self.pods: dict[Key, dict[str, Any]] = {}
         self.revisions: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.secrets: dict[Key, dict[str, str]] = {}
+        self.config_maps: dict[Key, dict[str, str]] = {}
         self.events: list[Event] = []
         self.writes: list[tuple[str, str]] = []
         self._version = 100
@@ -198,6 +200,10 @@ class FakeKube:
         """One key of a Secret."""
         return self.secrets.get((namespace, name), {}).get(key)
 
+    async def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's data."""
+        return self.config_maps.get((namespace, name))
+
     async def post_event(
         self,
         namespace: str,
@@ -228,6 +234,8 @@ class FakeRedis:
     deleted: list[FleetKeys] = field(default_factory=list)
     keys_left: dict[FleetKeys, int] = field(default_factory=dict)
     acl_users: dict[str, list[str]] = field(default_factory=dict)
+    golden_runs: dict[FleetKeys, GoldenRun] = field(default_factory=dict)
+    golden: dict[FleetKeys, dict[str, GoldenOutput]] = field(default_factory=dict)
 
     def _reach(self) -> None:
         if self.down:
@@ -289,6 +297,19 @@ class FakeRedis:
         self._reach()
         self.drains.append((keys, target))
         return 1
+
+    async def publish_golden(self, keys: FleetKeys, run: GoldenRun) -> None:
+        """Make ``run`` current; a new one starts without outputs."""
+        self._reach()
+        if self.golden_runs.get(keys) != run:
+            self.golden_runs[keys] = run
+            self.golden.pop(keys, None)
+
+    async def golden_outputs(self, keys: FleetKeys) -> tuple[str | None, dict[str, GoldenOutput]]:
+        """The current run's id and what agents recorded for it."""
+        self._reach()
+        run = self.golden_runs.get(keys)
+        return (run.id if run else None), dict(self.golden.get(keys, {}))
 
     async def set_acl_user(self, user: str, rules: list[str]) -> None:
         """Keep the user's rules."""

@@ -27,6 +27,7 @@ def test_rbac_is_least_privilege_without_wildcards(binaries: Binaries) -> None:
         "pods",
         "events",
         "controllerrevisions",
+        "configmaps",
         "customresourcedefinitions",
     }
 

@@ -123,7 +123,7 @@ def test_the_operator_writes_only_names_the_agent_reads() -> None:
     assert read == set(AgentEnv), "every name has its home in newfuse.wire.agentenv"
     # What an agent may be given by hand (spec.env), never by the operator.
     by_hand = {AgentEnv.HTTP_ADDRESS, AgentEnv.DRAIN_GRACE_SECONDS, AgentEnv.LOG_LEVEL}
-    by_hand |= {AgentEnv.FAULT_RATE, AgentEnv.TRACE_EXPORTER}
+    by_hand |= {AgentEnv.FAULT_RATE, AgentEnv.TRACE_EXPORTER, AgentEnv.ECHO_CASE}
     assert set(AgentEnv) - written == by_hand
 
 

@@ -6,7 +6,7 @@ import json
 import os
 import uuid
 from collections.abc import Mapping
-from typing import Final, Self
+from typing import Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -42,6 +42,7 @@ _ENV: Final[dict[str, str]] = {
     AgentEnv.DRAIN_GRACE_SECONDS: "drain_grace_seconds",
     AgentEnv.LOG_LEVEL: "log_level",
     AgentEnv.FAULT_RATE: "fault_rate",
+    AgentEnv.ECHO_CASE: "echo_case",
     AgentEnv.TRACE_EXPORTER: "trace_exporter",
     AgentEnv.REDIS_CA_FILE: "redis_ca_file",
     AgentEnv.REVIEW_POLICY: "review",
@@ -81,6 +82,9 @@ class AgentConfig(BaseModel):
         ge=0,
         le=1,
         description="Fail this share of tasks on purpose (canary drills, tests).",
+    )
+    echo_case: Literal["upper"] | None = Field(
+        default=None, description="Make echo answer wrongly without failing (gate drills)."
     )
     trace_exporter: TraceExporter = Field(
         default=TraceExporter.NONE,

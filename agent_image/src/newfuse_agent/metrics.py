@@ -59,3 +59,8 @@ DEADLOCKS = Counter(
     "newfuse_agent_deadlocks_total",
     "Cycles of delegations this agent broke by failing the cycle's youngest waiter.",
 )
+GOLDEN_CASES = Counter(
+    "newfuse_agent_golden_cases_total",
+    "Golden cases this agent ran for a rollout gate, by whether the handler returned.",
+    ["outcome"],
+)

@@ -45,6 +45,7 @@ from newfuse.wire.state import AgentMetrics, AgentState, AgentStatus, StateUpdat
 from newfuse_agent import metrics
 from newfuse_agent.config import AgentConfig
 from newfuse_agent.contract import Handler, TaskContext
+from newfuse_agent.golden import GoldenRunner
 from newfuse_agent.metrics import TaskOutcome
 from newfuse_agent.outcomes import Stats, task_id_of
 from newfuse_agent.process import Processor
@@ -78,6 +79,7 @@ class Agent:
             config, self.queue, handlers, context, clock, self.stats, self._inject_fault
         )
         self._signing = config.signing
+        self.golden = GoldenRunner(config, client, handlers, context)
         self._inflight: dict[asyncio.Task[None], Delivery] = {}
         self._draining = asyncio.Event()
         self.ready = False
@@ -102,6 +104,7 @@ class Agent:
             asyncio.create_task(self._consume(), name="consume"),
             asyncio.create_task(self._maintain(), name="maintain"),
             asyncio.create_task(self._coordination(), name="coordination"),
+            asyncio.create_task(self.golden.loop(), name="golden"),
         ]
         heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeat")
         renewals = asyncio.create_task(self._renewals(), name="renew")
@@ -115,8 +118,7 @@ class Agent:
             await asyncio.wait_for(self._heartbeat_once(), 5)
         for task in loops:
             task.cancel()
-        # Bounded: a loop stuck in a library call must not hold the drain past its grace period.
-        await asyncio.wait(loops, timeout=5)
+        await asyncio.wait(loops, timeout=5)  # a loop stuck in a library call: not past grace
         await self._drain_inflight()  # claims are still renewed meanwhile
         for task in (heartbeat, renewals):
             task.cancel()

@@ -45,6 +45,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["apps"]
   resources: ["controllerrevisions"]
   verbs: ["get", "create"]
+{{- /* Golden tasks (spec.rollout.analysis.goldenTasks) are read from a ConfigMap, never written. */}}
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get"]
 {{- if or .Values.signing.perFleetKeys .Values.redis.perFleetUsers }}
 {{- /* Each fleet's own key or Redis user lives in a Secret the fleet owns. */}}
 - apiGroups: [""]

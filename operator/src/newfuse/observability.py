@@ -41,6 +41,11 @@ ROLLOUT_SECONDS = Histogram(
     buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
 )
 GATE_VERDICTS = Counter("newfuse_rollout_gate_verdicts_total", "Rollout gate verdicts.", ["result"])
+GOLDEN_PASS_RATE = Gauge(
+    "newfuse_rollout_golden_pass_rate",
+    "Share of the current rollout step's golden cases answered right, by canary or stable.",
+    ["namespace", "fleet", "role"],
+)
 LEADER = Gauge("newfuse_leader", "1 while this process holds the leader Lease (or runs alone).")
 DEAD_LETTERS = Gauge(
     "newfuse_dead_letters", "Entries in a fleet's dead-letter stream.", ["namespace", "fleet"]

@@ -219,6 +219,16 @@ class KubeClient:
         value = (found.data or {}).get(key)
         return base64.b64decode(value).decode() if value is not None else None
 
+    async def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's data, or None if there is no such ConfigMap."""
+        try:
+            found = await self._run(self._core.read_namespaced_config_map, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(found.data or {})
+
     async def read_revision(
         self, namespace: str, fleet: str, revision: str
     ) -> dict[str, Any] | None:

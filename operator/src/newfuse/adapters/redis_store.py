@@ -10,6 +10,7 @@ line per read with examples, the same line once per LOG_INTERVAL_SECONDS), never
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -17,6 +18,7 @@ from dataclasses import replace
 from typing import cast
 
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
 from newfuse import observability as obs
@@ -34,8 +36,10 @@ from newfuse.core.untrusted import (
     parse_state_update,
     parse_states,
 )
+from newfuse.wire import golden
 from newfuse.wire.delegation import COUNTER_DEADLOCKS
 from newfuse.wire.envelope import MessageType, encode
+from newfuse.wire.golden import GoldenOutput, GoldenRun
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import COUNTER_COMPLETED, COUNTER_DUPLICATES, COUNTER_FAILED
 from newfuse.wire.signing import Channel, Signer, Signing
@@ -206,6 +210,28 @@ class RedisStore:
             signer=self.fleet_signers.get(keys, self._signer),
         )
         return int(await self._client.publish(keys.coordination_channel, raw))
+
+    async def publish_golden(self, keys: FleetKeys, run: GoldenRun) -> None:
+        """Make ``run`` the fleet's golden run; the same run again changes nothing."""
+        await self._client.eval(
+            golden.PUBLISH_LUA,
+            3,
+            keys.golden,
+            keys.golden_outputs,
+            keys.golden_claims,
+            run.id,
+            run.model_dump_json(),
+        )
+
+    async def golden_outputs(self, keys: FleetKeys) -> tuple[str | None, dict[str, GoldenOutput]]:
+        """The current golden run's id and its outputs; malformed ones are skipped."""
+        current = await self._client.hget(keys.golden, "id")
+        raw = await self._client.hgetall(keys.golden_outputs)
+        outputs = {}
+        for name, value in raw.items():
+            with contextlib.suppress(ValidationError):
+                outputs[str(name)] = GoldenOutput.model_validate_json(value)
+        return (None if current is None else str(current)), outputs
 
     async def set_acl_user(self, user: str, rules: list[str]) -> None:
         """Create or redefine the ACL user ``user`` with ``rules`` (ACL SETUSER)."""

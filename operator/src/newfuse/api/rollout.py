@@ -16,6 +16,7 @@ from typing import Final
 
 from pydantic import ConfigDict, Field
 
+from newfuse.api.analysis import AnalysisSpec
 from newfuse.api.base import CEL, KubeModel, cel
 
 
@@ -171,6 +172,9 @@ class PhasedPolicy(KubeModel):
         default=600, gt=0, description="A step stuck longer is Degraded."
     )
     paused: bool = Field(default=False, description="Hold the rollout where it is.")
+    analysis: AnalysisSpec = Field(
+        default_factory=AnalysisSpec, description="Gates on the quality of the canary's answers."
+    )
 
 
 class Measured(KubeModel):
@@ -183,6 +187,16 @@ class Measured(KubeModel):
     stable_error_rate: float | None = None
     canary_share: float | None = Field(
         default=None, description="The canary's share of the fleet's finished tasks in this step."
+    )
+    golden_cases: int | None = Field(default=None, description="Golden cases judged.")
+    golden_pass_rate: float | None = Field(
+        default=None, description="The canary's share of golden cases answered right."
+    )
+    stable_golden_pass_rate: float | None = Field(
+        default=None, description="The stable revision's, on the same cases."
+    )
+    golden_failed: list[str] = Field(
+        default_factory=list, max_length=10, description="Cases the canary got wrong (first 10)."
     )
 
 

@@ -32,6 +32,7 @@ from newfuse.api.rollout import (
 from newfuse.core.actions import Controls
 from newfuse.core.allocation import allocate, initial_canary
 from newfuse.core.gates import RevisionStats, evaluate_gate
+from newfuse.core.golden import GoldenObservation, with_golden
 
 MAX_HISTORY = 100
 
@@ -47,6 +48,7 @@ class Observation:
     capabilities: Mapping[str, frozenset[str]] = field(default_factory=dict)
     stats: Mapping[str, RevisionStats] = field(default_factory=dict)
     controls: Controls = field(default_factory=Controls)
+    golden: GoldenObservation | None = None
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,8 @@ def _judge(rnd: _Round, state: RolloutState) -> Decision:
     )
     gate = (policy.initial if initial else policy.gradual).gate
     verdict = evaluate_gate(gate, canary_stats, stable_since, rnd.now)
+    if (golden := policy.analysis.golden_tasks) is not None:
+        verdict = with_golden(verdict, golden, obs.golden, state)
     state = state.model_copy(update={"last_verdict": verdict})
     if verdict.result is GateResult.PASSED:
         state = rnd.record(state, RolloutReason.GATE_PASSED, verdict.reason, verdict)

@@ -16,6 +16,7 @@ from newfuse.api.v1alpha1 import EventType, NewFuseAgent
 from newfuse.core import naming
 from newfuse.core.actions import parse_action
 from newfuse.core.gates import revision_stats
+from newfuse.core.golden import GoldenObservation
 from newfuse.core.metrics import AgentReports
 from newfuse.core.planner import Plan, plan_revisions
 from newfuse.core.pods import ObservedPod
@@ -58,6 +59,7 @@ def observation_of(
     pods: Sequence[ObservedPod],
     reports: AgentReports | RedisObservation,
     stable_capabilities: frozenset[str] | None,
+    golden: GoldenObservation | None = None,
 ) -> Observation:
     """What the state machine sees: Ready agents and task counts per revision, the user's action.
 
@@ -85,6 +87,7 @@ def observation_of(
         capabilities=capabilities,
         stats=stats,
         controls=parse_action(action, state.last_action if state else None),
+        golden=golden,
     )
 
 
@@ -95,9 +98,10 @@ def step(
     reports: AgentReports | RedisObservation,
     stable_capabilities: frozenset[str] | None,
     now: dt.datetime,
+    golden: GoldenObservation | None = None,
 ) -> Decision:
     """One rollout decision for the fleet, with the action annotation marked as handled."""
-    observation = observation_of(fleet, revision, pods, reports, stable_capabilities)
+    observation = observation_of(fleet, revision, pods, reports, stable_capabilities, golden)
     decision = decide(fleet.spec.rollout, observation, fleet.status.rollout, now)
     action = fleet.metadata.annotations.get(naming.ROLLOUT_ACTION_ANNOTATION)
     if decision.state is None or not action or decision.state.last_action == action:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from newfuse.api.v1alpha1 import EventType
 from newfuse.core.backlog import TaskObservation
 from newfuse.core.metrics import TaskCounters
+from newfuse.wire.golden import GoldenOutput, GoldenRun
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.signing import Signer
 from newfuse.wire.state import FleetSummary, StateUpdate
@@ -56,6 +57,9 @@ class KubePort(Protocol):
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
         """One key of a Secret, or None if the Secret or key is missing."""
+
+    async def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's data, or None if there is no such ConfigMap."""
 
     async def post_event(
         self,
@@ -124,6 +128,12 @@ class RedisPort(Protocol):
 
     async def publish_drain(self, keys: FleetKeys, target: str, now: dt.datetime) -> int:
         """Tell the agents ``target`` names to stop taking tasks."""
+
+    async def publish_golden(self, keys: FleetKeys, run: GoldenRun) -> None:
+        """Make ``run`` the fleet's golden run (its outputs start empty if it is a new one)."""
+
+    async def golden_outputs(self, keys: FleetKeys) -> tuple[str | None, dict[str, GoldenOutput]]:
+        """The current golden run's id and its outputs by "<revision>/<case>"."""
 
     async def set_acl_user(self, user: str, rules: list[str]) -> None:
         """Create or update a Redis ACL user."""

@@ -35,6 +35,9 @@ class AgentEnv(StrEnum):
     DRAIN_GRACE_SECONDS = "NEWFUSE_DRAIN_GRACE_SECONDS"
     LOG_LEVEL = "NEWFUSE_LOG_LEVEL"
     FAULT_RATE = "NEWFUSE_FAULT_RATE"
+    # "upper": the built-in echo upper-cases its strings, a wrong answer without an error (drills
+    # of the golden-task gate, which the success-rate gate cannot see).
+    ECHO_CASE = "NEWFUSE_ECHO_CASE"
     TRACE_EXPORTER = "NEWFUSE_TRACE_EXPORTER"
     GATEWAY_ENDPOINT = "NEWFUSE_GATEWAY_ENDPOINT"
     GATEWAY_MODEL = "NEWFUSE_GATEWAY_MODEL"

@@ -193,6 +193,21 @@ class FleetKeys:
         return f"{self.prefix}:flows"
 
     @property
+    def golden(self) -> str:
+        """Hash: the rollout's current golden-task run ("id", and the run itself as JSON)."""
+        return f"{self.prefix}:golden"
+
+    @property
+    def golden_outputs(self) -> str:
+        """Hash: "<revision>/<case>" -> GoldenOutput (JSON) of the current golden run."""
+        return f"{self.golden}:outputs"
+
+    @property
+    def golden_claims(self) -> str:
+        """Hash: "<revision>/<case>" -> "<agent>@<Redis ms>", the agent running that case."""
+        return f"{self.golden}:claims"
+
+    @property
     def dead_letters(self) -> str:
         """Stream of dead letters: malformed, refused or exhausted messages, with the reason."""
         return f"{self.prefix}:dlq"
@@ -277,6 +292,9 @@ class FleetKeys:
             self.waits_resume,
             self.deadlocks,
             self.flows,
+            self.golden,
+            self.golden_outputs,
+            self.golden_claims,
             *(self.expiry_of(h) for h in self.expiring_hashes),
         )
 

@@ -1,0 +1,106 @@
+"""The agent's part of the golden-task gate: run the cases published for its revision.
+
+The operator publishes a rollout step's cases (newfuse.wire.golden); every agent of the canary and
+stable revisions takes them one at a time, beside its live tasks, and records what its handler
+returned. Judging the answers is the operator's (newfuse.core.golden): an agent only runs them.
+A case whose agent dies mid-run is taken by another agent of the revision once its claim is stale
+(the task timeout plus the claim bound), so a run always finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from newfuse.wire import golden
+from newfuse.wire.golden import GoldenCaseRun, GoldenOutput, GoldenRun
+from newfuse.wire.keys import FleetKeys
+from newfuse_agent import metrics
+from newfuse_agent.config import AgentConfig
+from newfuse_agent.contract import DelegationRequired, Handler, InputRequired, TaskContext
+
+log = logging.getLogger("newfuse_agent.golden")
+
+
+class GoldenRunner:
+    """Runs its revision's golden cases while the agent lives."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        client: aioredis.Redis,
+        handlers: Mapping[str, Handler],
+        context: TaskContext,
+    ) -> None:
+        """Run cases for ``config``'s revision with ``handlers``, recording through ``client``."""
+        self.config, self.handlers, self.context = config, handlers, context
+        self.keys = FleetKeys(config.namespace, config.fleet)
+        policy = config.tasks
+        self.timeout = policy.default_timeout_seconds
+        self.stale_ms = round((policy.default_timeout_seconds + policy.claim_bound_seconds) * 1000)
+        self._claim = client.register_script(golden.CLAIM_LUA)
+        self._record = client.register_script(golden.RECORD_LUA)
+
+    async def loop(self) -> None:
+        """Look for cases every GOLDEN_POLL_SECONDS; run every one found. Cancelled on drain."""
+        while True:
+            try:
+                while await self.run_one():
+                    pass
+            except (RedisError, OSError) as exc:
+                log.warning("golden cases unreachable: %s", exc)
+            await asyncio.sleep(golden.GOLDEN_POLL_SECONDS)
+
+    async def run_one(self) -> bool:
+        """Claim, run and record one case; False when none is left for this revision."""
+        claimed = await self._claim(
+            keys=[self.keys.golden, self.keys.golden_outputs, self.keys.golden_claims],
+            args=[self.config.revision, self.config.consumer, self.stale_ms],
+        )
+        if not claimed or claimed[0] == golden.NO_RUN:
+            return False
+        run_id, index, body = claimed[0], int(claimed[1]), claimed[2]
+        case = GoldenRun.model_validate_json(body).cases[index]
+        output = await self._run(run_id, case)
+        metrics.GOLDEN_CASES.labels("returned" if output.ok else "raised").inc()
+        field = golden.output_field(self.config.revision, case.name)
+        await self._record(
+            keys=[self.keys.golden, self.keys.golden_outputs],
+            args=[run_id, field, output.model_dump_json()],
+        )
+        return True
+
+    async def _run(self, run_id: str, case: GoldenCaseRun) -> GoldenOutput:
+        handler = self.handlers.get(case.handler)
+        if handler is None:
+            return self._output(False, error=f"no handler {case.handler!r}")
+        context = replace(self.context, task_id=f"golden:{run_id}:{case.name}")
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await handler(case.input, context)
+        except (InputRequired, DelegationRequired):
+            return self._output(False, error="golden cases cannot wait for people or fleets")
+        except Exception as exc:  # a wrong answer, for the gate: never the agent's crash
+            return self._output(False, error=f"{type(exc).__name__}: {exc}"[:2000])
+        return self._output(True, output=_jsonable(result), started=started)
+
+    def _output(
+        self, ok: bool, *, output: Any = None, error: str | None = None, started: float = 0.0
+    ) -> GoldenOutput:
+        seconds = time.perf_counter() - started if started else 0.0
+        return GoldenOutput(
+            ok=ok, output=output, error=error, seconds=seconds, agent=self.config.agent_id
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,90 @@
+"""`spec.rollout.analysis`: gates on what a revision answers, not only on whether it errs.
+
+A new prompt or model that answers wrongly raises no error, so the success-rate gate passes it.
+Golden tasks are cases with known good answers, kept in a ConfigMap the team edits like any other
+config: at each gate they run on the canary and on the stable revision, and the gate judges the
+canary's pass rate and its drop from stable's (newfuse.core.golden).
+
+The cases' format is GoldenCase, a list of them in YAML or JSON under the ConfigMap's key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from newfuse.api.base import KubeModel
+
+
+class Expectation(KubeModel):
+    """How one case's output is judged: exactly one scorer."""
+
+    exact: Any = Field(default=None, description="The output must equal this (JSON values).")
+    contains: str | None = Field(
+        default=None, description="The output (as text, or as JSON text) must contain this."
+    )
+    regex: str | None = Field(
+        default=None, description="A Python regular expression the output text must match."
+    )
+    json_schema: dict[str, Any] | None = Field(
+        default=None, description="A JSON Schema the output must validate against."
+    )
+
+    @model_validator(mode="after")
+    def _one_scorer(self) -> Expectation:
+        chosen = [n for n in ("exact", "contains", "regex", "jsonSchema") if self._set(n)]
+        if len(chosen) != 1:
+            raise ValueError(
+                f"set exactly one of exact, contains, regex, jsonSchema (got {chosen or 'none'})"
+            )
+        return self
+
+    def _set(self, alias: str) -> bool:
+        name = {"jsonSchema": "json_schema"}.get(alias, alias)
+        return name in self.model_fields_set and (name == "exact" or getattr(self, name) is not None)
+
+    @property
+    def scorer(self) -> str:
+        """The scorer's name, as gate messages show it."""
+        for alias in ("exact", "contains", "regex", "jsonSchema"):
+            if self._set(alias):
+                return alias
+        raise AssertionError("validated to have one scorer")
+
+
+class GoldenCase(KubeModel):
+    """One golden task: a handler, its input, and what a right answer looks like."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    handler: str = Field(min_length=1, max_length=64)
+    input: Any = None
+    expect: Expectation
+
+
+class GoldenTasksSpec(KubeModel):
+    """Golden tasks from a ConfigMap, run on canary and stable at every stage-1 and -2 gate."""
+
+    config_map: str = Field(
+        min_length=1, max_length=253, description="ConfigMap in the fleet's namespace."
+    )
+    key: str = Field(
+        default="cases.yaml", min_length=1, description="Its key holding the list of cases."
+    )
+    min_pass_rate: float = Field(
+        default=0.9, ge=0, le=1, description="Fail when the canary passes fewer cases than this."
+    )
+    max_pass_rate_drop: float | None = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Fail when the canary's pass rate is below stable's by more than this.",
+    )
+
+
+class AnalysisSpec(KubeModel):
+    """Gates on the quality of a revision's answers, added to every stage-1 and -2 gate."""
+
+    golden_tasks: GoldenTasksSpec | None = Field(
+        default=None, description="Cases with known answers, run on canary and stable."
+    )

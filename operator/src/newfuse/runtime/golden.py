@@ -1,0 +1,67 @@
+"""The golden-task gate's reads and writes: the cases from their ConfigMap, the run in Redis.
+
+Each reconcile of a fleet whose rollout is at a gate publishes the run for the current step
+(idempotently: the same run again changes nothing) and scores what the agents recorded so far.
+Anything in the way (no ConfigMap, bad cases, Redis down) becomes the observation's problem: the
+gate stays inconclusive and says why, and the progress deadline decides from there.
+"""
+
+from __future__ import annotations
+
+from kubernetes.client.exceptions import ApiException
+from redis.exceptions import RedisError
+
+from newfuse import observability as obs
+from newfuse.api.v1alpha1 import NewFuseAgent
+from newfuse.core.golden import (
+    GoldenCasesError,
+    GoldenObservation,
+    golden_run,
+    parse_cases,
+    score,
+    wants_run,
+)
+from newfuse.runtime.ports import KubePort, RedisPort
+from newfuse.wire.keys import FleetKeys
+
+
+class GoldenDriver:
+    """Publishes a rollout step's golden run and scores its outputs."""
+
+    def __init__(self, kube: KubePort, redis: RedisPort) -> None:
+        """Read cases through ``kube``, run them through ``redis``."""
+        self.kube, self.redis = kube, redis
+
+    async def observe(self, fleet: NewFuseAgent) -> GoldenObservation | None:
+        """The current step's golden scores, or None when the fleet has no golden gate now."""
+        spec = fleet.spec.rollout.analysis.golden_tasks
+        state = fleet.status.rollout
+        if spec is None or state is None or not wants_run(state):
+            return None
+        meta = fleet.metadata
+        where = f"ConfigMap {meta.namespace}/{spec.config_map} key {spec.key!r}"
+        try:
+            data = await self.kube.read_config_map(meta.namespace, spec.config_map)
+        except ApiException as exc:
+            return GoldenObservation(problem=f"{where}: cannot be read ({exc.status} {exc.reason})")
+        if data is None or spec.key not in data:
+            return GoldenObservation(problem=f"{where}: not found")
+        try:
+            cases = parse_cases(data[spec.key], where)
+        except GoldenCasesError as exc:
+            return GoldenObservation(problem=str(exc))
+        run = golden_run(state, cases)
+        keys = FleetKeys(meta.namespace, meta.name)
+        try:
+            await self.redis.publish_golden(keys, run)
+            current, outputs = await self.redis.golden_outputs(keys)
+        except (RedisError, OSError) as exc:
+            return GoldenObservation(problem=f"golden run unreachable in Redis: {exc}")
+        if current != run.id:
+            return GoldenObservation(problem=f"golden run {run.id} replaced by {current}")
+        scores = {rev: score(cases, outputs, rev) for rev in run.revisions}
+        for role, rev in (("canary", state.canary_revision), ("stable", state.stable_revision)):
+            rate = scores[rev].pass_rate if rev in scores else None
+            if rate is not None:
+                obs.GOLDEN_PASS_RATE.labels(meta.namespace, meta.name, role).set(rate)
+        return GoldenObservation(run.id, scores)
