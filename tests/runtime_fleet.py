@@ -43,9 +43,9 @@ async def eventually(predicate: Callable[[], Awaitable[bool]], timeout: float, w
 class Fleet:
     """A throwaway fleet in Redis: a client and a way to start agents on it."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, namespace: str = "rt") -> None:
         self.url = url
-        self.namespace, self.name = "rt", f"f{uuid.uuid4().hex[:8]}"
+        self.namespace, self.name = namespace, f"f{uuid.uuid4().hex[:8]}"
         self.client = TaskClient.from_url(url, self.namespace, self.name, signing_key=None)
         self.redis: aioredis.Redis = self.client.client
 
@@ -108,9 +108,11 @@ async def _true(value: bool) -> bool:
     return value
 
 
-def with_fleet(url: str, body: Callable[[Fleet], Awaitable[None]]) -> None:
+def with_fleet(
+    url: str, body: Callable[[Fleet], Awaitable[None]], namespace: str = "rt"
+) -> None:
     async def scenario() -> None:
-        fleet = Fleet(url)
+        fleet = Fleet(url, namespace)
         try:
             await body(fleet)
         finally:

@@ -81,20 +81,20 @@ class GoldenRunner:
     async def _run(self, run_id: str, case: GoldenCaseRun) -> GoldenOutput:
         handler = self.handlers.get(case.handler)
         if handler is None:
-            return self._output(False, error=f"no handler {case.handler!r}")
+            return self._output(ok=False, error=f"no handler {case.handler!r}")
         context = replace(self.context, task_id=f"golden:{run_id}:{case.name}")
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
                 result = await handler(case.input, context)
         except (InputRequired, DelegationRequired):
-            return self._output(False, error="golden cases cannot wait for people or fleets")
+            return self._output(ok=False, error="golden cases cannot wait for people or fleets")
         except Exception as exc:  # a wrong answer, for the gate: never the agent's crash
-            return self._output(False, error=f"{type(exc).__name__}: {exc}"[:2000])
-        return self._output(True, output=_jsonable(result), started=started)
+            return self._output(ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
+        return self._output(ok=True, output=_jsonable(result), started=started)
 
     def _output(
-        self, ok: bool, *, output: Any = None, error: str | None = None, started: float = 0.0
+        self, *, ok: bool, output: Any = None, error: str | None = None, started: float = 0.0
     ) -> GoldenOutput:
         seconds = time.perf_counter() - started if started else 0.0
         return GoldenOutput(

@@ -42,7 +42,8 @@ class Expectation(KubeModel):
 
     def _set(self, alias: str) -> bool:
         name = {"jsonSchema": "json_schema"}.get(alias, alias)
-        return name in self.model_fields_set and (name == "exact" or getattr(self, name) is not None)
+        chosen = name in self.model_fields_set
+        return chosen and (name == "exact" or getattr(self, name) is not None)
 
     @property
     def scorer(self) -> str:

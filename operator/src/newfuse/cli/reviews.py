@@ -48,7 +48,7 @@ ReviewId = Annotated[str, typer.Argument(help="The review's id (from `newfuse re
 Comment = Annotated[str | None, typer.Option("--comment", "-c", help="Why (kept as feedback).")]
 
 
-async def _with_reviews(
+async def with_reviews(
     url: str,
     namespace: str,
     fleet: str,
@@ -71,7 +71,7 @@ async def _with_reviews(
     return await with_client(url, namespace, fleet, on_redis)
 
 
-def _refused(exc: Exception) -> NoReturn:
+def refused(exc: Exception) -> NoReturn:
     fail(str(exc))
     raise typer.Exit(1)
 
@@ -100,7 +100,7 @@ async def list_reviews(
             )  # fmt: skip
         console.print(table)
 
-    await _with_reviews(redis_url, namespace, fleet, kubeconfig, "get", body)
+    await with_reviews(redis_url, namespace, fleet, kubeconfig, "get", body)
 
 
 @review_app.command("show")
@@ -118,10 +118,10 @@ async def show(
         try:
             review = await reviews.get(review_id)
         except ReviewNotFoundError as exc:
-            _refused(exc)
+            refused(exc)
         console.print_json(review.model_dump_json())
 
-    await _with_reviews(redis_url, namespace, fleet, kubeconfig, "get", body)
+    await with_reviews(redis_url, namespace, fleet, kubeconfig, "get", body)
 
 
 def _decide(
@@ -143,10 +143,10 @@ def _decide(
         try:
             state = await reviews.decide(review_id, decision)
         except (ReviewNotFoundError, ReviewRefusedError) as exc:
-            _refused(exc)
+            refused(exc)
         console.print(f"review {escape(review_id)}: {state.value}")
 
-    run(_with_reviews)(redis_url, namespace, fleet, kubeconfig, "update", body)
+    run(with_reviews)(redis_url, namespace, fleet, kubeconfig, "update", body)
 
 
 def _json_or_text(value: str) -> Any:
@@ -241,4 +241,4 @@ async def feedback(
             )  # fmt: skip
         console.print(table)
 
-    await _with_reviews(redis_url, namespace, fleet, kubeconfig, "get", body)
+    await with_reviews(redis_url, namespace, fleet, kubeconfig, "get", body)

@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from newfuse.api.analysis import Expectation, GoldenCase, GoldenTasksSpec
 from newfuse.api.rollout import TERMINAL_PHASES, GateResult, GateVerdict, RolloutState, Stage
 from newfuse.wire.golden import GoldenCaseRun, GoldenOutput, GoldenRun, output_field
+from newfuse.wire.review import Review, ReviewKind, Verdict
 
 MAX_CASES = 500
 _CASES = TypeAdapter(list[GoldenCase])
@@ -195,8 +196,9 @@ def with_golden(
             }
         )
     if GateResult.FAILED in (verdict.result, result):
-        result, reason = GateResult.FAILED, (
-            reason if result is GateResult.FAILED else verdict.reason
+        result, reason = (
+            GateResult.FAILED,
+            (reason if result is GateResult.FAILED else verdict.reason),
         )
     elif GateResult.INCONCLUSIVE in (verdict.result, result):
         result = GateResult.INCONCLUSIVE
@@ -204,3 +206,35 @@ def with_golden(
     else:
         reason = f"{verdict.reason}; {reason}"
     return verdict.model_copy(update={"result": result, "reason": reason, "measured": measured})
+
+
+def case_from_review(review: Review, name: str | None = None) -> GoldenCase:
+    """A golden case from an approved output: its input, and the output as approved (or edited).
+
+    Only an approval says what a right answer is: a rejection or an open review is refused.
+    """
+    request, decision = review.request, review.decision
+    if request.kind is not ReviewKind.OUTPUT:
+        raise GoldenCasesError(f"review {request.id} asked a question, not for an output")
+    if decision is None or decision.verdict is not Verdict.APPROVE or decision.timed_out:
+        state = review.state.value if decision is None else decision.verdict.value
+        raise GoldenCasesError(
+            f"review {request.id} is {state}: only an output a person approved is a golden answer"
+        )
+    expected = decision.answer if decision.edited else request.output
+    fallback = re.sub(r"[^A-Za-z0-9._-]+", "-", f"review-{request.task_id}")[:128]
+    raw = {"name": name or fallback, "handler": request.handler, "input": request.input}
+    try:
+        return GoldenCase.model_validate({**raw, "expect": {"exact": expected}})
+    except ValidationError as exc:
+        raise GoldenCasesError(f"--name {name!r}: {exc.errors()[0]['msg']}") from exc
+
+
+def with_case(text: str | None, case: GoldenCase, where: str) -> str:
+    """The ConfigMap key's text with ``case`` appended (YAML); refused if its name is taken."""
+    cases = parse_cases(text, where) if text and text.strip() else []
+    if any(c.name == case.name for c in cases):
+        raise GoldenCasesError(f"{where}: a case named {case.name!r} exists (choose --name)")
+    rows = [c.model_dump(mode="json", by_alias=True, exclude_unset=True) for c in cases]
+    rows.append(case.model_dump(mode="json", by_alias=True, exclude_unset=True))
+    return yaml.safe_dump(rows, sort_keys=False, allow_unicode=True)
