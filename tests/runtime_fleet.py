@@ -108,9 +108,7 @@ async def _true(value: bool) -> bool:
     return value
 
 
-def with_fleet(
-    url: str, body: Callable[[Fleet], Awaitable[None]], namespace: str = "rt"
-) -> None:
+def with_fleet(url: str, body: Callable[[Fleet], Awaitable[None]], namespace: str = "rt") -> None:
     async def scenario() -> None:
         fleet = Fleet(url, namespace)
         try:
