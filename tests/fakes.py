@@ -19,9 +19,11 @@ from kubernetes.client.exceptions import ApiException
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from newfuse.adapters.redis_guard import Breaker
+from newfuse.api.budget import BudgetSpec
 from newfuse.api.v1alpha1 import EventType
 from newfuse.core import naming
 from newfuse.core.backlog import TaskObservation
+from newfuse.core.budget import Usage
 from newfuse.core.metrics import TaskCounters
 from newfuse.wire.golden import GoldenOutput, GoldenRun
 from newfuse.wire.keys import FleetKeys
@@ -235,6 +237,8 @@ class FakeRedis:
     keys_left: dict[FleetKeys, int] = field(default_factory=dict)
     acl_users: dict[str, list[str]] = field(default_factory=dict)
     golden_runs: dict[FleetKeys, GoldenRun] = field(default_factory=dict)
+    spent: dict[FleetKeys, Usage] = field(default_factory=dict)
+    budgets: dict[FleetKeys, BudgetSpec | None] = field(default_factory=dict)
     golden: dict[FleetKeys, dict[str, GoldenOutput]] = field(default_factory=dict)
 
     def _reach(self) -> None:
@@ -297,6 +301,16 @@ class FakeRedis:
         self._reach()
         self.drains.append((keys, target))
         return 1
+
+    async def usage(self, keys: FleetKeys) -> Usage:
+        """What the agents spent (set by a test), on day 20000."""
+        self._reach()
+        return self.spent.get(keys, Usage(20000))
+
+    async def put_budget(self, keys: FleetKeys, budget: BudgetSpec | None) -> None:
+        """Keep the mirrored budget."""
+        self._reach()
+        self.budgets[keys] = budget
 
     async def publish_golden(self, keys: FleetKeys, run: GoldenRun) -> None:
         """Make ``run`` current; a new one starts without outputs."""

@@ -55,6 +55,7 @@ EVERY_OPTION: dict[str, Any] = {
         "rateLimitPerSecond": 2.5,
         "timeoutSeconds": 45,
         "credentialsSecretRef": _ref("llm", "token"),
+        "prices": [{"model": "small", "inputPerMillionTokens": 0.5, "outputPerMillionTokens": 2}],
     },
     "tasks": {"timeoutSeconds": 90, "retryBaseSeconds": 3},
     "review": {
@@ -110,13 +111,17 @@ def test_every_option_written_by_the_operator_is_read_back_by_the_agent() -> Non
         "http://llm:8080/v1", "small", "sk-test",
     )  # fmt: skip
     assert (gateway.timeout_seconds, gateway.rate_limit_per_second) == (45, 2.5)
+    [price] = gateway.prices
+    assert (price.model, price.input_per_million_tokens, price.output_per_million_tokens) == (
+        "small", 0.5, 2,
+    )  # fmt: skip
 
 
 def test_the_operator_writes_only_names_the_agent_reads() -> None:
     written = set(_pod_env(**EVERY_OPTION))
     read = set(agent_config._ENV) | {
         gateway_config.ENV_ENDPOINT, gateway_config.ENV_MODEL, gateway_config.ENV_API_KEY,
-        gateway_config.ENV_TIMEOUT, gateway_config.ENV_RATE_LIMIT,
+        gateway_config.ENV_TIMEOUT, gateway_config.ENV_RATE_LIMIT, gateway_config.ENV_PRICES,
     }  # fmt: skip
     policy = set(TaskPolicy().to_env())
     assert written - read - policy == set()

@@ -50,6 +50,7 @@ from tenacity import (
 )
 
 from newfuse.wire.keys import FleetKeys
+from newfuse_agent import usage
 from newfuse_agent.breaker import Admission as Admission
 from newfuse_agent.breaker import CircuitBreaker as CircuitBreaker
 from newfuse_agent.breaker import CircuitState as CircuitState
@@ -290,6 +291,7 @@ class GatewayClient:
                 self.breaker.release(admission)
         self.breaker.record_success(admission)
         GATEWAY_REQUESTS.labels(GatewayOutcome.SUCCESS).inc()
+        usage.count(result, self.config.prices, self.config.model)
         return result
 
     def _retry_after_spent(self, call: _Call) -> float | None:

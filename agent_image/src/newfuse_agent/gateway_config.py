@@ -10,7 +10,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from newfuse.wire.agentenv import AgentEnv
+from newfuse.wire.usage import PRICES, Price
 from newfuse_agent.ratelimit import DEFAULT_MAX_WAIT_SECONDS
 
 ENV_ENDPOINT = AgentEnv.GATEWAY_ENDPOINT
@@ -18,6 +21,7 @@ ENV_MODEL = AgentEnv.GATEWAY_MODEL
 ENV_API_KEY = AgentEnv.GATEWAY_API_KEY
 ENV_TIMEOUT = AgentEnv.GATEWAY_TIMEOUT_SECONDS
 ENV_RATE_LIMIT = AgentEnv.GATEWAY_RATE_LIMIT
+ENV_PRICES = AgentEnv.GATEWAY_PRICES
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
@@ -37,6 +41,7 @@ class GatewayConfig:
     backoff_max_seconds: float = 5.0
     breaker_failure_threshold: int = 5
     breaker_recovery_seconds: float = 30.0
+    prices: tuple[Price, ...] = ()
 
     def __post_init__(self) -> None:
         """Reject settings that would make the client hang, spin or never retry sensibly."""
@@ -86,7 +91,17 @@ class GatewayConfig:
             api_key=env.get(ENV_API_KEY, "").strip() or None,
             timeout_seconds=DEFAULT_TIMEOUT_SECONDS if timeout is None else timeout,
             rate_limit_per_second=_float_env(env, ENV_RATE_LIMIT),
+            prices=_prices(env.get(ENV_PRICES, "")),
         )
+
+
+def _prices(raw: str) -> tuple[Price, ...]:
+    if not raw.strip():
+        return ()
+    try:
+        return tuple(PRICES.validate_json(raw))
+    except ValidationError as exc:
+        raise ValueError(f"{ENV_PRICES}: not a price table: {exc.errors()[0]['msg']}") from None
 
 
 def _positive(value: float) -> bool:

@@ -64,3 +64,10 @@ GOLDEN_CASES = Counter(
     "Golden cases this agent ran for a rollout gate, by whether the handler returned.",
     ["outcome"],
 )
+TOKENS = Counter(
+    "newfuse_agent_model_tokens_total", "Model tokens this agent's tasks used (gateway usage)."
+)
+COST = Counter(
+    "newfuse_agent_model_cost_total",
+    "What this agent's tasks' model calls cost, by the price table.",
+)

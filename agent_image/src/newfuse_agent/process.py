@@ -11,6 +11,7 @@ redelivered for ever).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -54,6 +55,7 @@ from newfuse_agent.metrics import TaskOutcome
 from newfuse_agent.outcomes import Outcomes, Stats
 from newfuse_agent.queue import Delivery, TaskQueue
 from newfuse_agent.reviews import Reviews
+from newfuse_agent.usage import UsageLedger, metering
 
 log = logging.getLogger("newfuse_agent")
 tracer = trace.get_tracer("newfuse.agent")
@@ -82,6 +84,7 @@ class Processor:
         self.out = Outcomes(config, queue, clock, stats)
         store = ReviewStore(queue.client, queue.keys, self.policy.result_ttl_seconds)
         self.reviews = Reviews(config, store, self.out)
+        self.ledger = UsageLedger(queue.client, queue.keys, config.revision)
         self.delegations = Delegator(config, self.out.waits, self.out)
 
     async def process(self, delivery: Delivery) -> None:
@@ -240,8 +243,7 @@ class Processor:
         started = time.perf_counter()
         deadline = asyncio.timeout(verdict.timeout_seconds)
         try:
-            async with deadline:
-                output = await handler(task.input, self._context_of(task))
+            output = await self._handle(handler, task, deadline)
         except asyncio.CancelledError:
             raise
         except InputRequired as asked:  # parked for a person: the slot is free once this returns
@@ -260,6 +262,16 @@ class Processor:
             await self.reviews.park_output(delivery, task, output, elapsed, traceparent)
             return
         await self.out.store(delivery, task, ResultStatus.SUCCEEDED, output, elapsed, traceparent)
+
+    async def _handle(self, handler: Handler, task: TaskPayload, deadline: asyncio.Timeout) -> Any:
+        """Run the handler, metering its model calls; their usage counts however it ends."""
+        with metering() as meter:
+            try:
+                async with deadline:
+                    return await handler(task.input, self._context_of(task))
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await self.ledger.record(meter)
 
     def _context_of(self, task: TaskPayload) -> TaskContext:
         """The handler's context for this run: the answers and delegation outcomes it has."""

@@ -41,6 +41,11 @@ ROLLOUT_SECONDS = Histogram(
     buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
 )
 GATE_VERDICTS = Counter("newfuse_rollout_gate_verdicts_total", "Rollout gate verdicts.", ["result"])
+FLEET_SPEND = Gauge(
+    "newfuse_fleet_spend_today",
+    "A fleet's model spend this UTC day, as its agents report it: unit cost or tokens.",
+    ["namespace", "fleet", "unit"],
+)
 GOLDEN_PASS_RATE = Gauge(
     "newfuse_rollout_golden_pass_rate",
     "Share of the current rollout step's golden cases answered right, by canary or stable.",

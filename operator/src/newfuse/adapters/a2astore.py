@@ -18,14 +18,16 @@ from pydantic import ValidationError
 from redis.exceptions import ResponseError
 
 from newfuse.adapters.taskclient import TaskClient, TaskSpec
+from newfuse.adapters.taskerrors import refusing_over_budget
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.keys import A2A_PUSH_FLEETS, A2A_PUSH_GROUP
-from newfuse.wire.scripts import A2A_SUBMIT_LUA, CANCEL_LUA
+from newfuse.wire.scripts import CANCEL_LUA
 from newfuse.wire.sealing import RESULT_CLEAR, Sealer
 from newfuse.wire.signing import Channel, Signing
 from newfuse.wire.state import FleetSummary, StateUpdate
 from newfuse.wire.taskpolicy import TaskPolicy
 from newfuse.wire.tasks import Priority, ResultPayload, ResultStatus
+from newfuse.wire.usage import A2A_SUBMIT_BUDGETED_LUA
 
 # Past the result's own ttl (24 h by default): a task may wait hours in a backlog before it runs.
 RECORD_TTL: Final = dt.timedelta(days=7)
@@ -47,7 +49,7 @@ class A2AStore:
         self.tasks, self.keys = tasks, tasks.keys
         self._signer = Signing.shared(signing_key).signer
         self._cancel = tasks.client.register_script(CANCEL_LUA)
-        self._submit = tasks.client.register_script(A2A_SUBMIT_LUA)
+        self._submit = tasks.client.register_script(A2A_SUBMIT_BUDGETED_LUA)
         self._sealer = (
             Sealer.of(tasks.namespace, tasks.fleet, encryption_key) if encryption_key else None
         )
@@ -81,16 +83,19 @@ class A2AStore:
         task_id, envelope = self.tasks.envelope(spec)
         expires = int((now + RECORD_TTL).timestamp() * 1000)
         keys = self.keys
-        kept = await self._submit(
-            keys=[
-                keys.a2a_tasks,
-                keys.expiry_of(keys.a2a_tasks),
-                keys.a2a_events,
-                keys.task_index,
-                keys.tasks(spec.priority),
-            ],
-            args=[task_id, record, expires, _POLICY.result_stream_max, envelope],
-        )
+        with refusing_over_budget(keys):
+            kept = await self._submit(
+                keys=[
+                    keys.a2a_tasks,
+                    keys.expiry_of(keys.a2a_tasks),
+                    keys.a2a_events,
+                    keys.task_index,
+                    keys.tasks(spec.priority),
+                    keys.budget,
+                    keys.usage,
+                ],
+                args=[task_id, record, expires, _POLICY.result_stream_max, envelope],
+            )
         return str(kept)
 
     async def record(self, task_id: str) -> str | None:

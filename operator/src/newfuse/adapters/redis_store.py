@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import replace
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
@@ -25,7 +25,9 @@ from newfuse import observability as obs
 from newfuse.adapters.redis_connect import connect
 from newfuse.adapters.redis_guard import Breaker, GuardedRedis
 from newfuse.adapters.state_store import put_state
+from newfuse.api.budget import BudgetSpec
 from newfuse.core.backlog import GroupInfo, StreamObservation, TaskObservation, waiting_of
+from newfuse.core.budget import Usage, parse_usage
 from newfuse.core.metrics import TaskCounters
 from newfuse.core.untrusted import (
     LogLimiter,
@@ -45,6 +47,7 @@ from newfuse.wire.scripts import COUNTER_COMPLETED, COUNTER_DUPLICATES, COUNTER_
 from newfuse.wire.signing import Channel, Signer, Signing
 from newfuse.wire.state import FleetSummary, StateUpdate
 from newfuse.wire.tasks import CONSUMER_GROUP, PRIORITY_ORDER
+from newfuse.wire.usage import HARD_COST, HARD_TOKENS, SECONDS_PER_DAY
 
 log = logging.getLogger(__name__)
 # Skipped records named in one log line.
@@ -210,6 +213,22 @@ class RedisStore:
             signer=self.fleet_signers.get(keys, self._signer),
         )
         return int(await self._client.publish(keys.coordination_channel, raw))
+
+    async def usage(self, keys: FleetKeys) -> Usage:
+        """Tokens and cost per revision and today (by Redis' clock); malformed fields skipped."""
+        seconds, _ = await self._client.time()
+        raw = await self._client.hgetall(keys.usage)
+        return parse_usage({str(k): str(v) for k, v in raw.items()}, seconds // SECONDS_PER_DAY)
+
+    async def put_budget(self, keys: FleetKeys, budget: BudgetSpec | None) -> None:
+        """Mirror the hard limits the submission scripts check; without any, remove them."""
+        limits = {HARD_COST: budget.hard_cost, HARD_TOKENS: budget.hard_tokens} if budget else {}
+        kept = {k: f"{v:g}" for k, v in limits.items() if v is not None}
+        pipe = self._client.pipeline(transaction=True)
+        pipe.delete(keys.budget)
+        if kept:
+            pipe.hset(keys.budget, mapping=cast(Any, kept))
+        await pipe.execute()
 
     async def publish_golden(self, keys: FleetKeys, run: GoldenRun) -> None:
         """Make ``run`` the fleet's golden run; the same run again changes nothing."""

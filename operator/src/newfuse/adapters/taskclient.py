@@ -45,11 +45,11 @@ from newfuse.adapters.taskerrors import (
     MalformedResultError,
     PayloadTooLargeError,
     RequeueSkippedError,
+    refusing_over_budget,
 )
 from newfuse.tracing import current_traceparent
 from newfuse.wire.envelope import SECURITY_REJECTIONS, MessageRejectedError, MessageType, encode
 from newfuse.wire.keys import FleetKeys
-from newfuse.wire.scripts import SUBMIT_LUA
 from newfuse.wire.sealing import TASK_CLEAR, Sealer
 from newfuse.wire.signing import Channel, Signing
 from newfuse.wire.state import StateUpdate
@@ -61,6 +61,7 @@ from newfuse.wire.tasks import (
     ResultPayload,
     TaskPayload,
 )
+from newfuse.wire.usage import SUBMIT_BUDGETED_LUA
 
 tracer = trace.get_tracer("newfuse.taskclient")
 
@@ -134,7 +135,7 @@ class TaskClient:
         # Task id -> why its stored result was not taken (a signing client checks results).
         self.ignored: dict[str, str] = {}
         self.max_payload_bytes = max_payload_bytes
-        self._submit = client.register_script(SUBMIT_LUA)
+        self._submit = client.register_script(SUBMIT_BUDGETED_LUA)
         self._sealer = Sealer.of(namespace, fleet, encryption_key) if encryption_key else None
 
     @classmethod
@@ -210,10 +211,12 @@ class TaskClient:
     async def submit(self, spec: TaskSpec) -> Submitted:
         """Enqueue one task (a task id seen before is not enqueued again)."""
         task_id, raw = self.envelope(spec)
-        created, entry = await self._submit(
-            keys=[self.keys.task_index, self.keys.tasks(spec.priority)], args=[task_id, raw]
-        )
+        with refusing_over_budget(self.keys):
+            created, entry = await self._submit(keys=self._keys(spec.priority), args=[task_id, raw])
         return Submitted(task_id, str(entry), bool(int(created)))
+
+    def _keys(self, priority: Priority) -> list[str]:
+        return [self.keys.task_index, self.keys.tasks(priority), self.keys.budget, self.keys.usage]
 
     async def submit_many(
         self, specs: Iterable[TaskSpec], batch: int = 500
@@ -229,12 +232,9 @@ class TaskClient:
         async def flush() -> list[Submitted]:
             pipe = self.client.pipeline(transaction=False)
             for task_id, raw, priority in pending:
-                await self._submit(
-                    keys=[self.keys.task_index, self.keys.tasks(priority)],
-                    args=[task_id, raw],
-                    client=pipe,
-                )
-            replies = await pipe.execute()
+                await self._submit(keys=self._keys(priority), args=[task_id, raw], client=pipe)
+            with refusing_over_budget(self.keys):
+                replies = await pipe.execute()
             done = [
                 Submitted(t, str(r[1]), bool(int(r[0])))
                 for (t, _, _), r in zip(pending, replies, strict=True)

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+from redis.exceptions import ResponseError
+
+from newfuse.wire.keys import FleetKeys
+from newfuse.wire.usage import BUDGET_ERROR
+
 
 class FleetNotFoundError(LookupError):
     """No fleet of that name has state in Redis (never created, or the operator is not running)."""
@@ -36,3 +44,40 @@ class RequeueSkippedError(ValueError):
         """Skip dead letter ``entry_id`` for ``reason``."""
         super().__init__(f"{entry_id}: {reason}")
         self.entry_id, self.reason = entry_id, reason
+
+
+class BudgetExceededError(RuntimeError):
+    """The fleet spent its hard budget for the day (spec.budget): new tasks are refused."""
+
+    def __init__(self, fleet: str, reply: str) -> None:
+        """Explain the budget script's refusal ``reply`` ("NEWFUSE_BUDGET cost limit ...")."""
+        _, cost, hard_cost, tokens, hard_tokens = (reply.split() + ["-"] * 5)[:5]
+        spent = []
+        if hard_cost != "-":
+            spent.append(f"cost {float(cost):g} of spec.budget.hardCost {float(hard_cost):g}")
+        if hard_tokens != "-":
+            spent.append(f"{int(float(tokens)):,} tokens of spec.budget.hardTokens "
+                         f"{int(float(hard_tokens)):,}")  # fmt: skip
+        super().__init__(
+            f"fleet {fleet} is over its hard budget for today (UTC): {'; '.join(spent)} spent; "
+            "new tasks are refused until 00:00 UTC or until the budget is raised"
+        )
+        self.fleet = fleet
+
+
+def budget_refusal(exc: Exception, fleet: str) -> BudgetExceededError | None:
+    """The budget refusal ``exc`` carries (a Redis error reply), if it is one."""
+    text = str(exc)
+    at = text.find(BUDGET_ERROR)
+    return BudgetExceededError(fleet, text[at:]) if at >= 0 else None
+
+
+@contextlib.contextmanager
+def refusing_over_budget(keys: FleetKeys) -> Iterator[None]:
+    """Raise a Redis refusal over the fleet's hard budget as the BudgetExceededError it is."""
+    try:
+        yield
+    except ResponseError as exc:
+        if (refused := budget_refusal(exc, f"{keys.namespace}/{keys.fleet}")) is not None:
+            raise refused from None
+        raise

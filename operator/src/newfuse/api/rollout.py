@@ -110,6 +110,12 @@ class GateSpec(KubeModel):
         le=1,
         description="Fail if the canary's error rate exceeds the stable one's by more than this.",
     )
+    max_cost_increase: float | None = Field(
+        default=0.5,
+        ge=0,
+        description="Fail if the canary's model cost per successful task (tokens, without a "
+        "price table) exceeds the stable one's by more than this fraction.",
+    )
     failure_limit: int = Field(
         default=1, ge=1, description="Consecutive failed verdicts before rollback."
     )
@@ -188,6 +194,14 @@ class Measured(KubeModel):
     canary_share: float | None = Field(
         default=None, description="The canary's share of the fleet's finished tasks in this step."
     )
+    tokens_per_task: float | None = Field(
+        default=None, description="The canary's model tokens per successful task."
+    )
+    stable_tokens_per_task: float | None = None
+    cost_per_task: float | None = Field(
+        default=None, description="The canary's model cost per successful task."
+    )
+    stable_cost_per_task: float | None = None
     golden_cases: int | None = Field(default=None, description="Golden cases judged.")
     golden_pass_rate: float | None = Field(
         default=None, description="The canary's share of golden cases answered right."
@@ -222,11 +236,13 @@ class HistoryEntry(KubeModel):
 
 
 class RevisionCounts(KubeModel):
-    """Cumulative finished tasks of one revision, as counted in Redis."""
+    """Cumulative finished tasks of one revision, and their model usage, as counted in Redis."""
 
     completed: int = 0
     failed: int = 0
     rejected: int = 0
+    tokens: int = 0
+    cost: float = 0.0
 
 
 class RolloutState(KubeModel):

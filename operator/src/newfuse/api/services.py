@@ -12,6 +12,16 @@ from newfuse.api.base import CEL, KubeModel, cel
 from newfuse.api.podspec import SecretKeyRef
 
 
+class ModelPrice(KubeModel):
+    """What one model's tokens cost, in the currency the fleet's budgets use."""
+
+    model: str = Field(
+        min_length=1, max_length=253, description='The model as the gateway names it, or "*".'
+    )
+    input_per_million_tokens: float = Field(default=0.0, ge=0, description="Prompt tokens.")
+    output_per_million_tokens: float = Field(default=0.0, ge=0, description="Completion tokens.")
+
+
 class GatewaySpec(KubeModel):
     """The OpenAI-compatible model gateway the agents call."""
 
@@ -49,6 +59,11 @@ class GatewaySpec(KubeModel):
     timeout_seconds: float = Field(default=30.0, gt=0, le=600, description="Per-request timeout.")
     credentials_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key holding the gateway's API key."
+    )
+    prices: list[ModelPrice] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Price table: agents report each task's cost by it (cost gate, budgets).",
     )
 
 

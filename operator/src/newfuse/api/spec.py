@@ -12,6 +12,7 @@ from typing import Annotated, Final
 from pydantic import ConfigDict, Field
 
 from newfuse.api.base import CEL, KubeModel, cel
+from newfuse.api.budget import BudgetSpec
 from newfuse.api.podspec import DnsLabel, EnvVar, PullPolicy, ResourceRequirements, Toleration
 from newfuse.api.review import ReviewSpec
 from newfuse.api.rollout import PhasedPolicy
@@ -109,6 +110,9 @@ class NewFuseAgentSpec(KubeModel):
     review: ReviewSpec | None = Field(
         default=None,
         description="Human review: which handlers' outputs wait for a person's approval.",
+    )
+    budget: BudgetSpec | None = Field(
+        default=None, description="Daily (UTC) limits on model spend: soft warns, hard refuses."
     )
     tasks: TaskPolicySpec | None = Field(
         default=None,

@@ -12,6 +12,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from newfuse.api.base import KubeModel
+from newfuse.api.budget import BudgetStatus
 from newfuse.api.rollout import RolloutState
 from newfuse.api.tasks import Backlog
 
@@ -82,6 +83,8 @@ class Reason(StrEnum):
     REDIS_CLEANUP_SKIPPED = "RedisCleanupSkipped"
     PHASE_CHANGED = "PhaseChanged"
     DEADLOCK_BROKEN = "DeadlockBroken"
+    BUDGET_SOFT_EXCEEDED = "BudgetSoftExceeded"
+    BUDGET_HARD_EXCEEDED = "BudgetHardExceeded"
     ROLLOUT_IN_PROGRESS = "RolloutInProgress"
     ROLLOUT_PAUSED = "RolloutPaused"
     ROLLOUT_ABORTED = "RolloutAborted"
@@ -179,6 +182,9 @@ class NewFuseAgentStatus(KubeModel):
     metrics: FleetMetrics | None = None
     backlog: Backlog | None = Field(
         default=None, description="Tasks waiting, in flight and retrying, per priority."
+    )
+    budget: BudgetStatus | None = Field(
+        default=None, description="Today's model spend against spec.budget."
     )
     rollout: RolloutState | None = Field(
         default=None, description="The phased rollout, if one ran."

@@ -26,6 +26,7 @@ from rich.markup import escape
 
 from newfuse.adapters.taskclient import DEFAULT_MAX_PAYLOAD_BYTES, Submitted, TaskClient, TaskSpec
 from newfuse.adapters.taskerrors import (
+    BudgetExceededError,
     FleetNotFoundError,
     MalformedResultError,
     PayloadTooLargeError,
@@ -93,7 +94,12 @@ def run(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
             # One trace per command: every task it submits is a child of this span.
             with cli_tracer.start_as_current_span(f"newfuse.cli.{fn.__name__}"):
                 return asyncio.run(fn(*args, **kwargs))
-        except (FleetNotFoundError, PayloadTooLargeError, MalformedResultError) as exc:
+        except (
+            FleetNotFoundError,
+            PayloadTooLargeError,
+            MalformedResultError,
+            BudgetExceededError,
+        ) as exc:
             fail(str(exc))
         except ValidationError as exc:
             first = exc.errors()[0]

@@ -25,9 +25,11 @@ class RevisionStats:
     failed: int = 0
     p95_latency_ms: float | None = None
     rejected: int = 0
+    tokens: int = 0
+    cost: float = 0.0
 
     def since(self, baseline: RevisionCounts | None) -> RevisionStats:
-        """The tasks finished after ``baseline`` was taken."""
+        """The tasks finished (and the usage counted) after ``baseline`` was taken."""
         if baseline is None:
             return self
         return RevisionStats(
@@ -35,7 +37,14 @@ class RevisionStats:
             max(0, self.failed - baseline.failed),
             self.p95_latency_ms,
             max(0, self.rejected - baseline.rejected),
+            max(0, self.tokens - baseline.tokens),
+            max(0.0, self.cost - baseline.cost),
         )
+
+    def per_success(self, unit: str) -> float | None:
+        """Tokens or cost per successful task (failures' usage counts too), or None without."""
+        spent = self.tokens if unit == "tokens" else self.cost
+        return round(spent / self.completed, 6) if self.completed and spent else None
 
     @property
     def tasks(self) -> int:
@@ -60,6 +69,10 @@ def evaluate_gate(
         p95_latency_ms=canary.p95_latency_ms,
         stable_error_rate=None if stable_error is None else round(stable_error, 4),
         canary_share=_share(canary, stable),
+        tokens_per_task=canary.per_success("tokens"),
+        stable_tokens_per_task=stable.per_success("tokens") if stable is not None else None,
+        cost_per_task=canary.per_success("cost"),
+        stable_cost_per_task=stable.per_success("cost") if stable is not None else None,
     )
 
     def verdict(result: GateResult, reason: str) -> GateVerdict:
@@ -83,6 +96,8 @@ def evaluate_gate(
         return verdict(
             GateResult.FAILED, f"error rate {error:.1%} > stable {stable_error:.1%} + {margin:.1%}"
         )
+    if (costly := cost_increase(gate.max_cost_increase, canary, stable)) is not None:
+        return verdict(GateResult.FAILED, costly)
     if (
         gate.max_p95_latency_ms is not None
         and (canary.p95_latency_ms or 0) > gate.max_p95_latency_ms
@@ -102,12 +117,36 @@ def _share(canary: RevisionStats, stable: RevisionStats | None) -> float | None:
 
 
 def revision_stats(
-    counts: Mapping[str, tuple[int, int, int]], p95_by_revision: Mapping[str, float]
+    counts: Mapping[str, tuple[int, int, int]],
+    p95_by_revision: Mapping[str, float],
+    usage: Mapping[str, tuple[int, float]] | None = None,
 ) -> dict[str, RevisionStats]:
-    """Per-revision stats from Redis counters (completed, failed, rejected) and agents' p95s."""
-    revisions = set(counts) | set(p95_by_revision)
+    """Per-revision stats: Redis counters, agents' p95s, model usage (tokens, cost)."""
+    usage = usage or {}
+    revisions = set(counts) | set(p95_by_revision) | set(usage)
     stats = {}
     for rev in revisions:
         completed, failed, rejected = counts.get(rev, (0, 0, 0))
-        stats[rev] = RevisionStats(completed, failed, p95_by_revision.get(rev), rejected)
+        tokens, cost = usage.get(rev, (0, 0.0))
+        p95 = p95_by_revision.get(rev)
+        stats[rev] = RevisionStats(completed, failed, p95, rejected, tokens, cost)
     return stats
+
+
+def cost_increase(
+    limit: float | None, canary: RevisionStats, stable: RevisionStats | None
+) -> str | None:
+    """Why the canary's usage per successful task fails the gate, or None.
+
+    Cost is compared when both revisions have one (a price table); tokens otherwise.
+    """
+    if limit is None or stable is None:
+        return None
+    unit = "cost" if canary.cost and stable.cost else "tokens"
+    mine, theirs = canary.per_success(unit), stable.per_success(unit)
+    if mine is None or theirs is None or mine <= theirs * (1 + limit):
+        return None
+    return (
+        f"{unit} per successful task {mine:g} > stable {theirs:g} + {limit:.0%} "
+        f"({mine / theirs:.2f}x)"
+    )

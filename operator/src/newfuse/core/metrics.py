@@ -7,6 +7,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from newfuse.api.v1alpha1 import FleetMetrics, NewFuseAgentStatus
+from newfuse.core.budget import Usage
 from newfuse.wire.state import (
     AgentMetrics,
     AgentState,
@@ -160,6 +161,7 @@ class AgentReports:
     updates: list[StateUpdate]
     counts: dict[str, tuple[int, int, int]]  # completed, failed, rejected
     retired: list[StateUpdate]
+    usage: Usage | None = None  # tokens and cost the agents' model calls used
 
     def all_agents(self) -> list[StateUpdate]:
         """Live registrations, plus retired ones not registered again (each agent counted once)."""

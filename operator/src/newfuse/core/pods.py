@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
 from newfuse.api.review import ReviewSpec
+from newfuse.api.services import GatewaySpec
 from newfuse.api.tasks import TaskPolicySpec
 from newfuse.api.v1alpha1 import API_VERSION, KIND, NewFuseAgent, SecretKeyRef
 from newfuse.core import naming
@@ -207,21 +209,30 @@ def agent_env(fleet: NewFuseAgent, revision: str, defaults: AgentDefaults) -> li
         env.append(_secret_env(AgentEnv.ENCRYPTION_KEY, key_ref.name, key_ref.key))
         if older:
             env.append(_secret_env(AgentEnv.ENCRYPTION_ACCEPT, older.name, older.key))
-    gateway = spec.gateway
-    if gateway and gateway.endpoint:
-        env.append(_env(AgentEnv.GATEWAY_ENDPOINT, gateway.endpoint))
-        env.append(_env(AgentEnv.GATEWAY_TIMEOUT_SECONDS, f"{gateway.timeout_seconds:g}"))
-        if gateway.model:
-            env.append(_env(AgentEnv.GATEWAY_MODEL, gateway.model))
-        if gateway.rate_limit_per_second:
-            env.append(_env(AgentEnv.GATEWAY_RATE_LIMIT, f"{gateway.rate_limit_per_second:g}"))
-        if gateway.credentials_secret_ref:
-            ref = gateway.credentials_secret_ref
-            env.append(_secret_env(AgentEnv.GATEWAY_API_KEY, ref.name, ref.key))
+    if spec.gateway and spec.gateway.endpoint:
+        env += _gateway_env(spec.gateway)
     # The user's variables come first so that, on a name clash, the operator's identity wins
     # (Kubernetes keeps the last duplicate).
     user = [var.to_api() for var in spec.env or []]
     return user + env
+
+
+def _gateway_env(gateway: GatewaySpec) -> list[dict[str, Any]]:
+    env = [
+        _env(AgentEnv.GATEWAY_ENDPOINT, gateway.endpoint or ""),
+        _env(AgentEnv.GATEWAY_TIMEOUT_SECONDS, f"{gateway.timeout_seconds:g}"),
+    ]
+    if gateway.model:
+        env.append(_env(AgentEnv.GATEWAY_MODEL, gateway.model))
+    if gateway.rate_limit_per_second:
+        env.append(_env(AgentEnv.GATEWAY_RATE_LIMIT, f"{gateway.rate_limit_per_second:g}"))
+    if gateway.prices:
+        prices = json.dumps([p.to_api() for p in gateway.prices], separators=(",", ":"))
+        env.append(_env(AgentEnv.GATEWAY_PRICES, prices))
+    if gateway.credentials_secret_ref:
+        ref = gateway.credentials_secret_ref
+        env.append(_secret_env(AgentEnv.GATEWAY_API_KEY, ref.name, ref.key))
+    return env
 
 
 RESTRICTED_CONTAINER_SECURITY: Final = {

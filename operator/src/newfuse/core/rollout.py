@@ -80,7 +80,13 @@ def _entry(
 
 def _snapshot(stats: Mapping[str, RevisionStats]) -> dict[str, RevisionCounts]:
     return {
-        rev: RevisionCounts(completed=s.completed, failed=s.failed, rejected=s.rejected)
+        rev: RevisionCounts(
+            completed=s.completed,
+            failed=s.failed,
+            rejected=s.rejected,
+            tokens=s.tokens,
+            cost=s.cost,
+        )
         for rev, s in stats.items()
     }
 

@@ -78,7 +78,8 @@ def observation_of(
             ready[pod.revision] = ready.get(pod.revision, 0) + 1
     stats = {}
     if isinstance(reports, AgentReports):
-        stats = revision_stats(reports.counts, reports.p95_by_revision())
+        usage = reports.usage.by_revision if reports.usage is not None else {}
+        stats = revision_stats(reports.counts, reports.p95_by_revision(), usage)
     return Observation(
         replicas=fleet.spec.replicas,
         update_revision=revision,

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from newfuse.api.budget import BudgetStatus
 from newfuse.api.rollout import TERMINAL_PHASES, RolloutPhase, RolloutState
 from newfuse.api.status import Endpoints
 from newfuse.api.tasks import Backlog
@@ -60,6 +61,14 @@ class StatusInputs:
     backlog: Backlog | None = None
     # The fleet API gateway's URL (OperatorConfig.gateway_url), if one serves the fleets.
     gateway_url: str | None = None
+    # Today's spend against spec.budget (None: not read this time, the last known one stays).
+    budget: BudgetStatus | None = None
+
+
+def _budget(inputs: StatusInputs, previous: BudgetStatus | None) -> BudgetStatus | None:
+    if inputs.fleet.spec.budget is None:
+        return None
+    return inputs.budget if inputs.budget is not None else previous
 
 
 def merge_conditions(
@@ -315,6 +324,7 @@ def derive_status(inputs: StatusInputs) -> NewFuseAgentStatus:
         capabilities=sorted(fleet.spec.capabilities) if f.ready else [],
         metrics=inputs.metrics if inputs.metrics is not None else previous.metrics,
         backlog=inputs.backlog if inputs.backlog is not None else previous.backlog,
+        budget=_budget(inputs, previous.budget),
         rollout=f.rollout,
         endpoints=_endpoints(fleet, inputs.gateway_url),
         message=f"{f.counts}; revision {inputs.update_revision}",

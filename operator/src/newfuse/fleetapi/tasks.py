@@ -43,6 +43,7 @@ from a2a.utils.constants import DEFAULT_LIST_TASKS_PAGE_SIZE, MAX_LIST_TASKS_PAG
 from a2a.utils.errors import (
     ExtendedAgentCardNotConfiguredError,
     InvalidParamsError,
+    InvalidRequestError,
     TaskNotCancelableError,
     TaskNotFoundError,
     UnsupportedOperationError,
@@ -50,7 +51,7 @@ from a2a.utils.errors import (
 from pydantic import ValidationError
 
 from newfuse.adapters.taskclient import TaskSpec
-from newfuse.adapters.taskerrors import PayloadTooLargeError
+from newfuse.adapters.taskerrors import BudgetExceededError, PayloadTooLargeError
 from newfuse.fleetapi import pushconfig
 from newfuse.fleetapi.a2amap import (
     TERMINAL,
@@ -142,6 +143,8 @@ class FleetTaskHandler(RequestHandler):
             )
         except PayloadTooLargeError as exc:
             raise InvalidParamsError(f"message.parts: {exc}") from None
+        except BudgetExceededError as exc:
+            raise InvalidRequestError(str(exc)) from None
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])

@@ -52,13 +52,23 @@ from newfuse.core.rolloutstep import pods_for, revision_to_drain, target_revisio
 from newfuse.core.status import RedisObservation, StatusInputs, derive_status
 from newfuse.runtime.backlog import forget_backlog, observe_backlog
 from newfuse.runtime.caches import Caches
-from newfuse.runtime.effects import announce_deadlocks, announce_phase, apply_plan
+from newfuse.runtime.effects import (
+    announce_budget,
+    announce_deadlocks,
+    announce_phase,
+    apply_plan,
+)
 from newfuse.runtime.finalizer import Finalizer
 from newfuse.runtime.fleet_keys import FleetKeysManager
 from newfuse.runtime.ports import KubePort, RedisPort
 from newfuse.runtime.redis_routes import RedisRoutes
 from newfuse.runtime.redis_users import FleetRedisUsers
-from newfuse.runtime.reports import count_dead_letters, read_reports, retire_legacy
+from newfuse.runtime.reports import (
+    count_dead_letters,
+    mirror_budget,
+    read_reports,
+    retire_legacy,
+)
 from newfuse.runtime.rollouts import RolloutDriver
 from newfuse.runtime.watch import fleet_key, is_older, key_fields, utc_now
 from newfuse.runtime.workqueue import WorkQueue
@@ -248,8 +258,9 @@ class Controller:
             decided = plan(fleet.spec.replicas, revision, observed, paused=fleet.spec.paused)
             await apply_plan(self.kube, fleet, specs, decided, now, defaults)
             reports = await read_reports(self.redis, fleet)
-        backlog = None
+        backlog = budget = None
         if isinstance(reports, AgentReports):
+            budget = await mirror_budget(self.redis, fleet, reports.usage)
             await count_dead_letters(self.redis, fleet)
             backlog = await observe_backlog(
                 self.redis, FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
@@ -269,6 +280,7 @@ class Controller:
                 target_revision=target,
                 backlog=backlog,
                 gateway_url=self.config.gateway_url,
+                budget=budget,
             )
         )
         if redis_seen.reachable:
@@ -327,6 +339,7 @@ class Controller:
             self.observe_fleet("MODIFIED", updated)
         await announce_phase(self.kube, fleet, status, now)
         await announce_deadlocks(self.kube, fleet, status, now)
+        await announce_budget(self.kube, fleet, status, now)
         self.caches.record(key, status)
         self.caches.refresh_gauges(len(self.queue))
 

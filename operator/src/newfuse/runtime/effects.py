@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 from newfuse import observability as obs
+from newfuse.api.budget import BudgetState
 from newfuse.api.v1alpha1 import (
     EventType,
     NewFuseAgent,
@@ -18,6 +19,7 @@ from newfuse.api.v1alpha1 import (
     Phase,
     Reason,
 )
+from newfuse.core.budget import newly_exceeded
 from newfuse.core.planner import Plan
 from newfuse.core.pods import AgentDefaults, build_pod
 from newfuse.runtime.ports import KubePort
@@ -68,6 +70,22 @@ async def announce_deadlocks(
         meta.namespace, meta.name, meta.uid, EventType.WARNING, Reason.DEADLOCK_BROKEN,
         f"{after - before} cycle(s) of delegations broken by failing the youngest waiter with "
         f"reason deadlock ({after} in all); the cycles are logged in {keys.deadlocks}", now,
+    )  # fmt: skip
+
+
+async def announce_budget(
+    kube: KubePort, fleet: NewFuseAgent, status: NewFuseAgentStatus, now: dt.datetime
+) -> None:
+    """A Warning Event when today's spend reached a budget limit it had not reached before."""
+    budget = status.budget
+    if budget is None or not newly_exceeded(fleet.status.budget, budget):
+        return
+    hard = budget.state is BudgetState.HARD_EXCEEDED
+    reason = Reason.BUDGET_HARD_EXCEEDED if hard else Reason.BUDGET_SOFT_EXCEEDED
+    meta = fleet.metadata
+    await kube.post_event(
+        meta.namespace, meta.name, meta.uid, EventType.WARNING, reason,
+        f"{budget.day}: {budget.message}", now,
     )  # fmt: skip
 
 

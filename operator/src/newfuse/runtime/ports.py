@@ -12,8 +12,10 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from newfuse.api.budget import BudgetSpec
 from newfuse.api.v1alpha1 import EventType
 from newfuse.core.backlog import TaskObservation
+from newfuse.core.budget import Usage
 from newfuse.core.metrics import TaskCounters
 from newfuse.wire.golden import GoldenOutput, GoldenRun
 from newfuse.wire.keys import FleetKeys
@@ -128,6 +130,12 @@ class RedisPort(Protocol):
 
     async def publish_drain(self, keys: FleetKeys, target: str, now: dt.datetime) -> int:
         """Tell the agents ``target`` names to stop taking tasks."""
+
+    async def usage(self, keys: FleetKeys) -> Usage:
+        """Tokens and cost per revision and today (by Redis' clock), as the agents counted."""
+
+    async def put_budget(self, keys: FleetKeys, budget: BudgetSpec | None) -> None:
+        """Mirror spec.budget's hard limits for the submission scripts (none: remove them)."""
 
     async def publish_golden(self, keys: FleetKeys, run: GoldenRun) -> None:
         """Make ``run`` the fleet's golden run (its outputs start empty if it is a new one)."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 from redis.exceptions import RedisError
 
 from newfuse import observability as obs
+from newfuse.api.budget import BudgetStatus
 from newfuse.api.v1alpha1 import NewFuseAgent
+from newfuse.core.budget import Usage, budget_status
 from newfuse.core.metrics import AgentReports, legacy_agents
 from newfuse.core.status import RedisObservation
 from newfuse.runtime.ports import RedisPort
@@ -35,9 +37,28 @@ async def read_reports(redis: RedisPort, fleet: NewFuseAgent) -> AgentReports | 
             await redis.agent_states(keys),
             await redis.revision_counts(keys),
             await redis.retired_states(keys),
+            await redis.usage(keys),
         )
     except (RedisError, OSError) as exc:
         return RedisObservation(reachable=False, error=f"{type(exc).__name__}: {exc}")
+
+
+async def mirror_budget(
+    redis: RedisPort, fleet: NewFuseAgent, usage: Usage | None
+) -> BudgetStatus | None:
+    """Put spec.budget's hard limits where submissions check them; today's spend against it."""
+    meta, spec = fleet.metadata, fleet.spec.budget
+    try:
+        await redis.put_budget(FleetKeys(meta.namespace, meta.name), spec)
+    except (RedisError, OSError):
+        return None  # the Redis condition reports it; the next reconcile puts it again
+    if usage is None:
+        return None
+    obs.FLEET_SPEND.labels(meta.namespace, meta.name, "cost").set(usage.cost_today)
+    obs.FLEET_SPEND.labels(meta.namespace, meta.name, "tokens").set(usage.tokens_today)
+    if spec is None:
+        return None
+    return budget_status(spec, usage.day, usage.tokens_today, usage.cost_today)
 
 
 async def retire_legacy(

@@ -44,5 +44,7 @@ class AgentEnv(StrEnum):
     GATEWAY_API_KEY = "NEWFUSE_GATEWAY_API_KEY"
     GATEWAY_TIMEOUT_SECONDS = "NEWFUSE_GATEWAY_TIMEOUT_SECONDS"
     GATEWAY_RATE_LIMIT = "NEWFUSE_GATEWAY_RATE_LIMIT"
+    # spec.gateway.prices as JSON (newfuse.wire.usage.Price): what a task's tokens cost.
+    GATEWAY_PRICES = "NEWFUSE_GATEWAY_PRICES"
     # spec.review as the JSON of newfuse.wire.review.ReviewPolicy (unset: nothing is reviewed).
     REVIEW_POLICY = "NEWFUSE_REVIEW_POLICY"

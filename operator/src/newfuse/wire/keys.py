@@ -208,6 +208,16 @@ class FleetKeys:
         return f"{self.golden}:claims"
 
     @property
+    def usage(self) -> str:
+        """Hash: tokens and cost the agents' model calls used, per revision and per UTC day."""
+        return f"{self.prefix}:usage"
+
+    @property
+    def budget(self) -> str:
+        """Hash: spec.budget's hard limits as the operator mirrors them (submissions check it)."""
+        return f"{self.prefix}:budget"
+
+    @property
     def dead_letters(self) -> str:
         """Stream of dead letters: malformed, refused or exhausted messages, with the reason."""
         return f"{self.prefix}:dlq"
@@ -295,6 +305,8 @@ class FleetKeys:
             self.golden,
             self.golden_outputs,
             self.golden_claims,
+            self.usage,
+            self.budget,
             *(self.expiry_of(h) for h in self.expiring_hashes),
         )
 
