@@ -50,12 +50,14 @@ class Stub:
     authorization: list[str | None] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    # The usage each answer reports (a test may make one model cost more than another).
+    usage: dict[str, int] = field(default_factory=lambda: dict(USAGE))
 
     def next_reply(self) -> Reply:
         return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
 
 
-def _completion(messages: list[dict[str, str]]) -> dict[str, Any]:
+def _completion(messages: list[dict[str, str]], usage: dict[str, int]) -> dict[str, Any]:
     return {
         "id": "cmpl-1",
         "model": MODEL,
@@ -65,7 +67,7 @@ def _completion(messages: list[dict[str, str]]) -> dict[str, Any]:
                 "message": {"role": "assistant", "content": f"echo: {messages[-1]['content']}"},
             }
         ],
-        "usage": USAGE,
+        "usage": usage,
     }
 
 
@@ -102,7 +104,7 @@ async def stub_gateway(*replies: Reply) -> AsyncIterator[Stub]:
             return web.json_response({"error": reply.value}, status=status, headers=headers)
         if reply is Reply.NOT_JSON:
             return web.Response(text="<html>login</html>", content_type="text/html")
-        return web.json_response(_completion(body["messages"]))
+        return web.json_response(_completion(body["messages"], stub.usage))
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)

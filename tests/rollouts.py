@@ -32,6 +32,7 @@ class Traffic:
         fleet: str,
         per_second: int = 60,
         signing_key: bytes | None = None,
+        handler: str = "echo",
     ) -> None:
         self.redis_url, self.namespace, self.fleet, self.per_second = (
             redis_url,
@@ -40,6 +41,7 @@ class Traffic:
             per_second,
         )
         self.signing_key = signing_key  # switched by a key rotation while it runs
+        self.handler = handler
         self.ids: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -54,7 +56,7 @@ class Traffic:
                         self.redis_url, self.namespace, self.fleet, signing_key=key
                     )
                 client = clients[key]
-                batch = [TaskSpec("echo", i) for i in range(self.per_second // 10)]
+                batch = [TaskSpec(self.handler, f"q{i}") for i in range(self.per_second // 10)]
                 async for done in client.submit_many(batch):
                     self.ids += [s.task_id for s in done]
                 await asyncio.sleep(0.1)

@@ -38,6 +38,7 @@ HEALTH_CASES = [
     ("progressing_counts_behind", "Progressing", "Waiting for agents: 2/3 ready"),
     ("degraded_crash_looping", "Degraded", "PodsCrashLooping: failing pods: summarizers-7c9f"),
     ("degraded_rolled_back", "Degraded", "RolledBack: gate failed at Initial step 1"),
+    ("degraded_golden_gate", "Degraded", "RolledBack: gate failed at Initial step 1: golden pass"),
     ("degraded_aborted", "Degraded", "Rollout Aborted: aborted: every agent back on stable"),
     ("degraded_rollout_stuck", "Degraded", "Rollout Degraded: only 0/1 canary agents Ready"),
     ("degraded_while_paused", "Degraded", "PodsFailed: failing pods"),

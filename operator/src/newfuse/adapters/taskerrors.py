@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 from redis.exceptions import ResponseError
@@ -49,15 +50,8 @@ class RequeueSkippedError(ValueError):
 class BudgetExceededError(RuntimeError):
     """The fleet spent its hard budget for the day (spec.budget): new tasks are refused."""
 
-    def __init__(self, fleet: str, reply: str) -> None:
-        """Explain the budget script's refusal ``reply`` ("NEWFUSE_BUDGET cost limit ...")."""
-        _, cost, hard_cost, tokens, hard_tokens = (reply.split() + ["-"] * 5)[:5]
-        spent = []
-        if hard_cost != "-":
-            spent.append(f"cost {float(cost):g} of spec.budget.hardCost {float(hard_cost):g}")
-        if hard_tokens != "-":
-            spent.append(f"{int(float(tokens)):,} tokens of spec.budget.hardTokens "
-                         f"{int(float(hard_tokens)):,}")  # fmt: skip
+    def __init__(self, fleet: str, spent: list[str]) -> None:
+        """Refuse a task of ``fleet``, which has ``spent`` (each naming its limit) today."""
         super().__init__(
             f"fleet {fleet} is over its hard budget for today (UTC): {'; '.join(spent)} spent; "
             "new tasks are refused until 00:00 UTC or until the budget is raised"
@@ -65,11 +59,24 @@ class BudgetExceededError(RuntimeError):
         self.fleet = fleet
 
 
+_NUMBER = r"([0-9.eE+-]+|-)"
+_REFUSAL = re.compile(rf"{BUDGET_ERROR} {_NUMBER} {_NUMBER} {_NUMBER} {_NUMBER}")
+
+
 def budget_refusal(exc: Exception, fleet: str) -> BudgetExceededError | None:
-    """The budget refusal ``exc`` carries (a Redis error reply), if it is one."""
-    text = str(exc)
-    at = text.find(BUDGET_ERROR)
-    return BudgetExceededError(fleet, text[at:]) if at >= 0 else None
+    """The budget refusal ``exc`` carries (a Redis error reply, maybe of a pipeline), if any."""
+    found = _REFUSAL.search(str(exc))
+    if found is None:
+        return None
+    cost, hard_cost, tokens, hard_tokens = found.groups()
+    spent = []
+    if hard_cost != "-" and float(cost) >= float(hard_cost):
+        spent.append(f"cost {float(cost):g} of spec.budget.hardCost {float(hard_cost):g}")
+    if hard_tokens != "-" and float(tokens) >= float(hard_tokens):
+        spent.append(
+            f"{int(float(tokens)):,} tokens of spec.budget.hardTokens {int(float(hard_tokens)):,}"
+        )
+    return BudgetExceededError(fleet, spent)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,8 @@ import datetime as dt
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from newfuse.api.budget import BudgetStatus
+from newfuse.api.rollout import GateVerdict
 from newfuse.api.v1alpha1 import FleetMetrics, NewFuseAgentStatus
 from newfuse.core.budget import Usage
 from newfuse.wire.state import (
@@ -148,10 +150,34 @@ def fleet_summary(status: NewFuseAgentStatus, protocol_version: str) -> FleetSum
             canary_revision=rollout.canary_revision,
             canary_agents=rollout.canary_agents,
             message=rollout.message,
+            gate=gate_line(rollout.last_verdict),
         ),
         message=status.message,
+        budget=None if status.budget is None else budget_line(status.budget),
         protocol_version=protocol_version,
     )
+
+
+def gate_line(verdict: GateVerdict | None) -> str:
+    """The last verdict as the live page shows it: result, reason, the quality numbers."""
+    if verdict is None:
+        return ""
+    m, parts = verdict.measured, [f"{verdict.result.value}: {verdict.reason}"]
+    if m.golden_pass_rate is not None:
+        stable = "-" if m.stable_golden_pass_rate is None else f"{m.stable_golden_pass_rate:.0%}"
+        parts.append(f"golden {m.golden_pass_rate:.0%} (stable {stable})")
+    if m.cost_per_task is not None or m.tokens_per_task is not None:
+        mine = m.cost_per_task if m.cost_per_task is not None else m.tokens_per_task
+        theirs = m.stable_cost_per_task if m.cost_per_task is not None else m.stable_tokens_per_task
+        unit = "cost" if m.cost_per_task is not None else "tokens"
+        parts.append(f"{unit}/task {mine:g} (stable {'-' if theirs is None else f'{theirs:g}'})")
+    return "; ".join(parts)
+
+
+def budget_line(budget: BudgetStatus) -> str:
+    """Today's spend as the live page shows it."""
+    line = f"{budget.day}: cost {budget.cost:g}, {budget.tokens:,} tokens, {budget.state.value}"
+    return f"{line} ({budget.message})" if budget.message else line
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ class RolloutSummary(WireModel):
     canary_revision: str
     canary_agents: int = 0
     message: str = ""
+    # The last gate's verdict and its numbers (golden pass rates, cost per task), as one line.
+    gate: str = ""
 
 
 class FleetSummary(WireModel):
@@ -89,6 +91,8 @@ class FleetSummary(WireModel):
     update_revision: str | None = None
     rollout: RolloutSummary | None = None
     message: str | None = None
+    # Today's model spend against spec.budget, as one line (none without a budget).
+    budget: str | None = None
     # spec.protocolVersion: the A2A version (major.minor) the fleet speaks; the gateway holds
     # clients to it (A2A-Version) and advertises it in the fleet's Agent Card.
     protocol_version: str | None = None
