@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 import typer
 
-from newfuse.adapters.reviews import ReviewNotFoundError
 from newfuse.api.analysis import GoldenTasksSpec
 from newfuse.cli.common import (
     DEFAULT_NAMESPACE,
@@ -26,8 +25,7 @@ from newfuse.cli.common import (
     fail,
     run,
 )
-from newfuse.cli.reviewclient import ReviewClient
-from newfuse.cli.reviews import refused, with_reviews
+from newfuse.cli.reviews import read_review, refused
 from newfuse.cli.rollout import Kubeconfig, api_client
 from newfuse.core.golden import GoldenCasesError, case_from_review, with_case
 
@@ -93,14 +91,7 @@ async def add(
     kubeconfig: Kubeconfig = None,
 ) -> None:
     """Add an approved review's input and output as a golden case of the fleet."""
-
-    async def read(reviews: ReviewClient, _: str) -> Any:
-        try:
-            return await reviews.get(from_review)
-        except ReviewNotFoundError as exc:
-            refused(exc)
-
-    review = await with_reviews(redis_url, namespace, fleet, kubeconfig, "get", read)
+    review = await read_review(redis_url, namespace, fleet, kubeconfig, from_review)
     api, target, key = _target(kubeconfig, namespace, fleet, config_map)
     try:
         case = case_from_review(review, name)

@@ -39,7 +39,7 @@ from newfuse.cli.render import age, clip, when
 from newfuse.cli.reviewclient import RemoteReviews, ReviewClient, rbac_reviewer
 from newfuse.cli.rollout import Kubeconfig
 from newfuse.core.review import ReviewRefusedError
-from newfuse.wire.review import ReviewDecision, Verdict
+from newfuse.wire.review import Review, ReviewDecision, Verdict
 
 review_app = typer.Typer(help="Review tasks that wait for a person.", no_args_is_help=True)
 app.add_typer(review_app, name="review")
@@ -113,15 +113,22 @@ async def show(
     kubeconfig: Kubeconfig = None,
 ) -> None:
     """One review as JSON: what was asked, of what input, and its decision once decided."""
+    review = await read_review(redis_url, namespace, fleet, kubeconfig, review_id)
+    console.print_json(review.model_dump_json())
 
-    async def body(reviews: ReviewClient, _: str) -> None:
+
+async def read_review(
+    url: str, namespace: str, fleet: str, kubeconfig: str | None, review_id: str
+) -> Review:
+    """One review, if RBAC lets the caller read the fleet's reviews; else one clear line."""
+
+    async def body(reviews: ReviewClient, _: str) -> Review:
         try:
-            review = await reviews.get(review_id)
+            return await reviews.get(review_id)
         except ReviewNotFoundError as exc:
             refused(exc)
-        console.print_json(review.model_dump_json())
 
-    await with_reviews(redis_url, namespace, fleet, kubeconfig, "get", body)
+    return await with_reviews(url, namespace, fleet, kubeconfig, "get", body)
 
 
 def _decide(
