@@ -27,6 +27,7 @@ from newfuse.core.budget import Usage
 from newfuse.core.metrics import TaskCounters
 from newfuse.wire.golden import GoldenOutput, GoldenRun
 from newfuse.wire.keys import FleetKeys
+from newfuse.wire.shadow import ShadowCase, ShadowConfig
 from newfuse.wire.signing import Signer
 from newfuse.wire.state import FleetSummary, StateUpdate
 
@@ -238,6 +239,7 @@ class FakeRedis:
     acl_users: dict[str, list[str]] = field(default_factory=dict)
     golden_runs: dict[FleetKeys, GoldenRun] = field(default_factory=dict)
     spent: dict[FleetKeys, Usage] = field(default_factory=dict)
+    shadow_runs: dict[FleetKeys, ShadowConfig] = field(default_factory=dict)
     budgets: dict[FleetKeys, BudgetSpec | None] = field(default_factory=dict)
     golden: dict[FleetKeys, dict[str, GoldenOutput]] = field(default_factory=dict)
 
@@ -301,6 +303,20 @@ class FakeRedis:
         self._reach()
         self.drains.append((keys, target))
         return 1
+
+    async def publish_shadow(self, keys: FleetKeys, config: ShadowConfig) -> None:
+        """Make ``config`` current; a new one starts without copies."""
+        self._reach()
+        if self.shadow_runs.get(keys) != config:
+            self.shadow_runs[keys] = config
+
+    async def shadow_outputs(
+        self, keys: FleetKeys
+    ) -> tuple[str | None, dict[str, ShadowCase], dict[str, GoldenOutput]]:
+        """The current shadow run's id (no copies: agents are not simulated)."""
+        self._reach()
+        run = self.shadow_runs.get(keys)
+        return (run.id if run else None), {}, {}
 
     async def usage(self, keys: FleetKeys) -> Usage:
         """What the agents spent (set by a test), on day 20000."""

@@ -1,10 +1,12 @@
-"""The agent's part of the golden-task gate: run the cases published for its revision.
+"""The agent's part of the golden and shadow gates: run the cases published for its revision.
 
 The operator publishes a rollout step's cases (newfuse.wire.golden); every agent of the canary and
 stable revisions takes them one at a time, beside its live tasks, and records what its handler
 returned. Judging the answers is the operator's (newfuse.core.golden): an agent only runs them.
 A case whose agent dies mid-run is taken by another agent of the revision once its claim is stale
-(the task timeout plus the claim bound), so a run always finishes.
+(the task timeout plus the claim bound), so a run always finishes. Shadow copies (live tasks the
+stable revision answered, newfuse_agent.shadow) are run the same way by canary agents, and their
+answers go to a hash of their own: never to the task's result.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from newfuse.wire import golden
-from newfuse.wire.golden import GoldenCaseRun, GoldenOutput, GoldenRun
+from newfuse.wire import golden, shadow
+from newfuse.wire.golden import GoldenOutput, GoldenRun
 from newfuse.wire.keys import FleetKeys
+from newfuse.wire.shadow import ShadowCase
 from newfuse_agent import metrics
 from newfuse_agent.config import AgentConfig
 from newfuse_agent.contract import DelegationRequired, Handler, InputRequired, TaskContext
+from newfuse_agent.usage import metering
 
 log = logging.getLogger("newfuse_agent.golden")
 
@@ -48,6 +52,7 @@ class GoldenRunner:
         self.stale_ms = round((policy.default_timeout_seconds + policy.claim_bound_seconds) * 1000)
         self._claim = client.register_script(golden.CLAIM_LUA)
         self._record = client.register_script(golden.RECORD_LUA)
+        self._claim_shadow = client.register_script(shadow.CLAIM_LUA)
 
     async def loop(self) -> None:
         """Look for cases every GOLDEN_POLL_SECONDS; run every one found. Cancelled on drain."""
@@ -60,7 +65,26 @@ class GoldenRunner:
             await asyncio.sleep(golden.GOLDEN_POLL_SECONDS)
 
     async def run_one(self) -> bool:
-        """Claim, run and record one case; False when none is left for this revision."""
+        """Claim, run and record one golden case or shadow copy; False when none is left."""
+        return await self._golden_case() or await self._shadow_copy()
+
+    async def _shadow_copy(self) -> bool:
+        keys = self.keys
+        claimed = await self._claim_shadow(
+            keys=[keys.shadow, keys.shadow_cases, keys.shadow_outputs, keys.shadow_claims],
+            args=[self.config.revision, self.config.consumer, self.stale_ms],
+        )
+        if not claimed:
+            return False
+        run_id, task_id, body = claimed
+        case = ShadowCase.model_validate_json(body)
+        output = await self._answer(case.handler, case.input, f"shadow:{run_id}:{task_id}")
+        metrics.GOLDEN_CASES.labels("shadow", "returned" if output.ok else "raised").inc()
+        await self._record(keys=[keys.shadow, keys.shadow_outputs],
+                           args=[run_id, task_id, output.model_dump_json()])  # fmt: skip
+        return True
+
+    async def _golden_case(self) -> bool:
         claimed = await self._claim(
             keys=[self.keys.golden, self.keys.golden_outputs, self.keys.golden_claims],
             args=[self.config.revision, self.config.consumer, self.stale_ms],
@@ -69,8 +93,8 @@ class GoldenRunner:
             return False
         run_id, index, body = claimed[0], int(claimed[1]), claimed[2]
         case = GoldenRun.model_validate_json(body).cases[index]
-        output = await self._run(run_id, case)
-        metrics.GOLDEN_CASES.labels("returned" if output.ok else "raised").inc()
+        output = await self._answer(case.handler, case.input, f"golden:{run_id}:{case.name}")
+        metrics.GOLDEN_CASES.labels("golden", "returned" if output.ok else "raised").inc()
         field = golden.output_field(self.config.revision, case.name)
         await self._record(
             keys=[self.keys.golden, self.keys.golden_outputs],
@@ -78,27 +102,37 @@ class GoldenRunner:
         )
         return True
 
-    async def _run(self, run_id: str, case: GoldenCaseRun) -> GoldenOutput:
-        handler = self.handlers.get(case.handler)
+    async def _answer(self, name: str, task_input: Any, task_id: str) -> GoldenOutput:
+        """Run one handler on one input, as a task would: its answer, time and model cost."""
+        handler = self.handlers.get(name)
         if handler is None:
-            return self._output(ok=False, error=f"no handler {case.handler!r}")
-        context = replace(self.context, task_id=f"golden:{run_id}:{case.name}")
+            return self._output(ok=False, error=f"no handler {name!r}")
+        context = replace(self.context, task_id=task_id)
         started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.timeout):
-                result = await handler(case.input, context)
-        except (InputRequired, DelegationRequired):
-            return self._output(ok=False, error="golden cases cannot wait for people or fleets")
-        except Exception as exc:  # a wrong answer, for the gate: never the agent's crash
-            return self._output(ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
-        return self._output(ok=True, output=_jsonable(result), started=started)
+        with metering() as meter:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    result = await handler(task_input, context)
+            except (InputRequired, DelegationRequired):
+                return self._output(ok=False, error="gate cases cannot wait for people or fleets")
+            except Exception as exc:  # a wrong answer, for the gate: never the agent's crash
+                return self._output(ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
+        cost = meter.cost or meter.tokens
+        return self._output(ok=True, output=_jsonable(result), started=started, cost=cost)
 
     def _output(
-        self, *, ok: bool, output: Any = None, error: str | None = None, started: float = 0.0
+        self,
+        *,
+        ok: bool,
+        output: Any = None,
+        error: str | None = None,
+        started: float = 0.0,
+        cost: float = 0.0,
     ) -> GoldenOutput:
         seconds = time.perf_counter() - started if started else 0.0
+        agent = self.config.agent_id
         return GoldenOutput(
-            ok=ok, output=output, error=error, seconds=seconds, agent=self.config.agent_id
+            ok=ok, output=output, error=error, seconds=seconds, agent=agent, cost=cost
         )
 
 

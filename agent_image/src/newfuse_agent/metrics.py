@@ -61,8 +61,8 @@ DEADLOCKS = Counter(
 )
 GOLDEN_CASES = Counter(
     "newfuse_agent_golden_cases_total",
-    "Golden cases this agent ran for a rollout gate, by whether the handler returned.",
-    ["outcome"],
+    "Golden cases and shadow copies this agent ran for a rollout gate, by whether it returned.",
+    ["kind", "outcome"],
 )
 TOKENS = Counter(
     "newfuse_agent_model_tokens_total", "Model tokens this agent's tasks used (gateway usage)."

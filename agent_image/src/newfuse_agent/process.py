@@ -55,7 +55,8 @@ from newfuse_agent.metrics import TaskOutcome
 from newfuse_agent.outcomes import Outcomes, Stats
 from newfuse_agent.queue import Delivery, TaskQueue
 from newfuse_agent.reviews import Reviews
-from newfuse_agent.usage import UsageLedger, metering
+from newfuse_agent.shadow import ShadowTap
+from newfuse_agent.usage import Meter, UsageLedger, metering
 
 log = logging.getLogger("newfuse_agent")
 tracer = trace.get_tracer("newfuse.agent")
@@ -85,6 +86,8 @@ class Processor:
         store = ReviewStore(queue.client, queue.keys, self.policy.result_ttl_seconds)
         self.reviews = Reviews(config, store, self.out)
         self.ledger = UsageLedger(queue.client, queue.keys, config.revision)
+        sealed = config.encryption_key is not None
+        self.shadow = ShadowTap(queue.client, queue.keys, config.revision, enabled=not sealed)
         self.delegations = Delegator(config, self.out.waits, self.out)
 
     async def process(self, delivery: Delivery) -> None:
@@ -243,7 +246,7 @@ class Processor:
         started = time.perf_counter()
         deadline = asyncio.timeout(verdict.timeout_seconds)
         try:
-            output = await self._handle(handler, task, deadline)
+            output, meter = await self._handle(handler, task, deadline)
         except asyncio.CancelledError:
             raise
         except InputRequired as asked:  # parked for a person: the slot is free once this returns
@@ -262,13 +265,16 @@ class Processor:
             await self.reviews.park_output(delivery, task, output, elapsed, traceparent)
             return
         await self.out.store(delivery, task, ResultStatus.SUCCEEDED, output, elapsed, traceparent)
+        await self.shadow.offer(task, output, elapsed, meter.cost or meter.tokens)
 
-    async def _handle(self, handler: Handler, task: TaskPayload, deadline: asyncio.Timeout) -> Any:
+    async def _handle(
+        self, handler: Handler, task: TaskPayload, deadline: asyncio.Timeout
+    ) -> tuple[Any, Meter]:
         """Run the handler, metering its model calls; their usage counts however it ends."""
         with metering() as meter:
             try:
                 async with deadline:
-                    return await handler(task.input, self._context_of(task))
+                    return await handler(task.input, self._context_of(task)), meter
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await self.ledger.record(meter)

@@ -15,10 +15,10 @@ import datetime as dt
 import logging
 import time
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError, ResponseError
 
 from newfuse import observability as obs
@@ -38,12 +38,13 @@ from newfuse.core.untrusted import (
     parse_state_update,
     parse_states,
 )
-from newfuse.wire import golden
+from newfuse.wire import golden, shadow
 from newfuse.wire.delegation import COUNTER_DEADLOCKS
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.golden import GoldenOutput, GoldenRun
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import COUNTER_COMPLETED, COUNTER_DUPLICATES, COUNTER_FAILED
+from newfuse.wire.shadow import ShadowCase, ShadowConfig
 from newfuse.wire.signing import Channel, Signer, Signing
 from newfuse.wire.state import FleetSummary, StateUpdate
 from newfuse.wire.tasks import CONSUMER_GROUP, PRIORITY_ORDER
@@ -214,6 +215,20 @@ class RedisStore:
         )
         return int(await self._client.publish(keys.coordination_channel, raw))
 
+    async def publish_shadow(self, keys: FleetKeys, config: ShadowConfig) -> None:
+        """Make ``config`` the fleet's shadow run; the same run again changes nothing."""
+        run = [keys.shadow, keys.shadow_cases, keys.shadow_outputs, keys.shadow_claims]
+        await self._client.eval(shadow.PUBLISH_LUA, 4, *run, config.id, config.model_dump_json())
+
+    async def shadow_outputs(
+        self, keys: FleetKeys
+    ) -> tuple[str | None, dict[str, ShadowCase], dict[str, GoldenOutput]]:
+        """The current shadow run's id, copies and canary answers; malformed ones skipped."""
+        current = await self._client.hget(keys.shadow, "id")
+        cases = _models(await self._client.hgetall(keys.shadow_cases), ShadowCase)
+        outputs = _models(await self._client.hgetall(keys.shadow_outputs), GoldenOutput)
+        return (None if current is None else str(current)), cases, outputs
+
     async def usage(self, keys: FleetKeys) -> Usage:
         """Tokens and cost per revision and today (by Redis' clock); malformed fields skipped."""
         seconds, _ = await self._client.time()
@@ -245,11 +260,7 @@ class RedisStore:
     async def golden_outputs(self, keys: FleetKeys) -> tuple[str | None, dict[str, GoldenOutput]]:
         """The current golden run's id and its outputs; malformed ones are skipped."""
         current = await self._client.hget(keys.golden, "id")
-        raw = await self._client.hgetall(keys.golden_outputs)
-        outputs = {}
-        for name, value in raw.items():
-            with contextlib.suppress(ValidationError):
-                outputs[str(name)] = GoldenOutput.model_validate_json(value)
+        outputs = _models(await self._client.hgetall(keys.golden_outputs), GoldenOutput)
         return (None if current is None else str(current)), outputs
 
     async def set_acl_user(self, user: str, rules: list[str]) -> None:
@@ -366,3 +377,15 @@ def _agents_group(reply: object) -> GroupInfo | None:
 
 
 __all__ = ["RedisError", "RedisStore"]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _models(raw: dict[Any, Any], model: type[M]) -> dict[str, M]:
+    """Agent-written JSON records by field, read totally: a malformed one is skipped."""
+    found = {}
+    for name, value in raw.items():
+        with contextlib.suppress(ValidationError):
+            found[str(name)] = model.model_validate_json(value)
+    return found

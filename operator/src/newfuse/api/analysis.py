@@ -5,6 +5,8 @@ Golden tasks are cases with known good answers, kept in a ConfigMap the team edi
 config: at each gate they run on the canary and on the stable revision, and the gate judges the
 canary's pass rate and its drop from stable's (newfuse.core.golden).
 
+Shadow tasks (ShadowSpec) compare the canary with stable on live work instead.
+
 The cases' format is GoldenCase, a list of them in YAML or JSON under the ConfigMap's key.
 """
 
@@ -83,9 +85,33 @@ class GoldenTasksSpec(KubeModel):
     )
 
 
+class ShadowSpec(KubeModel):
+    """Live tasks copied to the canary; its answers are compared, never returned to callers."""
+
+    percent: float = Field(
+        default=10, gt=0, le=100, description="Share of the stable revision's tasks copied."
+    )
+    max_samples: int = Field(default=100, ge=1, le=1000, description="Copies per gate, at most.")
+    min_samples: int = Field(
+        default=20, ge=1, description="Copies the canary must answer before a verdict."
+    )
+    min_agreement: float = Field(
+        default=0.9, ge=0, le=1, description="Fail when fewer answers equal stable's (JSON)."
+    )
+    max_latency_increase: float | None = Field(
+        default=None, ge=0, description="Fail when the canary is slower by more than this share."
+    )
+    max_cost_increase: float | None = Field(
+        default=None, ge=0, description="Fail when a copy costs more by more than this share."
+    )
+
+
 class AnalysisSpec(KubeModel):
     """Gates on the quality of a revision's answers, added to every stage-1 and -2 gate."""
 
     golden_tasks: GoldenTasksSpec | None = Field(
         default=None, description="Cases with known answers, run on canary and stable."
+    )
+    shadow: ShadowSpec | None = Field(
+        default=None, description="Live tasks copied to the canary and compared with stable."
     )

@@ -202,6 +202,18 @@ class Measured(KubeModel):
         default=None, description="The canary's model cost per successful task."
     )
     stable_cost_per_task: float | None = None
+    shadow_samples: int | None = Field(
+        default=None, description="Live tasks the canary answered in shadow."
+    )
+    shadow_agreement: float | None = Field(
+        default=None, description="Share of them answered as the stable revision did."
+    )
+    shadow_latency_ratio: float | None = Field(
+        default=None, description="Canary time per copy / stable time for the same tasks."
+    )
+    shadow_cost_ratio: float | None = Field(
+        default=None, description="Canary cost per copy / stable cost for the same tasks."
+    )
     golden_cases: int | None = Field(default=None, description="Golden cases judged.")
     golden_pass_rate: float | None = Field(
         default=None, description="The canary's share of golden cases answered right."

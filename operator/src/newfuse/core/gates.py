@@ -150,3 +150,18 @@ def cost_increase(
         f"{unit} per successful task {mine:g} > stable {theirs:g} + {limit:.0%} "
         f"({mine / theirs:.2f}x)"
     )
+
+
+def combine(
+    verdict: GateVerdict, result: GateResult, reason: str, measured: Measured
+) -> GateVerdict:
+    """The stage's verdict with another gate's added: either failing fails; both must pass."""
+    if GateResult.FAILED in (verdict.result, result):
+        reason = reason if result is GateResult.FAILED else verdict.reason
+        result = GateResult.FAILED
+    elif GateResult.INCONCLUSIVE in (verdict.result, result):
+        reason = verdict.reason if verdict.result is GateResult.INCONCLUSIVE else reason
+        result = GateResult.INCONCLUSIVE
+    else:
+        reason = f"{verdict.reason}; {reason}"
+    return verdict.model_copy(update={"result": result, "reason": reason, "measured": measured})

@@ -19,6 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from newfuse.api.analysis import Expectation, GoldenCase, GoldenTasksSpec
 from newfuse.api.rollout import TERMINAL_PHASES, GateResult, GateVerdict, RolloutState, Stage
+from newfuse.core.gates import combine
 from newfuse.wire.golden import GoldenCaseRun, GoldenOutput, GoldenRun, output_field
 from newfuse.wire.review import Review, ReviewKind, Verdict
 
@@ -195,17 +196,7 @@ def with_golden(
                 "golden_failed": list(mine.wrong[:10]),
             }
         )
-    if GateResult.FAILED in (verdict.result, result):
-        result, reason = (
-            GateResult.FAILED,
-            (reason if result is GateResult.FAILED else verdict.reason),
-        )
-    elif GateResult.INCONCLUSIVE in (verdict.result, result):
-        result = GateResult.INCONCLUSIVE
-        reason = verdict.reason if verdict.result is GateResult.INCONCLUSIVE else reason
-    else:
-        reason = f"{verdict.reason}; {reason}"
-    return verdict.model_copy(update={"result": result, "reason": reason, "measured": measured})
+    return combine(verdict, result, reason, measured)
 
 
 def case_from_review(review: Review, name: str | None = None) -> GoldenCase:

@@ -166,6 +166,8 @@ def gate_line(verdict: GateVerdict | None) -> str:
     if m.golden_pass_rate is not None:
         stable = "-" if m.stable_golden_pass_rate is None else f"{m.stable_golden_pass_rate:.0%}"
         parts.append(f"golden {m.golden_pass_rate:.0%} (stable {stable})")
+    if m.shadow_agreement is not None:
+        parts.append(f"shadow {m.shadow_agreement:.0%} agreed of {m.shadow_samples}")
     if m.cost_per_task is not None or m.tokens_per_task is not None:
         mine = m.cost_per_task if m.cost_per_task is not None else m.tokens_per_task
         theirs = m.stable_cost_per_task if m.cost_per_task is not None else m.stable_tokens_per_task

@@ -33,6 +33,7 @@ from newfuse.core.actions import Controls
 from newfuse.core.allocation import allocate, initial_canary
 from newfuse.core.gates import RevisionStats, evaluate_gate
 from newfuse.core.golden import GoldenObservation, with_golden
+from newfuse.core.shadow import ShadowObservation, with_shadow
 
 MAX_HISTORY = 100
 
@@ -49,6 +50,7 @@ class Observation:
     stats: Mapping[str, RevisionStats] = field(default_factory=dict)
     controls: Controls = field(default_factory=Controls)
     golden: GoldenObservation | None = None
+    shadow: ShadowObservation | None = None
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,8 @@ def _judge(rnd: _Round, state: RolloutState) -> Decision:
     verdict = evaluate_gate(gate, canary_stats, stable_since, rnd.now)
     if (golden := policy.analysis.golden_tasks) is not None:
         verdict = with_golden(verdict, golden, obs.golden, state)
+    if (shadow := policy.analysis.shadow) is not None:
+        verdict = with_shadow(verdict, shadow, obs.shadow, state)
     state = state.model_copy(update={"last_verdict": verdict})
     if verdict.result is GateResult.PASSED:
         state = rnd.record(state, RolloutReason.GATE_PASSED, verdict.reason, verdict)

@@ -21,6 +21,7 @@ from newfuse.core.metrics import AgentReports
 from newfuse.core.planner import Plan, plan_revisions
 from newfuse.core.pods import ObservedPod
 from newfuse.core.rollout import Decision, Observation, decide
+from newfuse.core.shadow import ShadowObservation
 from newfuse.core.status import RedisObservation
 
 # History entries that end a rollout (their time minus the start is the rollout's duration).
@@ -60,6 +61,7 @@ def observation_of(
     reports: AgentReports | RedisObservation,
     stable_capabilities: frozenset[str] | None,
     golden: GoldenObservation | None = None,
+    shadow: ShadowObservation | None = None,
 ) -> Observation:
     """What the state machine sees: Ready agents and task counts per revision, the user's action.
 
@@ -89,6 +91,7 @@ def observation_of(
         stats=stats,
         controls=parse_action(action, state.last_action if state else None),
         golden=golden,
+        shadow=shadow,
     )
 
 
@@ -99,10 +102,13 @@ def step(
     reports: AgentReports | RedisObservation,
     stable_capabilities: frozenset[str] | None,
     now: dt.datetime,
-    golden: GoldenObservation | None = None,
+    analysis: tuple[GoldenObservation | None, ShadowObservation | None] = (None, None),
 ) -> Decision:
-    """One rollout decision for the fleet, with the action annotation marked as handled."""
-    observation = observation_of(fleet, revision, pods, reports, stable_capabilities, golden)
+    """One rollout decision for the fleet, with the action annotation marked as handled.
+
+    ``analysis`` holds what the golden and shadow gates saw this round.
+    """
+    observation = observation_of(fleet, revision, pods, reports, stable_capabilities, *analysis)
     decision = decide(fleet.spec.rollout, observation, fleet.status.rollout, now)
     action = fleet.metadata.annotations.get(naming.ROLLOUT_ACTION_ANNOTATION)
     if decision.state is None or not action or decision.state.last_action == action:

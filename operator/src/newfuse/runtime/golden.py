@@ -1,4 +1,4 @@
-"""The golden-task gate's reads and writes: the cases from their ConfigMap, the run in Redis.
+"""The golden and shadow gates' reads and writes: cases from their ConfigMap, runs in Redis.
 
 Each reconcile of a fleet whose rollout is at a gate publishes the run for the current step
 (idempotently: the same run again changes nothing) and scores what the agents recorded so far.
@@ -21,6 +21,8 @@ from newfuse.core.golden import (
     score,
     wants_run,
 )
+from newfuse.core.shadow import ShadowObservation, shadow_config
+from newfuse.core.shadow import score as shadow_score
 from newfuse.runtime.ports import KubePort, RedisPort
 from newfuse.wire.keys import FleetKeys
 
@@ -65,3 +67,28 @@ class GoldenDriver:
             if rate is not None:
                 obs.GOLDEN_PASS_RATE.labels(meta.namespace, meta.name, role).set(rate)
         return GoldenObservation(run.id, scores)
+
+
+class ShadowDriver:
+    """Publishes a rollout step's shadow run and scores the canary's copies."""
+
+    def __init__(self, redis: RedisPort) -> None:
+        """Run copies through ``redis``."""
+        self.redis = redis
+
+    async def observe(self, fleet: NewFuseAgent) -> ShadowObservation | None:
+        """The current step's shadow score, or None when the fleet has no shadow gate now."""
+        spec = fleet.spec.rollout.analysis.shadow
+        state = fleet.status.rollout
+        if spec is None or state is None or not wants_run(state):
+            return None
+        config = shadow_config(state, spec)
+        keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
+        try:
+            await self.redis.publish_shadow(keys, config)
+            current, cases, outputs = await self.redis.shadow_outputs(keys)
+        except (RedisError, OSError) as exc:
+            return ShadowObservation(problem=f"shadow run unreachable in Redis: {exc}")
+        if current != config.id:
+            return ShadowObservation(problem=f"shadow run {config.id} replaced by {current}")
+        return ShadowObservation(config.id, shadow_score(cases, outputs))

@@ -19,6 +19,7 @@ from newfuse.core.budget import Usage
 from newfuse.core.metrics import TaskCounters
 from newfuse.wire.golden import GoldenOutput, GoldenRun
 from newfuse.wire.keys import FleetKeys
+from newfuse.wire.shadow import ShadowCase, ShadowConfig
 from newfuse.wire.signing import Signer
 from newfuse.wire.state import FleetSummary, StateUpdate
 
@@ -130,6 +131,14 @@ class RedisPort(Protocol):
 
     async def publish_drain(self, keys: FleetKeys, target: str, now: dt.datetime) -> int:
         """Tell the agents ``target`` names to stop taking tasks."""
+
+    async def publish_shadow(self, keys: FleetKeys, config: ShadowConfig) -> None:
+        """Make ``config`` the fleet's shadow run (its copies start empty if it is a new one)."""
+
+    async def shadow_outputs(
+        self, keys: FleetKeys
+    ) -> tuple[str | None, dict[str, ShadowCase], dict[str, GoldenOutput]]:
+        """The current shadow run's id, its copies by task id, and the canary's answers."""
 
     async def usage(self, keys: FleetKeys) -> Usage:
         """Tokens and cost per revision and today (by Redis' clock), as the agents counted."""

@@ -30,7 +30,7 @@ from newfuse.core.rolloutstep import (
     step,
 )
 from newfuse.core.status import RedisObservation
-from newfuse.runtime.golden import GoldenDriver
+from newfuse.runtime.golden import GoldenDriver, ShadowDriver
 from newfuse.runtime.ports import KubePort, RedisPort
 from newfuse.runtime.watch import key_fields
 from newfuse.wire.keys import FleetKeys
@@ -45,6 +45,7 @@ class RolloutDriver:
         """Act through ``kube`` and ``redis``."""
         self.kube, self.redis = kube, redis
         self.golden = GoldenDriver(kube, redis)
+        self.shadow = ShadowDriver(redis)
         self._stored: dict[str, set[str]] = {}
         self._templates: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -100,8 +101,8 @@ class RolloutDriver:
         capabilities = None
         if stable != revision and (spec := await self.spec_of(key, fleet, stable)) is not None:
             capabilities = frozenset(spec.capabilities)
-        golden = await self.golden.observe(fleet)
-        return step(fleet, revision, observed, reports, capabilities, now, golden)
+        analysis = (await self.golden.observe(fleet), await self.shadow.observe(fleet))
+        return step(fleet, revision, observed, reports, capabilities, now, analysis)
 
     async def post_events(
         self,

@@ -56,6 +56,7 @@ class GoldenOutput(BaseModel):
     error: str | None = None
     seconds: float = Field(default=0.0, ge=0)
     agent: str = ""
+    cost: float = Field(default=0.0, ge=0, description="Model cost (tokens if unpriced).")
 
 
 # KEYS: golden, golden outputs, golden claims. ARGV: run id, run JSON. Returns 1 when published.

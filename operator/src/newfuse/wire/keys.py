@@ -208,6 +208,26 @@ class FleetKeys:
         return f"{self.golden}:claims"
 
     @property
+    def shadow(self) -> str:
+        """Hash: the rollout's current shadow run ("id", and its ShadowConfig as "run")."""
+        return f"{self.prefix}:shadow"
+
+    @property
+    def shadow_cases(self) -> str:
+        """Hash: task id -> ShadowCase (JSON): a live task stable ran, copied for the canary."""
+        return f"{self.shadow}:cases"
+
+    @property
+    def shadow_outputs(self) -> str:
+        """Hash: task id -> GoldenOutput (JSON): the canary's answer, never a caller's result."""
+        return f"{self.shadow}:outputs"
+
+    @property
+    def shadow_claims(self) -> str:
+        """Hash: task id -> "<agent>@<Redis ms>", the canary agent running that copy."""
+        return f"{self.shadow}:claims"
+
+    @property
     def usage(self) -> str:
         """Hash: tokens and cost the agents' model calls used, per revision and per UTC day."""
         return f"{self.prefix}:usage"
@@ -307,6 +327,10 @@ class FleetKeys:
             self.golden_claims,
             self.usage,
             self.budget,
+            self.shadow,
+            self.shadow_cases,
+            self.shadow_outputs,
+            self.shadow_claims,
             *(self.expiry_of(h) for h in self.expiring_hashes),
         )
 
