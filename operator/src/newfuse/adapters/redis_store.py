@@ -239,10 +239,12 @@ class RedisStore:
         """Mirror the hard limits the submission scripts check; without any, remove them."""
         limits = {HARD_COST: budget.hard_cost, HARD_TOKENS: budget.hard_tokens} if budget else {}
         kept = {k: f"{v:g}" for k, v in limits.items() if v is not None}
+        if not kept:
+            await self._client.delete(keys.budget)
+            return
         pipe = self._client.pipeline(transaction=True)
         pipe.delete(keys.budget)
-        if kept:
-            pipe.hset(keys.budget, mapping=cast(Any, kept))
+        pipe.hset(keys.budget, mapping=cast(Any, kept))
         await pipe.execute()
 
     async def publish_golden(self, keys: FleetKeys, run: GoldenRun) -> None:
