@@ -106,6 +106,7 @@ def test_a_canary_using_three_times_the_tokens_is_rolled_back_by_the_cost_gate(
             what="every agent back on the stable revision",
         )
     verdict = rolled["lastVerdict"]
+    print("figures:", verdict["reason"], verdict["measured"])  # shown with -s
     measured = verdict["measured"]
     assert verdict["result"] == "Failed"
     assert measured["errorRate"] == 0.0, "no task failed: only the bill went up"
@@ -160,6 +161,7 @@ def test_a_hard_budget_refuses_new_tasks_with_a_clear_error_and_an_event(
         "spec.budget.hardTokens 1,000 spent; new tasks are refused"
     ) in refused.stderr
     status = budget("HardExceeded")
+    print("figures:", status)  # shown with -s
     assert status["tokens"] == 1000
     assert status["cost"] == pytest.approx(0.9)
     events = json.loads(kubectl("get", "events", "-n", ns, "-o", "json"))["items"]

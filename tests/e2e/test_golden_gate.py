@@ -77,6 +77,7 @@ def test_a_revision_answering_wrongly_passes_todays_gates_but_the_golden_gate_ro
     assert gate["verdict"]["measured"]["tasks"] >= 20
     # The golden gate: every case wrong on the canary, right on stable, with the numbers.
     verdict = rolled["lastVerdict"]
+    print("figures:", verdict["reason"], verdict["measured"])  # shown with -s
     measured = verdict["measured"]
     assert verdict["result"] == "Failed"
     assert (measured["goldenCases"], measured["goldenPassRate"]) == (5, 0.0)
@@ -108,6 +109,7 @@ def test_a_correct_revision_passes_every_golden_gate_and_completes(
         fleets.patch_spec("steady", image="newfuse/agent:0.2.0")
         done = _ended(fleets, "steady", "Completed")
     gates = [h["verdict"]["measured"] for h in done["history"] if h["reason"] == "GatePassed"]
+    print("figures:", gates)  # shown with -s
     assert len(gates) == 2, "stage 1's gate and stage 2's one step"
     for measured in gates:
         assert (measured["goldenCases"], measured["goldenPassRate"]) == (5, 1.0)

@@ -64,6 +64,7 @@ def test_shadowed_tasks_answer_callers_from_stable_and_disagreement_rolls_back(
             what="every agent back on the stable revision",
         )
     verdict = rolled["lastVerdict"]
+    print("figures:", verdict["reason"], verdict["measured"])  # shown with -s
     measured = verdict["measured"]
     assert verdict["result"] == "Failed"
     assert "shadow agreement 0.0% < 90.0%" in verdict["reason"]
