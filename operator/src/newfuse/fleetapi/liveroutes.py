@@ -38,8 +38,11 @@ CLOSE_UNAUTHENTICATED: Final = 4401
 CLOSE_FORBIDDEN: Final = 4403
 CLOSE_NOT_FOUND: Final = 4404
 CLOSE_SLOW: Final = 1013
-# A close frame to a client that does not read may never go out; give up on it after this.
-CLOSE_TIMEOUT: Final = 1.0
+# A close frame to a client that does not read may never go out; give up on it after this. Long
+# enough for a client that reads again soon after the cut to drain what was queued ahead of the
+# frame and get its code (1 s lost it on a loaded machine), short enough that a dead one costs
+# nothing for long.
+CLOSE_TIMEOUT: Final = 5.0
 SSE_SEND_TIMEOUT: Final = 10.0
 _PAGE: Final = files("newfuse.fleetapi").joinpath("live.html")
 
