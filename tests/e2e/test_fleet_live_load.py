@@ -76,10 +76,14 @@ def test_500_clients_receive_a_broadcast_within_1s_at_p99(
                 assert json.loads(await ws.recv())["type"] == "snapshot"
                 ready.set()
                 while len(arrivals[index]) < BROADCASTS:
-                    event = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                    raw = await asyncio.wait_for(ws.recv(), 60)
+                    # Timed on arrival: parsing 500 clients' frames in this one loop is the
+                    # test's own work, not the gateway's.
+                    arrived = time.time()
+                    event = json.loads(raw)
                     agent = event.get("agent", {}).get("id", "")
                     if agent.startswith("broadcast-"):
-                        arrivals[index].setdefault(agent, time.time())
+                        arrivals[index].setdefault(agent, arrived)
                 await done.wait()
 
         readies = [asyncio.Event() for _ in range(CLIENTS)]
