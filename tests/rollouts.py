@@ -11,6 +11,7 @@ import redis
 from harness import Fleets
 from localcluster import wait_for
 from newfuse.adapters.taskclient import StreamEntries, TaskClient, TaskSpec
+from newfuse.core import naming
 from newfuse.wire.keys import FleetKeys
 
 # Short soaks and small gates so a whole rollout fits in a test; the logic is the same.
@@ -75,6 +76,30 @@ class Traffic:
 
 def rollout_of(fleets: Fleets, name: str) -> dict[str, Any]:
     return (fleets.get(name).get("status") or {}).get("rollout") or {}
+
+
+def rolled_back_to(fleets: Fleets, name: str, stable: str, what: str) -> dict[str, Any]:
+    """Wait for ``what`` to roll the fleet back and every agent to be on ``stable``; the state."""
+
+    def rolled_back() -> dict[str, Any] | None:
+        state = rollout_of(fleets, name)
+        return state if state.get("phase") == "RolledBack" else None
+
+    rolled: dict[str, Any] = wait_for(rolled_back, 300, what=what)
+
+    def revisions() -> set[str | None]:
+        return {
+            (p.metadata.labels or {}).get(naming.LABEL_REVISION)
+            for p in fleets.pods(name)
+            if p.metadata
+        }
+
+    wait_for(
+        lambda: revisions() == {stable},
+        90,
+        what="every agent back on the stable revision",
+    )
+    return rolled
 
 
 def every_task_accounted_for(client: redis.Redis, keys: FleetKeys, ids: list[str]) -> None:

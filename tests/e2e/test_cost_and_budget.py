@@ -21,8 +21,7 @@ from gateway_stub import Reply, Stub, stub_gateway
 from harness import Fleets, Kubectl, RedisHandle, start_fleet, submit
 from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
-from newfuse.core import naming
-from rollouts import Traffic, rollout_of
+from rollouts import Traffic, rolled_back_to
 
 PRICES = [{"model": "stub-model", "inputPerMillionTokens": 500, "outputPerMillionTokens": 1500}]
 
@@ -90,21 +89,9 @@ def test_a_canary_using_three_times_the_tokens_is_rolled_back_by_the_cost_gate(
     )  # fmt: skip
     stable = body["status"]["updateRevision"]
 
-    def rolled_back() -> dict[str, Any] | None:
-        state = rollout_of(fleets, "costly")
-        return state if state.get("phase") == "RolledBack" else None
-
     with Traffic(redis_server.url, ns, "costly", per_second=30, handler="chat"):
         fleets.patch_spec("costly", gateway=_gateway(heavy.url))
-        rolled = wait_for(rolled_back, 300, what="the cost gate's rollback")
-        wait_for(
-            lambda: (
-                {p.metadata.labels[naming.LABEL_REVISION] for p in fleets.pods("costly")}
-                == {stable}
-            ),
-            90,
-            what="every agent back on the stable revision",
-        )
+        rolled = rolled_back_to(fleets, "costly", stable, "the cost gate's rollback")
     verdict = rolled["lastVerdict"]
     print("figures:", verdict["reason"], verdict["measured"])  # shown with -s
     measured = verdict["measured"]

@@ -8,19 +8,16 @@ caller of a shadowed task gets the stable agent's answer, and the disagreement r
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import redis
 
 from harness import FAST_AGENT_ENV, Fleets, RedisHandle, start_fleet
-from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
 from newfuse.adapters.taskclient import TaskClient
-from newfuse.core import naming
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.shadow import ShadowCase
 from newfuse.wire.tasks import ResultPayload
-from rollouts import Traffic, every_task_accounted_for, rollout_of
+from rollouts import Traffic, every_task_accounted_for, rolled_back_to
 
 SHADOWED = {"strategy": "Phased", "analysis": {"shadow": {}}}  # 10%, 20 copies, 90% agreement
 WRONG_ANSWERS = [*FAST_AGENT_ENV, {"name": "NEWFUSE_ECHO_CASE", "value": "upper"}]
@@ -48,21 +45,9 @@ def test_shadowed_tasks_answer_callers_from_stable_and_disagreement_rolls_back(
     )
     stable = body["status"]["updateRevision"]
 
-    def rolled_back() -> dict[str, Any] | None:
-        state = rollout_of(fleets, "shadowed")
-        return state if state.get("phase") == "RolledBack" else None
-
     with Traffic(redis_server.url, ns, "shadowed") as traffic:
         fleets.patch_spec("shadowed", env=WRONG_ANSWERS)
-        rolled = wait_for(rolled_back, 300, what="the shadow gate's rollback")
-        wait_for(
-            lambda: (
-                {p.metadata.labels[naming.LABEL_REVISION] for p in fleets.pods("shadowed")}
-                == {stable}
-            ),
-            90,
-            what="every agent back on the stable revision",
-        )
+        rolled = rolled_back_to(fleets, "shadowed", stable, "the shadow gate's rollback")
     verdict = rolled["lastVerdict"]
     print("figures:", verdict["reason"], verdict["measured"])  # shown with -s
     measured = verdict["measured"]
