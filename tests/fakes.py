@@ -239,6 +239,7 @@ class FakeRedis:
     acl_users: dict[str, list[str]] = field(default_factory=dict)
     golden_runs: dict[FleetKeys, GoldenRun] = field(default_factory=dict)
     spent: dict[FleetKeys, Usage] = field(default_factory=dict)
+    protocol: dict[FleetKeys, dict[int, float]] = field(default_factory=dict)
     shadow_runs: dict[FleetKeys, ShadowConfig] = field(default_factory=dict)
     budgets: dict[FleetKeys, BudgetSpec | None] = field(default_factory=dict)
     golden: dict[FleetKeys, dict[str, GoldenOutput]] = field(default_factory=dict)
@@ -322,6 +323,11 @@ class FakeRedis:
         """What the agents spent (set by a test), on day 20000."""
         self._reach()
         return self.spent.get(keys, Usage(20000))
+
+    async def protocol_seen(self, keys: FleetKeys) -> dict[int, float]:
+        """Major -> seconds since last seen (set by a test in `protocol`)."""
+        self._reach()
+        return dict(self.protocol.get(keys, {}))
 
     async def put_budget(self, keys: FleetKeys, budget: BudgetSpec | None) -> None:
         """Keep the mirrored budget."""

@@ -34,6 +34,7 @@ class Traffic:
         per_second: int = 60,
         signing_key: bytes | None = None,
         handler: str = "echo",
+        protocol_version: str = "1.0",
     ) -> None:
         self.redis_url, self.namespace, self.fleet, self.per_second = (
             redis_url,
@@ -42,7 +43,7 @@ class Traffic:
             per_second,
         )
         self.signing_key = signing_key  # switched by a key rotation while it runs
-        self.handler = handler
+        self.handler, self.protocol_version = handler, protocol_version
         self.ids: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -57,7 +58,10 @@ class Traffic:
                         self.redis_url, self.namespace, self.fleet, signing_key=key
                     )
                 client = clients[key]
-                batch = [TaskSpec(self.handler, f"q{i}") for i in range(self.per_second // 10)]
+                batch = [
+                    TaskSpec(self.handler, f"q{i}", protocol_version=self.protocol_version)
+                    for i in range(self.per_second // 10)
+                ]
                 async for done in client.submit_many(batch):
                     self.ids += [s.task_id for s in done]
                 await asyncio.sleep(0.1)

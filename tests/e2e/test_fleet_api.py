@@ -278,7 +278,11 @@ async def test_cancel_task_ends_a_queued_task_canceled_and_no_agent_runs_it(
 
 @pytest.mark.asyncio
 async def test_a2a_version_negotiation_holds_clients_to_the_fleets_protocol_version(
-    gateway: GatewayProcess, fleets: Fleets, echo_fleet: str, token: str
+    gateway: GatewayProcess,
+    fleets: Fleets,
+    echo_fleet: str,
+    token: str,
+    redis_client: redis.Redis,
 ) -> None:
     body = {
         "jsonrpc": "2.0",
@@ -297,6 +301,10 @@ async def test_a2a_version_negotiation_holds_clients_to_the_fleets_protocol_vers
             assert "this fleet speaks A2A 1.0" in error["message"], error
         ok = await http.post(url, json=body, headers={"A2A-Version": "1.0.3", **bearer(token)})
         assert "result" in ok.json(), ok.text  # the patch level is ignored
+    # The accepted call's A2A major is counted as live traffic (the protocol gate reads it); the
+    # refused ones are not.
+    keys = FleetKeys(fleets.namespace, echo_fleet)
+    assert redis_client.zrange(keys.protocol, 0, -1) == ["1"]
 
 
 @pytest.mark.asyncio

@@ -44,7 +44,7 @@ def test_malformed_messages_are_dead_lettered_counted_and_survived(fleet_url: st
                 now=now,
                 audience=to,
                 signer=signer,
-                protocol_version="2.0",
+                protocol_version="3.0",
             ),
             "bad_signature": encode(
                 MessageType.TASK,

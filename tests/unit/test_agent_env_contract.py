@@ -129,10 +129,11 @@ def test_the_operator_writes_only_names_the_agent_reads() -> None:
     # What an agent may be given by hand (spec.env), never by the operator.
     by_hand = {AgentEnv.HTTP_ADDRESS, AgentEnv.DRAIN_GRACE_SECONDS, AgentEnv.LOG_LEVEL}
     by_hand |= {AgentEnv.FAULT_RATE, AgentEnv.TRACE_EXPORTER, AgentEnv.ECHO_CASE}
+    by_hand |= {AgentEnv.PROTOCOL_SPEAKS}
     assert set(AgentEnv) - written == by_hand
 
 
-@pytest.mark.parametrize("version", ["2.0", "0.9"])
+@pytest.mark.parametrize("version", ["3.0", "0.9"])
 def test_a_protocol_the_image_does_not_speak_stops_the_agent_naming_the_field(
     version: str,
 ) -> None:

@@ -77,7 +77,7 @@ def _tamper(raw: bytes, path: tuple[str, ...], value: object) -> bytes:
         (b'{"type": "task", "payload": {}}', {}, RejectReason.INVALID_ENVELOPE),
         (_tamper(task(), ("type",), "gossip"), {}, RejectReason.INVALID_ENVELOPE),
         (
-            _tamper(task(), ("metadata", "protocol_version"), "2.0"),
+            _tamper(task(), ("metadata", "protocol_version"), "3.0"),
             {},
             RejectReason.UNSUPPORTED_VERSION,
         ),
@@ -104,7 +104,7 @@ def _tamper(raw: bytes, path: tuple[str, ...], value: object) -> bytes:
         "not an object",
         "no metadata",
         "unknown type",
-        "major 2",
+        "major 3",
         "altered payload",
         "wrong key",
         "unknown key id",
@@ -123,9 +123,10 @@ def test_refusals_carry_a_reason(
 
 def test_unsupported_major_names_the_version() -> None:
     with pytest.raises(
-        MessageRejectedError, match=r"protocol_version 2\.0 is not supported \(supported: 1\.x\)"
+        MessageRejectedError,
+        match=r"protocol_version 3\.0 is not supported \(supported: 1\.x, 2\.x\)",
     ):
-        decode(_tamper(task(), ("metadata", "protocol_version"), "2.0"), now=NOW)
+        decode(_tamper(task(), ("metadata", "protocol_version"), "3.0"), now=NOW)
 
 
 def test_newer_minor_versions_are_accepted() -> None:

@@ -8,11 +8,12 @@ import uuid
 from collections.abc import Mapping
 from typing import Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from newfuse.tracing import TraceExporter
 from newfuse.wire.agentenv import AgentEnv
 from newfuse.wire.envelope import PROTOCOL_VERSION, SUPPORTED_MAJOR_VERSIONS
+from newfuse.wire.protocol import parse_speaks
 from newfuse.wire.review import ReviewPolicy
 from newfuse.wire.sealing import Sealer
 from newfuse.wire.signing import Keyring, Signing
@@ -29,6 +30,7 @@ _ENV: Final[dict[str, str]] = {
     AgentEnv.REVISION: "revision",
     AgentEnv.CAPABILITIES: "capabilities",
     AgentEnv.PROTOCOL_VERSION: "protocol_version",
+    AgentEnv.PROTOCOL_SPEAKS: "speaks",
     AgentEnv.CONCURRENCY: "concurrency",
     AgentEnv.HEARTBEAT_SECONDS: "heartbeat_seconds",
     AgentEnv.HTTP_PORT: "http_port",
@@ -60,6 +62,8 @@ class AgentConfig(BaseModel):
     revision: str = "dev"
     capabilities: tuple[str, ...] = ()
     protocol_version: str = Field(default=PROTOCOL_VERSION, pattern=r"^[0-9]+\.[0-9]+$")
+    # The task majors this agent takes; others are passed on (newfuse.wire.protocol).
+    speaks: frozenset[int] = SUPPORTED_MAJOR_VERSIONS
     concurrency: int = Field(default=4, ge=1, le=256)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -95,6 +99,11 @@ class AgentConfig(BaseModel):
     tasks: TaskPolicy = Field(default_factory=TaskPolicy)
     # Which outputs wait for a person, and how long reviews wait: the fleet's spec.review.
     review: ReviewPolicy = Field(default_factory=ReviewPolicy)
+
+    @field_validator("speaks", mode="before")
+    @classmethod
+    def _majors(cls, value: object) -> object:
+        return parse_speaks(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _speaks_the_protocol(self) -> Self:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from enum import StrEnum
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -27,6 +28,8 @@ class TaskOutcome(StrEnum):
     AWAITING_REVIEW = "awaiting_review"
     # Parked on a task delegated to another fleet: it resumes once that task has ended.
     DELEGATED = "delegated"
+    # A task of a protocol major this agent does not speak, left for an agent that does.
+    PASSED_ON = "passed_on"
 
 
 TASKS = Counter("newfuse_agent_tasks_total", "Task deliveries by outcome.", ["outcome"])
@@ -71,3 +74,11 @@ COST = Counter(
     "newfuse_agent_model_cost_total",
     "What this agent's tasks' model calls cost, by the price table.",
 )
+
+
+def p95_ms(latencies: Collection[float]) -> float | None:
+    """95th percentile handler latency over the recent tasks (None: no task yet)."""
+    if not latencies:
+        return None
+    ordered = sorted(latencies)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))], 3)

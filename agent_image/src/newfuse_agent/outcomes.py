@@ -9,6 +9,7 @@ with backoff rather than losing finished work.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import logging
 from collections import deque
@@ -32,7 +33,14 @@ from newfuse.core import tasklife
 from newfuse.core.tasklife import Fail, Retry
 from newfuse.tracing import current_traceparent
 from newfuse.wire.delegation import TaskRef
-from newfuse.wire.envelope import MessageRejectedError, MessageType, RejectReason, encode
+from newfuse.wire.envelope import (
+    PROTOCOL_VERSION,
+    MessageRejectedError,
+    MessageType,
+    RejectReason,
+    encode,
+)
+from newfuse.wire.protocol import PASS_ON_DELAY_SECONDS, majors_text
 from newfuse.wire.sealing import RESULT_CLEAR, TASK_CLEAR
 from newfuse.wire.signing import Channel
 from newfuse.wire.tasks import (
@@ -49,6 +57,11 @@ from newfuse_agent.metrics import TaskOutcome
 from newfuse_agent.queue import Delivery, TaskQueue
 
 log = logging.getLogger("newfuse_agent")
+# The protocol version of the task this asyncio task runs: a task written back (a retry, a park, a
+# hand-back) keeps its major, so an agent that does not speak it still passes it on.
+TASK_PROTOCOL: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "task_protocol", default=PROTOCOL_VERSION
+)
 tracer = trace.get_tracer("newfuse.agent")
 TASK_ID_CHARS: Final = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
@@ -303,6 +316,26 @@ class Outcomes:
             delivery, stand_in, verdict, executed=False, reason=exc.reason, keep=REFUSED_RAW_KEPT
         )
 
+    async def pass_on(
+        self, delivery: Delivery, task: TaskPayload, major: int, others: frozenset[int]
+    ) -> None:
+        """A task of a major this agent does not speak: to an agent that does, else failed.
+
+        It goes back unchanged (signature and all) through the retry set, so the agent that
+        passed it on does not spin on it while it is the only free reader.
+        """
+        if major in others:
+            await self.queue.requeue(
+                delivery, task.task_id, delivery.raw, task.priority, PASS_ON_DELAY_SECONDS
+            )
+            metrics.TASKS.labels(TaskOutcome.PASSED_ON).inc()
+            return
+        detail = (
+            f"protocol {major}.x: no live agent of this fleet speaks it (this agent speaks "
+            f"{majors_text(self.config.speaks)}; others speak {majors_text(others) or 'nothing'})"
+        )
+        await self.refuse(delivery, MessageRejectedError(RejectReason.UNSUPPORTED_VERSION, detail))
+
     def letter(
         self,
         delivery: Delivery,
@@ -329,8 +362,13 @@ class Outcomes:
     def _sealed(self, payload: dict[str, Any], clear: frozenset[str], kind: str) -> dict[str, Any]:
         return payload if self._sealer is None else self._sealer.seal_fields(payload, clear, kind)
 
-    def task_envelope(self, task: TaskPayload, traceparent: str | None) -> bytes:
-        """``task`` as a fresh envelope from this agent (signed when the fleet signs)."""
+    def task_envelope(
+        self, task: TaskPayload, traceparent: str | None, version: str | None = None
+    ) -> bytes:
+        """``task`` as a fresh envelope from this agent (signed when the fleet signs).
+
+        ``version`` is the protocol version to stamp (default: the running task's).
+        """
         return encode(
             MessageType.TASK,
             self._sealed(task.model_dump(mode="json"), TASK_CLEAR, "task"),
@@ -339,15 +377,17 @@ class Outcomes:
             audience=self.queue.keys.audience(Channel.TASKS),
             signer=self._signing.signer,
             traceparent=traceparent,
+            protocol_version=version or TASK_PROTOCOL.get(),
         )
 
-    async def hand_back(self, delivery: Delivery, payload: TaskPayload | None) -> None:
+    async def hand_back(
+        self, delivery: Delivery, payload: TaskPayload | None, version: str | None = None
+    ) -> None:
         """Put an unfinished task back on its stream (a drain), unless it finished meanwhile."""
         if payload is None:
             return  # not even decoded: it stays pending and is reclaimed after the claim bound
+        envelope = self.task_envelope(payload, None, version)
         with contextlib.suppress(RedisError, OSError):
-            reply = await self.queue.requeue(
-                delivery, payload.task_id, self.task_envelope(payload, None), payload.priority
-            )
+            reply = await self.queue.requeue(delivery, payload.task_id, envelope, payload.priority)
             if reply not in ("done", "lost"):
                 metrics.TASKS.labels(TaskOutcome.HANDED_BACK).inc()

@@ -35,6 +35,7 @@ from newfuse.wire.envelope import (
     decode,
     validate,
 )
+from newfuse.wire.protocol import major_of
 from newfuse.wire.sealing import SealError, is_sealed
 from newfuse.wire.signing import Channel
 from newfuse.wire.tasks import FailReason, LetterReason, ResultStatus, TaskPayload
@@ -52,7 +53,8 @@ from newfuse_agent.contract import (
 )
 from newfuse_agent.delegations import Delegator
 from newfuse_agent.metrics import TaskOutcome
-from newfuse_agent.outcomes import Outcomes, Stats
+from newfuse_agent.outcomes import TASK_PROTOCOL, Outcomes, Stats
+from newfuse_agent.protocol import Protocols
 from newfuse_agent.queue import Delivery, TaskQueue
 from newfuse_agent.reviews import Reviews
 from newfuse_agent.shadow import ShadowTap
@@ -82,6 +84,8 @@ class Processor:
         self._signing = config.signing
         self._sealer = config.sealer
         self.tasks: dict[str, TaskPayload] = {}  # entry id -> decoded task, for hand-backs
+        self.versions: dict[str, str] = {}  # entry id -> its protocol version, likewise
+        self.protocols = Protocols(queue.client, queue.keys, config.agent_id, clock)
         self.out = Outcomes(config, queue, clock, stats)
         store = ReviewStore(queue.client, queue.keys, self.policy.result_ttl_seconds)
         self.reviews = Reviews(config, store, self.out)
@@ -107,6 +111,8 @@ class Processor:
         if task is None:
             return
         self.tasks[delivery.entry_id] = task
+        self.versions[delivery.entry_id] = envelope.metadata.protocol_version
+        TASK_PROTOCOL.set(envelope.metadata.protocol_version)
         with tracer.start_as_current_span(
             "newfuse.task.process",
             context=context_from(envelope.metadata.traceparent),
@@ -163,6 +169,12 @@ class Processor:
             )
         fields = self._opened(envelope.payload)
         task = validate(TaskPayload, fields, RejectReason.INVALID_PAYLOAD, "payload.")
+        major = major_of(envelope.metadata.protocol_version)
+        self.protocols.note(major)
+        if major not in self.config.speaks:  # before the replay guard: it goes on unchanged
+            others = await self.protocols.spoken_by_others()
+            await self.out.pass_on(delivery, task, major, others)
+            return envelope, None
         signed = self._signing.keyring is not None and envelope.metadata.signature is not None
         if signed:
             first = await self.queue.guard(envelope.metadata.message_id, delivery.entry_id)
@@ -194,6 +206,15 @@ class Processor:
             )
             return envelope, None
         return envelope, task
+
+    def forget(self, entry_id: str) -> None:
+        """A delivery's processing ended: drop what a hand-back would have needed."""
+        self.tasks.pop(entry_id, None)
+        self.versions.pop(entry_id, None)
+
+    def held(self, entry_id: str) -> tuple[TaskPayload | None, str | None]:
+        """What a hand-back of the entry needs: its task and protocol version, if known."""
+        return self.tasks.get(entry_id), self.versions.get(entry_id)
 
     async def _resumed(
         self, delivery: Delivery, traceparent: str | None, task: TaskPayload

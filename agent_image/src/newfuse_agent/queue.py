@@ -271,7 +271,7 @@ class TaskQueue:
         self,
         delivery: Delivery,
         task_id: str,
-        envelope: bytes,
+        envelope: bytes | str,
         priority: Priority,
         delay_seconds: float | None = None,
     ) -> str:

@@ -239,7 +239,7 @@ class Agent:
     def _done(self, task: asyncio.Task[None]) -> None:
         delivery = self._inflight.pop(task, None)
         if delivery is not None:
-            self.processor.tasks.pop(delivery.entry_id, None)
+            self.processor.forget(delivery.entry_id)
         metrics.INFLIGHT.set(len(self._inflight))
         if not task.cancelled() and task.exception() is not None:
             log.error("task processing crashed: %r", task.exception())
@@ -272,25 +272,20 @@ class Agent:
                 status=self.status,
                 capabilities=list(self.config.capabilities),
                 revision=self.config.revision,
+                speaks=sorted(self.config.speaks),
                 metrics=AgentMetrics(
                     requests_handled=stats.requests_handled,
                     last_active=stats.last_active,
                     tasks_completed=stats.tasks_completed,
                     tasks_failed=stats.tasks_failed,
-                    latency_p95_ms=self.latency_p95_ms(),
+                    latency_p95_ms=metrics.p95_ms(stats.latencies),
                 ),
             ),
             version=self._version,
             timestamp=now,
         )
         await put_state(self.client, self.keys, update)
-
-    def latency_p95_ms(self) -> float | None:
-        """95th percentile handler latency over the recent tasks."""
-        if not self.stats.latencies:
-            return None
-        ordered = sorted(self.stats.latencies)
-        return round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))], 3)
+        await self.processor.protocols.flush()
 
     # -- coordination ---------------------------------------------------------------------------
 
@@ -389,11 +384,11 @@ class Agent:
         _, unfinished = await asyncio.wait(list(self._inflight), timeout=grace)
         # Read what each one was before cancelling: the done callback forgets it.
         leaving = [
-            (self._inflight[t], self.processor.tasks.get(self._inflight[t].entry_id))
+            (self._inflight[t], *self.processor.held(self._inflight[t].entry_id))
             for t in unfinished
         ]
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
-        for delivery, payload in leaving:
-            await self.processor.out.hand_back(delivery, payload)
+        for delivery, payload, version in leaving:
+            await self.processor.out.hand_back(delivery, payload, version)

@@ -93,8 +93,9 @@ class A2AStore:
                     keys.tasks(spec.priority),
                     keys.budget,
                     keys.usage,
+                    keys.protocol,
                 ],
-                args=[task_id, record, expires, _POLICY.result_stream_max, envelope],
+                args=[task_id, record, expires, _POLICY.result_stream_max, envelope, spec.major],
             )
         return str(kept)
 

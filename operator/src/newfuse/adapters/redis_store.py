@@ -38,7 +38,7 @@ from newfuse.core.untrusted import (
     parse_state_update,
     parse_states,
 )
-from newfuse.wire import golden, shadow
+from newfuse.wire import golden, protocol, shadow
 from newfuse.wire.delegation import COUNTER_DEADLOCKS
 from newfuse.wire.envelope import MessageType, encode
 from newfuse.wire.golden import GoldenOutput, GoldenRun
@@ -234,6 +234,10 @@ class RedisStore:
         seconds, _ = await self._client.time()
         raw = await self._client.hgetall(keys.usage)
         return parse_usage({str(k): str(v) for k, v in raw.items()}, seconds // SECONDS_PER_DAY)
+
+    async def protocol_seen(self, keys: FleetKeys) -> dict[int, float]:
+        """Protocol major -> seconds since a task of it was last seen (by Redis' clock)."""
+        return protocol.ages(await self._client.eval(protocol.SEEN_LUA, 1, keys.protocol))
 
     async def put_budget(self, keys: FleetKeys, budget: BudgetSpec | None) -> None:
         """Mirror the hard limits the submission scripts check; without any, remove them."""

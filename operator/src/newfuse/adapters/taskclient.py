@@ -19,7 +19,6 @@ import datetime as dt
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -47,8 +46,14 @@ from newfuse.adapters.taskerrors import (
     RequeueSkippedError,
     refusing_over_budget,
 )
+from newfuse.adapters.taskspec import Submitted, TaskSpec
 from newfuse.tracing import current_traceparent
-from newfuse.wire.envelope import SECURITY_REJECTIONS, MessageRejectedError, MessageType, encode
+from newfuse.wire.envelope import (
+    SECURITY_REJECTIONS,
+    MessageRejectedError,
+    MessageType,
+    encode,
+)
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.sealing import TASK_CLEAR, Sealer
 from newfuse.wire.signing import Channel, Signing
@@ -63,36 +68,12 @@ from newfuse.wire.tasks import (
 )
 from newfuse.wire.usage import SUBMIT_BUDGETED_LUA
 
+__all__ = ["Submitted", "TaskClient", "TaskSpec"]
+
 tracer = trace.get_tracer("newfuse.taskclient")
 
 
 DEFAULT_MAX_PAYLOAD_BYTES: Final = TaskPolicy().max_payload_bytes
-
-
-@dataclass(frozen=True)
-class Submitted:
-    """What a submission did."""
-
-    task_id: str
-    entry_id: str
-    created: bool
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One task to submit."""
-
-    handler: str
-    input: Any = None
-    priority: Priority = Priority.NORMAL
-    task_id: str | None = None
-    max_attempts: int = 3
-    # None: the fleet's default timeout (TaskPolicy.default_timeout_seconds).
-    timeout_seconds: float | None = None
-    # Past this instant (timezone-aware) the task gets a FAILED result, reason `deadline`.
-    deadline: dt.datetime | None = None
-    # Followed by the fleet API: agents note its start and end (TaskPayload.events).
-    events: bool = False
 
 
 # redis-py's reply types are unions of everything; these are what XREAD/XRANGE return when decoded.
@@ -203,6 +184,7 @@ class TaskClient:
                 audience=self.keys.audience(Channel.TASKS),
                 signer=self._signer,
                 traceparent=current_traceparent(),
+                protocol_version=spec.protocol_version,
             )
         if len(raw) > self.max_payload_bytes:
             raise PayloadTooLargeError(task.task_id, len(raw), self.max_payload_bytes)
@@ -212,11 +194,14 @@ class TaskClient:
         """Enqueue one task (a task id seen before is not enqueued again)."""
         task_id, raw = self.envelope(spec)
         with refusing_over_budget(self.keys):
-            created, entry = await self._submit(keys=self._keys(spec.priority), args=[task_id, raw])
+            created, entry = await self._submit(
+                keys=self._keys(spec.priority), args=[task_id, raw, spec.major]
+            )
         return Submitted(task_id, str(entry), bool(int(created)))
 
     def _keys(self, priority: Priority) -> list[str]:
-        return [self.keys.task_index, self.keys.tasks(priority), self.keys.budget, self.keys.usage]
+        keys = self.keys
+        return [keys.task_index, keys.tasks(priority), keys.budget, keys.usage, keys.protocol]
 
     async def submit_many(
         self, specs: Iterable[TaskSpec], batch: int = 500
@@ -227,12 +212,13 @@ class TaskClient:
         oversize task stops the submission with nothing of its batch written; batches yielded
         before it stay submitted.
         """
-        pending: list[tuple[str, bytes, Priority]] = []
+        pending: list[tuple[str, bytes, TaskSpec]] = []
 
         async def flush() -> list[Submitted]:
             pipe = self.client.pipeline(transaction=False)
-            for task_id, raw, priority in pending:
-                await self._submit(keys=self._keys(priority), args=[task_id, raw], client=pipe)
+            for task_id, raw, spec in pending:
+                args: list[str | bytes] = [task_id, raw, spec.major]
+                await self._submit(keys=self._keys(spec.priority), args=args, client=pipe)
             with refusing_over_budget(self.keys):
                 replies = await pipe.execute()
             done = [
@@ -244,7 +230,7 @@ class TaskClient:
 
         for spec in specs:
             task_id, raw = self.envelope(spec)
-            pending.append((task_id, raw, spec.priority))
+            pending.append((task_id, raw, spec))
             if len(pending) >= batch:
                 yield await flush()
         if pending:

@@ -106,6 +106,18 @@ class ShadowSpec(KubeModel):
     )
 
 
+class ProtocolGateSpec(KubeModel):
+    """Before stage 3, the canary must speak every protocol major live traffic still uses."""
+
+    quiet_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=7 * 86400,
+        description="A major counts as in use until no task of it was submitted or taken for "
+        "this long (and no task waiting in the backlog can be older than that sighting).",
+    )
+
+
 class AnalysisSpec(KubeModel):
     """Gates on the quality of a revision's answers, added to every stage-1 and -2 gate."""
 
@@ -114,4 +126,9 @@ class AnalysisSpec(KubeModel):
     )
     shadow: ShadowSpec | None = Field(
         default=None, description="Live tasks copied to the canary and compared with stable."
+    )
+    protocol: ProtocolGateSpec = Field(
+        default_factory=ProtocolGateSpec,
+        description="The protocol-version gate before stage 3 (always on: it holds only while "
+        "traffic uses a major the canary does not speak).",
     )

@@ -93,6 +93,8 @@ class RolloutReason(StrEnum):
     REVERTED = "SpecRevertedToStable"
     DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     COMPLETED = "RolloutCompleted"
+    # Stage 3 waits: live traffic still uses a protocol major the canary does not speak.
+    PROTOCOL_HELD = "ProtocolVersionsInUse"
 
 
 class GateSpec(KubeModel):
@@ -276,6 +278,10 @@ class RolloutState(KubeModel):
     )
     consecutive_failures: int = 0
     last_verdict: GateVerdict | None = None
+    held: str | None = Field(
+        default=None,
+        description="Why stage 3 waits: live traffic uses a protocol major the canary lacks.",
+    )
     history: list[HistoryEntry] = Field(default_factory=list)
     last_action: str | None = Field(
         default=None, description="The newfuse.io/rollout-action annotation value already acted on."

@@ -75,6 +75,8 @@ class Reason(StrEnum):
     HEARTBEATS_FRESH = "HeartbeatsFresh"
     HEARTBEATS_STALE = "HeartbeatsStale"
     NO_AGENTS_REPORTING = "NoAgentsReporting"
+    # A rollout holds before stage 3: traffic uses a protocol major the canary does not speak.
+    PROTOCOL_VERSIONS_IN_USE = "ProtocolVersionsInUse"
     # Event-only reasons.
     POD_CREATED = "PodCreated"
     POD_DELETED = "PodDeleted"

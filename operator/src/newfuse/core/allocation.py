@@ -28,18 +28,20 @@ def allocate(
     ready_canary: int,
     stable_capabilities: frozenset[str],
     canary_capabilities: frozenset[str],
+    stable_floor: int = 0,
 ) -> tuple[int, int]:
     """(stable agents to keep, canary agents to run) for the step's canary target.
 
     Stable agents go only as canary agents are Ready (minus maxUnavailable), never taking a
-    capability below the budget; canary agents are added at most maxSurge above replicas.
+    capability below the budget, nor below ``stable_floor`` (the protocol gate's); canary agents
+    are added at most maxSurge above replicas.
     """
     stable_keep = max(replicas - canary_target, replicas - ready_canary - policy.max_unavailable, 0)
     budget = min(policy.capability_budget, replicas)
     for capability in stable_capabilities:
         from_canary = ready_canary if capability in canary_capabilities else 0
         stable_keep = max(stable_keep, budget - from_canary)
-    stable_keep = min(stable_keep, replicas)
+    stable_keep = min(max(stable_keep, stable_floor), replicas)
     canary_run = max(
         min(canary_target, replicas + policy.max_surge - stable_keep),
         min(ready_canary, canary_target),

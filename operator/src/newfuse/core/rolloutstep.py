@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection, Sequence
+from dataclasses import replace
 
 from newfuse.api.rollout import TERMINAL_PHASES, HistoryEntry, RolloutReason, RolloutState
 from newfuse.api.v1alpha1 import EventType, NewFuseAgent
@@ -20,6 +21,7 @@ from newfuse.core.golden import GoldenObservation
 from newfuse.core.metrics import AgentReports
 from newfuse.core.planner import Plan, plan_revisions
 from newfuse.core.pods import ObservedPod
+from newfuse.core.protocol import ProtocolObservation, speaks_by_revision
 from newfuse.core.rollout import Decision, Observation, decide
 from newfuse.core.shadow import ShadowObservation
 from newfuse.core.status import RedisObservation
@@ -38,6 +40,7 @@ ENDING_ROLLOUT_REASONS = frozenset(
 WARNING_ROLLOUT_REASONS = frozenset(
     {
         RolloutReason.GATE_FAILED,
+        RolloutReason.PROTOCOL_HELD,
         RolloutReason.ROLLED_BACK,
         RolloutReason.DEADLINE_EXCEEDED,
         RolloutReason.ABORTED,
@@ -62,6 +65,7 @@ def observation_of(
     stable_capabilities: frozenset[str] | None,
     golden: GoldenObservation | None = None,
     shadow: ShadowObservation | None = None,
+    protocol: ProtocolObservation | None = None,
 ) -> Observation:
     """What the state machine sees: Ready agents and task counts per revision, the user's action.
 
@@ -82,6 +86,8 @@ def observation_of(
     if isinstance(reports, AgentReports):
         usage = reports.usage.by_revision if reports.usage is not None else {}
         stats = revision_stats(reports.counts, reports.p95_by_revision(), usage)
+        if protocol is not None:
+            protocol = replace(protocol, speaks=speaks_by_revision(reports.updates))
     return Observation(
         replicas=fleet.spec.replicas,
         update_revision=revision,
@@ -92,6 +98,7 @@ def observation_of(
         controls=parse_action(action, state.last_action if state else None),
         golden=golden,
         shadow=shadow,
+        protocol=protocol,
     )
 
 
@@ -103,12 +110,16 @@ def step(
     stable_capabilities: frozenset[str] | None,
     now: dt.datetime,
     analysis: tuple[GoldenObservation | None, ShadowObservation | None] = (None, None),
+    protocol: ProtocolObservation | None = None,
 ) -> Decision:
     """One rollout decision for the fleet, with the action annotation marked as handled.
 
-    ``analysis`` holds what the golden and shadow gates saw this round.
+    ``analysis`` holds what the golden and shadow gates saw this round, ``protocol`` the
+    protocol majors traffic used (each revision's spoken ones are read from ``reports``).
     """
-    observation = observation_of(fleet, revision, pods, reports, stable_capabilities, *analysis)
+    observation = observation_of(
+        fleet, revision, pods, reports, stable_capabilities, *analysis, protocol
+    )
     decision = decide(fleet.spec.rollout, observation, fleet.status.rollout, now)
     action = fleet.metadata.annotations.get(naming.ROLLOUT_ACTION_ANNOTATION)
     if decision.state is None or not action or decision.state.last_action == action:

@@ -209,6 +209,8 @@ def _progressing(f: _Facts) -> Condition:
     if f.inputs.fleet.spec.paused:
         return f.condition(kind, FALSE, Reason.SPEC_PAUSED, "spec.paused is true")
     if f.rollout is not None and f.rollout_active:
+        if f.rollout.held is not None:
+            return f.condition(kind, TRUE, Reason.PROTOCOL_VERSIONS_IN_USE, f.rollout.held)
         message = f"{f.rollout.phase}: {f.rollout.message}"
         return f.condition(kind, TRUE, Reason.ROLLOUT_IN_PROGRESS, message)
     if f.rolled_back:

@@ -37,7 +37,7 @@ from newfuse.fleetapi.liveroutes import LiveEndpoints
 from newfuse.fleetapi.metrics import CALLS
 from newfuse.fleetapi.reviewroutes import ReviewEndpoints
 from newfuse.fleetapi.streams import EVENT_ID
-from newfuse.fleetapi.tasks import CAPABILITIES, FLEET, USER, FleetTaskHandler
+from newfuse.fleetapi.tasks import CAPABILITIES, FLEET, PROTOCOL, USER, FleetTaskHandler
 from newfuse.fleetapi.webhooks import Pusher
 from newfuse.wire.endpoints import A2A_PREFIX, a2a_url
 
@@ -92,6 +92,7 @@ class _FleetContext(DefaultServerCallContextBuilder):
         context = super().build(request)
         context.state[FLEET] = request.state.fleet
         context.state[CAPABILITIES] = request.state.capabilities
+        context.state[PROTOCOL] = request.state.protocol_version
         context.state[USER] = getattr(request.state, "user", None)
         return context
 

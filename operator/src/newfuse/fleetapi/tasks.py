@@ -65,10 +65,13 @@ from newfuse.fleetapi.a2amap import (
 )
 from newfuse.fleetapi.fleets import Fleet
 from newfuse.fleetapi.streams import Position, follow
+from newfuse.wire.envelope import PROTOCOL_VERSION
 
 # Keys of ServerCallContext.state the app's context builder fills.
 FLEET: str = "newfuse.fleet"
 CAPABILITIES: str = "newfuse.capabilities"
+# The fleet's spec.protocolVersion, which a call's A2A-Version must name: its tasks carry it.
+PROTOCOL: str = "newfuse.protocol"
 USER: str = "newfuse.user"  # the verified caller (a ReviewedUser), None without auth
 # The SSE resume header, as Starlette's (lower-cased) header map names it.
 LAST_EVENT_ID: str = "last-event-id"
@@ -134,7 +137,13 @@ class FleetTaskHandler(RequestHandler):
             by=user.username if user is not None else None,
             push=push or [],
         )
-        spec = TaskSpec(handler=skill, input=task_input(message), task_id=task_id, events=True)
+        spec = TaskSpec(
+            handler=skill,
+            input=task_input(message),
+            task_id=task_id,
+            events=True,
+            protocol_version=context.state.get(PROTOCOL, PROTOCOL_VERSION),
+        )
         if push:  # the record carries them; delivery must be ready for the first event
             await fleet.store.prepare_push()
         try:

@@ -143,6 +143,9 @@ class RedisPort(Protocol):
     async def usage(self, keys: FleetKeys) -> Usage:
         """Tokens and cost per revision and today (by Redis' clock), as the agents counted."""
 
+    async def protocol_seen(self, keys: FleetKeys) -> dict[int, float]:
+        """Protocol major -> seconds since a task of it was last submitted or taken."""
+
     async def put_budget(self, keys: FleetKeys, budget: BudgetSpec | None) -> None:
         """Mirror spec.budget's hard limits for the submission scripts (none: remove them)."""
 

@@ -15,11 +15,12 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from newfuse import observability as obs
-from newfuse.api.rollout import HistoryEntry, RolloutState
+from newfuse.api.rollout import TERMINAL_PHASES, HistoryEntry, RolloutState
 from newfuse.api.v1alpha1 import NewFuseAgent, NewFuseAgentSpec
 from newfuse.core.audit import audit_record
 from newfuse.core.metrics import AgentReports
 from newfuse.core.pods import ObservedPod
+from newfuse.core.protocol import ProtocolObservation
 from newfuse.core.revision import spec_with_template, template_of
 from newfuse.core.rollout import Decision
 from newfuse.core.rolloutstep import (
@@ -102,7 +103,22 @@ class RolloutDriver:
         if stable != revision and (spec := await self.spec_of(key, fleet, stable)) is not None:
             capabilities = frozenset(spec.capabilities)
         analysis = (await self.golden.observe(fleet), await self.shadow.observe(fleet))
-        return step(fleet, revision, observed, reports, capabilities, now, analysis)
+        protocol = await self.protocol_of(fleet)
+        return step(fleet, revision, observed, reports, capabilities, now, analysis, protocol)
+
+    async def protocol_of(self, fleet: NewFuseAgent) -> ProtocolObservation | None:
+        """The protocol majors traffic used, while a rollout may need them (else None)."""
+        state = fleet.status.rollout
+        if state is None or state.phase in TERMINAL_PHASES:
+            return None
+        keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
+        backlog = fleet.status.backlog
+        waiting = backlog.oldest_waiting_seconds if backlog is not None else None
+        try:
+            seen = await self.redis.protocol_seen(keys)
+        except (RedisError, OSError) as exc:
+            return ProtocolObservation(problem=f"Redis unreachable: {exc}")
+        return ProtocolObservation(seen=seen, oldest_waiting_seconds=waiting)
 
     async def post_events(
         self,

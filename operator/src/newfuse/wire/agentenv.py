@@ -21,6 +21,9 @@ class AgentEnv(StrEnum):
     REVISION = "NEWFUSE_REVISION"
     CAPABILITIES = "NEWFUSE_CAPABILITIES"
     PROTOCOL_VERSION = "NEWFUSE_PROTOCOL_VERSION"
+    # The protocol majors this agent takes, e.g. "2" (unset: every major the image supports). A
+    # task of another major is passed on to an agent that speaks it (newfuse.wire.protocol).
+    PROTOCOL_SPEAKS = "NEWFUSE_PROTOCOL_SPEAKS"
     CONCURRENCY = "NEWFUSE_CONCURRENCY"
     HEARTBEAT_SECONDS = "NEWFUSE_HEARTBEAT_SECONDS"
     HTTP_PORT = "NEWFUSE_HTTP_PORT"

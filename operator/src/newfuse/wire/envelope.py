@@ -33,7 +33,10 @@ from newfuse.wire.signing import (
 )
 
 PROTOCOL_VERSION: Final = "1.0"
-SUPPORTED_MAJOR_VERSIONS: Final = frozenset({1})
+# 2.0 is wire-identical to 1.0 today: the major exists so a fleet can run a major-version migration
+# (stable speaks both, the canary only the new one) through the rollout's protocol gate before a
+# breaking change ships. Which majors an agent takes is its own choice (newfuse.wire.protocol).
+SUPPORTED_MAJOR_VERSIONS: Final = frozenset({1, 2})
 # A message stamped further ahead than this is refused (a broken clock, or a forgery); a signed
 # system message older than this is refused as a possible replay. Tasks are not aged by it: a
 # task's age is bounded by its own deadline (see newfuse.core.tasklife).

@@ -238,6 +238,11 @@ class FleetKeys:
         return f"{self.prefix}:budget"
 
     @property
+    def protocol(self) -> str:
+        """Sorted set: protocol major -> when a task of it was last submitted or taken (ms)."""
+        return f"{self.prefix}:protocol"
+
+    @property
     def dead_letters(self) -> str:
         """Stream of dead letters: malformed, refused or exhausted messages, with the reason."""
         return f"{self.prefix}:dlq"
@@ -327,6 +332,7 @@ class FleetKeys:
             self.golden_claims,
             self.usage,
             self.budget,
+            self.protocol,
             self.shadow,
             self.shadow_cases,
             self.shadow_outputs,

@@ -52,6 +52,8 @@ class AgentState(WireModel):
     capabilities: list[str] = Field(default_factory=list)
     metrics: AgentMetrics = Field(default_factory=AgentMetrics)
     revision: str | None = None
+    # Protocol majors the agent takes (empty: an image from before this field, which spoke 1.x).
+    speaks: list[int] = Field(default_factory=list)
 
 
 class StateUpdate(WireModel):

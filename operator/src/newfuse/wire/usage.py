@@ -13,6 +13,7 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from newfuse.wire.protocol import stamp_lua
 from newfuse.wire.scripts import _NOW_MS, A2A_SUBMIT_LUA
 
 SECONDS_PER_DAY: Final = 86400
@@ -94,10 +95,12 @@ end
 """
 
 
-# KEYS: task index, task stream, budget, usage. ARGV: task id, envelope.
-# SUBMIT_LUA with the hard budget checked for a task id not seen before.
+# KEYS: task index, task stream, budget, usage, protocol set. ARGV: task id, envelope, its major.
+# SUBMIT_LUA with the hard budget checked for a task id not seen before, and the task's protocol
+# major stamped as seen (newfuse.wire.protocol), resubmissions too: they are traffic of that major.
 SUBMIT_BUDGETED_LUA: Final = (
-    """
+    stamp_lua(5, 3)
+    + """
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
 if existing then return {0, existing} end
 """
@@ -109,10 +112,12 @@ return {1, id}
 """
 )
 
-# KEYS: A2A_SUBMIT_LUA's five, then budget, usage. The fleet API's submission, refused over a hard
-# budget unless the task already has a record (a client's retry of an admitted task).
+# KEYS: A2A_SUBMIT_LUA's five, then budget, usage, protocol set; ARGV: A2A_SUBMIT_LUA's, then the
+# major of the fleet's A2A version (the request's A2A-Version). The fleet API's submission, refused
+# over a hard budget unless the task already has a record (a client's retry of an admitted task).
 A2A_SUBMIT_BUDGETED_LUA: Final = (
-    "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then\n"
+    stamp_lua(8, 6)
+    + "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then\n"
     + budget_guard(6, 7)
     + "end\n"
     + A2A_SUBMIT_LUA
