@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -52,19 +52,26 @@ class Stub:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     # The usage each answer reports (a test may make one model cost more than another).
     usage: dict[str, int] = field(default_factory=lambda: dict(USAGE))
+    # What the model says to the messages (default: "echo: <last message>").
+    content: Callable[[list[dict[str, str]]], str] | None = None
 
     def next_reply(self) -> Reply:
         return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
 
 
-def _completion(messages: list[dict[str, str]], usage: dict[str, int]) -> dict[str, Any]:
+def _completion(
+    messages: list[dict[str, str]], usage: dict[str, int], content: str | None = None
+) -> dict[str, Any]:
     return {
         "id": "cmpl-1",
         "model": MODEL,
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": f"echo: {messages[-1]['content']}"},
+                "message": {
+                    "role": "assistant",
+                    "content": content or f"echo: {messages[-1]['content']}",
+                },
             }
         ],
         "usage": usage,
@@ -104,7 +111,8 @@ async def stub_gateway(*replies: Reply) -> AsyncIterator[Stub]:
             return web.json_response({"error": reply.value}, status=status, headers=headers)
         if reply is Reply.NOT_JSON:
             return web.Response(text="<html>login</html>", content_type="text/html")
-        return web.json_response(_completion(body["messages"], stub.usage))
+        said = stub.content(body["messages"]) if stub.content is not None else None
+        return web.json_response(_completion(body["messages"], stub.usage, said))
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)

@@ -6,7 +6,8 @@ returned. Judging the answers is the operator's (newfuse.core.golden): an agent 
 A case whose agent dies mid-run is taken by another agent of the revision once its claim is stale
 (the task timeout plus the claim bound), so a run always finishes. Shadow copies (live tasks the
 stable revision answered, newfuse_agent.shadow) are run the same way by canary agents, and their
-answers go to a hash of their own: never to the task's result.
+answers go to a hash of their own: never to the task's result. Stable agents also grade the
+answers of llmJudge cases with their model (newfuse_agent.judge).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from newfuse.wire.shadow import ShadowCase
 from newfuse_agent import metrics
 from newfuse_agent.config import AgentConfig
 from newfuse_agent.contract import DelegationRequired, Handler, InputRequired, TaskContext
+from newfuse_agent.judge import Judge
 from newfuse_agent.usage import metering
 
 log = logging.getLogger("newfuse_agent.golden")
@@ -53,6 +55,9 @@ class GoldenRunner:
         self._claim = client.register_script(golden.CLAIM_LUA)
         self._record = client.register_script(golden.RECORD_LUA)
         self._claim_shadow = client.register_script(shadow.CLAIM_LUA)
+        self.judge = Judge(
+            client, self.keys, config.revision, config.consumer, context.gateway, self.stale_ms
+        )
 
     async def loop(self) -> None:
         """Look for cases every GOLDEN_POLL_SECONDS; run every one found. Cancelled on drain."""
@@ -65,8 +70,10 @@ class GoldenRunner:
             await asyncio.sleep(golden.GOLDEN_POLL_SECONDS)
 
     async def run_one(self) -> bool:
-        """Claim, run and record one golden case or shadow copy; False when none is left."""
-        return await self._golden_case() or await self._shadow_copy()
+        """Claim, run and record one golden case, shadow copy or grading; False if none is left."""
+        return (
+            await self._golden_case() or await self._shadow_copy() or await self.judge.grade_one()
+        )
 
     async def _shadow_copy(self) -> bool:
         keys = self.keys

@@ -64,7 +64,7 @@ DEADLOCKS = Counter(
 )
 GOLDEN_CASES = Counter(
     "newfuse_agent_golden_cases_total",
-    "Golden cases and shadow copies this agent ran for a rollout gate, by whether it returned.",
+    "Golden cases, shadow copies and llmJudge gradings this agent ran for a rollout gate.",
     ["kind", "outcome"],
 )
 TOKENS = Counter(

@@ -18,6 +18,9 @@ from pydantic import Field, model_validator
 
 from newfuse.api.base import KubeModel
 
+SCORERS = ("exact", "contains", "regex", "jsonSchema", "llmJudge")
+_FIELDS = {"jsonSchema": "json_schema", "llmJudge": "llm_judge"}
+
 
 class Expectation(KubeModel):
     """How one case's output is judged: exactly one scorer."""
@@ -32,25 +35,30 @@ class Expectation(KubeModel):
     json_schema: dict[str, Any] | None = Field(
         default=None, description="A JSON Schema the output must validate against."
     )
+    llm_judge: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4000,
+        description="Criteria a model judges the output by: the stable revision's agents ask "
+        "their gateway (spec.gateway), so a canary's new model never grades itself.",
+    )
 
     @model_validator(mode="after")
     def _one_scorer(self) -> Expectation:
-        chosen = [n for n in ("exact", "contains", "regex", "jsonSchema") if self._set(n)]
+        chosen = [n for n in SCORERS if self._set(n)]
         if len(chosen) != 1:
-            raise ValueError(
-                f"set exactly one of exact, contains, regex, jsonSchema (got {chosen or 'none'})"
-            )
+            raise ValueError(f"set exactly one of {', '.join(SCORERS)} (got {chosen or 'none'})")
         return self
 
     def _set(self, alias: str) -> bool:
-        name = {"jsonSchema": "json_schema"}.get(alias, alias)
+        name = _FIELDS.get(alias, alias)
         chosen = name in self.model_fields_set
         return chosen and (name == "exact" or getattr(self, name) is not None)
 
     @property
     def scorer(self) -> str:
         """The scorer's name, as gate messages show it."""
-        for alias in ("exact", "contains", "regex", "jsonSchema"):
+        for alias in SCORERS:
             if self._set(alias):
                 return alias
         raise AssertionError("validated to have one scorer")

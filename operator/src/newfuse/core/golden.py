@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from newfuse.api.analysis import Expectation, GoldenCase, GoldenTasksSpec
 from newfuse.api.rollout import TERMINAL_PHASES, GateResult, GateVerdict, RolloutState, Stage
 from newfuse.core.gates import combine
-from newfuse.wire.golden import GoldenCaseRun, GoldenOutput, GoldenRun, output_field
+from newfuse.wire.golden import GoldenCaseRun, GoldenOutput, GoldenRun, judge_field, output_field
 from newfuse.wire.review import Review, ReviewKind, Verdict
 
 MAX_CASES = 500
@@ -70,8 +70,10 @@ def _text(output: Any) -> str:
 
 
 def passes(expect: Expectation, output: Any) -> bool:
-    """Whether ``output`` is a right answer by the case's scorer."""
+    """Whether ``output`` is a right answer by the case's scorer (not llmJudge: a model's)."""
     scorer = expect.scorer
+    if scorer == "llmJudge":
+        raise ValueError("an llmJudge case is graded by a model: read its judgment")
     if scorer == "exact":
         return bool(output == expect.exact)
     if scorer == "contains":
@@ -102,7 +104,13 @@ def golden_run(state: RolloutState, cases: Sequence[GoldenCase]) -> GoldenRun:
     return GoldenRun(
         id=run_id(state),
         revisions=revisions,
-        cases=[GoldenCaseRun(name=c.name, handler=c.handler, input=c.input) for c in cases],
+        cases=[
+            GoldenCaseRun(
+                name=c.name, handler=c.handler, input=c.input, criteria=c.expect.llm_judge
+            )
+            for c in cases
+        ],
+        judge=state.stable_revision,
     )
 
 
@@ -137,14 +145,25 @@ def score(
     """Score one revision's outputs; an error raised counts as a wrong answer."""
     passed, wrong, pending = 0, [], 0
     for case in cases:
-        out = outputs.get(output_field(revision, case.name))
-        if out is None:
+        right = _right(case, outputs, output_field(revision, case.name))
+        if right is None:
             pending += 1
-        elif out.ok and passes(case.expect, out.output):
+        elif right:
             passed += 1
         else:
             wrong.append(case.name)
     return GoldenScore(passed, len(wrong), pending, tuple(wrong))
+
+
+def _right(case: GoldenCase, outputs: Mapping[str, GoldenOutput], field: str) -> bool | None:
+    """Whether the output in ``field`` is right; None while it (or its judgment) is missing."""
+    out = outputs.get(field)
+    if out is None or not out.ok:
+        return None if out is None else False
+    if case.expect.llm_judge is None:
+        return passes(case.expect, out.output)
+    judgment = outputs.get(judge_field(field))
+    return None if judgment is None else judgment.ok
 
 
 def judge(

@@ -52,6 +52,11 @@ class GoldenDriver:
             cases = parse_cases(data[spec.key], where)
         except GoldenCasesError as exc:
             return GoldenObservation(problem=str(exc))
+        if fleet.spec.gateway is None and any(c.expect.llm_judge for c in cases):
+            return GoldenObservation(
+                problem=f"{where}: llmJudge cases need spec.gateway (the stable revision's agents "
+                "ask its model)"
+            )
         run = golden_run(state, cases)
         keys = FleetKeys(meta.namespace, meta.name)
         try:

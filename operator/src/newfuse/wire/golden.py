@@ -11,6 +11,10 @@ group cannot promise, and its output is evidence for the gate, never a result a 
 - CLAIM: an agent takes the next case its revision has no output for, unless another agent claimed
   it less than the stale bound ago (a claim older than that is an agent that died mid-case).
 - RECORD: the first output of a case is kept, and only while its run is the current one.
+- JUDGE_CLAIM: an `llmJudge` case's answers are graded by a model, and never by the revision being
+  judged: agents of the run's `judge` revision (stable) claim each answered output in turn, ask
+  their own gateway, and RECORD the judgment beside the outputs (`judge_field`), where the
+  operator reads it. A failed judge call drops its claim, so it is asked again.
 """
 
 from __future__ import annotations
@@ -32,12 +36,19 @@ def output_field(revision: str, case: str) -> str:
     return f"{revision}/{case}"
 
 
+def judge_field(output: str) -> str:
+    """The field of the judgment of the output in ``output`` (same hashes, its own names)."""
+    return f"judge:{output}"
+
+
 class GoldenCaseRun(BaseModel):
     """One case as the agents see it: what to run; the expectation stays with the operator."""
 
     name: str
     handler: str
     input: Any = None
+    # An llmJudge case's criteria: what the judging agents ask their model to grade by.
+    criteria: str | None = None
 
 
 class GoldenRun(BaseModel):
@@ -46,10 +57,15 @@ class GoldenRun(BaseModel):
     id: str
     revisions: list[str]
     cases: list[GoldenCaseRun]
+    # The revision whose agents grade llmJudge cases (the stable one).
+    judge: str | None = None
 
 
 class GoldenOutput(BaseModel):
-    """What one agent's run of one case produced: an output, or the error it raised."""
+    """What one agent's run of one case produced: an output, or the error it raised.
+
+    A judgment (judge_field) is one too: `ok` is the verdict, `output` the model's reason.
+    """
 
     ok: bool
     output: Any = None
@@ -101,3 +117,34 @@ RECORD_LUA: Final = """
 if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
 return redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3])
 """
+
+# KEYS: golden, golden outputs, golden claims. ARGV: revision, agent, stale claim ms.
+# Returns {run id, output field, criteria, case input JSON, output JSON} of an answered llmJudge
+# case to grade, or {'none'}. Only the run's judge revision grades; raised answers need no grade.
+JUDGE_CLAIM_LUA: Final = (
+    _NOW_MS
+    + """
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id then return {'none'} end
+local run = cjson.decode(redis.call('HGET', KEYS[1], 'run'))
+if run.judge ~= ARGV[1] then return {'none'} end
+for _, case in ipairs(run.cases) do
+  if type(case.criteria) == 'string' then
+    for _, rev in ipairs(run.revisions) do
+      local field = rev .. '/' .. case.name
+      local judged = 'judge:' .. field
+      local out = redis.call('HGET', KEYS[2], field)
+      if out and cjson.decode(out).ok == true and redis.call('HEXISTS', KEYS[2], judged) == 0 then
+        local claim = redis.call('HGET', KEYS[3], judged)
+        local at = claim and tonumber(string.match(claim, '@(%d+)$')) or nil
+        if not at or now - at > tonumber(ARGV[3]) then
+          redis.call('HSET', KEYS[3], judged, ARGV[2] .. '@' .. now)
+          return {id, field, case.criteria, cjson.encode(case.input), out}
+        end
+      end
+    end
+  end
+end
+return {'none'}
+"""
+)

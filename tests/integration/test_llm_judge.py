@@ -1,0 +1,99 @@
+"""The llmJudge scorer against the real Redis: stable agents grade, through their own gateway.
+
+The canary upper-cases its answers and has a lenient model of its own (its gateway says PASS to
+anything); the stable revision's model grades by the criteria. Every grading is done by the stable
+agent, the canary's gateway is never asked, and the canary's answers are graded wrong. A reply
+that is not a grade is asked again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from gateway_stub import Reply, stub_gateway
+from newfuse.adapters.redis_store import RedisStore
+from newfuse.api.rollout import RolloutPhase, RolloutState
+from newfuse.core.golden import golden_run, parse_cases, score
+from newfuse.wire.golden import judge_field
+from newfuse_agent.gateway import GatewayClient
+from newfuse_agent.gateway_config import GatewayConfig
+from newfuse_agent.handlers import Handler, TaskContext
+from newfuse_agent.handlers.echo import _upper
+from runtime_fleet import Fleet, eventually, with_fleet
+
+CASES = parse_cases(
+    """
+- {name: greet, handler: echo, input: "hello there", expect: {llmJudge: "All lower case."}}
+- {name: thanks, handler: echo, input: "thank you", expect: {llmJudge: "All lower case."}}
+- {name: word, handler: echo, input: "word", expect: {exact: "word"}}
+""",
+    "test",
+)
+
+
+async def shouting(task_input: Any, context: TaskContext) -> Any:
+    return _upper(task_input)
+
+
+def strict(calls: list[str]) -> Any:
+    def grade(messages: list[dict[str, str]]) -> str:
+        answer = messages[-1]["content"].rsplit("Answer (JSON):\n", 1)[1]
+        calls.append(answer)
+        if len(calls) == 1:
+            return "I would rather not say."  # not a grade: asked again
+        return "PASS: lower case." if answer == answer.lower() else "FAIL - it shouts."
+
+    return grade
+
+
+def test_stable_agents_grade_llm_judge_cases_and_the_canary_never_grades_itself(
+    fleet_url: str,
+) -> None:
+    async def body(fleet: Fleet) -> None:
+        store, keys = RedisStore(fleet.url), fleet.client.keys
+        state = RolloutState(
+            phase=RolloutPhase.ANALYZING,
+            stable_revision="old",
+            canary_revision="new",
+            canary_agents=1,
+            step_started_at=dt.datetime.now(dt.UTC),
+        )
+        run = golden_run(state, CASES)
+        assert run.judge == "old"
+        await store.publish_golden(keys, run)
+        calls: list[str] = []
+        async with stub_gateway(Reply.OK) as graders, stub_gateway(Reply.OK) as lenient:
+            graders.content = strict(calls)
+            lenient.content = lambda _: "PASS"
+            stable_model = GatewayClient(GatewayConfig(endpoint=graders.url))
+            canary_model = GatewayClient(GatewayConfig(endpoint=lenient.url))
+            canary: dict[str, Handler] = {"echo": shouting}
+            async with (
+                fleet.agent("c1", handlers=canary, gateway=canary_model, revision="new"),
+                fleet.agent("s1", gateway=stable_model, revision="old"),
+            ):
+
+                async def graded() -> bool:
+                    outputs = (await store.golden_outputs(keys))[1]
+                    return len(outputs) == 2 * 3 + 2 * 2
+
+                await eventually(graded, 30, "every answer run and every llmJudge one graded")
+            await stable_model.aclose()
+            await canary_model.aclose()
+            assert lenient.requests == 0, "the canary's model never graded"
+            assert graders.requests == 5, "four gradings, one asked again"
+        outputs = (await store.golden_outputs(keys))[1]
+        judgments = {f: o for f, o in outputs.items() if f.startswith("judge:")}
+        assert set(judgments) == {
+            judge_field(f"{rev}/{case}") for rev in ("new", "old") for case in ("greet", "thanks")
+        }
+        assert all(o.agent.startswith("s1:") for o in judgments.values())
+        assert not judgments["judge:new/greet"].ok
+        assert "shouts" in str(judgments["judge:new/greet"].output)
+        new, old = score(CASES, outputs, "new"), score(CASES, outputs, "old")
+        assert (new.passed, new.failed, set(new.wrong)) == (0, 3, {"greet", "thanks", "word"})
+        assert (old.passed, old.failed) == (3, 0)
+        await store.close()
+
+    with_fleet(fleet_url, body)
