@@ -1,10 +1,11 @@
-"""Builders for test objects: fleets and pod bodies with only the fields a test cares about."""
+"""Builders for test objects: fleets, pod bodies and rollouts, with only what a test needs."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
+from newfuse.api.rollout import RolloutPhase, RolloutState
 from newfuse.api.v1alpha1 import NewFuseAgent
 from newfuse.core import naming
 from newfuse.core.pods import ObservedPod, PodHealth
@@ -76,3 +77,15 @@ def pod_body(
     if deleting:
         meta["deletionTimestamp"] = "2026-11-21T12:00:00Z"
     return {"metadata": meta, "status": status}
+
+
+def analyzing(at: dt.datetime | None = None, **fields: Any) -> RolloutState:
+    """A rollout judging its canary: stable "old", one agent on canary "new", step begun ``at``."""
+    values: dict[str, Any] = {"canary_agents": 1, **fields}
+    return RolloutState(
+        phase=RolloutPhase.ANALYZING,
+        stable_revision="old",
+        canary_revision="new",
+        step_started_at=at or dt.datetime.now(dt.UTC),
+        **values,
+    )

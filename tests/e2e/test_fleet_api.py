@@ -36,9 +36,11 @@ from kubernetes import client as k8s_client
 from fleetapi_auth import SUBMITTER, apply_chart_roles, service_account
 from gatewayproc import GatewayProcess
 from harness import Fleets, start_fleet
+from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.tasks import Priority
+from newfuse.wire.usage import HARD_TOKENS, SECONDS_PER_DAY
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -305,6 +307,35 @@ async def test_a2a_version_negotiation_holds_clients_to_the_fleets_protocol_vers
     # refused ones are not.
     keys = FleetKeys(fleets.namespace, echo_fleet)
     assert redis_client.zrange(keys.protocol, 0, -1) == ["1"]
+
+
+@pytest.mark.asyncio
+async def test_a_fleet_over_its_hard_budget_refuses_a2a_messages_with_invalid_request(
+    gateway: GatewayProcess,
+    fleets: Fleets,
+    echo_fleet: str,
+    token: str,
+    redis_client: redis.Redis,
+) -> None:
+    keys = FleetKeys(fleets.namespace, echo_fleet)
+    seconds, _ = redis_client.time()
+    redis_client.hincrby(keys.usage, f"day:{seconds // SECONDS_PER_DAY}:tokens", 50)
+    fleets.patch_spec(echo_fleet, budget={"hardTokens": 40})
+    wait_for(lambda: redis_client.hget(keys.budget, HARD_TOKENS) == "40", 30, what="budget")
+    body = {
+        "jsonrpc": "2.0",
+        "id": 9,
+        "method": "SendMessage",
+        "params": {"message": {"messageId": "b", "role": "ROLE_USER", "parts": [{"text": "x"}]}},
+    }
+    url = gateway.fleet_url(fleets.namespace, echo_fleet)
+    async with httpx.AsyncClient(timeout=60) as http:
+        reply = await http.post(url, json=body, headers={"A2A-Version": "1.0", **bearer(token)})
+    error = reply.json()["error"]
+    assert error["code"] == -32600, reply.text  # A2A InvalidRequestError
+    assert f"fleet {fleets.namespace}/{echo_fleet} is over its hard budget" in error["message"]
+    assert "50 tokens of spec.budget.hardTokens 40 spent" in error["message"]
+    assert redis_client.hlen(keys.a2a_tasks) == 0, "nothing refused was kept"
 
 
 @pytest.mark.asyncio

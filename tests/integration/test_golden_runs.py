@@ -10,8 +10,9 @@ import datetime as dt
 import time
 from typing import Any
 
+from factories import analyzing
 from newfuse.adapters.redis_store import RedisStore
-from newfuse.api.rollout import RolloutPhase, RolloutState
+from newfuse.api.rollout import RolloutState
 from newfuse.core.golden import golden_run, parse_cases, score
 from newfuse.wire import golden
 from newfuse.wire.golden import GoldenOutput
@@ -37,13 +38,7 @@ async def shouting(task_input: Any, context: TaskContext) -> Any:
 
 
 def rollout(at: dt.datetime | None = None) -> RolloutState:
-    return RolloutState(
-        phase=RolloutPhase.ANALYZING,
-        stable_revision="old",
-        canary_revision="new",
-        canary_agents=1,
-        step_started_at=at or dt.datetime.now(dt.UTC),
-    )
+    return analyzing(at)
 
 
 async def _outputs(store: RedisStore, fleet: Fleet) -> dict[str, GoldenOutput]:

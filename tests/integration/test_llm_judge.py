@@ -8,12 +8,11 @@ that is not a grade is asked again.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
+from factories import analyzing
 from gateway_stub import Reply, stub_gateway
 from newfuse.adapters.redis_store import RedisStore
-from newfuse.api.rollout import RolloutPhase, RolloutState
 from newfuse.core.golden import golden_run, parse_cases, score
 from newfuse.wire.golden import judge_field
 from newfuse_agent.gateway import GatewayClient
@@ -52,13 +51,7 @@ def test_stable_agents_grade_llm_judge_cases_and_the_canary_never_grades_itself(
 ) -> None:
     async def body(fleet: Fleet) -> None:
         store, keys = RedisStore(fleet.url), fleet.client.keys
-        state = RolloutState(
-            phase=RolloutPhase.ANALYZING,
-            stable_revision="old",
-            canary_revision="new",
-            canary_agents=1,
-            step_started_at=dt.datetime.now(dt.UTC),
-        )
+        state = analyzing()
         run = golden_run(state, CASES)
         assert run.judge == "old"
         await store.publish_golden(keys, run)

@@ -7,13 +7,12 @@ copies' answers are only in the shadow hash, where the operator scores them.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
+from factories import analyzing
 from newfuse.adapters.redis_store import RedisStore
 from newfuse.adapters.taskclient import TaskSpec
 from newfuse.api.analysis import ShadowSpec
-from newfuse.api.rollout import RolloutPhase, RolloutState
 from newfuse.core.shadow import score, shadow_config
 from newfuse_agent.handlers import Handler, TaskContext
 from newfuse_agent.handlers.echo import _upper
@@ -28,13 +27,7 @@ def test_callers_get_stable_answers_and_the_canary_answers_copies_apart(fleet_ur
     async def body(fleet: Fleet) -> None:
         operator = RedisStore(fleet.url)
         keys = fleet.client.keys
-        state = RolloutState(
-            phase=RolloutPhase.ANALYZING,
-            stable_revision="old",
-            canary_revision="new",
-            canary_agents=1,
-            step_started_at=dt.datetime.now(dt.UTC),
-        )
+        state = analyzing()
         config = shadow_config(state, ShadowSpec(percent=50, max_samples=12))
         await operator.publish_shadow(keys, config)
         async with fleet.agent("stable-1", revision="old"):

@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from factories import fleet
+from factories import analyzing, fleet
 from fakes import FakeKube, FakeRedis
-from newfuse.api.rollout import RolloutPhase, RolloutState
 from newfuse.api.v1alpha1 import NewFuseAgent
 from newfuse.core.golden import GoldenCasesError, golden_run, parse_cases, passes, score
 from newfuse.runtime.golden import GoldenDriver
@@ -29,13 +28,7 @@ CASES = parse_cases(
 """,
     "cm",
 )
-STATE = RolloutState(
-    phase=RolloutPhase.ANALYZING,
-    stable_revision="old",
-    canary_revision="new",
-    canary_agents=1,
-    step_started_at=dt.datetime(2026, 12, 2, tzinfo=dt.UTC),
-)
+STATE = analyzing(dt.datetime(2026, 12, 2, tzinfo=dt.UTC))
 
 
 def test_an_llm_judge_case_is_one_scorer_among_the_others() -> None:

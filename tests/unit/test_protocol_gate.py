@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from factories import fleet, pod
+from factories import analyzing, fleet, pod
 from newfuse.api.analysis import ProtocolGateSpec
 from newfuse.api.rollout import (
     GateSpec,
@@ -150,13 +150,7 @@ QUIET = ProtocolObservation(seen={1: 301.0, 2: 1.0}, speaks=SPEAKS)
 
 
 def state(replicas_on_canary: int = 1) -> RolloutState:
-    return RolloutState(
-        phase=RolloutPhase.ANALYZING,
-        stable_revision="old",
-        canary_revision="new",
-        canary_agents=replicas_on_canary,
-        step_started_at=T0,
-    )
+    return analyzing(T0, canary_agents=replicas_on_canary)
 
 
 def observe(
@@ -239,3 +233,19 @@ def test_the_progressing_condition_names_the_held_majors() -> None:
     [progressing] = [c for c in status.conditions if c.type == ConditionType.PROGRESSING]
     assert progressing.reason == Reason.PROTOCOL_VERSIONS_IN_USE
     assert "protocol 1.x" in progressing.message
+
+
+def test_a_released_hold_is_cleared_even_while_the_gate_has_no_verdict() -> None:
+    held = analyzing(T0).model_copy(update={"held": "live traffic still uses protocol 1.x"})
+    quiet = Observation(
+        replicas=2,
+        update_revision="new",
+        current_revision="old",
+        ready={"old": 1, "new": 1},
+        stats={"new": RevisionStats(completed=1)},  # too few tasks: inconclusive
+        protocol=QUIET,
+    )
+    decision = decide(POLICY, quiet, held, T0 + dt.timedelta(seconds=61))
+    assert decision.state is not None
+    assert decision.state.phase is RolloutPhase.ANALYZING
+    assert decision.state.held is None

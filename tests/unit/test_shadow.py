@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from factories import analyzing
 from newfuse.api.analysis import AnalysisSpec, ShadowSpec
 from newfuse.api.rollout import (
     GateResult,
@@ -40,13 +41,7 @@ SPEC = ShadowSpec(min_samples=10, min_agreement=0.9, max_latency_increase=0.5, m
 
 
 def state() -> RolloutState:
-    return RolloutState(
-        phase=RolloutPhase.ANALYZING,
-        stable_revision="old",
-        canary_revision="new",
-        canary_agents=1,
-        step_started_at=T0,
-    )
+    return analyzing(T0)
 
 
 def test_copies_are_scored_against_the_stable_answer_to_the_same_task() -> None:

@@ -52,6 +52,8 @@ def decide(
     if policy.paused:
         return _pause(rnd, state)
     state = _resume(rnd, state)
+    if state.held is not None and rnd.held(state) is None:
+        state = state.model_copy(update={"held": None})  # released, whatever the gate says now
     if obs.controls.promote_full:
         return rnd.advance(state, RolloutReason.PROMOTED_FULL, full=True)
     if obs.ready.get(state.canary_revision, 0) < state.canary_agents:
