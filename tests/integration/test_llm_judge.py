@@ -13,7 +13,11 @@ from typing import Any
 from factories import analyzing
 from gateway_stub import Reply, stub_gateway
 from newfuse.adapters.redis_store import RedisStore
+from newfuse.adapters.taskclient import TaskSpec
+from newfuse.api.analysis import ShadowSpec
 from newfuse.core.golden import golden_run, parse_cases, score
+from newfuse.core.shadow import score as shadow_score
+from newfuse.core.shadow import shadow_config
 from newfuse.wire.golden import judge_field
 from newfuse_agent.gateway import GatewayClient
 from newfuse_agent.gateway_config import GatewayConfig
@@ -87,6 +91,46 @@ def test_stable_agents_grade_llm_judge_cases_and_the_canary_never_grades_itself(
         new, old = score(CASES, outputs, "new"), score(CASES, outputs, "old")
         assert (new.passed, new.failed, set(new.wrong)) == (0, 3, {"greet", "thanks", "word"})
         assert (old.passed, old.failed) == (3, 0)
+        await store.close()
+
+    with_fleet(fleet_url, body)
+
+
+def test_shadow_agreement_is_graded_by_the_stable_model_when_the_gate_names_criteria(
+    fleet_url: str,
+) -> None:
+    async def body(fleet: Fleet) -> None:
+        store, keys = RedisStore(fleet.url), fleet.client.keys
+        spec = ShadowSpec(percent=100, max_samples=6, judge="Says the same as the reference.")
+        config = shadow_config(analyzing(), spec)
+        assert config.judge == "Says the same as the reference."
+        await store.publish_shadow(keys, config)
+        calls: list[str] = []
+        async with stub_gateway(Reply.OK) as graders, stub_gateway(Reply.OK) as lenient:
+            graders.content = strict(calls)
+            lenient.content = lambda _: "PASS"
+            stable_model = GatewayClient(GatewayConfig(endpoint=graders.url))
+            canary_model = GatewayClient(GatewayConfig(endpoint=lenient.url))
+            canary: dict[str, Handler] = {"echo": shouting}
+            async with fleet.agent("s1", gateway=stable_model, revision="old"):
+                tasks = [await fleet.client.submit(TaskSpec("echo", f"w {i}")) for i in range(6)]
+                results = [await fleet.client.wait(t.task_id, 20) for t in tasks]
+                async with fleet.agent("c1", handlers=canary, gateway=canary_model, revision="new"):
+
+                    async def graded() -> bool:
+                        _, _, outputs = await store.shadow_outputs(keys)
+                        return sum(f.startswith("judge:") for f in outputs) == 6
+
+                    await eventually(graded, 30, "every copy answered and graded")
+            await stable_model.aclose()
+            await canary_model.aclose()
+        assert lenient.requests == 0, "the canary's model never graded its own copies"
+        assert [r.output for r in results] == [f"w {i}" for i in range(6)], "callers: stable"
+        _, cases, outputs = await store.shadow_outputs(keys)
+        seen = shadow_score(cases, outputs, judged=True)
+        assert (seen.samples, seen.agreed) == (6, 0)
+        assert all(o.agent.startswith("s1:") for f, o in outputs.items() if f.startswith("judge:"))
+        assert "Reference answer (JSON):" in graders.bodies[-1]["messages"][-1]["content"]
         await store.close()
 
     with_fleet(fleet_url, body)

@@ -10,10 +10,14 @@ import pytest
 
 from factories import analyzing, fleet
 from fakes import FakeKube, FakeRedis
+from newfuse.api.analysis import ShadowSpec
 from newfuse.api.v1alpha1 import NewFuseAgent
 from newfuse.core.golden import GoldenCasesError, golden_run, parse_cases, passes, score
-from newfuse.runtime.golden import GoldenDriver
+from newfuse.core.shadow import score as shadow_score
+from newfuse.core.shadow import shadow_config
+from newfuse.runtime.golden import GoldenDriver, ShadowDriver
 from newfuse.wire.golden import GoldenOutput
+from newfuse.wire.shadow import ShadowCase
 from newfuse_agent.judge import SYSTEM, prompt, verdict
 
 pytestmark = pytest.mark.unit
@@ -125,3 +129,53 @@ def test_llm_judge_cases_without_a_gateway_hold_the_gate_saying_why() -> None:
     published = asyncio.run(GoldenDriver(kube, redis).observe(_at_a_gate(gateway=gateway)))
     assert published is not None
     assert published.problem is None
+
+
+SHADOW_CASES = {"t1": ShadowCase(handler="chat", output="yes"), "t2": ShadowCase(handler="chat")}
+
+
+@pytest.mark.parametrize(
+    ("outputs", "samples", "agreed"),
+    [
+        ({"t1": GoldenOutput(ok=True, output="YES")}, 0, 0),  # not graded yet: not a sample
+        (
+            {"t1": GoldenOutput(ok=True, output="YES"), "judge:t1": GoldenOutput(ok=True)},
+            1,
+            1,  # the model says it agrees, though the JSON differs
+        ),
+        (
+            {"t1": GoldenOutput(ok=True, output="yes"), "judge:t1": GoldenOutput(ok=False)},
+            1,
+            0,  # the model says no, though the JSON is equal
+        ),
+        ({"t2": GoldenOutput(ok=False, error="boom")}, 1, 0),  # raised: a disagreement, ungraded
+    ],
+)
+def test_a_judged_shadow_gate_counts_the_stable_models_grades(
+    outputs: dict[str, GoldenOutput], samples: int, agreed: int
+) -> None:
+    seen = shadow_score(SHADOW_CASES, outputs, judged=True)
+    assert (seen.samples, seen.agreed) == (samples, agreed)
+
+
+def test_without_criteria_shadow_agreement_stays_json_equality() -> None:
+    outputs = {"t1": GoldenOutput(ok=True, output="YES"), "judge:t1": GoldenOutput(ok=True)}
+    seen = shadow_score(SHADOW_CASES, outputs)
+    assert (seen.samples, seen.agreed) == (1, 0)
+    spec = ShadowSpec(judge="Same facts.")
+    assert shadow_config(STATE, spec).judge == "Same facts."
+    assert shadow_config(STATE, ShadowSpec()).judge is None
+
+
+def test_a_judged_shadow_gate_without_a_gateway_holds_saying_why() -> None:
+    judged = {"strategy": "Phased", "analysis": {"shadow": {"judge": "Same facts."}}}
+    plain = fleet(rollout=judged)
+    at_gate = plain.model_copy(
+        update={"status": plain.status.model_copy(update={"rollout": STATE})}
+    )
+    seen = asyncio.run(ShadowDriver(FakeRedis()).observe(at_gate))
+    assert seen is not None
+    assert seen.problem == (
+        "copies graded by shadow.judge need spec.gateway (the stable revision's agents ask its "
+        "model)"
+    )

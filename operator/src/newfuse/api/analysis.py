@@ -112,6 +112,14 @@ class ShadowSpec(KubeModel):
     max_cost_increase: float | None = Field(
         default=None, ge=0, description="Fail when a copy costs more by more than this share."
     )
+    judge: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4000,
+        description="Criteria for agreement, graded by the stable revision's model (like "
+        "llmJudge), e.g. 'Gives the same facts as the reference answer'. Unset: the two answers "
+        "must be equal as JSON.",
+    )
 
 
 class ProtocolGateSpec(KubeModel):

@@ -2,7 +2,8 @@
 
 Pure, like newfuse.core.golden: the cases (live tasks with the stable revision's answer, time and
 cost) and the canary's outputs come in as the agents recorded them, a verdict goes out. Agreement
-is JSON equality of the two outputs; an error on the canary is a disagreement.
+is JSON equality of the two outputs, or, with `judge` criteria, the stable model's grade; an error
+on the canary is a disagreement.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from newfuse.api.analysis import ShadowSpec
 from newfuse.api.rollout import GateResult, GateVerdict, RolloutState
 from newfuse.core.gates import combine
 from newfuse.core.golden import run_id
-from newfuse.wire.golden import GoldenOutput
+from newfuse.wire.golden import GoldenOutput, judge_field
 from newfuse.wire.shadow import ShadowCase, ShadowConfig
 
 
@@ -26,6 +27,7 @@ def shadow_config(state: RolloutState, spec: ShadowSpec) -> ShadowConfig:
         stable=state.stable_revision,
         percent=spec.percent,
         max_samples=spec.max_samples,
+        judge=spec.judge,
     )
 
 
@@ -60,16 +62,25 @@ class ShadowObservation:
     problem: str | None = None
 
 
-def score(cases: Mapping[str, ShadowCase], outputs: Mapping[str, GoldenOutput]) -> ShadowScore:
-    """Compare each answered copy with the stable answer to the same task."""
+def score(
+    cases: Mapping[str, ShadowCase], outputs: Mapping[str, GoldenOutput], *, judged: bool = False
+) -> ShadowScore:
+    """Compare each answered copy with the stable answer to the same task.
+
+    ``judged``: agreement is the stable model's grade (judge_field), and an answer not graded yet
+    is not a sample yet; otherwise it is JSON equality.
+    """
     samples = agreed = 0
     seconds, cost = [0.0, 0.0], [0.0, 0.0]
     for task_id, out in outputs.items():
         case = cases.get(task_id)
         if case is None:
             continue
+        grade = outputs.get(judge_field(task_id)) if judged and out.ok else None
+        if judged and out.ok and grade is None:
+            continue
         samples += 1
-        agreed += out.ok and out.output == case.output
+        agreed += out.ok and (grade.ok if grade is not None else out.output == case.output)
         seconds[0] += out.seconds
         seconds[1] += case.seconds
         cost[0] += out.cost

@@ -26,6 +26,9 @@ from newfuse.core.shadow import score as shadow_score
 from newfuse.runtime.ports import KubePort, RedisPort
 from newfuse.wire.keys import FleetKeys
 
+# A model grades the answers: the stable revision's agents ask it through the fleet's gateway.
+NEEDS_GATEWAY = "{what} need spec.gateway (the stable revision's agents ask its model)"
+
 
 class GoldenDriver:
     """Publishes a rollout step's golden run and scores its outputs."""
@@ -53,10 +56,8 @@ class GoldenDriver:
         except GoldenCasesError as exc:
             return GoldenObservation(problem=str(exc))
         if fleet.spec.gateway is None and any(c.expect.llm_judge for c in cases):
-            return GoldenObservation(
-                problem=f"{where}: llmJudge cases need spec.gateway (the stable revision's agents "
-                "ask its model)"
-            )
+            problem = NEEDS_GATEWAY.format(what="llmJudge cases")
+            return GoldenObservation(problem=f"{where}: {problem}")
         run = golden_run(state, cases)
         keys = FleetKeys(meta.namespace, meta.name)
         try:
@@ -87,6 +88,9 @@ class ShadowDriver:
         state = fleet.status.rollout
         if spec is None or state is None or not wants_run(state):
             return None
+        if spec.judge is not None and fleet.spec.gateway is None:
+            problem = NEEDS_GATEWAY.format(what="copies graded by shadow.judge")
+            return ShadowObservation(problem=problem)
         config = shadow_config(state, spec)
         keys = FleetKeys(fleet.metadata.namespace, fleet.metadata.name)
         try:
@@ -96,4 +100,5 @@ class ShadowDriver:
             return ShadowObservation(problem=f"shadow run unreachable in Redis: {exc}")
         if current != config.id:
             return ShadowObservation(problem=f"shadow run {config.id} replaced by {current}")
-        return ShadowObservation(config.id, shadow_score(cases, outputs))
+        judged = spec.judge is not None
+        return ShadowObservation(config.id, shadow_score(cases, outputs, judged=judged))

@@ -5,7 +5,9 @@ and a sample share. A stable agent that finished a sampled live task offers it (
 time, cost) as a case; canary agents run the copies beside their own work and record their answers
 in a hash of their own. Nothing of a copy reaches the task's result, its stream or its events: the
 caller only ever gets the stable agent's result. The operator compares the two answers
-(newfuse.core.shadow).
+(newfuse.core.shadow), or, when the run has `judge` criteria, the stable agents' model grades each
+canary answer against the stable one first (JUDGE_CLAIM_LUA; the grade goes to the outputs hash
+under newfuse.wire.golden.judge_field, as golden grades do).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class ShadowConfig(BaseModel):
     stable: str
     percent: float = Field(ge=0, le=100)
     max_samples: int = Field(ge=1)
+    # ShadowSpec.judge: the criteria stable agents grade agreement by (None: JSON equality).
+    judge: str | None = None
 
     def sampled(self, task_id: str) -> bool:
         """Whether a live task is copied: by a hash of its id, so every agent agrees."""
@@ -76,6 +80,35 @@ for i = 1, #cases, 2 do
     if not at or now - at > tonumber(ARGV[3]) then
       redis.call('HSET', KEYS[4], task, ARGV[2] .. '@' .. now)
       return {id, task, cases[i + 1]}
+    end
+  end
+end
+return {}
+"""
+)
+
+# KEYS: shadow, cases, outputs, claims. ARGV: revision, agent, stale claim ms.
+# Returns {run id, task id, criteria, ShadowCase JSON, canary output JSON} of an answered copy to
+# grade, or {} when there is none for this revision (only the run's stable revision grades).
+JUDGE_CLAIM_LUA: Final = (
+    _NOW_MS
+    + """
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id then return {} end
+local run = cjson.decode(redis.call('HGET', KEYS[1], 'run'))
+if run.stable ~= ARGV[1] or type(run.judge) ~= 'string' then return {} end
+local outputs = redis.call('HGETALL', KEYS[3])
+for i = 1, #outputs, 2 do
+  local task = outputs[i]
+  local judged = 'judge:' .. task
+  if string.sub(task, 1, 6) ~= 'judge:' and cjson.decode(outputs[i + 1]).ok == true
+      and redis.call('HEXISTS', KEYS[3], judged) == 0 then
+    local case = redis.call('HGET', KEYS[2], task)
+    local claim = redis.call('HGET', KEYS[4], judged)
+    local at = claim and tonumber(string.match(claim, '@(%d+)$')) or nil
+    if case and (not at or now - at > tonumber(ARGV[3])) then
+      redis.call('HSET', KEYS[4], judged, ARGV[2] .. '@' .. now)
+      return {id, task, run.judge, case, outputs[i + 1]}
     end
   end
 end
