@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
 
 from factories import analyzing, fleet, pod
+from fakes import FakeKube, FakeRedis
 from newfuse.api.analysis import ProtocolGateSpec
 from newfuse.api.rollout import (
     GateSpec,
@@ -19,12 +21,16 @@ from newfuse.api.rollout import (
     Stage,
 )
 from newfuse.api.status import ConditionType, Reason
+from newfuse.api.tasks import Backlog
+from newfuse.api.v1alpha1 import NewFuseAgent
 from newfuse.core.actions import Controls
 from newfuse.core.gates import RevisionStats
 from newfuse.core.planner import plan_revisions
 from newfuse.core.protocol import ProtocolObservation, hold, in_use, speaks_by_revision
 from newfuse.core.rollout import Observation, decide
 from newfuse.core.status import StatusInputs, derive_status
+from newfuse.observability import PROTOCOL_SEEN
+from newfuse.runtime.rollouts import RolloutDriver
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.protocol import ages, major_of, majors_text, parse_speaks
 from newfuse.wire.state import AgentState, AgentStatus, StateUpdate
@@ -249,3 +255,26 @@ def test_a_released_hold_is_cleared_even_while_the_gate_has_no_verdict() -> None
     assert decision.state is not None
     assert decision.state.phase is RolloutPhase.ANALYZING
     assert decision.state.held is None
+
+
+def _in_rollout(backlog: Backlog | None = None) -> NewFuseAgent:
+    plain = fleet(rollout={"strategy": "Phased"})
+    status = plain.status.model_copy(update={"rollout": analyzing(T0), "backlog": backlog})
+    return plain.model_copy(update={"status": status})
+
+
+def test_the_runtime_reads_the_sightings_only_while_a_rollout_is_in_flight() -> None:
+    redis = FakeRedis()
+    redis.protocol[FleetKeys("ns", "demo")] = {1: 12.0, 2: 0.5}
+    driver = RolloutDriver(FakeKube(), redis)
+    waiting = Backlog(oldest_waiting_seconds=40)
+    seen = asyncio.run(driver.protocol_of(_in_rollout(waiting)))
+    assert seen == ProtocolObservation(seen={1: 12.0, 2: 0.5}, oldest_waiting_seconds=40)
+    gauge = PROTOCOL_SEEN.labels("ns", "demo", "1")._value.get()
+    assert gauge == 12.0
+    assert asyncio.run(driver.protocol_of(fleet())) is None, "no rollout: nothing to read"
+    redis.down = True
+    unknown = asyncio.run(driver.protocol_of(_in_rollout()))
+    assert unknown is not None
+    assert unknown.problem is not None
+    assert hold(SPEC, unknown, "new") is not None, "a gate that cannot see holds"

@@ -51,6 +51,12 @@ GOLDEN_PASS_RATE = Gauge(
     "Share of the current rollout step's golden cases answered right, by canary or stable.",
     ["namespace", "fleet", "role"],
 )
+PROTOCOL_SEEN = Gauge(
+    "newfuse_fleet_protocol_seen_seconds",
+    "Seconds since a task of each protocol major was last submitted or taken (read while a "
+    "rollout is in flight: the protocol gate's input).",
+    ["namespace", "fleet", "major"],
+)
 LEADER = Gauge("newfuse_leader", "1 while this process holds the leader Lease (or runs alone).")
 DEAD_LETTERS = Gauge(
     "newfuse_dead_letters", "Entries in a fleet's dead-letter stream.", ["namespace", "fleet"]

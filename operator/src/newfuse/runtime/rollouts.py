@@ -118,6 +118,8 @@ class RolloutDriver:
             seen = await self.redis.protocol_seen(keys)
         except (RedisError, OSError) as exc:
             return ProtocolObservation(problem=f"Redis unreachable: {exc}")
+        for major, age in seen.items():
+            obs.PROTOCOL_SEEN.labels(keys.namespace, keys.fleet, str(major)).set(age)
         return ProtocolObservation(seen=seen, oldest_waiting_seconds=waiting)
 
     async def post_events(
