@@ -33,6 +33,11 @@ HEALTH_CASES = [
         "Progressing",
         "Rollout Analyzing at Initial step 1: 1/3 agents",
     ),
+    (
+        "progressing_protocol_held",
+        "Progressing",
+        "1/2 agents on 5c9f7d2a1b (live traffic still uses protocol 1.x",
+    ),
     ("progressing_scaling_up", "Progressing", "3/5 agents ready"),
     ("progressing_pending", "Progressing", "0/2 agents ready"),
     ("progressing_counts_behind", "Progressing", "Waiting for agents: 2/3 ready"),
