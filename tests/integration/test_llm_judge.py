@@ -91,6 +91,11 @@ def test_stable_agents_grade_llm_judge_cases_and_the_canary_never_grades_itself(
         new, old = score(CASES, outputs, "new"), score(CASES, outputs, "old")
         assert (new.passed, new.failed, set(new.wrong)) == (0, 3, {"greet", "thanks", "word"})
         assert (old.passed, old.failed) == (3, 0)
+        # Gradings spend: today's total counts them (budgets see it), the cost gate's revisions not.
+        usage = await store.usage(keys)
+        assert usage.tokens_today == 5 * 5, "five calls of the stub's 5 tokens"
+        assert usage.by_revision["gates:old"][0] == 25
+        assert "old" not in usage.by_revision
         await store.close()
 
     with_fleet(fleet_url, body)

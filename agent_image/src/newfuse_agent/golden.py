@@ -31,7 +31,6 @@ from newfuse_agent import metrics
 from newfuse_agent.config import AgentConfig
 from newfuse_agent.contract import DelegationRequired, Handler, InputRequired, TaskContext
 from newfuse_agent.judge import Judge
-from newfuse_agent.usage import metering
 
 log = logging.getLogger("newfuse_agent.golden")
 
@@ -116,7 +115,7 @@ class GoldenRunner:
             return self._output(ok=False, error=f"no handler {name!r}")
         context = replace(self.context, task_id=task_id)
         started = time.perf_counter()
-        with metering() as meter:
+        async with self.judge.spending() as meter:
             try:
                 async with asyncio.timeout(self.timeout):
                     result = await handler(task_input, context)

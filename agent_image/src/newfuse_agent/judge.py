@@ -13,11 +13,14 @@ next poll, and the gate stays inconclusive meanwhile (the progress deadline boun
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from newfuse.wire import golden, shadow
 from newfuse.wire.golden import GoldenOutput
@@ -25,6 +28,7 @@ from newfuse.wire.keys import FleetKeys
 from newfuse.wire.shadow import ShadowCase
 from newfuse_agent import metrics
 from newfuse_agent.contract import ChatGateway
+from newfuse_agent.usage import Meter, UsageLedger, metering
 
 log = logging.getLogger("newfuse_agent.judge")
 
@@ -62,9 +66,22 @@ class Judge:
         """Claim as ``agent`` of ``revision`` and ask ``gateway`` (None: never claims)."""
         self.client, self.keys, self.revision, self.agent = client, keys, revision, agent
         self.gateway, self.stale_ms = gateway, stale_ms
+        # Gate runs and gradings spend like tasks: the day's totals (budgets) count them, under a
+        # revision name of their own so the cost gate's per-task figures do not.
+        self.ledger = UsageLedger(client, keys, f"gates:{revision}")
         self._claim_golden = client.register_script(golden.JUDGE_CLAIM_LUA)
         self._claim_shadow = client.register_script(shadow.JUDGE_CLAIM_LUA)
         self._record = client.register_script(golden.RECORD_LUA)
+
+    @contextlib.asynccontextmanager
+    async def spending(self) -> AsyncIterator[Meter]:
+        """Meter the model calls inside, and add them to the fleet's usage (best effort)."""
+        with metering() as meter:
+            try:
+                yield meter
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await self.ledger.record(meter)
 
     async def grade_one(self) -> bool:
         """Claim, grade and record one answer; False when there is none to grade."""
@@ -111,7 +128,8 @@ class Judge:
         judged = golden.judge_field(field)
         assert self.gateway is not None
         try:
-            reply = await self.gateway.chat(messages)
+            async with self.spending():
+                reply = await self.gateway.chat(messages)
             content = str(reply["choices"][0]["message"]["content"])
         except Exception as exc:  # a failed grading is asked again, never the agent's crash
             log.warning("judging %s failed: %s", field, exc)
