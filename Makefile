@@ -92,8 +92,9 @@ fmt: deps ## Format and auto-fix with ruff
 .PHONY: deps
 # redis-server for the tests; containerd, runc, the CNI plugins, buildah and debootstrap for the
 # real node and its images (without them the real node stays off and its tests skip); chromium
-# for the live page's browser test.
-DEBIAN_PACKAGES := redis-server containerd runc containernetworking-plugins buildah debootstrap chromium
+# for the live page's browser test; wordnet-base for fleet memory's recall test (a public corpus).
+DEBIAN_PACKAGES := redis-server containerd runc containernetworking-plugins buildah debootstrap chromium \
+  wordnet-base
 
 deps: $(VENV)/.synced ## Install everything: Debian packages (Redis, the real node's), the venv, checkov
 	@# checkov (the security scan's scanner) in its own venv under the cache: its pins conflict

@@ -238,6 +238,16 @@ class FleetKeys:
         return f"{self.prefix}:budget"
 
     @property
+    def memory(self) -> str:
+        """Hash: memory id -> MemoryRecord JSON (newfuse.wire.memory): the fleet's memories."""
+        return f"{self.prefix}:memory"
+
+    @property
+    def memory_quarantine(self) -> str:
+        """Hash: memory id -> the canary revision that wrote it, visible to that revision only."""
+        return f"{self.memory}:quarantine"
+
+    @property
     def protocol(self) -> str:
         """Sorted set: protocol major -> when a task of it was last submitted or taken (ms)."""
         return f"{self.prefix}:protocol"
@@ -333,6 +343,8 @@ class FleetKeys:
             self.usage,
             self.budget,
             self.protocol,
+            self.memory,
+            self.memory_quarantine,
             self.shadow,
             self.shadow_cases,
             self.shadow_outputs,
