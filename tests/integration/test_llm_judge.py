@@ -8,10 +8,12 @@ that is not a grade is asked again.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from factories import analyzing
-from gateway_stub import Reply, stub_gateway
+from gateway_stub import Reply, Stub, stub_gateway
 from newfuse.adapters.redis_store import RedisStore
 from newfuse.adapters.taskclient import TaskSpec
 from newfuse.api.analysis import ShadowSpec
@@ -40,6 +42,8 @@ async def shouting(task_input: Any, context: TaskContext) -> Any:
 
 
 def strict(calls: list[str]) -> Any:
+    """A grader by the criteria "all lower case"; its first reply is not a grade."""
+
     def grade(messages: list[dict[str, str]]) -> str:
         answer = messages[-1]["content"].rsplit("Answer (JSON):\n", 1)[1]
         calls.append(answer)
@@ -48,6 +52,24 @@ def strict(calls: list[str]) -> Any:
         return "PASS: lower case." if answer == answer.lower() else "FAIL - it shouts."
 
     return grade
+
+
+CANARY: dict[str, Handler] = {"echo": shouting}
+
+
+@contextlib.asynccontextmanager
+async def models() -> AsyncIterator[tuple[Stub, Stub, GatewayClient, GatewayClient]]:
+    """Stable's model grades strictly (its first reply is not a grade); the canary's says PASS."""
+    async with stub_gateway(Reply.OK) as graders, stub_gateway(Reply.OK) as lenient:
+        graders.content = strict([])
+        lenient.content = lambda _: "PASS"
+        stable_model = GatewayClient(GatewayConfig(endpoint=graders.url))
+        canary_model = GatewayClient(GatewayConfig(endpoint=lenient.url))
+        try:
+            yield graders, lenient, stable_model, canary_model
+        finally:
+            await stable_model.aclose()
+            await canary_model.aclose()
 
 
 def test_stable_agents_grade_llm_judge_cases_and_the_canary_never_grades_itself(
@@ -59,15 +81,9 @@ def test_stable_agents_grade_llm_judge_cases_and_the_canary_never_grades_itself(
         run = golden_run(state, CASES)
         assert run.judge == "old"
         await store.publish_golden(keys, run)
-        calls: list[str] = []
-        async with stub_gateway(Reply.OK) as graders, stub_gateway(Reply.OK) as lenient:
-            graders.content = strict(calls)
-            lenient.content = lambda _: "PASS"
-            stable_model = GatewayClient(GatewayConfig(endpoint=graders.url))
-            canary_model = GatewayClient(GatewayConfig(endpoint=lenient.url))
-            canary: dict[str, Handler] = {"echo": shouting}
+        async with models() as (graders, lenient, stable_model, canary_model):
             async with (
-                fleet.agent("c1", handlers=canary, gateway=canary_model, revision="new"),
+                fleet.agent("c1", handlers=CANARY, gateway=canary_model, revision="new"),
                 fleet.agent("s1", gateway=stable_model, revision="old"),
             ):
 
@@ -76,8 +92,6 @@ def test_stable_agents_grade_llm_judge_cases_and_the_canary_never_grades_itself(
                     return len(outputs) == 2 * 3 + 2 * 2
 
                 await eventually(graded, 30, "every answer run and every llmJudge one graded")
-            await stable_model.aclose()
-            await canary_model.aclose()
             assert lenient.requests == 0, "the canary's model never graded"
             assert graders.requests == 5, "four gradings, one asked again"
         outputs = (await store.golden_outputs(keys))[1]
@@ -110,25 +124,19 @@ def test_shadow_agreement_is_graded_by_the_stable_model_when_the_gate_names_crit
         config = shadow_config(analyzing(), spec)
         assert config.judge == "Says the same as the reference."
         await store.publish_shadow(keys, config)
-        calls: list[str] = []
-        async with stub_gateway(Reply.OK) as graders, stub_gateway(Reply.OK) as lenient:
-            graders.content = strict(calls)
-            lenient.content = lambda _: "PASS"
-            stable_model = GatewayClient(GatewayConfig(endpoint=graders.url))
-            canary_model = GatewayClient(GatewayConfig(endpoint=lenient.url))
-            canary: dict[str, Handler] = {"echo": shouting}
-            async with fleet.agent("s1", gateway=stable_model, revision="old"):
-                tasks = [await fleet.client.submit(TaskSpec("echo", f"w {i}")) for i in range(6)]
-                results = [await fleet.client.wait(t.task_id, 20) for t in tasks]
-                async with fleet.agent("c1", handlers=canary, gateway=canary_model, revision="new"):
+        async with (
+            models() as (graders, lenient, stable_model, canary_model),
+            fleet.agent("s1", gateway=stable_model, revision="old"),
+        ):
+            tasks = [await fleet.client.submit(TaskSpec("echo", f"w {i}")) for i in range(6)]
+            results = [await fleet.client.wait(t.task_id, 20) for t in tasks]
+            async with fleet.agent("c1", handlers=CANARY, gateway=canary_model, revision="new"):
 
-                    async def graded() -> bool:
-                        _, _, outputs = await store.shadow_outputs(keys)
-                        return sum(f.startswith("judge:") for f in outputs) == 6
+                async def graded() -> bool:
+                    _, _, outputs = await store.shadow_outputs(keys)
+                    return sum(f.startswith("judge:") for f in outputs) == 6
 
-                    await eventually(graded, 30, "every copy answered and graded")
-            await stable_model.aclose()
-            await canary_model.aclose()
+                await eventually(graded, 30, "every copy answered and graded")
         assert lenient.requests == 0, "the canary's model never graded its own copies"
         assert [r.output for r in results] == [f"w {i}" for i in range(6)], "callers: stable"
         _, cases, outputs = await store.shadow_outputs(keys)
