@@ -87,6 +87,17 @@ async def _client(
     )
 
 
+def _raw_send(request_id: int, message_id: str) -> dict[str, Any]:
+    """A SendMessage call as raw JSON-RPC, for what the SDK client would not send."""
+    message = {"messageId": message_id, "role": "ROLE_USER", "parts": [{"text": "x"}]}
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "SendMessage",
+        "params": {"message": message},
+    }
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -286,12 +297,7 @@ async def test_a2a_version_negotiation_holds_clients_to_the_fleets_protocol_vers
     token: str,
     redis_client: redis.Redis,
 ) -> None:
-    body = {
-        "jsonrpc": "2.0",
-        "id": 7,
-        "method": "SendMessage",
-        "params": {"message": {"messageId": "v", "role": "ROLE_USER", "parts": [{"text": "x"}]}},
-    }
+    body = _raw_send(7, "v")
     url = gateway.fleet_url(fleets.namespace, echo_fleet)
     async with httpx.AsyncClient(timeout=60) as http:
         card = (await http.get(url + ".well-known/agent-card.json")).json()
@@ -322,12 +328,7 @@ async def test_a_fleet_over_its_hard_budget_refuses_a2a_messages_with_invalid_re
     redis_client.hincrby(keys.usage, f"day:{seconds // SECONDS_PER_DAY}:tokens", 50)
     fleets.patch_spec(echo_fleet, budget={"hardTokens": 40})
     wait_for(lambda: redis_client.hget(keys.budget, HARD_TOKENS) == "40", 30, what="budget")
-    body = {
-        "jsonrpc": "2.0",
-        "id": 9,
-        "method": "SendMessage",
-        "params": {"message": {"messageId": "b", "role": "ROLE_USER", "parts": [{"text": "x"}]}},
-    }
+    body = _raw_send(9, "b")
     url = gateway.fleet_url(fleets.namespace, echo_fleet)
     async with httpx.AsyncClient(timeout=60) as http:
         reply = await http.post(url, json=body, headers={"A2A-Version": "1.0", **bearer(token)})

@@ -83,10 +83,25 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'run', ARGV[2])
 return 1
 """
 
+# Redis' clock, and `take`: every claim script's rule. ARGV[2] is the claiming agent, ARGV[3] the
+# stale bound in ms: a claim younger than that belongs to a live agent; an older one, to a dead one.
+CLAIM_PRELUDE: Final = (
+    _NOW_MS
+    + """
+local function take(claims, field)
+  local claim = redis.call('HGET', claims, field)
+  local at = claim and tonumber(string.match(claim, '@(%d+)$')) or nil
+  if at and now - at <= tonumber(ARGV[3]) then return false end
+  redis.call('HSET', claims, field, ARGV[2] .. '@' .. now)
+  return true
+end
+"""
+)
+
 # KEYS: golden, golden outputs, golden claims. ARGV: revision, agent, stale claim ms.
 # Returns {run id, case index (0-based), run JSON}, or {'none'} when nothing is left to take.
 CLAIM_LUA: Final = (
-    _NOW_MS
+    CLAIM_PRELUDE
     + """
 local id = redis.call('HGET', KEYS[1], 'id')
 if not id then return {'none'} end
@@ -100,12 +115,7 @@ if not mine then return {'none'} end
 for i, case in ipairs(run.cases) do
   local field = ARGV[1] .. '/' .. case.name
   if redis.call('HEXISTS', KEYS[2], field) == 0 then
-    local claim = redis.call('HGET', KEYS[3], field)
-    local at = claim and tonumber(string.match(claim, '@(%d+)$')) or nil
-    if not at or now - at > tonumber(ARGV[3]) then
-      redis.call('HSET', KEYS[3], field, ARGV[2] .. '@' .. now)
-      return {id, i - 1, body}
-    end
+    if take(KEYS[3], field) then return {id, i - 1, body} end
   end
 end
 return {'none'}
@@ -122,7 +132,7 @@ return redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3])
 # Returns {run id, output field, criteria, case input JSON, output JSON} of an answered llmJudge
 # case to grade, or {'none'}. Only the run's judge revision grades; raised answers need no grade.
 JUDGE_CLAIM_LUA: Final = (
-    _NOW_MS
+    CLAIM_PRELUDE
     + """
 local id = redis.call('HGET', KEYS[1], 'id')
 if not id then return {'none'} end
@@ -135,10 +145,7 @@ for _, case in ipairs(run.cases) do
       local judged = 'judge:' .. field
       local out = redis.call('HGET', KEYS[2], field)
       if out and cjson.decode(out).ok == true and redis.call('HEXISTS', KEYS[2], judged) == 0 then
-        local claim = redis.call('HGET', KEYS[3], judged)
-        local at = claim and tonumber(string.match(claim, '@(%d+)$')) or nil
-        if not at or now - at > tonumber(ARGV[3]) then
-          redis.call('HSET', KEYS[3], judged, ARGV[2] .. '@' .. now)
+        if take(KEYS[3], judged) then
           return {id, field, case.criteria, cjson.encode(case.input), out}
         end
       end

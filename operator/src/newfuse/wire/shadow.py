@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, Field
 
-from newfuse.wire.scripts import _NOW_MS
+from newfuse.wire.golden import CLAIM_PRELUDE
 
 
 class ShadowConfig(BaseModel):
@@ -65,7 +65,7 @@ return redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3])
 # KEYS: shadow, cases, outputs, claims. ARGV: revision, agent, stale claim ms.
 # Returns {run id, task id, ShadowCase JSON}, or {} when there is nothing for this revision.
 CLAIM_LUA: Final = (
-    _NOW_MS
+    CLAIM_PRELUDE
     + """
 local id = redis.call('HGET', KEYS[1], 'id')
 if not id then return {} end
@@ -75,12 +75,7 @@ local cases = redis.call('HGETALL', KEYS[2])
 for i = 1, #cases, 2 do
   local task = cases[i]
   if redis.call('HEXISTS', KEYS[3], task) == 0 then
-    local claim = redis.call('HGET', KEYS[4], task)
-    local at = claim and tonumber(string.match(claim, '@(%d+)$')) or nil
-    if not at or now - at > tonumber(ARGV[3]) then
-      redis.call('HSET', KEYS[4], task, ARGV[2] .. '@' .. now)
-      return {id, task, cases[i + 1]}
-    end
+    if take(KEYS[4], task) then return {id, task, cases[i + 1]} end
   end
 end
 return {}
@@ -91,7 +86,7 @@ return {}
 # Returns {run id, task id, criteria, ShadowCase JSON, canary output JSON} of an answered copy to
 # grade, or {} when there is none for this revision (only the run's stable revision grades).
 JUDGE_CLAIM_LUA: Final = (
-    _NOW_MS
+    CLAIM_PRELUDE
     + """
 local id = redis.call('HGET', KEYS[1], 'id')
 if not id then return {} end
@@ -104,10 +99,7 @@ for i = 1, #outputs, 2 do
   if string.sub(task, 1, 6) ~= 'judge:' and cjson.decode(outputs[i + 1]).ok == true
       and redis.call('HEXISTS', KEYS[3], judged) == 0 then
     local case = redis.call('HGET', KEYS[2], task)
-    local claim = redis.call('HGET', KEYS[4], judged)
-    local at = claim and tonumber(string.match(claim, '@(%d+)$')) or nil
-    if case and (not at or now - at > tonumber(ARGV[3])) then
-      redis.call('HSET', KEYS[4], judged, ARGV[2] .. '@' .. now)
+    if case and take(KEYS[4], judged) then
       return {id, task, run.judge, case, outputs[i + 1]}
     end
   end
