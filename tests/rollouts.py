@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import threading
 from typing import Any, cast
 
 import redis
 
-from harness import Fleets
+from harness import NEWFUSE_CLI, Fleets, Kubectl
 from localcluster import wait_for
 from newfuse.adapters.taskclient import StreamEntries, TaskClient, TaskSpec
 from newfuse.core import naming
@@ -128,3 +130,16 @@ def wait_phase(fleets: Fleets, name: str, phase: str, timeout: float = 180) -> d
             what=f"rollout of {name} {phase}",
         ),
     )
+
+
+def newfuse_rollout(kubectl: Kubectl, *args: str) -> str:
+    result = subprocess.run(
+        [NEWFUSE_CLI, "rollout", *args, "--kubeconfig", str(kubectl.kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout

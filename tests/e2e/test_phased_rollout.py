@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +16,7 @@ from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
 from newfuse.core import naming
 from newfuse.wire.keys import FleetKeys
-from rollouts import FAST_PHASED, Traffic, every_task_accounted_for, rollout_of
-
-NEWFUSE = str(Path(sys.executable).with_name("newfuse"))
+from rollouts import FAST_PHASED, Traffic, every_task_accounted_for, newfuse_rollout, rollout_of
 
 
 def test_good_revision_walks_every_phase_and_retires_the_legacy_revision(
@@ -244,19 +238,6 @@ def test_the_capability_budget_never_takes_both_holders_away(
     assert sampler.minimum == 1, "exactly one gpu agent was held back by the budget; never zero"
     history = [h["reason"] for h in rollout_of(fleets, "rare")["history"]]
     assert history[-1] == "ProgressDeadlineExceeded"
-
-
-def newfuse_rollout(kubectl: Kubectl, *args: str) -> str:
-    result = subprocess.run(
-        [NEWFUSE, "rollout", *args, "--kubeconfig", str(kubectl.kubeconfig)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def test_pause_resume_promote_abort_and_retry_from_the_cli(

@@ -64,6 +64,7 @@ EVERY_OPTION: dict[str, Any] = {
         "timeoutSeconds": 600,
         "onTimeout": "escalate",
     },
+    "memory": {"model": "all-MiniLM-L6-v2@int8-onnx-1.0.0", "maxItems": 500, "ttlSeconds": 60},
 }
 
 
@@ -105,6 +106,9 @@ def test_every_option_written_by_the_operator_is_read_back_by_the_agent() -> Non
     assert (agent.tasks.default_timeout_seconds, agent.tasks.retry_base_seconds) == (90, 3)
     assert (agent.review.handlers, agent.review.sample_percent) == (("draft",), 25)
     assert (agent.review.timeout_seconds, agent.review.on_timeout.value) == (600, "escalate")
+    assert (agent.memory_model, agent.memory_max_items, agent.memory_ttl_seconds) == (
+        "all-MiniLM-L6-v2@int8-onnx-1.0.0", 500, 60,
+    )  # fmt: skip
     gateway = GatewayConfig.from_env(env)
     assert gateway is not None
     assert (gateway.endpoint, gateway.model, gateway.api_key) == (

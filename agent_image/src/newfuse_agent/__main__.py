@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,6 +25,11 @@ from newfuse_agent.config import AgentConfig
 from newfuse_agent.gateway import GatewayClient, GatewayConfig
 from newfuse_agent.handlers import TaskContext, load_builtin_handlers
 from newfuse_agent.runtime import Agent
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from newfuse_agent.memory import AgentMemory
 
 
 def _http_app(agent: Agent) -> web.Application:
@@ -46,6 +52,16 @@ def _http_app(agent: Agent) -> web.Application:
     return app
 
 
+def _memory(client: Redis, keys: FleetKeys, config: AgentConfig) -> AgentMemory | None:
+    """The fleet's memory, if this image has the `memory` extra (its model and index libraries)."""
+    try:
+        from newfuse_agent.memory import AgentMemory
+    except ImportError as exc:
+        logging.getLogger(__name__).info("no fleet memory in this image: %s", exc)
+        return None
+    return AgentMemory(client, keys, config)
+
+
 async def serve(config: AgentConfig) -> None:
     """Run one agent until it has drained."""
     # Every in-flight task may hold a connection, plus fetch, reclaim, heartbeat and pub/sub.
@@ -59,6 +75,7 @@ async def serve(config: AgentConfig) -> None:
     gateway_config = GatewayConfig.from_env(os.environ)
     keys = FleetKeys(config.namespace, config.fleet)
     gateway = GatewayClient(gateway_config, redis=client, keys=keys) if gateway_config else None
+    memory = _memory(client, keys, config)
     context = TaskContext(
         agent_id=config.agent_id,
         fleet=config.fleet,
@@ -66,8 +83,10 @@ async def serve(config: AgentConfig) -> None:
         revision=config.revision,
         capabilities=config.capabilities,
         gateway=gateway,
+        memory=memory,
     )
     agent = Agent(config, client, load_builtin_handlers(), context)
+    upkeep = asyncio.create_task(memory.upkeep(), name="memory") if memory else None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.request_drain)
@@ -77,6 +96,8 @@ async def serve(config: AgentConfig) -> None:
     try:
         await agent.run()
     finally:
+        if upkeep is not None:
+            upkeep.cancel()
         await runner.cleanup()
         if gateway is not None:
             await gateway.aclose()

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from newfuse.tracing import TraceExporter
 from newfuse.wire.agentenv import AgentEnv
 from newfuse.wire.envelope import PROTOCOL_VERSION, SUPPORTED_MAJOR_VERSIONS
+from newfuse.wire.memory import DEFAULT_MAX_ITEMS, MemoryModel
 from newfuse.wire.protocol import parse_speaks
 from newfuse.wire.review import ReviewPolicy
 from newfuse.wire.sealing import Sealer
@@ -48,6 +49,9 @@ _ENV: Final[dict[str, str]] = {
     AgentEnv.TRACE_EXPORTER: "trace_exporter",
     AgentEnv.REDIS_CA_FILE: "redis_ca_file",
     AgentEnv.REVIEW_POLICY: "review",
+    AgentEnv.MEMORY_MODEL: "memory_model",
+    AgentEnv.MEMORY_MAX_ITEMS: "memory_max_items",
+    AgentEnv.MEMORY_TTL_SECONDS: "memory_ttl_seconds",
 }
 
 
@@ -99,6 +103,10 @@ class AgentConfig(BaseModel):
     tasks: TaskPolicy = Field(default_factory=TaskPolicy)
     # Which outputs wait for a person, and how long reviews wait: the fleet's spec.review.
     review: ReviewPolicy = Field(default_factory=ReviewPolicy)
+    # The fleet's spec.memory: the model its memory should be under, its limit, its default TTL.
+    memory_model: MemoryModel = MemoryModel.MINILM
+    memory_max_items: int = Field(default=DEFAULT_MAX_ITEMS, ge=1)
+    memory_ttl_seconds: float | None = Field(default=None, gt=0)
 
     @field_validator("speaks", mode="before")
     @classmethod

@@ -143,6 +143,47 @@ class ChatGateway(Protocol):
 
 
 @dataclass(frozen=True)
+class Recollection:
+    """A memory a recall found: its text, how close it is to the query (cosine), who wrote it."""
+
+    id: str
+    text: str
+    score: float
+    metadata: dict[str, str | int | float | bool]
+    revision: str
+
+
+class Memory(Protocol):
+    """The fleet's memory as a handler sees it (newfuse_agent.memory.AgentMemory is one).
+
+    A canary's writes are quarantined: its own agents recall them, stable agents do not until
+    its rollout completes, and a rollback deletes them. Every call raises HandlerError on failure
+    (retryable when the store was unreachable).
+    """
+
+    async def remember(
+        self,
+        text: str,
+        metadata: dict[str, str | int | float | bool] | None = None,
+        *,
+        memory_id: str | None = None,
+        ttl_seconds: float | None = None,
+    ) -> str:
+        """Remember ``text``; its id (``memory_id`` makes a retried task's write idempotent)."""
+        ...
+
+    async def recall(
+        self, query: str, k: int = 5, where: dict[str, str | int | float | bool] | None = None
+    ) -> list[Recollection]:
+        """The ``k`` memories nearest ``query`` (whose metadata matches ``where``), best first."""
+        ...
+
+    async def forget(self, *memory_ids: str) -> int:
+        """Forget these memories; how many existed."""
+        ...
+
+
+@dataclass(frozen=True)
 class TaskContext:
     """What a handler may use besides its input."""
 
@@ -152,6 +193,8 @@ class TaskContext:
     revision: str
     capabilities: tuple[str, ...]
     gateway: ChatGateway | None = None
+    # The fleet's memory (None in an image without the `memory` extra).
+    memory: Memory | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("newfuse_agent.handler"))
     answers: Answers = field(default_factory=Answers, repr=False)
     delegations: Delegations = field(default_factory=Delegations, repr=False)

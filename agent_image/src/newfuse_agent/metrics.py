@@ -75,6 +75,24 @@ COST = Counter(
     "What this agent's tasks' model calls cost, by the price table.",
 )
 
+MEMORY_WRITES = Counter(
+    "newfuse_agent_memory_writes_total",
+    "Memories this agent's handlers wrote, by outcome (stored, refused: the fleet's limit).",
+    ["outcome"],
+)
+MEMORY_RECALL_SECONDS = Histogram(
+    "newfuse_agent_memory_recall_seconds",
+    "Recall latency: the query's embedding and the index search.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+MEMORY_ITEMS = Gauge(
+    "newfuse_agent_memory_items", "Memories the fleet holds, as this agent last counted."
+)
+MEMORY_REEMBEDDED = Gauge(
+    "newfuse_agent_memory_reembedded",
+    "Memories re-embedded under spec.memory.model by this agent's current or last run.",
+)
+
 
 def p95_ms(latencies: Collection[float]) -> float | None:
     """95th percentile handler latency over the recent tasks (None: no task yet)."""

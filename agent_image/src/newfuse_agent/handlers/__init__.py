@@ -43,6 +43,7 @@ def load_builtin_handlers() -> dict[str, Handler]:
         chat,
         delegate,
         echo,
+        memory,
         reduce,
         saga,
         sleep,

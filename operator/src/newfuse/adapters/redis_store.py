@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError, ResponseError
 
 from newfuse import observability as obs
+from newfuse.adapters import quarantine
 from newfuse.adapters.redis_connect import connect
 from newfuse.adapters.redis_guard import Breaker, GuardedRedis
 from newfuse.adapters.state_store import put_state
@@ -147,8 +148,9 @@ class RedisStore:
         return await put_state(self._client, keys, update, fleet=True)
 
     async def put_fleet_summary(self, keys: FleetKeys, summary: FleetSummary) -> None:
-        """Store the fleet's FleetSummary (last writer wins: only the leader writes)."""
+        """Store the fleet's FleetSummary (only the leader writes), and settle its memory to it."""
         await self._client.hset(keys.fleet_state, keys.FLEET_SUMMARY_FIELD, summary.to_json())
+        await quarantine.settle(self._client, keys, summary)
 
     async def put_agent_state(self, keys: FleetKeys, update: StateUpdate) -> bool:
         """Store an agent's StateUpdate unless a newer version is stored. True if stored."""

@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field
 
 from newfuse.api.base import CEL, KubeModel, cel
 from newfuse.api.budget import BudgetSpec
+from newfuse.api.memory import MemorySpec
 from newfuse.api.podspec import DnsLabel, EnvVar, PullPolicy, ResourceRequirements, Toleration
 from newfuse.api.review import ReviewSpec
 from newfuse.api.rollout import PhasedPolicy
@@ -113,6 +114,10 @@ class NewFuseAgentSpec(KubeModel):
     )
     budget: BudgetSpec | None = Field(
         default=None, description="Daily (UTC) limits on model spend: soft warns, hard refuses."
+    )
+    memory: MemorySpec | None = Field(
+        default=None,
+        description="Fleet memory: its embedding model, size limit and default TTL.",
     )
     tasks: TaskPolicySpec | None = Field(
         default=None,

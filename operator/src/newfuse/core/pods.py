@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+from newfuse.api.memory import MemorySpec
 from newfuse.api.review import ReviewSpec
 from newfuse.api.services import GatewaySpec
 from newfuse.api.tasks import TaskPolicySpec
@@ -126,6 +127,16 @@ class AgentDefaults:
 
 
 # str(name): a manifest holds plain strings (YAML and JSON dumpers refuse enum members).
+def _memory_env(memory: MemorySpec) -> list[dict[str, Any]]:
+    env = [
+        _env(AgentEnv.MEMORY_MODEL, memory.model.value),
+        _env(AgentEnv.MEMORY_MAX_ITEMS, str(memory.max_items)),
+    ]
+    if memory.ttl_seconds is not None:
+        env.append(_env(AgentEnv.MEMORY_TTL_SECONDS, str(memory.ttl_seconds)))
+    return env
+
+
 def _env(name: str, value: str) -> dict[str, Any]:
     return {"name": str(name), "value": value}
 
@@ -189,6 +200,8 @@ def agent_env(fleet: NewFuseAgent, revision: str, defaults: AgentDefaults) -> li
     ]
     if spec.review is not None:
         env.append(_env(AgentEnv.REVIEW_POLICY, review_policy(spec.review).model_dump_json()))
+    if spec.memory is not None:
+        env += _memory_env(spec.memory)
     redis_ref = (spec.redis.url_secret_ref if spec.redis else None) or defaults.redis_secret
     if redis_ref:
         env.append(_secret_env(AgentEnv.REDIS_URL, redis_ref.name, redis_ref.key))

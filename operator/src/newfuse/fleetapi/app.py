@@ -34,6 +34,7 @@ from newfuse.fleetapi.a2amap import agent_card, version_refusal
 from newfuse.fleetapi.auth import Authenticator, AuthError, Authorizer, audit, verb_of
 from newfuse.fleetapi.fleets import Fleets
 from newfuse.fleetapi.liveroutes import LiveEndpoints
+from newfuse.fleetapi.memoryroutes import MemoryEndpoints
 from newfuse.fleetapi.metrics import CALLS
 from newfuse.fleetapi.reviewroutes import ReviewEndpoints
 from newfuse.fleetapi.streams import EVENT_ID
@@ -247,6 +248,7 @@ def create_app(
     routes = [
         *live.routes(),
         *ReviewEndpoints(fleets, identity).routes(),
+        *MemoryEndpoints(fleets, identity).routes(),
         Route("/healthz", endpoints.healthz),
         Route("/readyz", endpoints.readyz),
         Route("/metrics", _metrics),

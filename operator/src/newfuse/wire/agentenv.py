@@ -51,3 +51,8 @@ class AgentEnv(StrEnum):
     GATEWAY_PRICES = "NEWFUSE_GATEWAY_PRICES"
     # spec.review as the JSON of newfuse.wire.review.ReviewPolicy (unset: nothing is reviewed).
     REVIEW_POLICY = "NEWFUSE_REVIEW_POLICY"
+    # spec.memory (newfuse.api.memory): the embedding model the fleet's memory should use (an
+    # agent re-embeds it in the background when it differs), its size limit, its default TTL.
+    MEMORY_MODEL = "NEWFUSE_MEMORY_MODEL"
+    MEMORY_MAX_ITEMS = "NEWFUSE_MEMORY_MAX_ITEMS"
+    MEMORY_TTL_SECONDS = "NEWFUSE_MEMORY_TTL_SECONDS"

@@ -243,6 +243,41 @@ class FleetKeys:
         return f"{self.prefix}:memory"
 
     @property
+    def memory_vectors(self) -> str:
+        """Hash: memory id -> its vector under the active model (`memory_model`)."""
+        return f"{self.memory}:vectors"
+
+    @property
+    def memory_model(self) -> str:
+        """String: the embedding model recalls use (EmbeddingModel.id)."""
+        return f"{self.memory}:model"
+
+    @property
+    def memory_next_vectors(self) -> str:
+        """Hash: memory id -> its vector under the model being re-embedded to."""
+        return f"{self.memory}:next:vectors"
+
+    @property
+    def memory_next_model(self) -> str:
+        """String: the model a re-embedding is moving to, until its cutover."""
+        return f"{self.memory}:next:model"
+
+    @property
+    def memory_log(self) -> str:
+        """Stream: every memory added or deleted, so readers' indexes follow by deltas."""
+        return f"{self.memory}:log"
+
+    @property
+    def memory_sweep_lock(self) -> str:
+        """String: the agent holding the fleet's turn to sweep expired memories (expires)."""
+        return f"{self.memory}:sweep"
+
+    @property
+    def memory_reembed_lock(self) -> str:
+        """String: the agent re-embedding the fleet's memory (renewed at every pass)."""
+        return f"{self.memory}:reembed"
+
+    @property
     def memory_quarantine(self) -> str:
         """Hash: memory id -> the canary revision that wrote it, visible to that revision only."""
         return f"{self.memory}:quarantine"
@@ -345,6 +380,13 @@ class FleetKeys:
             self.protocol,
             self.memory,
             self.memory_quarantine,
+            self.memory_vectors,
+            self.memory_model,
+            self.memory_next_vectors,
+            self.memory_next_model,
+            self.memory_log,
+            self.memory_sweep_lock,
+            self.memory_reembed_lock,
             self.shadow,
             self.shadow_cases,
             self.shadow_outputs,
