@@ -140,10 +140,8 @@ def test_export_then_import_round_trips_every_record(
     assert code == 0, err
     got = {r["id"]: r for r in map(json.loads, out.splitlines())}
     assert set(got) == {r["id"] for r in source}
-    for r in source:
-        assert (got[r["id"]]["text"], got[r["id"]]["metadata"]) == (r["text"], r["metadata"])
-    # The expiry is kept as an instant (to the store's clock's millisecond and the trip's time).
-    assert abs(got["r7"]["expires_ms"] - 4_000_000_000_000) < 60_000
+    for r in source:  # the record as it was: who wrote it and when, its expiry instant
+        assert got[r["id"]] == r
     assert [r["id"] for r in _search(other, url, "gateway slow", "-k", "1", "--where", "n=5")] == [
         "r5"
     ]

@@ -84,7 +84,16 @@ class FleetMemory:
             return 0
         now_ms = await self.backend.now_ms()  # the store's clock: agents' clocks drift
         records = [self._record(memo, now_ms) for memo in memos]
-        quarantine = (await self._trust()).quarantines(self.revision)
+        return await self._store(records, (await self._trust()).quarantines(self.revision))
+
+    async def restore(self, records: Sequence[MemoryRecord]) -> int:
+        """Store exported records as they were (revision, times), unquarantined; how many new.
+
+        Re-embedded under the fleet's active model: an export carries texts, not vectors.
+        """
+        return await self._store(records, None) if records else 0
+
+    async def _store(self, records: Sequence[MemoryRecord], quarantine: str | None) -> int:
         texts, swept = [r.text for r in records], False
         while True:
             model = await self.backend.active_model() or self.model

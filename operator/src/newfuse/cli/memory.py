@@ -44,7 +44,7 @@ from newfuse.cli.render import clip
 from newfuse.wire.memory import MemoryRecord, Scalar
 
 if TYPE_CHECKING:  # imported when a command runs: every `newfuse` start need not load them
-    from newfuse.adapters.fleetmemory import FleetMemory, Memo
+    from newfuse.adapters.fleetmemory import FleetMemory
     from newfuse.adapters.redismemory import RedisMemory
 
 memory_app = typer.Typer(
@@ -271,24 +271,12 @@ def _lines(source: str) -> tuple[Iterator[tuple[int, str]], int | None]:
     return numbered(), total
 
 
-def _memo(record: MemoryRecord, now_ms: int) -> Memo | None:
-    """The record as a write (its expiry kept as the time it has left); None if already expired."""
-    from newfuse.adapters.fleetmemory import Memo
-
-    ttl = None
-    if record.expires_ms is not None:
-        if record.expires_ms <= now_ms:
-            return None
-        ttl = (record.expires_ms - now_ms) / 1000
-    return Memo(record.text, record.metadata, record.id, ttl)
-
-
 async def _store(memory: FleetMemory, batch: list[MemoryRecord], done: _Import) -> None:
     now_ms = await memory.backend.now_ms()
-    memos = [m for r in batch if (m := _memo(r, now_ms)) is not None]
-    done.expired += len(batch) - len(memos)
+    kept = [r for r in batch if r.expires_ms is None or r.expires_ms > now_ms]
+    done.expired += len(batch) - len(kept)
     try:
-        done.stored += await memory.remember_many(memos)
+        done.stored += await memory.restore(kept)
     except MemoryFullError as exc:
         fail(f"{exc} (imported {done.stored} before the limit)")
         raise typer.Exit(1) from None
