@@ -16,10 +16,8 @@ import redis
 
 from clitool import cli, mirrored_fleet
 from harness import RedisHandle
-from newfuse.adapters import fleetmemory
 from newfuse.adapters.embedder import MINILM
 from newfuse.cli import memory as memory_cli
-from newfuse.fleetapi import memoryroutes
 from newfuse.wire.keys import FleetKeys
 
 
@@ -43,14 +41,6 @@ def _search(keys: FleetKeys, url: str, *args: str) -> list[dict[str, object]]:
     assert code == 0, err
     results: list[dict[str, object]] = json.loads(out)["results"]
     return results
-
-
-def test_the_k_bounds_are_the_services_own() -> None:
-    assert (memory_cli.DEFAULT_K, memory_cli.MAX_K) == (fleetmemory.DEFAULT_K, fleetmemory.MAX_K)
-    assert (memoryroutes.DEFAULT_K, memoryroutes.MAX_K) == (
-        fleetmemory.DEFAULT_K,
-        fleetmemory.MAX_K,
-    )
 
 
 def test_add_search_forget(redis_server: RedisHandle, fleet: FleetKeys) -> None:

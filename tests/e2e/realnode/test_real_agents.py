@@ -22,6 +22,7 @@ from harness import (
     RedisHandle,
     on_real_node,
     submit,
+    wait_results,
 )
 from localcluster import images, wait_for
 from localcluster.realnode import RealNodeInfo
@@ -97,7 +98,22 @@ def test_a_fleet_on_the_real_node_works_end_to_end_under_the_restricted_context(
     ).stdout  # fmt: skip
     for pod in pods:
         assert pod.metadata.name in listed, listed
+    _memory_inside(ns, redis_server.url)
     _restricted_inside(kubectl, ns, pods[0].metadata.name)
+
+
+def _memory_inside(ns: str, url: str) -> None:
+    """Fleet memory works in the real image: its packaged model loads under a read-only root."""
+    text = "Orders ship from the Lyon warehouse."
+    remember = json.dumps({"text": text})
+    submit("real", ns, url, "--handler", "remember", "--id", "m1", "--payload", remember)
+    [stored] = wait_results(url, ns, "real", ["m1"], 120)
+    assert stored.status.value == "succeeded", stored.error
+    recall = json.dumps({"query": "Where do orders ship from?", "k": 1})
+    submit("real", ns, url, "--handler", "recall", "--id", "r1", "--payload", recall)
+    [found] = wait_results(url, ns, "real", ["r1"], 120)
+    assert found.status.value == "succeeded", found.error
+    assert [m["text"] for m in found.output["memories"]] == [text]
 
 
 def _restricted_inside(kubectl: Kubectl, ns: str, pod: str) -> None:

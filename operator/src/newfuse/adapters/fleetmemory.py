@@ -13,16 +13,12 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
 
 from newfuse.adapters import embedder as embedding
 from newfuse.adapters.embedder import MINILM, Embedder
 from newfuse.adapters.memoryport import MemoryBackend, MemoryFullError, Recalled, Vectors
 from newfuse.core.memory import Settlement
-from newfuse.wire.memory import MemoryRecord, Scalar
-
-DEFAULT_K: Final = 5
-MAX_K: Final = 100
+from newfuse.wire.memory import DEFAULT_K, MAX_K, MemoryRecord, Scalar
 
 Trust = Callable[[], Awaitable[Settlement]]
 

@@ -41,7 +41,7 @@ from newfuse.cli.common import (
     with_client,
 )
 from newfuse.cli.render import clip
-from newfuse.wire.memory import MemoryRecord, Scalar
+from newfuse.wire.memory import DEFAULT_K, MAX_K, MemoryRecord, Scalar
 
 if TYPE_CHECKING:  # imported when a command runs: every `newfuse` start need not load them
     from newfuse.adapters.fleetmemory import FleetMemory
@@ -56,8 +56,6 @@ REVISION: Final = "cli"  # the revision the CLI's writes carry; the fleet trusts
 IMPORT_BATCH: Final = 64
 # newfuse.adapters.fleetmemory's DEFAULT_K and MAX_K (the tests hold them equal), not imported
 # for Typer's defaults: that module loads onnxruntime.
-DEFAULT_K: Final = 5
-MAX_K: Final = 100
 _SHOWN_BAD: Final = 50  # bad import lines listed one by one; the rest are counted
 _PROGRESS_FROM: Final = 1_000  # exports and imports smaller than this show no progress bar
 T = TypeVar("T")

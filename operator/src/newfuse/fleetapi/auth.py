@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import jwt
 from cachetools import TTLCache
+from starlette.requests import Request
 
 from newfuse.adapters.kubeauth import TASKS_SUBRESOURCE, KubeAuth, ReviewedUser
 from newfuse.api.v1alpha1 import PLURAL
@@ -247,3 +248,26 @@ class Authorizer:
                 f"{user.username} may not {verb} {_resource(subresource)} of {namespace}/{fleet}"
                 + (f": {reason}" if reason else ""),
             )
+
+
+Identity = tuple[Authenticator, Authorizer]
+
+
+async def admit(
+    identity: Identity | None, request: Request, verb: str, subresource: str
+) -> str | None:
+    """The caller's user name if it may ``verb`` the fleet's ``subresource`` (AuthError if not).
+
+    The fleet is the request's `namespace` and `fleet` path parameters; None: no identity is
+    configured, so anybody may.
+    """
+    if identity is None:
+        return None
+    authenticator, authorizer = identity
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError(401, "a bearer token is required (Authorization: Bearer <JWT>)")
+    who = await authenticator.identify(token.strip())
+    namespace, name = request.path_params["namespace"], request.path_params["fleet"]
+    await authorizer.check(who, verb, namespace, name, subresource=subresource)
+    return who.username

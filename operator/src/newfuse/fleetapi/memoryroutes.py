@@ -31,10 +31,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from newfuse.adapters.memoryport import MemoryFullError, Recalled
-from newfuse.fleetapi.auth import Authenticator, AuthError, Authorizer, audit
+from newfuse.fleetapi.auth import AuthError, Identity, admit, audit
 from newfuse.fleetapi.fleets import Fleets
 from newfuse.wire.keys import FleetKeys
-from newfuse.wire.memory import MAX_TEXT, Scalar
+from newfuse.wire.memory import DEFAULT_K, MAX_K, MAX_TEXT, Scalar
 
 if TYPE_CHECKING:  # loaded on the first memory call: a gateway without them need not pay
     from newfuse.adapters.embedder import Embedder
@@ -43,8 +43,6 @@ if TYPE_CHECKING:  # loaded on the first memory call: a gateway without them nee
 FLEETS_PREFIX: Final = "/fleets"
 MEMORY_SUBRESOURCE: Final = "memory"
 REVISION: Final = "gateway"  # the revision the API's writes carry; the fleet trusts its operator
-DEFAULT_K: Final = 5  # newfuse.adapters.fleetmemory's (the tests hold them equal)
-MAX_K: Final = 100
 MAX_ID: Final = 128
 MAX_METADATA: Final = 64  # keys per memory
 
@@ -207,7 +205,7 @@ class MemoryEndpoints:
     """The shared memory of every fleet the gateway serves."""
 
     fleets: Fleets
-    identity: tuple[Authenticator, Authorizer] | None  # None: anybody may use it
+    identity: Identity | None  # None: anybody may use it
     embedders: Callable[[str], Embedder] = field(default_factory=SharedEmbedders)
     _memories: dict[tuple[str, str], FleetMemory] = field(default_factory=dict)
 
@@ -223,18 +221,11 @@ class MemoryEndpoints:
     async def _admit(self, request: Request, verb: str) -> Response | None:
         """None if the caller may go on (`request.state.memory`, `.user`); else the refusal."""
         namespace, name = request.path_params["namespace"], request.path_params["fleet"]
-        request.state.user = "system:anonymous"
-        if self.identity is not None:
-            authenticator, authorizer = self.identity
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            try:
-                if scheme.lower() != "bearer" or not token.strip():
-                    raise AuthError(401, "a bearer token is required (Authorization: Bearer <JWT>)")
-                who = await authenticator.identify(token.strip())
-                await authorizer.check(who, verb, namespace, name, subresource=MEMORY_SUBRESOURCE)
-            except AuthError as exc:
-                return _error(exc.status, exc.message)
-            request.state.user = who.username
+        try:
+            user = await admit(self.identity, request, verb, MEMORY_SUBRESOURCE)
+        except AuthError as exc:
+            return _error(exc.status, exc.message)
+        request.state.user = user or "system:anonymous"
         if await self.fleets.lookup(namespace, name) is None:
             self._memories.pop((namespace, name), None)
             return _error(404, f"no fleet {name!r} in namespace {namespace!r}")

@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from newfuse.adapters.reviews import ReviewNotFoundError, ReviewStore
 from newfuse.core.review import ReviewConflictError, ReviewRefusedError
-from newfuse.fleetapi.auth import Authenticator, AuthError, Authorizer, audit
+from newfuse.fleetapi.auth import AuthError, Identity, admit, audit
 from newfuse.fleetapi.fleets import Fleets
 from newfuse.fleetapi.metrics import REVIEW_SECONDS, REVIEWS
 from newfuse.wire.endpoints import FEEDBACK, REVIEWS_PREFIX
@@ -67,7 +67,7 @@ class ReviewEndpoints:
     """The review queue of every fleet the gateway serves."""
 
     fleets: Fleets
-    identity: tuple[Authenticator, Authorizer] | None  # None: anybody may review
+    identity: Identity | None  # None: anybody may review
 
     def routes(self) -> list[BaseRoute]:
         """The routes, under REVIEWS_PREFIX."""
@@ -82,18 +82,11 @@ class ReviewEndpoints:
     async def _admit(self, request: Request, verb: str) -> Response | None:
         """None if the caller may go on (`request.state.store`, `.reviewer`); else the refusal."""
         namespace, name = request.path_params["namespace"], request.path_params["fleet"]
-        request.state.reviewer = ANONYMOUS
-        if self.identity is not None:
-            authenticator, authorizer = self.identity
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            try:
-                if scheme.lower() != "bearer" or not token.strip():
-                    raise AuthError(401, "a bearer token is required (Authorization: Bearer <JWT>)")
-                who = await authenticator.identify(token.strip())
-                await authorizer.check(who, verb, namespace, name, subresource=REVIEW_SUBRESOURCE)
-            except AuthError as exc:
-                return _error(exc.status, exc.message)
-            request.state.reviewer = who.username
+        try:
+            reviewer = await admit(self.identity, request, verb, REVIEW_SUBRESOURCE)
+        except AuthError as exc:
+            return _error(exc.status, exc.message)
+        request.state.reviewer = reviewer or ANONYMOUS
         if await self.fleets.lookup(namespace, name) is None:
             return _error(404, f"no fleet {name!r} in namespace {namespace!r}")
         request.state.store = ReviewStore(self.fleets.client, FleetKeys(namespace, name))

@@ -25,6 +25,8 @@ Scalar = str | int | float | bool
 
 MAX_TEXT: Final = 32_768
 DEFAULT_MAX_ITEMS: Final = 100_000
+DEFAULT_K: Final = 5  # memories a recall returns unless asked for more
+MAX_K: Final = 100
 
 
 class MemoryModel(StrEnum):
