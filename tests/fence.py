@@ -29,6 +29,7 @@ ALLOWED: Final = {
         "gateway-key",
         "redis-url",
         "redis-ca",
+        "memory-pg",
         "fleet-signing",
         "fleet-signing-old",
         "data-key",
@@ -64,6 +65,7 @@ EVERY_REFERENCE: Final[dict[str, Any]] = {
         "keySecretRef": {"name": "data-key", "key": "key"},
         "acceptKeySecretRef": {"name": "data-key-old", "key": "keys"},
     },
+    "memory": {"postgres": {"urlSecretRef": {"name": "memory-pg", "key": "url"}}},
     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     "nodeSelector": {"pool": "team-a", "zone": "any-zone"},
 }

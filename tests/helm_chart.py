@@ -91,7 +91,7 @@ def render(binaries: Binaries, *sets: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
-FLEET_API_ROLES = ("-task-submitter", "-viewer", "-reviewer")
+FLEET_API_ROLES = ("-task-submitter", "-viewer", "-reviewer", "-memory-editor")
 
 
 def operator_cluster_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:

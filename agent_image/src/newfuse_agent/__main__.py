@@ -52,14 +52,42 @@ def _http_app(agent: Agent) -> web.Application:
     return app
 
 
-def _memory(client: Redis, keys: FleetKeys, config: AgentConfig) -> AgentMemory | None:
-    """The fleet's memory, if this image has the `memory` extra (its model and index libraries)."""
+async def _memory(client: Redis, keys: FleetKeys, config: AgentConfig) -> AgentMemory | None:
+    """The fleet's memory, if this image has the `memory` extra (its model and index libraries).
+
+    In the fleet's Redis, or in PostgreSQL when spec.memory.postgres gives a DSN: that needs the
+    `memory-pg` extra too (psycopg, imported only then). A database that cannot be reached stops
+    the agent (the pod restarts and tries again) rather than run without the memory it was given.
+    """
     try:
         from newfuse_agent.memory import AgentMemory
     except ImportError as exc:
         logging.getLogger(__name__).info("no fleet memory in this image: %s", exc)
         return None
-    return AgentMemory(client, keys, config)
+    if not config.memory_postgres_url:
+        return AgentMemory(client, keys, config)
+    try:
+        from psycopg import OperationalError
+
+        from newfuse.adapters.embedder import MODELS
+        from newfuse.adapters.pgmemory import PgVectorMemory
+    except ImportError as exc:
+        logging.getLogger(__name__).error(
+            "spec.memory.postgres is set but this image lacks the memory-pg extra (%s): "
+            "no fleet memory",
+            exc,
+        )
+        return None
+    backend = await PgVectorMemory.connect(
+        config.memory_postgres_url,
+        config.namespace,
+        config.fleet,
+        MODELS[config.memory_model].dim,
+        config.memory_max_items,
+    )
+    return AgentMemory(
+        client, keys, config, backend, unreachable=(OperationalError,), close=backend.conn.close
+    )
 
 
 async def serve(config: AgentConfig) -> None:
@@ -75,7 +103,7 @@ async def serve(config: AgentConfig) -> None:
     gateway_config = GatewayConfig.from_env(os.environ)
     keys = FleetKeys(config.namespace, config.fleet)
     gateway = GatewayClient(gateway_config, redis=client, keys=keys) if gateway_config else None
-    memory = _memory(client, keys, config)
+    memory = await _memory(client, keys, config)
     context = TaskContext(
         agent_id=config.agent_id,
         fleet=config.fleet,
@@ -98,6 +126,8 @@ async def serve(config: AgentConfig) -> None:
     finally:
         if upkeep is not None:
             upkeep.cancel()
+        if memory is not None:
+            await memory.aclose()
         await runner.cleanup()
         if gateway is not None:
             await gateway.aclose()

@@ -52,6 +52,7 @@ _ENV: Final[dict[str, str]] = {
     AgentEnv.MEMORY_MODEL: "memory_model",
     AgentEnv.MEMORY_MAX_ITEMS: "memory_max_items",
     AgentEnv.MEMORY_TTL_SECONDS: "memory_ttl_seconds",
+    AgentEnv.MEMORY_POSTGRES_URL: "memory_postgres_url",
 }
 
 
@@ -107,6 +108,8 @@ class AgentConfig(BaseModel):
     memory_model: MemoryModel = MemoryModel.MINILM
     memory_max_items: int = Field(default=DEFAULT_MAX_ITEMS, ge=1)
     memory_ttl_seconds: float | None = Field(default=None, gt=0)
+    # spec.memory.postgres: the fleet role's DSN; unset, the memory is kept in the fleet's Redis.
+    memory_postgres_url: str | None = Field(default=None, repr=False)
 
     @field_validator("speaks", mode="before")
     @classmethod

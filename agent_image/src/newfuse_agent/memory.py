@@ -2,12 +2,14 @@
 
 Trust comes from the fleet's summary that the operator mirrors into Redis (newfuse.core.memory):
 an agent of a revision the fleet does not trust yet, a canary, writes into quarantine. The summary
-is read at most every few seconds; a stale one errs on the side of quarantine, which the operator
-lifts by level on its next reconcile.
+is read at most every few seconds; a stale one errs on the side of quarantine, which is settled by
+level on the next reconcile (the operator, in Redis) or upkeep round (the agents, in any backend:
+PostgreSQL's has no other settler).
 
-Upkeep runs beside the task loop, one agent of the fleet at a time (a Redis lock each): expired
-memories are swept, and when spec.memory.model differs from the model the memory is under, the
-memory is re-embedded in the background while recalls keep using the old model.
+Upkeep runs beside the task loop: every agent settles the quarantine (idempotent), and one agent
+of the fleet at a time (a Redis lock each) sweeps expired memories and, when spec.memory.model
+differs from the model the memory is under, re-embeds it in the background while recalls keep
+using the old model.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import redis.asyncio as aioredis
@@ -22,7 +25,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from newfuse.adapters.fleetmemory import FleetMemory
-from newfuse.adapters.memoryport import MemoryFullError
+from newfuse.adapters.memoryport import MemoryBackend, MemoryFullError
 from newfuse.adapters.redismemory import RedisMemory
 from newfuse.adapters.reembed import Progress, reembed
 from newfuse.core.memory import Settlement, settlement
@@ -44,11 +47,27 @@ REEMBED_LOCK_MS: Final = 120_000  # renewed at every pass; a dead holder's lapse
 class AgentMemory:
     """One agent's view of its fleet's memory (a newfuse_agent.contract.Memory)."""
 
-    def __init__(self, client: aioredis.Redis, keys: FleetKeys, config: AgentConfig) -> None:
-        """Use the fleet's memory through ``client`` (the fleet's own Redis user)."""
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: FleetKeys,
+        config: AgentConfig,
+        backend: MemoryBackend | None = None,
+        *,
+        unreachable: tuple[type[Exception], ...] = (),
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Use the fleet's memory in ``backend`` (default: Redis through ``client``).
+
+        ``client`` is the fleet's own Redis user: trust and upkeep's locks live there whatever the
+        backend. ``unreachable`` are the backend's errors that mean "try again later" (Redis'
+        are known); ``close`` releases its connection.
+        """
         self.client, self.keys, self.config = client, keys, config
+        self._unreachable: tuple[type[Exception], ...] = (RedisError, OSError, *unreachable)
+        self._close = close
         self.fleet = FleetMemory(
-            RedisMemory(client, keys, config.memory_max_items),
+            backend or RedisMemory(client, keys, config.memory_max_items),
             config.revision,
             trust=self._trust,
             model=config.memory_model,
@@ -73,7 +92,7 @@ class AgentMemory:
         except MemoryFullError as exc:
             metrics.MEMORY_WRITES.labels("refused").inc()
             raise HandlerError(str(exc), retryable=False) from exc
-        except (RedisError, OSError) as exc:
+        except self._unreachable as exc:
             raise HandlerError(f"memory unreachable: {exc}", retryable=True) from exc
         metrics.MEMORY_WRITES.labels("stored").inc()
         return stored
@@ -87,7 +106,7 @@ class AgentMemory:
             found = await self.fleet.recall(query, k, where)
         except ValueError as exc:
             raise HandlerError(f"recall refused: {exc}", retryable=False) from exc
-        except (RedisError, OSError) as exc:
+        except self._unreachable as exc:
             raise HandlerError(f"memory unreachable: {exc}", retryable=True) from exc
         metrics.MEMORY_RECALL_SECONDS.observe(time.perf_counter() - started)
         return [
@@ -99,7 +118,7 @@ class AgentMemory:
         """Forget these memories; how many existed."""
         try:
             return await self.fleet.forget(*memory_ids)
-        except (RedisError, OSError) as exc:
+        except self._unreachable as exc:
             raise HandlerError(f"memory unreachable: {exc}", retryable=True) from exc
 
     async def upkeep(self) -> None:
@@ -107,13 +126,18 @@ class AgentMemory:
         while True:
             try:
                 await self.upkeep_once()
-            except (RedisError, OSError) as exc:  # the next round tries again
+            except self._unreachable as exc:  # the next round tries again
                 log.warning("memory upkeep failed: %s", exc)
             await asyncio.sleep(UPKEEP_SECONDS)
 
     async def upkeep_once(self) -> None:
-        """One round: count, sweep if this agent holds the sweep turn, re-embed if needed."""
+        """One round: settle, count, sweep if it is this agent's turn, re-embed if needed."""
         backend = self.fleet.backend
+        rule = await self._trust()
+        if rule.trusted is not None:
+            lifted, deleted = await backend.settle(rule.trusted, rule.pending)
+            if lifted or deleted:
+                log.info("memory: quarantine settled, %d lifted, %d deleted", lifted, deleted)
         metrics.MEMORY_ITEMS.set(await backend.size())
         if await self._lock(self.keys.memory_sweep_lock, SWEEP_LOCK_MS):
             swept = await backend.sweep()
@@ -128,6 +152,11 @@ class AgentMemory:
                 await reembed(self.fleet, wanted, self._progress)
             finally:
                 await self.client.delete(self.keys.memory_reembed_lock)
+
+    async def aclose(self) -> None:
+        """Release the backend's own connection (Redis' client is the agent's to close)."""
+        if self._close is not None:
+            await self._close()
 
     def _progress(self, progress: Progress) -> None:
         log.info("memory %s", progress)

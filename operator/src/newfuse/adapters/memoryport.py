@@ -79,6 +79,13 @@ class MemoryBackend(Protocol):
     async def discard(self, revision: str) -> int:
         """Delete ``revision``'s quarantined memories (rolled back); how many."""
 
+    async def settle(self, trusted: str, pending: str | None) -> tuple[int, int]:
+        """Settle the quarantine by level: (lifted, deleted).
+
+        Lift ``trusted``'s writes and delete those of every other revision but ``pending``'s
+        (newfuse.core.memory.settlement says which from the fleet's summary), in one atomic step.
+        """
+
     async def sweep(self) -> int:
         """Delete expired memories; how many."""
 

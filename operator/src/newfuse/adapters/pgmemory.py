@@ -2,7 +2,8 @@
 
 Redis keeps every vector in RAM and recalls by scanning what a reader may see; PostgreSQL keeps
 them on disk under an HNSW index and filters by metadata in the same query. The semantics are
-the Redis default's (newfuse.wire.memory), so either backend can serve a fleet.
+the Redis default's (newfuse.wire.memory), so either backend can serve a fleet; as the operator
+has no connection here, the fleet's agents settle its quarantine (`settle`, in their upkeep).
 
 Fleets are kept apart by credentials, as in Redis: each fleet has its own schema, owned by its
 own LOGIN role that has no rights anywhere else, so a fleet's connection cannot read another
@@ -62,10 +63,9 @@ CREATE INDEX IF NOT EXISTS {index} ON {v} USING hnsw (embedding vector_ip_ops)
 """
 
 
-# Since PostgreSQL 15 nobody may create in `public`; older servers let anyone, and a fleet's
-# tables there would be beyond its schema's walls. `public` stays on the fleet's search path for
-# the extension's type and operators; its schema is closed to PUBLIC, which new schemas are not
-# opened to anyway, so the REVOKE states the intent as much as it enforces it.
+# Before PostgreSQL 15 anyone may create in `public`, beyond a fleet's schema's walls. `public`
+# stays on the search path for the extension's type and operators; a fleet's schema is closed to
+# PUBLIC, which new schemas are not opened to anyway: that REVOKE states intent as much as it acts.
 PROVISION: Final = """
 CREATE EXTENSION IF NOT EXISTS vector;
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
@@ -94,15 +94,14 @@ async def provision(admin: Conn, namespace: str, fleet: str, password: str) -> s
         cur = await admin.execute(
             "SELECT current_database(), EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)", [name]
         )
-        found = await cur.fetchone()
-        assert found is not None, "SELECT without FROM returns one row"
+        [(database, exists)] = await cur.fetchall()  # SELECT without FROM: one row
         # CREATE ROLE takes no bind parameters, hence a quoted literal for the password.
         await admin.execute(
             sql.SQL(PROVISION).format(
-                verb=sql.SQL("ALTER" if found[1] else "CREATE"),
+                verb=sql.SQL("ALTER" if exists else "CREATE"),
                 role=sql.Identifier(name),
                 password=sql.Literal(password),
-                database=sql.Identifier(found[0]),
+                database=sql.Identifier(database),
             )
         )
     return name
@@ -159,13 +158,8 @@ class PgVectorMemory:
             await self.conn.execute(self._q(TABLES))
             for slot in SLOTS:
                 await self.conn.execute(self._q(SLOT_TABLE, slot))
-            cur = await self.conn.execute(
-                "SELECT atttypmod FROM pg_attribute WHERE attrelid = %s::regclass "
-                "AND attname = 'embedding'",
-                [f"{self.schema}.vectors_a"],
-            )
-            found = await cur.fetchone()
-        if found is None or found[0] != self.dim:
+            [(dim,)] = await self._fetch(self._q(_DIM), [f"{self.schema}.vectors_a", "embedding"])
+        if dim != self.dim:
             raise ValueError(f"fleet {self.label} stores vectors of another size than {self.dim}")
 
     async def _state(self, lock: str) -> tuple[str | None, str, str | None]:
@@ -173,11 +167,8 @@ class PgVectorMemory:
         # at a time), recalls KEY SHARE (never blocked by writers), cutover UPDATE (waits for
         # both), so no recall reads a slot that a cutover is emptying.
         assert lock in ("KEY SHARE", "NO KEY UPDATE", "UPDATE")
-        cur = await self.conn.execute(
-            self._q("SELECT active, slot, next FROM {s} FOR ") + sql.SQL(lock)
-        )
-        row = await cur.fetchone()
-        assert row is not None, "setup() inserts the state row"
+        query = self._q("SELECT active, slot, next FROM {s} FOR {lock}", lock=sql.SQL(lock))
+        [row] = await self._fetch(query)  # setup() inserts the one state row
         return row[0], row[1], row[2]
 
     def _vectors(self, vectors: Vectors, rows: int) -> Vectors:
@@ -216,10 +207,8 @@ class PgVectorMemory:
                 raise ValueError(f"fleet {self.label} embeds with {active}, not {model}")
             ids = [r.id for r in records]
             seen = {row[0] for row in await self._fetch(self._q(_IN_RECORDS), [ids])}
-            fresh: dict[str, int] = {}
-            for i, record in enumerate(records):
-                if record.id not in seen:
-                    fresh.setdefault(record.id, i)  # the first of a repeated id wins
+            # Record id -> its index; reversed, so that the first of a repeated id wins.
+            fresh = {r.id: i for i, r in reversed(list(enumerate(records))) if r.id not in seen}
             held = (await self._fetch(self._q("SELECT count(*) FROM {r}")))[0][0]
             # Raising inside the transaction rolls it back: nothing is stored, not even the model.
             if held + len(fresh) > self.max_items:
@@ -298,6 +287,13 @@ class PgVectorMemory:
             "DELETE FROM {r} WHERE id IN (SELECT id FROM {q} WHERE revision = %s)", revision
         )
 
+    async def settle(self, trusted: str, pending: str | None) -> tuple[int, int]:
+        """Lift ``trusted``'s quarantine, delete every other revision's but ``pending``'s."""
+        async with self._lock, self.conn.transaction():
+            await self._state("NO KEY UPDATE")
+            rows = await self._fetch(self._q(_SETTLE), {"trusted": trusted, "pending": pending})
+        return int(rows[0][0]), int(rows[0][1])
+
     async def sweep(self) -> int:
         """Delete expired memories; how many."""
         return await self._count("DELETE FROM {r} WHERE expires_ms <= {now}")
@@ -355,10 +351,8 @@ class PgVectorMemory:
             active, slot, target = await self._state("UPDATE")
             if model == active:
                 return True  # already done: a retried cutover is not a failed one
-            if target != model:
-                return False
             spare = SLOTS[1 - SLOTS.index(slot)]
-            if await self._fetch(self._q(_MISSING, spare), [1]):
+            if target != model or await self._fetch(self._q(_MISSING, spare), [1]):
                 return False
             # TRUNCATE is transactional in PostgreSQL: the old vectors go only if this commits.
             await self.conn.execute(self._q("TRUNCATE {v}", slot))
@@ -369,6 +363,12 @@ class PgVectorMemory:
 
 
 _IN_RECORDS: Final = "SELECT id FROM {r} WHERE id = ANY(%s)"
+_DIM: Final = "SELECT atttypmod FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s"
+_SETTLE: Final = (
+    "WITH lifted AS (DELETE FROM {q} WHERE revision = %(trusted)s RETURNING 1), gone AS (DELETE "
+    "FROM {r} WHERE id IN (SELECT id FROM {q} WHERE revision <> %(trusted)s AND revision IS DIST"
+    "INCT FROM %(pending)s) RETURNING 1) SELECT (SELECT count(*) FROM lifted), count(*) FROM gone"
+)
 # Visibility as an anti-join: the planner then expects most rows to pass, as they do.
 _RECALL: Final = (
     "SELECT {cols}, -(v.embedding <#> %(q)s) FROM {v} v JOIN {r} r ON r.id = v.id "

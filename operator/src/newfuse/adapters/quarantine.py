@@ -21,9 +21,22 @@ async def settle(client: aioredis.Redis, keys: FleetKeys, summary: FleetSummary)
     rule = settlement(summary)
     if rule.trusted is None:
         return [0, 0]
+    return list(await settle_to(client, keys, rule.trusted, rule.pending))
+
+
+async def settle_to(
+    client: aioredis.Redis, keys: FleetKeys, trusted: str, pending: str | None
+) -> tuple[int, int]:
+    """Lift ``trusted``'s quarantine, delete every other revision's but ``pending``'s.
+
+    One Lua step (SETTLE_ALL): (lifted, deleted). The operator runs it from the fleet's summary,
+    and RedisMemory.settle (the agents' upkeep) with the same arguments.
+    """
     script = client.register_script(memory.SETTLE_ALL_LUA)
-    args = [rule.trusted, rule.pending or ""]
-    return cast(list[int], await script(keys=written_keys(keys), args=args))
+    lifted, deleted = cast(
+        list[int], await script(keys=written_keys(keys), args=[trusted, pending or ""])
+    )
+    return int(lifted), int(deleted)
 
 
 def written_keys(k: FleetKeys) -> list[str]:

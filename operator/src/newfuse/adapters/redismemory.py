@@ -20,6 +20,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from newfuse.adapters import quarantine
 from newfuse.adapters.memoryport import MemoryFullError, Recalled, Vectors
 from newfuse.adapters.vectorindex import HnswIndex
 from newfuse.core.memory import visible
@@ -91,14 +92,7 @@ class RedisMemory:
 
     @property
     def _written(self) -> list[str]:
-        k = self.keys
-        return [
-            k.memory,
-            k.memory_quarantine,
-            k.memory_vectors,
-            k.memory_next_vectors,
-            k.memory_log,
-        ]
+        return quarantine.written_keys(self.keys)
 
     async def active_model(self) -> str | None:
         """The embedding model recalls use (None until the first memory is stored)."""
@@ -172,6 +166,10 @@ class RedisMemory:
     async def discard(self, revision: str) -> int:
         """Delete ``revision``'s quarantined memories (rolled back); how many."""
         return int(await self._scripts["SETTLE"](keys=self._written, args=[revision, 1]))
+
+    async def settle(self, trusted: str, pending: str | None) -> tuple[int, int]:
+        """Lift ``trusted``'s quarantine, delete every other revision's but ``pending``'s."""
+        return await quarantine.settle_to(self.client, self.keys, trusted, pending)
 
     async def sweep(self) -> int:
         """Delete expired memories; how many."""

@@ -134,6 +134,9 @@ def _memory_env(memory: MemorySpec) -> list[dict[str, Any]]:
     ]
     if memory.ttl_seconds is not None:
         env.append(_env(AgentEnv.MEMORY_TTL_SECONDS, str(memory.ttl_seconds)))
+    if memory.postgres is not None:
+        ref = memory.postgres.url_secret_ref
+        env.append(_secret_env(AgentEnv.MEMORY_POSTGRES_URL, ref.name, ref.key))
     return env
 
 

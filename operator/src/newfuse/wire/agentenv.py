@@ -56,3 +56,5 @@ class AgentEnv(StrEnum):
     MEMORY_MODEL = "NEWFUSE_MEMORY_MODEL"
     MEMORY_MAX_ITEMS = "NEWFUSE_MEMORY_MAX_ITEMS"
     MEMORY_TTL_SECONDS = "NEWFUSE_MEMORY_TTL_SECONDS"
+    # spec.memory.postgres: the fleet role's DSN (from its Secret); unset, the memory is in Redis.
+    MEMORY_POSTGRES_URL = "NEWFUSE_MEMORY_POSTGRES_URL"
