@@ -65,6 +65,7 @@ bench: deps binaries ## Benchmarks (not tests): figures as ratios against baseli
 	$(PY) bench/rollout_steps.py
 	$(PY) bench/long_tasks.py
 	$(PY) bench/fleet_api.py
+	$(PY) bench/memory.py
 
 .PHONY: lint
 lint: deps ## ruff (lint + format check), mypy --strict and import-linter

@@ -181,6 +181,26 @@ def _serves(record: processes.ProcessRecord, url: str) -> bool:
         return False
 
 
+FACTS = (
+    "Orders to Switzerland ship from the Lyon warehouse.",
+    "Refunds above 500 euros need a manager's approval.",
+    "The support desk answers in English and French.",
+)
+
+
+def _memory_demo(newfuse: str, env: dict[str, str], log: Callable[[str], None]) -> None:
+    """Agents remember facts through the built-in `remember` handler; the CLI recalls one."""
+    log("fleet memory: the agents remember three facts (`--handler remember`)")
+    for fact in FACTS:
+        remember = ["task", "submit", "summarizer", "-n", DEMO_NAMESPACE, "--handler", "remember"]
+        payload = json.dumps({"text": fact})
+        subprocess.run([newfuse, *remember, "--payload", payload, "--wait"], check=True, env=env)
+    question = "Who has to approve a large refund?"
+    log(f"and recall by meaning: `newfuse memory search summarizer {question!r}`")
+    search = ["memory", "search", "summarizer", question, "-n", DEMO_NAMESPACE, "-k", "2"]
+    subprocess.run([newfuse, *search], check=True, env=env)
+
+
 def run_demo(
     kubectl: Path,
     kubeconfig: Path,
@@ -259,6 +279,7 @@ def run_demo(
         real_before = completed(REAL_FLEET)
         subprocess.run([newfuse, *real, "--payload", '{"text": "hi"}'], check=True, env=env)
         wait_for(lambda: completed(REAL_FLEET) >= real_before + 5, 60, what="5 counted")
+    _memory_demo(newfuse, env, log)
     log("the operator folded the agents' reports into the fleet's status:")
     print(k("get", "nfa", "-n", DEMO_NAMESPACE, "-o", "wide"))
     # NODE: kwok-node-* are kwok's (the pod runner runs those agents), the other is the real one.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import numpy as np
@@ -75,6 +76,37 @@ class _Graph:
         return self.dead > _REBUILD_SHARE * max(len(self.names), 1)
 
 
+@dataclass(frozen=True)
+class _Filter:
+    """What a reader may recall: the quarantine, expiry by Redis' clock, a metadata match."""
+
+    held: dict[str, str]
+    reader: str
+    now_ms: int
+    where: Mapping[str, Scalar]
+
+    def keeps(self, record: MemoryRecord) -> bool:
+        return visible(record, self.held, self.reader, self.now_ms) and all(
+            record.metadata.get(f) == v for f, v in self.where.items()
+        )
+
+    def search(self, graph: _Graph, index: HnswIndex, query: Vectors, k: int) -> list[Recalled]:
+        """The graph's ``k`` best that pass, asking it for more while filters thin them out."""
+        total = len(graph.names)
+        fetch = min(4 * k + len(self.held), total)
+        while True:
+            ids, scores = index.search(query, fetch)
+            found: dict[str, Recalled] = {}
+            for number, score in zip(ids[0], scores[0], strict=True):
+                record = graph.records.get(graph.names[number]) if number >= 0 else None
+                # A memory deleted and stored again under its id has two places in the graph.
+                if record is not None and record.id not in found and self.keeps(record):
+                    found[record.id] = Recalled(record, float(score))
+            if len(found) >= k or fetch >= total:
+                return list(found.values())[:k]
+            fetch = min(fetch * 4, total)
+
+
 class RedisMemory:
     """One fleet's memories in Redis (a MemoryBackend)."""
 
@@ -131,29 +163,17 @@ class RedisMemory:
         where: Mapping[str, Scalar] | None = None,
     ) -> list[Recalled]:
         """The ``k`` nearest memories ``reader`` may see whose metadata matches ``where``."""
-        graph = await self._sync()
-        if graph is None or graph.index is None or k < 1:
-            return []
-        if graph.model != model:
-            raise ValueError(f"{model} is not the fleet's memory model ({graph.model})")
         held = cast(dict[str, str], await self.client.hgetall(self.keys.memory_quarantine))
         now_ms = await self.now_ms()
-        fetch, total = min(4 * k + len(held), len(graph.names)), len(graph.names)
-        while True:
-            ids, scores = graph.index.search(np.asarray([query], np.float32), fetch)
-            found, seen = [], set()
-            for number, score in zip(ids[0], scores[0], strict=True):
-                record = graph.records.get(graph.names[number]) if number >= 0 else None
-                # A memory deleted and stored again under its id has two places in the graph.
-                if record is None or record.id in seen or not visible(record, held, reader, now_ms):
-                    continue
-                seen.add(record.id)
-                if where and any(record.metadata.get(f) != v for f, v in where.items()):
-                    continue
-                found.append(Recalled(record, float(score)))
-            if len(found) >= k or fetch >= total:
-                return found[:k]
-            fetch = min(fetch * 4, total)
+        # One at a time: faiss may not search a graph that a worker thread is adding to.
+        async with self._lock:
+            graph = await self._sync()
+            if graph is None or graph.index is None or k < 1:
+                return []
+            if graph.model != model:
+                raise ValueError(f"{model} is not the fleet's memory model ({graph.model})")
+            rule = _Filter(held, reader, now_ms, where or {})
+            return rule.search(graph, graph.index, np.asarray([query], np.float32), k)
 
     async def forget(self, ids: Sequence[str]) -> int:
         """Delete these memories; how many existed."""
@@ -248,17 +268,16 @@ class RedisMemory:
                 continue
 
     async def _sync(self) -> _Graph | None:
-        """The graph of the active model, brought up to the log's end."""
-        async with self._lock:
-            model = await self.active_model()
-            graph = self._graph
-            if model is None:
-                self._graph = None
-            elif graph is None or graph.model != model or graph.stale:
-                self._graph = await self._load(model)
-            else:
-                await self._follow(graph)
-            return self._graph
+        """The graph of the active model, brought up to the log's end (under `_lock`)."""
+        model = await self.active_model()
+        graph = self._graph
+        if model is None:
+            self._graph = None
+        elif graph is None or graph.model != model or graph.stale:
+            self._graph = await self._load(model)
+        else:
+            await self._follow(graph)
+        return self._graph
 
     async def _load(self, model: str) -> _Graph:
         newest = cast(_Entries, await self.client.xrevrange(self.keys.memory_log, count=1))
@@ -267,9 +286,9 @@ class RedisMemory:
         async for pair in self.client.hscan_iter(self.keys.memory_vectors, count=_PAGE):
             batch.append(cast(tuple[str, str], pair))
             if len(batch) >= _PAGE:
-                graph.add(await self._records(batch))
+                await asyncio.to_thread(graph.add, await self._records(batch))
                 batch = []
-        graph.add(await self._records(batch))
+        await asyncio.to_thread(graph.add, await self._records(batch))
         return graph
 
     async def _records(self, pairs: list[tuple[str, str]]) -> list[tuple[MemoryRecord, Vectors]]:
@@ -308,7 +327,7 @@ class RedisMemory:
                     added.append(fields.get("id", ""))
             vectors = await self.client.hmget(self.keys.memory_vectors, added) if added else []
             pairs = [(i, cast(str, v)) for i, v in zip(added, vectors, strict=True) if v]
-            graph.add(await self._records(pairs))
+            await asyncio.to_thread(graph.add, await self._records(pairs))
 
 
 def _newer(entry: str, than: str) -> bool:
