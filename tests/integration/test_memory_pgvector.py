@@ -356,3 +356,24 @@ def test_hnsw_keeps_recall_at_10_above_95_percent_of_exact_on_wordnet(postgres: 
     )
     assert scans >= len(asked), "every recall walked the HNSW graph"
     assert recall >= 0.95
+
+
+def test_a_re_embedding_the_spec_moved_on_from_is_dropped_and_its_writer_refused(
+    postgres: str,
+) -> None:
+    async def body() -> None:
+        async with fleet(postgres) as store:
+            records = [record(t) for t in TOPICS[:2]]
+            await store.remember(records, EMBEDDER.encode(TOPICS[:2]), MODEL)
+            ids = {r.id for r in records}
+            one = EMBEDDER.encode(TOPICS[:1])
+            assert {r.id for r in await store.missing("x@1", 10)} == ids
+            assert await store.put_vectors("x@1", [records[0].id], one) == 1
+            # spec.memory.model changed again before x@1 was done: y@1 starts from nothing.
+            assert {r.id for r in await store.missing("y@1", 10)} == ids
+            with pytest.raises(ValueError, match="x@1"):
+                await store.put_vectors("x@1", [records[1].id], one)
+            assert await store.cutover("x@1") is False
+            assert await store.active_model() == MODEL
+
+    asyncio.run(body())

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import numpy as np
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError
@@ -206,5 +207,27 @@ def test_a_readers_index_follows_other_processes_writes_and_deletions(fleet_url:
             found = await texts(reader, "owl", 8)
             assert found.count("The owl hunts at night.") == 1
             assert len(found) == len(set(found))
+
+    asyncio.run(body())
+
+
+def test_a_re_embedding_the_spec_moved_on_from_is_dropped_and_its_writer_refused(
+    fleet_url: str,
+) -> None:
+    async def body() -> None:
+        async with fleet(fleet_url) as (client, keys):
+            memory = fleet_memory(client, keys, "r1", Settlement("r1"))
+            await memory.remember_many([Memo("a cat", id="a"), Memo("a dog", id="b")])
+            backend = memory.backend
+            one = np.ones((1, 4), np.float32)
+            assert {r.id for r in await backend.missing("x@1", 10)} == {"a", "b"}
+            assert await backend.put_vectors("x@1", ["a"], one) == 1
+            # spec.memory.model changed again before x@1 was done: y@1 starts from nothing.
+            assert {r.id for r in await backend.missing("y@1", 10)} == {"a", "b"}
+            assert await client.hlen(keys.memory_next_vectors) == 0
+            with pytest.raises(ValueError, match="x@1"):
+                await backend.put_vectors("x@1", ["b"], one)
+            assert await backend.cutover("x@1") is False
+            assert await backend.active_model() == EMBEDDER.model.id
 
     asyncio.run(body())

@@ -128,6 +128,8 @@ class AgentMemory:
                 await self.upkeep_once()
             except self._unreachable as exc:  # the next round tries again
                 log.warning("memory upkeep failed: %s", exc)
+            except Exception:  # a bug must not end upkeep for the agent's lifetime
+                log.exception("memory upkeep failed")
             await asyncio.sleep(UPKEEP_SECONDS)
 
     async def upkeep_once(self) -> None:

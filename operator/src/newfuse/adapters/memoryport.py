@@ -96,7 +96,10 @@ class MemoryBackend(Protocol):
         """Every unexpired, unquarantined record (export), in no particular order."""
 
     async def missing(self, model: str, limit: int) -> list[MemoryRecord]:
-        """Up to ``limit`` records that have no ``model`` vector yet (re-embedding)."""
+        """Up to ``limit`` records that have no ``model`` vector yet (re-embedding).
+
+        An unfinished re-embedding to another model is abandoned (its vectors dropped).
+        """
 
     async def put_vectors(self, model: str, ids: Sequence[str], vectors: Vectors) -> int:
         """Store ``model`` vectors for records that still exist; how many."""

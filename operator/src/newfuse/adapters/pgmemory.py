@@ -317,28 +317,29 @@ class PgVectorMemory:
                 return
             after = rows[-1][0]
 
-    async def _target(self, model: str) -> str:
-        """The slot that holds ``model``'s vectors; claims the spare slot for a new model."""
+    async def _target(self, model: str, *, claim: bool) -> str:
+        """The slot of ``model``'s vectors; ``claim`` takes the spare slot from another model."""
         active, slot, target = await self._state("NO KEY UPDATE")
         if model == active:
             return slot
-        if target is None:
-            await self.conn.execute(self._q("UPDATE {s} SET next = %s"), [model])
-        elif target != model:
+        if target not in (None, model) and not claim:
             raise ValueError(f"fleet {self.label} is re-embedding with {target}, not {model}")
+        if target != model:  # none yet, or one spec.memory.model has since moved on from
+            await self.conn.execute(self._q("TRUNCATE {v}", SLOTS[1 - SLOTS.index(slot)]))
+            await self.conn.execute(self._q("UPDATE {s} SET next = %s"), [model])
         return SLOTS[1 - SLOTS.index(slot)]
 
     async def missing(self, model: str, limit: int) -> list[MemoryRecord]:
         """Up to ``limit`` records that have no ``model`` vector yet (re-embedding)."""
         async with self._lock, self.conn.transaction():
-            slot = await self._target(model)
+            slot = await self._target(model, claim=True)
             return [_record(row) for row in await self._fetch(self._q(_MISSING, slot), [limit])]
 
     async def put_vectors(self, model: str, ids: Sequence[str], vectors: Vectors) -> int:
         """Store ``model`` vectors for records that still exist; how many."""
         array = self._vectors(vectors, len(ids))
         async with self._lock, self.conn.transaction():
-            slot = await self._target(model)
+            slot = await self._target(model, claim=False)
             # An INSERT ... SELECT that finds no record (forgotten since `missing` listed it)
             # stores nothing, where a plain INSERT would break the foreign key, and the batch.
             async with self.conn.cursor() as cur:
@@ -381,8 +382,7 @@ _EXPORT: Final = (
     " AND NOT EXISTS (SELECT 1 FROM {q} h WHERE h.id = r.id) ORDER BY r.id LIMIT %s"
 )
 _MISSING: Final = (
-    "SELECT {cols} FROM {r} r WHERE NOT EXISTS (SELECT 1 FROM {v} v WHERE v.id = r.id) "
-    "ORDER BY r.id LIMIT %s"
+    "SELECT {cols} FROM {r} r WHERE NOT EXISTS (SELECT 1 FROM {v} v WHERE v.id = r.id) LIMIT %s"
 )
 _PUT: Final = (
     "INSERT INTO {v} (id, embedding) SELECT id, %s FROM {r} WHERE id = %s "

@@ -212,10 +212,16 @@ class RedisMemory:
                 yield record
 
     async def missing(self, model: str, limit: int) -> list[MemoryRecord]:
-        """Up to ``limit`` records without a ``model`` vector yet (re-embedding)."""
+        """Up to ``limit`` records without a ``model`` vector yet (re-embedding).
+
+        Another model's unfinished vectors are dropped first: the fleet asks for ``model`` now.
+        """
         target = cast(str | None, await self.client.get(self.keys.memory_next_model))
-        if target not in (None, model):
-            raise ValueError(f"a re-embedding to {target} is under way")
+        if target != model:  # none yet, or spec.memory.model has moved on: start over
+            async with self.client.pipeline(transaction=True) as claim:
+                claim.delete(self.keys.memory_next_vectors)
+                claim.set(self.keys.memory_next_model, model)
+                await claim.execute()
         done = set(cast(list[str], await self.client.hkeys(self.keys.memory_next_vectors)))
         ids = [
             i for i in cast(list[str], await self.client.hkeys(self.keys.memory)) if i not in done
