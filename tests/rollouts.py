@@ -25,6 +25,15 @@ FAST_PHASED: dict[str, Any] = {
 }
 
 
+# A canary that soaks for an hour at each step: tests steer these rollouts themselves (promote,
+# abort, /scale) while the canary stays put.
+SLOW_PHASED: dict[str, Any] = {
+    "strategy": "Phased",
+    "initial": {"soakSeconds": 3600},
+    "gradual": {"intervalSeconds": 3600},
+}
+
+
 class Traffic:
     """Submits echo tasks at a steady pace from a thread until stopped; remembers every id."""
 

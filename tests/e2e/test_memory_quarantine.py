@@ -25,13 +25,8 @@ from newfuse.adapters.redismemory import RedisMemory
 from newfuse.adapters.taskclient import TaskClient, TaskSpec
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.tasks import ResultPayload
-from rollouts import newfuse_rollout, rollout_of
+from rollouts import SLOW_PHASED, newfuse_rollout, rollout_of
 
-SLOW = {
-    "strategy": "Phased",
-    "initial": {"soakSeconds": 3600},
-    "gradual": {"intervalSeconds": 3600},
-}
 WHERE = "Where do our orders ship from?"
 
 
@@ -103,7 +98,7 @@ def test_a_canarys_memories_are_its_own_until_promoted_and_an_aborted_canarys_ar
     kubectl: Kubectl,
 ) -> None:
     ns, url = fleets.namespace, redis_server.url
-    body = start_fleet(fleets, pod_runner, redis_client, "memo", 3, rollout=SLOW)
+    body = start_fleet(fleets, pod_runner, redis_client, "memo", 3, rollout=SLOW_PHASED)
     first = body["status"]["updateRevision"]
     keys = FleetKeys(ns, "memo")
     remember_until(url, keys, first, "The support desk answers in English.")

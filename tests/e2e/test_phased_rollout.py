@@ -16,7 +16,14 @@ from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
 from newfuse.core import naming
 from newfuse.wire.keys import FleetKeys
-from rollouts import FAST_PHASED, Traffic, every_task_accounted_for, newfuse_rollout, rollout_of
+from rollouts import (
+    FAST_PHASED,
+    SLOW_PHASED,
+    Traffic,
+    every_task_accounted_for,
+    newfuse_rollout,
+    rollout_of,
+)
 
 
 def test_good_revision_walks_every_phase_and_retires_the_legacy_revision(
@@ -249,12 +256,7 @@ def test_pause_resume_promote_abort_and_retry_from_the_cli(
     k8s_api: k8s_client.ApiClient,
 ) -> None:
     ns = fleets.namespace
-    slow = {
-        "strategy": "Phased",
-        "initial": {"soakSeconds": 3600},
-        "gradual": {"intervalSeconds": 3600},
-    }
-    start_fleet(fleets, pod_runner, redis_client, "steered", 4, rollout=slow)
+    start_fleet(fleets, pod_runner, redis_client, "steered", 4, rollout=SLOW_PHASED)
     fleets.patch_spec("steered", image="newfuse/agent:0.5.0")
 
     def phase_is(phase: str, **fields: Any) -> bool:

@@ -18,13 +18,7 @@ from harness import Fleets, Kubectl, start_fleet
 from localcluster import wait_for
 from localcluster.podrunner import PodRunnerProcess
 from newfuse.core import naming
-from rollouts import newfuse_rollout, rollout_of
-
-SLOW = {
-    "strategy": "Phased",
-    "initial": {"soakSeconds": 3600},
-    "gradual": {"intervalSeconds": 3600},
-}
+from rollouts import SLOW_PHASED, newfuse_rollout, rollout_of
 
 
 def revisions(fleets: Fleets, name: str) -> dict[str, int]:
@@ -43,7 +37,7 @@ def test_scale_changes_mid_rollout_are_honoured_without_losing_the_step(
     kubectl: Kubectl,
 ) -> None:
     ns = fleets.namespace
-    start_fleet(fleets, pod_runner, redis_client, "elastic", 4, rollout=SLOW)
+    start_fleet(fleets, pod_runner, redis_client, "elastic", 4, rollout=SLOW_PHASED)
     fleets.patch_spec("elastic", image="newfuse/agent:0.2.0")
     wait_for(lambda: rollout_of(fleets, "elastic").get("phase") == "Analyzing", 90, what="canary")
     rollout = rollout_of(fleets, "elastic")

@@ -33,6 +33,12 @@ class Recalled:
     record: MemoryRecord
     score: float
 
+    def to_json(self) -> dict[str, object]:
+        """What the CLI and the fleet API show of it (one shape for both)."""
+        r = self.record
+        return {"id": r.id, "score": self.score, "text": r.text, "metadata": r.metadata,
+                "revision": r.revision}  # fmt: skip
+
 
 class MemoryBackend(Protocol):
     """One fleet's memories in a vector store."""

@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from newfuse.adapters.memoryport import MemoryFullError, Recalled
+from newfuse.adapters.memoryport import MemoryFullError
 from newfuse.adapters.taskclient import TaskClient
 from newfuse.cli.common import (
     DEFAULT_NAMESPACE,
@@ -146,12 +146,6 @@ async def add(
     await with_memory(redis_url, namespace, fleet, body)
 
 
-def _row(hit: Recalled) -> dict[str, Any]:
-    r = hit.record
-    return {"id": r.id, "score": hit.score, "text": r.text, "metadata": r.metadata,
-            "revision": r.revision}  # fmt: skip
-
-
 @memory_app.command("search")
 @run
 async def search(
@@ -171,7 +165,7 @@ async def search(
     async def body(memory: FleetMemory) -> None:
         found = await memory.recall(query, k, wanted or None)
         if as_json:
-            print(json.dumps({"results": [_row(r) for r in found]}))
+            print(json.dumps({"results": [r.to_json() for r in found]}))
             return
         table = Table(title=f"memories of {escape(namespace)}/{escape(fleet)} nearest the query")
         table.add_column("rank", justify="right")

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from newfuse.adapters.memoryport import MemoryFullError, Recalled
+from newfuse.adapters.memoryport import MemoryFullError
 from newfuse.fleetapi.auth import AuthError, Identity, admit, audit
 from newfuse.fleetapi.fleets import Fleets
 from newfuse.wire.keys import FleetKeys
@@ -168,18 +168,6 @@ def search_body_of(body: Any) -> tuple[str, int, dict[str, Scalar]]:
     return (*found, _metadata(body.get("where"), "where"))
 
 
-def result_of(hit: Recalled) -> dict[str, Any]:
-    """One search result as the API shows it."""
-    r = hit.record
-    return {
-        "id": r.id,
-        "score": hit.score,
-        "text": r.text,
-        "metadata": r.metadata,
-        "revision": r.revision,
-    }
-
-
 class SharedEmbedders:
     """Each embedding model loaded once for every fleet (FleetMemory calls it in a thread)."""
 
@@ -277,7 +265,7 @@ class MemoryEndpoints:
             found = await request.state.memory.recall(query, k, where or None)
         except ValueError as exc:  # the fleet's model changed under the call: ask again
             return _error(503, f"the fleet's memory model changed, retry: {exc}")
-        return JSONResponse({"results": [result_of(hit) for hit in found]})
+        return JSONResponse({"results": [hit.to_json() for hit in found]})
 
     async def forget(self, request: Request) -> Response:
         if refused := await self._admit(request, "delete"):
