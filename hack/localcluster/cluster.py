@@ -149,15 +149,28 @@ class LocalCluster:
         else:
             self.down(quiet=True)
             binaries = binaries or Binaries.ensure(link_dir=self.state_dir.parent / "bin")
+            current = self._start_retrying(binaries, timeout)
+        if real_node:
+            self.real_node_up(binaries, timeout)
+        return current
+
+    def _start_retrying(self, binaries: Binaries, timeout: float, attempts: int = 3) -> ClusterInfo:
+        # A port found free can be taken by another process before a component binds it (other
+        # clusters, Redis servers and pod processes choose ports on this machine at the same
+        # time): such a start-up is retried on fresh ports, any other failure is not.
+        for attempt in range(1, attempts + 1):
             try:
-                current = self._start(binaries, timeout)
+                return self._start(binaries, timeout)
+            except RuntimeError as exc:
+                self.down(quiet=True)
+                if "address already in use" not in str(exc) or attempt == attempts:
+                    raise
+                self._log(f"[yellow]a port was taken during start-up[/]; retry {attempt}")
             except BaseException:
                 # Never leave half a control plane running: stop whatever this attempt started.
                 self.down(quiet=True)
                 raise
-        if real_node:
-            self.real_node_up(binaries, timeout)
-        return current
+        raise AssertionError("unreachable")
 
     def real_node(self) -> realnode.RealNode:
         """The real node beside this cluster (running or not)."""

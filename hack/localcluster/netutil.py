@@ -18,10 +18,16 @@ from typing import Any
 PORT_RANGE = range(20000, 30000)
 
 
+# Ports this process handed out: nothing listens on them until their server starts, so a later
+# call would otherwise find them free and hand them out twice.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now, outside the ephemeral range."""
     for port in random.sample(PORT_RANGE, 200):
-        if port < _ephemeral_low() and _bindable(port):
+        if port < _ephemeral_low() and port not in _HANDED_OUT and _bindable(port):
+            _HANDED_OUT.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
