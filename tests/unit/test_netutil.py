@@ -34,14 +34,20 @@ def test_a_cluster_start_that_lost_a_port_is_retried_on_fresh_ports(
     failures = [RuntimeError("kube-controller-manager exited: bind: address already in use")]
     downs: list[bool] = []
 
-    def start(binaries: object, timeout: float) -> str:
+    started = object()
+
+    def start(binaries: object, timeout: float) -> object:
         if failures:
             raise failures.pop()
-        return "started"
+        return started
+
+    def down(quiet: bool = False) -> list[str]:
+        downs.append(quiet)
+        return []
 
     monkeypatch.setattr(cluster, "_start", start)
-    monkeypatch.setattr(cluster, "down", lambda quiet=False: downs.append(quiet) or [])
-    assert cluster._start_retrying(object(), 1.0) == "started"  # type: ignore[arg-type]
+    monkeypatch.setattr(cluster, "down", down)
+    assert cluster._start_retrying(object(), 1.0) is started  # type: ignore[arg-type]
     assert downs == [True], "the half-started attempt is stopped before the retry"
 
 

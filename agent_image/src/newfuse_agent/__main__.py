@@ -13,6 +13,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pythonjsonlogger.json import JsonFormatter
@@ -158,7 +159,8 @@ def main() -> int:
     handler.addFilter(ContextFilter())
     logging.basicConfig(level=config.log_level.upper(), handlers=[handler], force=True)
     configure_tracing(config.trace_exporter, "newfuse-agent")
-    asyncio.run(serve(config))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(config))
     return 0
 
 

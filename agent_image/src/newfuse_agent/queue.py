@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from newfuse.adapters.coalesce import ScriptBatcher
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import (
     COMPLETE_LUA,
     COUNTER_COMPLETED,
     COUNTER_FAILED,
     DEAD_LETTER_LUA,
+    FETCH_LUA,
     GUARD_LUA,
     PROMOTE_DUE_LUA,
     RENEW_LUA,
@@ -35,6 +37,7 @@ from newfuse.wire.scripts import (
 )
 from newfuse.wire.taskpolicy import TaskPolicy
 from newfuse.wire.tasks import CONSUMER_GROUP, PRIORITY_ORDER, DeadLetter, Priority, TaskEvent
+from newfuse_agent.groups import ConsumerGroup
 
 SWEEP_BATCH = 1000
 
@@ -65,11 +68,16 @@ def _entries(response: Any, stream_priority: dict[str, Priority]) -> list[Delive
     return out
 
 
+def _pairs(flat: list[str] | None) -> dict[str, str] | None:
+    # A script returns an entry's fields as the flat list Redis holds them in.
+    return None if flat is None else dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
 
 
-class TaskQueue:
+class TaskQueue(ConsumerGroup):
     """Stream operations of one agent process on one fleet's task streams."""
 
     def __init__(
@@ -90,6 +98,9 @@ class TaskQueue:
         self._renew = client.register_script(RENEW_LUA)
         self._sweep = client.register_script(SWEEP_LUA)
         self._guard = client.register_script(GUARD_LUA)
+        self._fetch = client.register_script(FETCH_LUA)
+        # Results and replay guards: one call per task, the hot path, so they share round trips.
+        self.batch = ScriptBatcher(client)
 
     async def ensure_groups(self) -> None:
         """Create the consumer group on every priority stream (idempotent)."""
@@ -102,15 +113,13 @@ class TaskQueue:
 
     async def fetch(self, count: int, block_ms: int) -> list[Delivery]:
         """Up to ``count`` new entries, higher priorities first; blocks only when all are empty."""
-        found: list[Delivery] = []
-        for priority in PRIORITY_ORDER:
-            want = count - len(found)
-            if want <= 0:
-                break
-            response = await self.client.xreadgroup(
-                CONSUMER_GROUP, self.consumer, {self.streams[priority]: ">"}, count=want
-            )
-            found += _entries(response, self._priority_of)
+        reply = await self._fetch(
+            keys=list(self.streams.values()), args=[CONSUMER_GROUP, self.consumer, count]
+        )
+        found = _entries(
+            [(stream, [(eid, _pairs(flat)) for eid, flat in entries]) for stream, entries in reply],
+            self._priority_of,
+        )
         if found or block_ms <= 0:
             return found
         response = await self.client.xreadgroup(
@@ -196,8 +205,9 @@ class TaskQueue:
         """
         keys, policy = self.keys, self.policy
         counter = COUNTER_COMPLETED if succeeded else COUNTER_FAILED
-        stored = await self._complete(
-            keys=[
+        stored = await self.batch.call(
+            self._complete,
+            [
                 keys.result_index,
                 keys.result_stream,
                 delivery.stream,
@@ -207,7 +217,7 @@ class TaskQueue:
                 keys.dead_letters,
                 *([keys.a2a_events] if events else []),
             ],
-            args=[
+            [
                 task_id,
                 result,
                 CONSUMER_GROUP,
@@ -316,9 +326,10 @@ class TaskQueue:
         ``ttl``: seconds to remember it (default: as long as results are kept).
         """
         keys = self.keys
-        first = await self._guard(
-            keys=[keys.seen, keys.expiry_of(keys.seen)],
-            args=[
+        first = await self.batch.call(
+            self._guard,
+            [keys.seen, keys.expiry_of(keys.seen)],
+            [
                 message_id,
                 entry_id,
                 _ms(self.policy.result_ttl_seconds if ttl is None else ttl),
@@ -353,37 +364,6 @@ class TaskQueue:
             args=[_ms(self.policy.result_ttl_seconds), SWEEP_BATCH],
         )
         return int(expired)
-
-    async def pending_count(self) -> int:
-        """Entries this consumer holds unacknowledged."""
-        total = 0
-        for stream in self.streams.values():
-            info = await self.client.xpending_range(
-                stream, CONSUMER_GROUP, min="-", max="+", count=10_000, consumername=self.consumer
-            )
-            total += len(info)
-        return total
-
-    async def leave(self) -> None:
-        """Remove this consumer from the group (only call once it holds nothing)."""
-        for stream in self.streams.values():
-            await self.client.xgroup_delconsumer(stream, CONSUMER_GROUP, self.consumer)
-
-    async def prune_consumers(self, idle_ms: int, keep: Sequence[str] = ()) -> int:
-        """Delete consumers idle for ``idle_ms`` that hold nothing (dead incarnations)."""
-        removed = 0
-        for stream in self.streams.values():
-            consumers: list[dict[str, Any]] = await self.client.xinfo_consumers(
-                stream, CONSUMER_GROUP
-            )
-            for consumer in consumers:
-                name = str(consumer["name"])
-                if name in keep or name == self.consumer:
-                    continue
-                if int(consumer["pending"]) == 0 and int(consumer["idle"]) >= idle_ms:
-                    await self.client.xgroup_delconsumer(stream, CONSUMER_GROUP, name)
-                    removed += 1
-        return removed
 
 
 def _flat(letter: DeadLetter) -> list[str]:

@@ -13,7 +13,8 @@ Each script is one step that must not be half-done by a crash between two comman
   which it no longer owns;
 - GUARD: remember a signed message id with the entry it arrived as (the replay guard);
 - DEAD_LETTER: record a message that is not a task at all, acknowledge and delete it;
-- SWEEP: expire results, idempotency ids and replay guards, and trim the result stream by age.
+- SWEEP: expire results, idempotency ids and replay guards, and trim the result stream by age;
+- FETCH: read new entries, higher priorities first, in one round trip.
 Times come from Redis `TIME`, one clock for every agent, whatever their own clocks say. All keys
 of one fleet share a hash tag, so these also work on Redis Cluster.
 """
@@ -258,6 +259,26 @@ redis.call('XTRIM', KEYS[1], 'MINID', tostring(now - tonumber(ARGV[1])))
 return expired
 """
 )
+
+# KEYS: the task streams, highest priority first. ARGV: group, consumer, count.
+# Up to count new entries, read from the first streams that have any: the non-blocking half of a
+# fetch in one round trip instead of one per priority.
+# Returns {{stream, {{id, {field, value, ...}}, ...}}, ...}.
+FETCH_LUA: Final = """
+local want = tonumber(ARGV[3])
+local out = {}
+for i = 1, #KEYS do
+  if want <= 0 then break end
+  local reply = redis.call(
+    'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', want, 'STREAMS', KEYS[i], '>')
+  if reply then
+    local entries = reply[1][2]
+    want = want - #entries
+    table.insert(out, {KEYS[i], entries})
+  end
+end
+return out
+"""
 
 COUNTER_COMPLETED: Final = "tasksCompleted"
 COUNTER_FAILED: Final = "tasksFailed"

@@ -1,0 +1,110 @@
+"""Group commit for Lua steps: the calls made while a round trip is out go together in the next one.
+
+An agent's round trips to Redis, not its handlers, bound how many short tasks it finishes a second:
+each result is one atomic script call, and redis-py spends more time packing, pooling and parsing
+one command than Redis spends running it. Calls that arrive while no batch is being sent go out at
+once (an idle agent adds no latency); calls that arrive while one is out queue and leave together
+in one pipeline as soon as it returns. Each call is still its own atomic script: batching changes
+how many round trips carry them, never what any of them does, so a crash mid-batch leaves each
+step either done or not done, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+Arg = str | bytes | int | float
+
+
+class ScriptBatcher:
+    """Sends the script calls queued meanwhile in one pipeline per round trip."""
+
+    def __init__(self, client: aioredis.Redis, max_batch: int = 256) -> None:
+        """Batch calls through ``client``, at most ``max_batch`` per round trip."""
+        self.client = client
+        self.max_batch = max_batch
+        self._queued: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg], asyncio.Future[Any]]]
+        self._queued = []
+        self._sender: asyncio.Task[None] | None = None
+        self.round_trips = 0  # for tests and benchmarks: how well calls were grouped
+
+    async def call(self, script: AsyncScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        """Run ``script`` with ``keys`` and ``args``; its reply (or its error) once sent."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((script, keys, args, future))
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_all(), name="script-batcher")
+        return await future
+
+    async def aclose(self) -> None:
+        """Wait for what was queued to be sent."""
+        if self._sender is not None:
+            with contextlib.suppress(Exception):
+                await self._sender
+
+    async def _send_all(self) -> None:
+        try:
+            while self._queued:
+                batch = self._queued[: self.max_batch]
+                del self._queued[: self.max_batch]
+                await self._send(batch)
+        finally:
+            self._sender = None
+            for *_, future in self._queued:  # only after a cancellation of this task
+                future.cancel()
+            self._queued = []
+
+    async def _send(
+        self, batch: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg], asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            replies = await self._execute([(s, k, a) for s, k, a, _ in batch])
+        except Exception as exc:  # every caller learns its step's fate is unknown
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:
+            for *_, future in batch:
+                future.cancel()
+            raise
+        for (*_, future), reply in zip(batch, replies, strict=True):
+            if future.done():  # its caller was cancelled: the step ran all the same
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _execute(
+        self, calls: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg]]]
+    ) -> list[Any]:
+        replies = await self._pipeline(calls)
+        missing = {id(s): s for (s, _, _), r in zip(calls, replies, strict=True)
+                   if isinstance(r, NoScriptError)}  # fmt: skip
+        if not missing:
+            return replies
+        # A restarted (or flushed) Redis forgot the scripts; a NOSCRIPT call did not run, so
+        # loading them and sending those calls again runs each step exactly once.
+        for script in missing.values():
+            script.sha = await self.client.script_load(script.script)
+        again = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        for i, reply in zip(again, await self._pipeline([calls[i] for i in again]), strict=True):
+            replies[i] = reply
+        return replies
+
+    async def _pipeline(
+        self, calls: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg]]]
+    ) -> list[Any]:
+        self.round_trips += 1
+        pipe = self.client.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))

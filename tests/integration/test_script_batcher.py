@@ -1,0 +1,106 @@
+"""Group commit of Lua steps against a real redis-server: fewer round trips, the same steps.
+
+The agent stores every result through ScriptBatcher, so what it must keep is what one script call
+per step gave: each caller gets its own reply or its own error, each step runs exactly once (also
+when Redis forgot its scripts), and an idle caller is not kept waiting for company.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from harness import RedisHandle
+from localcluster.netutil import free_port
+from newfuse.adapters.coalesce import ScriptBatcher
+from newfuse.adapters.redis_connect import connect
+
+pytestmark = pytest.mark.integration
+
+# Adds ARGV[1] to the counter and returns the new total; an argument "boom" fails the call.
+ADD = """
+if ARGV[1] == 'boom' then return redis.error_reply('refused ' .. KEYS[1]) end
+return redis.call('INCRBY', KEYS[1], ARGV[1])
+"""
+
+
+async def _batched(url: str, calls: list[str]) -> tuple[list[object], int, int]:
+    client = connect(url, timeout=10)
+    key = f"test:batcher:{uuid.uuid4().hex}"
+    batcher = ScriptBatcher(client)
+    script = client.register_script(ADD)
+    try:
+        replies = await asyncio.gather(
+            *(batcher.call(script, [key], [arg]) for arg in calls), return_exceptions=True
+        )
+        return replies, batcher.round_trips, int(await client.get(key) or 0)
+    finally:
+        await client.delete(key)
+        await client.aclose()
+
+
+def test_concurrent_calls_share_round_trips_and_each_gets_its_own_reply(
+    redis_server: RedisHandle,
+) -> None:
+    replies, round_trips, total = asyncio.run(_batched(redis_server.url, ["1"] * 200))
+    assert sorted(replies) == list(range(1, 201)), "every step ran once, in some order"  # type: ignore[type-var]
+    assert total == 200
+    assert round_trips <= 3, f"200 calls at once took {round_trips} round trips"
+
+
+def test_a_failing_step_fails_only_its_own_caller(redis_server: RedisHandle) -> None:
+    replies, _, total = asyncio.run(_batched(redis_server.url, ["1", "boom", "2"]))
+    assert [replies[0], replies[2]] == [1, 3], replies
+    assert isinstance(replies[1], ResponseError)
+    assert "refused" in str(replies[1])
+    assert total == 3
+
+
+def test_steps_run_exactly_once_after_redis_forgot_its_scripts(
+    redis_server: RedisHandle,
+) -> None:
+    async def scenario() -> tuple[list[object], int]:
+        client = connect(redis_server.url, timeout=10)
+        key = f"test:batcher:{uuid.uuid4().hex}"
+        batcher = ScriptBatcher(client)
+        script = client.register_script(ADD)
+        try:
+            await batcher.call(script, [key], ["1"])
+            await client.script_flush()  # what a restarted Redis looks like to the agent
+            replies = await asyncio.gather(*(batcher.call(script, [key], ["1"]) for _ in range(5)))
+            return list(replies), int(await client.get(key) or 0)
+        finally:
+            await client.delete(key)
+            await client.aclose()
+
+    replies, total = asyncio.run(scenario())
+    assert sorted(replies) == [2, 3, 4, 5, 6]  # type: ignore[type-var]
+    assert total == 6, "a NOSCRIPT call did not run, and its retry ran once"
+
+
+def test_an_idle_caller_is_sent_at_once(redis_server: RedisHandle) -> None:
+    replies, round_trips, _ = asyncio.run(_batched(redis_server.url, ["7"]))
+    assert replies == [7]
+    assert round_trips == 1
+
+
+def test_every_caller_of_an_unreachable_redis_gets_the_error() -> None:
+    async def scenario() -> list[object]:
+        client: aioredis.Redis = connect(f"redis://127.0.0.1:{free_port()}/0", timeout=2)
+        batcher = ScriptBatcher(client)
+        script = client.register_script(ADD)
+        try:
+            replies = await asyncio.gather(
+                *(batcher.call(script, ["k"], ["1"]) for _ in range(3)), return_exceptions=True
+            )
+            return list(replies)
+        finally:
+            await client.aclose()
+
+    replies = asyncio.run(scenario())
+    assert all(isinstance(r, RedisConnectionError) for r in replies), replies
