@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,6 +20,11 @@ from harness import RedisHandle
 from localcluster.netutil import free_port
 from newfuse.adapters.coalesce import ScriptBatcher
 from newfuse.adapters.redis_connect import connect
+from newfuse.adapters.taskclient import TaskSpec
+from newfuse.wire.tasks import CONSUMER_GROUP, Priority
+from newfuse_agent.contract import TaskContext
+from newfuse_agent.handlers.echo import echo
+from runtime_fleet import Fleet, _count, eventually, with_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +110,48 @@ def test_every_caller_of_an_unreachable_redis_gets_the_error() -> None:
 
     replies = asyncio.run(scenario())
     assert all(isinstance(r, RedisConnectionError) for r in replies), replies
+
+
+def test_an_agent_fetches_and_stores_short_tasks_in_full_batches(
+    redis_server: RedisHandle,
+) -> None:
+    async def body(fleet: Fleet) -> None:
+        async for _ in fleet.client.submit_many(TaskSpec("echo", i) for i in range(400)):
+            pass
+        async with fleet.agent("batcher-0", concurrency=4) as agent:
+            await eventually(lambda: _count(fleet, 400), 60, "400 results")
+            round_trips = agent.queue.batch.round_trips
+        assert len({r["task_id"] for r in await fleet.results()}) == 400
+        # 400 results in batches of 4 is 100 round trips; one per result would be 400.
+        assert round_trips <= 125, f"{round_trips} round trips stored 400 results"
+
+    with_fleet(redis_server.url, body)
+
+
+def test_a_long_task_does_not_hold_up_the_fetching_of_short_ones(
+    redis_server: RedisHandle,
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(payload: Any, context: TaskContext) -> Any:
+        await release.wait()
+        return payload
+
+    async def body(fleet: Fleet) -> None:
+        async with fleet.agent("batcher-1", {"echo": echo, "slow": slow}, concurrency=2):
+            await fleet.client.submit(TaskSpec("slow", "long", task_id="long"))
+            await eventually(lambda: _busy(fleet), 10, "the long task running")
+            async for _ in fleet.client.submit_many(TaskSpec("echo", i) for i in range(40)):
+                pass
+            # One slot stays busy with the long task: the other must keep fetching meanwhile.
+            await eventually(lambda: _count(fleet, 40), 20, "40 short results beside a long task")
+            assert await fleet.client.result("long") is None
+            release.set()
+            await eventually(lambda: _count(fleet, 41), 20, "the long task's result")
+
+    with_fleet(redis_server.url, body)
+
+
+async def _busy(fleet: Fleet) -> bool:
+    pending = await fleet.redis.xpending(fleet.client.keys.tasks(Priority.NORMAL), CONSUMER_GROUP)
+    return int(pending["pending"]) == 1

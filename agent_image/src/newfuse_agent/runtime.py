@@ -152,8 +152,12 @@ class Agent:
         # otherwise swallow and retry forever (a drain that never finishes).
         while not self._draining.is_set():
             free = self.config.concurrency - len(self._inflight)
-            if free <= 0:
-                await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+            # Results on their way free their slots within a round trip: fetching for all of them
+            # then, not for each as it lands, keeps short tasks from splitting into small batches.
+            sending = self.queue.batch.sending
+            if free <= 0 or (sending is not None and free < self.config.concurrency):
+                waits = [*self._inflight, *([sending] if sending is not None else [])]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
                 deliveries = await self.queue.fetch(free, block_ms=1000)

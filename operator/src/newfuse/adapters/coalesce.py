@@ -43,6 +43,11 @@ class ScriptBatcher:
             self._sender = asyncio.create_task(self._send_all(), name="script-batcher")
         return await future
 
+    @property
+    def sending(self) -> asyncio.Task[None] | None:
+        """The round trip in flight, if any: whoever waits for its replies can wait for it."""
+        return self._sender
+
     async def aclose(self) -> None:
         """Wait for what was queued to be sent."""
         if self._sender is not None:
