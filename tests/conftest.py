@@ -22,12 +22,22 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import imageprefetch
-from harness import Cluster, Fleets, Kubectl, OperatorProcess, RedisHandle
+from harness import (
+    Cluster,
+    Fleets,
+    Kubectl,
+    OperatorProcess,
+    RedisClusterHandle,
+    RedisHandle,
+    sync_redis,
+)
 from localcluster import LocalCluster, RedisServer, wait_established
 from localcluster.cluster import default_state_dir as cluster_state_dir
 from localcluster.demo import OperatorRunner
 from localcluster.netutil import free_port
 from localcluster.podrunner import PodRunnerProcess
+from localcluster.redis_cluster import LocalRedisCluster
+from localcluster.redis_cluster import default_state_dir as redis_cluster_state_dir
 from localcluster.redis_server import default_state_dir as redis_state_dir
 
 TESTS_DIR = Path(__file__).parent
@@ -86,10 +96,28 @@ def redis_server(cluster: Cluster) -> Iterator[RedisHandle]:
 
 @pytest.fixture
 def redis_client(redis_server: RedisHandle) -> Iterator[redis.Redis]:
-    """A client on the session Redis, with decoded strings."""
-    conn = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    """A client on the session Redis, with decoded strings (a cluster's, where a module says so)."""
+    conn = sync_redis(redis_server.url)
     yield conn
     conn.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterHandle]:
+    """One Redis Cluster (3 primaries, 3 replicas) for the session, made on first use.
+
+    NEWFUSE_REDIS_CLUSTER_URL (a redis+cluster:// URL) points the tests at an existing one; the
+    tests that kill a node skip then.
+    """
+    external = os.environ.get("NEWFUSE_REDIS_CLUSTER_URL")
+    if external:
+        yield RedisClusterHandle(external, None)
+        return
+    cluster = LocalRedisCluster(redis_cluster_state_dir())
+    info = cluster.up()
+    yield RedisClusterHandle(info.url, cluster)
+    if not info.reused and not _keep():
+        cluster.down()
 
 
 @pytest.fixture(scope="session")

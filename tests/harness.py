@@ -17,6 +17,8 @@ from kubernetes import client as k8s_client
 from localcluster import LocalCluster, RedisServer, wait_for
 from localcluster.nodeconfig import NODE_LABEL, NODE_LABEL_VALUE, TAINT_KEY
 from localcluster.podrunner import AgentEntry, PodRunnerProcess
+from localcluster.redis_cluster import LocalRedisCluster
+from newfuse.adapters.redis_connect import is_cluster
 from newfuse.adapters.taskclient import TaskClient
 from newfuse.api.v1alpha1 import GROUP, PLURAL, VERSION
 from newfuse.core import naming
@@ -43,6 +45,26 @@ class RedisHandle:
 
     url: str
     server: RedisServer | None
+
+
+@dataclass
+class RedisClusterHandle:
+    """The Redis Cluster under test; ``cluster`` is set when this tooling runs it."""
+
+    url: str
+    cluster: LocalRedisCluster | None
+
+
+def sync_redis(url: str) -> redis.Redis:
+    """A synchronous client (decoded strings) for ``url``, one server or a redis+cluster:// one.
+
+    Typed as Redis, as newfuse.adapters.redis_connect.connect types its cluster client: the tests
+    use commands both kinds have.
+    """
+    if not is_cluster(url):
+        return redis.Redis.from_url(url, decode_responses=True)
+    plain = url.replace("+cluster://", "://", 1)
+    return cast(redis.Redis, redis.RedisCluster.from_url(plain, decode_responses=True))
 
 
 class OperatorProcess:

@@ -16,6 +16,7 @@ from typing import Any, cast
 import orjson
 import redis.asyncio as aioredis
 
+from newfuse.adapters.redis_connect import connect
 from newfuse.adapters.taskclient import StreamEntries, TaskClient
 from newfuse.wire.taskpolicy import TaskPolicy
 from newfuse_agent.config import AgentConfig
@@ -77,7 +78,7 @@ class Fleet:
         **overrides: Any,
     ) -> AsyncIterator[Agent]:
         config = self.config(agent_id, **overrides)
-        client = aioredis.Redis.from_url(self.url, decode_responses=True)
+        client = connect(self.url, timeout=30)  # a cluster's client for a cluster URL
         context = TaskContext(agent_id, self.name, self.namespace, "r1", (), gateway=gateway)
         agent = Agent(config, client, handlers or {"echo": echo}, context)
         task = asyncio.create_task(agent.run())

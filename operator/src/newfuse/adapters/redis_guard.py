@@ -5,6 +5,9 @@ pipelines all go through `execute_command` or `Pipeline.execute`, so a method ad
 later is covered without remembering to. While the circuit is open a command fails at once with
 RedisCircuitOpenError, a redis ConnectionError, so every caller's existing `except RedisError`
 handling (report Redis as unreachable, go on with pod work) applies unchanged.
+
+`guard` picks the wrapper for the kind of client redis_connect.connect made: GuardedRedis for one
+server, GuardedRedisCluster for a Redis Cluster (whose node pools it shares the same way).
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from newfuse.adapters.redis_connect import ClusterClient, ScriptingClusterPipeline
 from newfuse.core.rediscircuit import (
     CLOSED,
     Admission,
@@ -138,3 +143,79 @@ class GuardedRedis(aioredis.Redis):
         )
         pipe.breaker = self.breaker
         return pipe
+
+
+class _GuardedClusterPipeline(ScriptingClusterPipeline):
+    __slots__ = ("breaker",)
+    breaker: Breaker
+
+    async def execute(  # redis-py's signature: callers pass it positionally
+        self,
+        raise_on_error: bool = True,  # noqa: FBT001, FBT002
+        allow_redirections: bool = True,  # noqa: FBT001, FBT002
+    ) -> list[Any]:
+        async with self.breaker.call():
+            return await super().execute(raise_on_error, allow_redirections)
+
+
+class GuardedRedisCluster(ClusterClient):
+    """A Redis Cluster client whose every command and pipeline passes ``breaker``.
+
+    Made by `guard` from a connected client, whose nodes (and so connections) it shares.
+    """
+
+    __slots__ = ("breaker",)
+    breaker: Breaker
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Run one command through the breaker; ACL changes go to every node.
+
+        Each node of a cluster keeps its own ACL users, replicas included (one may be promoted):
+        a fleet's user made on one node only would be refused by the others.
+        """
+        async with self.breaker.call():
+            if str(args[0]).upper() == "ACL" and "target_nodes" not in options:
+                # A node list, not the ALL_NODES flag: redis-py maps a flag to nodes only for
+                # the commands it knows by name, which "ACL" split from "SETUSER" is not.
+                if self._initialize:
+                    await self.initialize()
+                options["target_nodes"] = self.get_nodes()
+            return await super().execute_command(*args, **options)
+
+    def pipeline(
+        self,
+        transaction: Any | None = None,
+        shard_hint: Any | None = None,
+    ) -> ClusterPipeline:
+        """A pipeline whose `execute` passes the breaker (a transaction: one slot's keys only)."""
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # redis-py's refusal
+        # redis-py declares an attribute abstract that its own ClusterPipeline sets at run time.
+        pipe = _GuardedClusterPipeline(self, transaction)  # type: ignore[abstract]
+        pipe.breaker = self.breaker
+        return pipe
+
+
+def _slot_names(cls: type) -> list[str]:
+    names: list[str] = []
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        names.extend([slots] if isinstance(slots, str) else slots)
+    return names
+
+
+def guard(client: aioredis.Redis, breaker: Breaker) -> aioredis.Redis:
+    """``client`` with every command passing ``breaker``, sharing its connections.
+
+    A cluster client's state is copied attribute by attribute into a GuardedRedisCluster: its
+    nodes manager (the node pools), retry policy and codecs are shared, as one server's pool is.
+    """
+    if not isinstance(cast(object, client), RedisCluster):
+        return GuardedRedis(client, breaker)
+    guarded = GuardedRedisCluster.__new__(GuardedRedisCluster)
+    for name in _slot_names(RedisCluster):
+        if name != "__weakref__" and hasattr(client, name):
+            setattr(guarded, name, getattr(client, name))
+    guarded.__dict__.update(getattr(client, "__dict__", {}))
+    guarded.breaker = breaker
+    return cast(aioredis.Redis, guarded)

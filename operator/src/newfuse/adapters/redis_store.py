@@ -24,7 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 from newfuse import observability as obs
 from newfuse.adapters import quarantine
 from newfuse.adapters.redis_connect import connect
-from newfuse.adapters.redis_guard import Breaker, GuardedRedis
+from newfuse.adapters.redis_guard import Breaker, guard
 from newfuse.adapters.state_store import put_state
 from newfuse.api.budget import BudgetSpec
 from newfuse.core.backlog import GroupInfo, StreamObservation, TaskObservation, waiting_of
@@ -85,7 +85,7 @@ class RedisStore:
         plain = connect(
             url, timeout=timeout, pool_wait=timeout, ca_file=ca_file, encoding_errors="replace"
         )
-        self._client: aioredis.Redis = GuardedRedis(plain, self.breaker)
+        self._client: aioredis.Redis = guard(plain, self.breaker)
         self._plain = plain  # the same pool without the breaker, for the probe
         self._complaints = LogLimiter()
 
