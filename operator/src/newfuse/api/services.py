@@ -74,7 +74,8 @@ class RedisSpec(KubeModel):
         default=None,
         description=(
             "Secret key holding a redis:// or rediss:// URL (ACL user and password go in it: "
-            "rediss://user:password@host:6380/0)."
+            "rediss://user:password@host:6380/0); redis+cluster:// or rediss+cluster:// names a "
+            "Redis Cluster by any one of its nodes."
         ),
     )
     ca_secret_ref: SecretKeyRef | None = Field(
