@@ -22,6 +22,8 @@ from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.typing import ScriptTextT
 
+from newfuse.adapters.fastpack import packing
+
 DEFAULT_MAX_CONNECTIONS = 64
 CLUSTER_SUFFIX = "+cluster"
 
@@ -103,6 +105,7 @@ def connect(
         socket_connect_timeout=timeout,
         health_check_interval=health_check_interval,
     )
+    pool.connection_class = packing(pool.connection_class)
     return aioredis.Redis(connection_pool=pool)
 
 
