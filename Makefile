@@ -59,13 +59,8 @@ mutation: deps ## Mutation testing of the pure core and the wire contract (hack/
 	$(PY) hack/mutation.py
 
 .PHONY: bench
-bench: deps binaries ## Benchmarks (not tests): figures as ratios against baselines from the same run
-	$(PY) bench/operator_scale.py
-	$(PY) bench/task_throughput.py
-	$(PY) bench/rollout_steps.py
-	$(PY) bench/long_tasks.py
-	$(PY) bench/fleet_api.py
-	$(PY) bench/memory.py
+bench: deps binaries ## Benchmarks (not tests), 3 runs each: one table of medians vs baselines and targets, a record in bench/results/ (BENCH_ARGS="--only memory")
+	$(PY) bench/summary.py $(BENCH_ARGS)
 
 .PHONY: lint
 lint: deps ## ruff (lint + format check), mypy --strict and import-linter

@@ -91,8 +91,23 @@ class BenchEnvironment:
             # Only our namespaces: other users' fleets on a shared cluster are not ours to touch.
             os.environ["NEWFUSE_NAMESPACES"] = ",".join(self.namespaces.values())
         self.operator.up(self.kubeconfig, self.redis_url, lambda m: console.print(f"[dim]{m}"))
-        [pid] = self.operator.pids()
-        return pid
+        return operator_pid(self.operator.pids())
+
+
+def operator_pid(pids: list[int]) -> int:
+    """The operator's PID among the runner's: it starts the fleet API gateway beside it.
+
+    Measured figures (peak RSS) must be the operator's, and the runner's list has no order to rely
+    on, so the command line decides: `python -m newfuse`, not `python -m newfuse.fleetapi`.
+    """
+    found = [
+        p
+        for p in pids
+        if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[-2:-1] == [b"newfuse"]
+    ]
+    if len(found) != 1:
+        raise RuntimeError(f"expected one operator among PIDs {pids}, found {found}")
+    return found[0]
 
 
 @dataclass(frozen=True)
