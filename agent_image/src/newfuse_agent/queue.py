@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
+from newfuse.adapters import taskgroups
 from newfuse.adapters.coalesce import ScriptBatcher
 from newfuse.wire.keys import FleetKeys
 from newfuse.wire.scripts import (
@@ -104,12 +105,7 @@ class TaskQueue(ConsumerGroup):
 
     async def ensure_groups(self) -> None:
         """Create the consumer group on every priority stream (idempotent)."""
-        for stream in self.streams.values():
-            try:
-                await self.client.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        await taskgroups.ensure(self.client, self.keys)
 
     async def fetch(self, count: int, block_ms: int) -> list[Delivery]:
         """Up to ``count`` new entries, higher priorities first; blocks only when all are empty."""

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError, ResponseError
 
 from newfuse import observability as obs
-from newfuse.adapters import quarantine
+from newfuse.adapters import quarantine, taskgroups
 from newfuse.adapters.redis_connect import connect
 from newfuse.adapters.redis_guard import Breaker, guard
 from newfuse.adapters.state_store import put_state
@@ -52,8 +52,7 @@ from newfuse.wire.tasks import CONSUMER_GROUP, PRIORITY_ORDER
 from newfuse.wire.usage import HARD_COST, HARD_TOKENS, SECONDS_PER_DAY
 
 log = logging.getLogger(__name__)
-# Skipped records named in one log line.
-MAX_EXAMPLES = 3
+MAX_EXAMPLES = 3  # skipped records named in one log line
 
 
 class RedisStore:
@@ -151,6 +150,7 @@ class RedisStore:
         """Store the fleet's FleetSummary (only the leader writes), and settle its memory to it."""
         await self._client.hset(keys.fleet_state, keys.FLEET_SUMMARY_FIELD, summary.to_json())
         await quarantine.settle(self._client, keys, summary)
+        await taskgroups.ensure_without_agents(self._client, keys, summary.replicas)
 
     async def put_agent_state(self, keys: FleetKeys, update: StateUpdate) -> bool:
         """Store an agent's StateUpdate unless a newer version is stored. True if stored."""
