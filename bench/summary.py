@@ -41,14 +41,7 @@ console = Console()
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 # In the order `make bench` has always run them: the cluster benchmarks first.
-BENCHES = (
-    "operator_scale",
-    "task_throughput",
-    "rollout_steps",
-    "long_tasks",
-    "fleet_api",
-    "memory",
-)
+BENCHES = targets.BENCHES
 # The memory benchmark repeats its timed parts itself (3 by default); here the runs are the
 # repeats, and its graph build and footprint get measured once per run instead of once.
 EXTRA_ARGS: dict[str, tuple[str, ...]] = {"memory": ("--repeats", "1")}

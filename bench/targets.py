@@ -54,6 +54,7 @@ OS, TT, RS, LT, FA, ME = (
     "fleet_api",
     "memory",
 )
+BENCHES = (OS, TT, RS, LT, FA, ME)
 ROWS: tuple[Row, ...] = (
     Row(OS, "deployments_s", "Deployments to Available (baseline)", "s"),
     Row(OS, "newfuse_s", "NewFuseAgents to Available", "s", baseline="deployments_s",

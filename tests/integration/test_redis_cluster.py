@@ -125,20 +125,17 @@ def test_a_fleets_own_redis_user_works_on_every_node(redis_cluster: RedisCluster
     asyncio.run(go())
 
 
-def _nodes(url: str) -> list[redis.Redis]:
+def _nodes(url: str, primaries_only: bool = False) -> list[redis.Redis]:
     cluster = redis.RedisCluster.from_url(url.replace("+cluster://", "://", 1))
     try:
-        return [sync_redis(f"redis://{n.host}:{n.port}/0") for n in cluster.get_nodes()]  # type: ignore[no-untyped-call]
+        nodes = cluster.get_primaries() if primaries_only else cluster.get_nodes()  # type: ignore[no-untyped-call]
+        return [sync_redis(f"redis://{n.host}:{n.port}/0") for n in nodes]
     finally:
         cluster.close()
 
 
 def _primaries(url: str) -> list[redis.Redis]:
-    cluster = redis.RedisCluster.from_url(url.replace("+cluster://", "://", 1))
-    try:
-        return [sync_redis(f"redis://{n.host}:{n.port}/0") for n in cluster.get_primaries()]  # type: ignore[no-untyped-call]
-    finally:
-        cluster.close()
+    return _nodes(url, primaries_only=True)
 
 
 @pytest.fixture
