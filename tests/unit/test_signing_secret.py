@@ -78,7 +78,7 @@ def test_the_operator_uses_the_secret_only_without_a_key_of_its_own(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     api = FakeSecrets()
-    monkeypatch.setattr("newfuse.__main__.k8s.CoreV1Api", lambda _client: api)
+    monkeypatch.setattr(entry, "RawSecrets", lambda _client: api)
     monkeypatch.setattr(entry, "load_config", lambda *_a, **_k: _Closing())
     env = {
         "NEWFUSE_SIGNING_SECRET": "nf-signing/key",

@@ -7,11 +7,11 @@ import logging
 import sys
 
 import kopf
-from kubernetes import client as k8s
 from prometheus_client import start_http_server
 from pydantic import SecretStr
 
 from newfuse.adapters.kube import load_config
+from newfuse.adapters.kuberest import RawSecrets
 from newfuse.adapters.redis_connect import redacted
 from newfuse.adapters.signing_secret import ensure_signing_key
 from newfuse.config import OperatorConfig
@@ -58,7 +58,7 @@ def with_signing_key(config: OperatorConfig) -> OperatorConfig:
     name, key = config.signing_secret.split("/", 1)
     namespace = str(config.signing_secret_namespace)
     with load_config(config.kubeconfig, pool_size=1) as api:
-        value = ensure_signing_key(k8s.CoreV1Api(api), namespace, name, key)
+        value = ensure_signing_key(RawSecrets(api), namespace, name, key)
     return config.model_copy(update={"signing_key": SecretStr(value)})
 
 

@@ -3,6 +3,8 @@
 The official client is synchronous, so calls run in a dedicated thread pool sized for the
 reconcile concurrency (asyncio's default pool is only cpu+4 threads). Conflicts that mean "already
 done" (409 on create, 404 on delete) are success: reconcile is idempotent.
+
+Requests are plain JSON over the ApiClient's transport (kuberest.py says why: ~92 MB of RSS).
 """
 
 from __future__ import annotations
@@ -22,7 +24,18 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from newfuse.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION, EventType
+from newfuse.adapters.kuberest import (
+    CONFIG_MAPS,
+    EVENTS,
+    FLEETS,
+    MERGE_PATCH,
+    PODS,
+    REVISIONS,
+    SECRETS,
+    at,
+    request,
+)
+from newfuse.api.v1alpha1 import API_VERSION, KIND, EventType
 from newfuse.core.naming import LABEL_FLEET, LABEL_REVISION
 
 log = logging.getLogger(__name__)
@@ -78,19 +91,25 @@ def credentials_of(api: k8s.ApiClient) -> Credentials:
     )
 
 
+JSON = "application/json"
+
+
 class KubeClient:
     """The handful of API calls reconcile makes."""
 
     def __init__(self, api: k8s.ApiClient, pool_size: int) -> None:
         """Use ``api`` from ``pool_size`` threads."""
-        self._core = k8s.CoreV1Api(api)
-        self._custom = k8s.CustomObjectsApi(api)
-        self._apps = k8s.AppsV1Api(api)
+        self._api = api
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="kube")
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def _request(
+        self, method: str, path: str, params: dict[str, str], body: Any = None, **options: Any
+    ) -> Any:
+        return await self._run(request, self._api, method, path, params, body, **options)
 
     def close(self) -> None:
         """Stop the thread pool."""
@@ -98,10 +117,9 @@ class KubeClient:
 
     async def create_pod(self, manifest: dict[str, Any]) -> bool:
         """Create a pod; False if one with that name exists already."""
+        namespace = {"namespace": manifest["metadata"]["namespace"]}
         try:
-            await self._run(
-                self._core.create_namespaced_pod, manifest["metadata"]["namespace"], manifest
-            )
+            await self._request("POST", PODS, namespace, manifest, decode=False)
         except ApiException as exc:
             if exc.status == 409:
                 return False
@@ -110,8 +128,9 @@ class KubeClient:
 
     async def delete_pod(self, namespace: str, name: str) -> bool:
         """Delete a pod; False if it was gone already."""
+        params = {"namespace": namespace, "name": name}
         try:
-            await self._run(self._core.delete_namespaced_pod, name, namespace)
+            await self._request("DELETE", f"{PODS}/{{name}}", params, decode=False)
         except ApiException as exc:
             if exc.status == 404:
                 return False
@@ -122,9 +141,10 @@ class KubeClient:
         self, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any]:
         """Replace the fleet's status (merge patch on the status subresource); the new object."""
-        updated: Any = await self._run(
-            self._custom.patch_namespaced_custom_object_status,
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status},
+        params = {"namespace": namespace, "name": name}
+        updated = await self._request(
+            "PATCH", f"{FLEETS}/{{name}}/status", params, {"status": status},
+            content_type=MERGE_PATCH,
         )  # fmt: skip
         return dict(updated)
 
@@ -133,14 +153,9 @@ class KubeClient:
     ) -> None:
         """Set metadata.finalizers, failing with 409 if the object changed since it was read."""
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
-        await self._run(
-            self._custom.patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            patch,
+        params = {"namespace": namespace, "name": name}
+        await self._request(
+            "PATCH", f"{FLEETS}/{{name}}", params, patch, content_type=MERGE_PATCH, decode=False
         )
 
     async def ensure_revision(
@@ -163,8 +178,8 @@ class KubeClient:
             "revision": 1,
         }  # fmt: skip
         try:
-            await self._run(
-                self._apps.create_namespaced_controller_revision, fleet_meta.namespace, body
+            await self._request(
+                "POST", REVISIONS, {"namespace": fleet_meta.namespace}, body, decode=False
             )
         except ApiException as exc:
             if exc.status != 409:
@@ -179,8 +194,8 @@ class KubeClient:
         """
         namespace = fleet_meta.namespace
         try:
-            found = await self._run(self._core.read_namespaced_secret, name, namespace)
-            return {k: base64.b64decode(v).decode() for k, v in (found.data or {}).items()}
+            found = await self._request("GET", f"{SECRETS}/{{name}}", at(namespace, name))
+            return {k: base64.b64decode(v).decode() for k, v in (found.get("data") or {}).items()}
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -201,7 +216,7 @@ class KubeClient:
             "stringData": data,
         }  # fmt: skip
         try:
-            await self._run(self._core.create_namespaced_secret, namespace, body)
+            await self._request("POST", SECRETS, {"namespace": namespace}, body, decode=False)
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -211,37 +226,37 @@ class KubeClient:
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
         """One key of a Secret, as text; None if the Secret or the key is missing."""
         try:
-            found = await self._run(self._core.read_namespaced_secret, name, namespace)
+            found = await self._request("GET", f"{SECRETS}/{{name}}", at(namespace, name))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        value = (found.data or {}).get(key)
+        value = (found.get("data") or {}).get(key)
         return base64.b64decode(value).decode() if value is not None else None
 
     async def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         """A ConfigMap's data, or None if there is no such ConfigMap."""
         try:
-            found = await self._run(self._core.read_namespaced_config_map, name, namespace)
+            found = await self._request("GET", f"{CONFIG_MAPS}/{{name}}", at(namespace, name))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        return dict(found.data or {})
+        return dict(found.get("data") or {})
 
     async def read_revision(
         self, namespace: str, fleet: str, revision: str
     ) -> dict[str, Any] | None:
         """A stored revision's template, or None if there is none."""
         try:
-            found = await self._run(
-                self._apps.read_namespaced_controller_revision, f"{fleet}-{revision}", namespace
+            found = await self._request(
+                "GET", f"{REVISIONS}/{{name}}", at(namespace, f"{fleet}-{revision}")
             )
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        data = found.data
+        data = found.get("data")
         return dict(data) if isinstance(data, dict) else None
 
     async def post_event(
@@ -255,21 +270,24 @@ class KubeClient:
         now: dt.datetime,
     ) -> None:
         """Record a core/v1 Event on the fleet (what `kubectl describe nfa` shows). Never raises."""
-        event = k8s.CoreV1Event(
-            metadata=k8s.V1ObjectMeta(name=f"{name}.{uuid.uuid4().hex[:12]}", namespace=namespace),
-            involved_object=k8s.V1ObjectReference(
-                api_version=API_VERSION, kind=KIND, name=name, namespace=namespace, uid=uid
-            ),
-            type=event_type,
-            reason=reason,
-            message=message[:1024],
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            source=k8s.V1EventSource(component=EVENT_SOURCE),
-            reporting_component=EVENT_SOURCE,
-        )
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": API_VERSION, "kind": KIND, "name": name, "namespace": namespace,
+                "uid": uid,
+            },
+            "type": str(event_type),
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": now.isoformat(),
+            "lastTimestamp": now.isoformat(),
+            "count": 1,
+            "source": {"component": EVENT_SOURCE},
+            "reportingComponent": EVENT_SOURCE,
+        }  # fmt: skip
         try:
-            await self._run(self._core.create_namespaced_event, namespace, event)
+            await self._request("POST", EVENTS, {"namespace": namespace}, event, decode=False)
         except ApiException as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, namespace, name, exc.reason)

@@ -31,9 +31,14 @@ def is_older(meta: Mapping[str, Any], cached: NewFuseAgent) -> bool:
     resourceVersions are etcd revisions: integers that grow with every write. They are compared
     only for the same object (same uid) and only when both parse; otherwise the event wins.
     """
-    if meta.get("uid") != cached.metadata.uid:
+    return is_older_than(meta, cached.metadata.uid, cached.metadata.resource_version)
+
+
+def is_older_than(meta: Mapping[str, Any], uid: str, resource_version: str) -> bool:
+    """``is_older`` against a cached (uid, resourceVersion), for a cache that keeps no model."""
+    if meta.get("uid") != uid:
         return False
     try:
-        return int(meta.get("resourceVersion", "")) < int(cached.metadata.resource_version)
+        return int(meta.get("resourceVersion", "")) < int(resource_version)
     except ValueError:
         return False
