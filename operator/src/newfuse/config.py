@@ -131,6 +131,12 @@ class OperatorConfig(BaseModel):
     resync_seconds: float = Field(
         default=15.0, gt=0, description="Re-reconcile every fleet this often."
     )
+    resync_max_per_second: float = Field(
+        default=100.0,
+        gt=0,
+        description="At most this many resyncs a second: past resync_seconds x this many fleets, "
+        "the period stretches (core/resync.py).",
+    )
     heartbeat_timeout_seconds: float = Field(
         default=30.0, gt=0, description="An agent silent this long is stale."
     )

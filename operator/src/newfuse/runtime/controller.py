@@ -47,6 +47,7 @@ from newfuse.core.metrics import (
 )
 from newfuse.core.planner import plan
 from newfuse.core.pods import AgentDefaults, ObservedPod
+from newfuse.core.resync import resync_period
 from newfuse.core.revision import template_hash
 from newfuse.core.rolloutstep import pods_for, revision_to_drain, target_revision
 from newfuse.core.status import RedisObservation, StatusInputs, derive_status
@@ -176,11 +177,15 @@ class Controller:
     async def _resync(self) -> None:
         # Agent metrics and heartbeats change without any watch event: look again periodically,
         # spread over the period so a thousand fleets do not all wake at once.
-        period = self.config.resync_seconds
+        config = self.config
+        period = config.resync_seconds
         while True:
             await asyncio.sleep(period)
-            for key in list(self.fleets):
-                self.queue.add_after(key, random.uniform(0, period))  # noqa: S311 - jitter, not crypto
+            keys = list(self.fleets)
+            period = resync_period(len(keys), config.resync_seconds, config.resync_max_per_second)
+            for key in keys:
+                jitter = random.uniform(0, period)  # noqa: S311 - jitter, not crypto
+                self.queue.add_after(key, jitter, background=True)
 
     async def _probe_redis(self) -> None:
         # While the Redis circuit is open, reconciles do not call Redis at all; this loop is what

@@ -4,6 +4,12 @@ Watch events only say "this fleet may need work". Many events for one fleet coll
 pending key; a key is never handed to two workers at once (a key added while it is being processed
 is queued again when that worker is done); failed keys come back with exponential backoff.
 
+Two lanes: keys a watch event, a retry or a timer asked for come before keys the periodic resync
+asked for (``background``). With 10,000 fleets the resync alone could keep every worker busy, and
+a new fleet's events would wait behind thousands of fleets that had nothing to do; client-go's
+queue has one lane because controller-runtime resyncs every 10 hours, ours every 15 seconds.
+A background key that an event asks for again moves to the front lane.
+
 The queue is asyncio-only: its structures are not locked and its Event wakes only its own loop. A
 caller on another thread (a sync kopf handler runs in a thread pool) would corrupt it or leave a
 worker asleep, so `add` refuses to run anywhere but on the loop that owns the queue.
@@ -12,6 +18,7 @@ worker asleep, so `add` refuses to run anywhere but on the loop that owns the qu
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 
 
@@ -21,7 +28,9 @@ class WorkQueue:
     def __init__(self, base_delay: float = 0.5, max_delay: float = 60.0) -> None:
         """Retry failed keys after base_delay * 2**failures seconds, at most max_delay."""
         self._ready: deque[str] = deque()
+        self._background: deque[str] = deque()
         self._dirty: set[str] = set()
+        self._urgent: set[str] = set()  # the dirty keys that belong in the front lane
         self._processing: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._failures: dict[str, int] = {}
@@ -42,28 +51,36 @@ class WorkQueue:
             raise RuntimeError("WorkQueue used from a second event loop")
 
     def __len__(self) -> int:
-        """Keys waiting to be handed out."""
-        return len(self._ready)
+        """Keys waiting to be handed out (not those asked for again while a worker has them)."""
+        return len(self._dirty) - sum(1 for key in self._processing if key in self._dirty)
 
     @property
     def processing(self) -> int:
         """Keys handed out and not yet done."""
         return len(self._processing)
 
-    def add(self, key: str) -> None:
-        """Ask for ``key`` to be reconciled (a no-op if it is already waiting)."""
+    def add(self, key: str, *, background: bool = False) -> None:
+        """Ask for ``key`` to be reconciled (no-op if it waits already, in that lane or ahead).
+
+        ``background``: the periodic resync's request, served after every other key.
+        """
         self._check_loop()
-        if key in self._dirty:
+        if key in self._dirty and (background or key in self._urgent):
             return
         self._dirty.add(key)
+        if not background:
+            self._urgent.add(key)
         if key not in self._processing:
-            self._ready.append(key)
+            self._lane(key).append(key)
             self._wakeup.set()
 
-    def add_after(self, key: str, delay: float) -> None:
+    def _lane(self, key: str) -> deque[str]:
+        return self._ready if key in self._urgent else self._background
+
+    def add_after(self, key: str, delay: float, *, background: bool = False) -> None:
         """Add ``key`` after ``delay`` seconds; an earlier pending schedule for it wins."""
         if delay <= 0:
-            self.add(key)
+            self.add(key, background=background)
             return
         loop = asyncio.get_running_loop()
         when = loop.time() + delay
@@ -72,27 +89,41 @@ class WorkQueue:
             if timer.when() <= when:
                 return
             timer.cancel()
-        self._timers[key] = loop.call_at(when, self._fire, key)
+        self._timers[key] = loop.call_at(
+            when, functools.partial(self._fire, key, background=background)
+        )
 
-    def _fire(self, key: str) -> None:
+    def _fire(self, key: str, *, background: bool) -> None:
         self._timers.pop(key, None)
-        self.add(key)
+        self.add(key, background=background)
 
     async def get(self) -> str:
         """Wait for the next key and mark it as being processed."""
-        while not self._ready:
+        while True:
+            key = self._next()
+            if key is not None:
+                break
             self._wakeup.clear()
             await self._wakeup.wait()
-        key = self._ready.popleft()
         self._dirty.discard(key)
+        self._urgent.discard(key)
         self._processing.add(key)
         return key
+
+    def _next(self) -> str | None:
+        # A key promoted to the front lane leaves a stale copy in the back one; a key handed out
+        # and asked for again meanwhile waits for done(). Both copies are dropped here.
+        while self._ready or self._background:
+            key = (self._ready or self._background).popleft()
+            if key in self._dirty and key not in self._processing:
+                return key
+        return None
 
     def done(self, key: str) -> None:
         """Mark ``key`` processed; if it was added meanwhile, queue it again."""
         self._processing.discard(key)
         if key in self._dirty:
-            self._ready.append(key)
+            self._lane(key).append(key)
             self._wakeup.set()
 
     def retry(self, key: str) -> float:
