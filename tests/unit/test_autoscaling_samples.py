@@ -48,6 +48,6 @@ def test_the_hpa_sample_reads_the_backlog_gauge_by_its_labels() -> None:
     keys = _target(hpa)
     [metric] = hpa["spec"]["metrics"]
     external = metric["external"]["metric"]
-    assert external["name"] == observability.FLEET_BACKLOG._name
+    assert external["name"] == observability.FLEET_BACKLOG.name
     assert external["selector"]["matchLabels"] == {"fleet": keys.fleet}
-    assert {"namespace", "fleet"} <= set(observability.FLEET_BACKLOG._labelnames)
+    assert {"namespace", "fleet"} <= set(observability.FLEET_BACKLOG.labelnames)

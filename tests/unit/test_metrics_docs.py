@@ -22,6 +22,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 import newfuse
 import newfuse_agent
+from newfuse.fleetgauges import FleetGauge
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -62,6 +63,8 @@ def registered() -> dict[str, Row]:
                     found[value._name] = Row(
                         table, value._name, str(value._type), tuple(value._labelnames)
                     )
+                elif isinstance(value, FleetGauge):  # per-fleet gauges (newfuse.fleetgauges)
+                    found[value.name] = Row(table, value.name, "gauge", value.labelnames)
     in_registry = {m.name: m.type for m in REGISTRY.collect() if m.name.startswith("newfuse_")}
     stray = sorted(set(in_registry) - set(found))
     assert not stray, (

@@ -270,7 +270,7 @@ def test_the_runtime_reads_the_sightings_only_while_a_rollout_is_in_flight() -> 
     waiting = Backlog(oldest_waiting_seconds=40)
     seen = asyncio.run(driver.protocol_of(_in_rollout(waiting)))
     assert seen == ProtocolObservation(seen={1: 12.0, 2: 0.5}, oldest_waiting_seconds=40)
-    gauge = PROTOCOL_SEEN.labels("ns", "demo", "1")._value.get()
+    gauge = PROTOCOL_SEEN.get("ns", "demo", "1")
     assert gauge == 12.0
     assert asyncio.run(driver.protocol_of(fleet())) is None, "no rollout: nothing to read"
     redis.down = True

@@ -11,6 +11,7 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from newfuse.config import LogFormat
+from newfuse.fleetgauges import FLEET_GAUGES
 from newfuse.logcontext import ContextFilter
 
 KOPF_EXTRAS = ("settings", "k8s_ref", "k8s_skip")
@@ -41,35 +42,35 @@ ROLLOUT_SECONDS = Histogram(
     buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
 )
 GATE_VERDICTS = Counter("newfuse_rollout_gate_verdicts_total", "Rollout gate verdicts.", ["result"])
-FLEET_SPEND = Gauge(
+FLEET_SPEND = FLEET_GAUGES.gauge(
     "newfuse_fleet_spend_today",
     "A fleet's model spend this UTC day, as its agents report it: unit cost or tokens.",
-    ["namespace", "fleet", "unit"],
+    "unit",
 )
-GOLDEN_PASS_RATE = Gauge(
+GOLDEN_PASS_RATE = FLEET_GAUGES.gauge(
     "newfuse_rollout_golden_pass_rate",
     "Share of the current rollout step's golden cases answered right, by canary or stable.",
-    ["namespace", "fleet", "role"],
+    "role",
 )
-PROTOCOL_SEEN = Gauge(
+PROTOCOL_SEEN = FLEET_GAUGES.gauge(
     "newfuse_fleet_protocol_seen_seconds",
     "Seconds since a task of each protocol major was last submitted or taken (read while a "
     "rollout is in flight: the protocol gate's input).",
-    ["namespace", "fleet", "major"],
+    "major",
 )
 LEADER = Gauge("newfuse_leader", "1 while this process holds the leader Lease (or runs alone).")
-DEAD_LETTERS = Gauge(
-    "newfuse_dead_letters", "Entries in a fleet's dead-letter stream.", ["namespace", "fleet"]
+DEAD_LETTERS = FLEET_GAUGES.gauge(
+    "newfuse_dead_letters", "Entries in a fleet's dead-letter stream."
 )
-FLEET_BACKLOG = Gauge(
+FLEET_BACKLOG = FLEET_GAUGES.gauge(
     "newfuse_fleet_backlog",
     "Tasks of a fleet not yet delivered to any agent, by priority.",
-    ["namespace", "fleet", "priority"],
+    "priority",
 )
-FLEET_OLDEST_WAITING = Gauge(
+FLEET_OLDEST_WAITING = FLEET_GAUGES.gauge(
     "newfuse_fleet_oldest_waiting_seconds",
     "How long the oldest waiting task of a fleet has waited, by priority (0: none waits).",
-    ["namespace", "fleet", "priority"],
+    "priority",
 )
 
 tracer = trace.get_tracer("newfuse.operator")

@@ -7,7 +7,6 @@ RedisConnected condition already tells the outage.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 from redis.exceptions import RedisError, ResponseError
@@ -17,7 +16,6 @@ from newfuse.api.tasks import Backlog
 from newfuse.core.backlog import fold_backlog
 from newfuse.runtime.ports import RedisPort
 from newfuse.wire.keys import FleetKeys
-from newfuse.wire.tasks import PRIORITY_ORDER
 
 log = logging.getLogger("newfuse.controller")
 
@@ -35,15 +33,7 @@ async def observe_backlog(redis: RedisPort, keys: FleetKeys) -> Backlog | None:
         log.debug("could not read the backlog of %s/%s: %s", keys.namespace, keys.fleet, exc)
         return None
     for row in backlog.by_priority:
-        labels = (keys.namespace, keys.fleet, row.priority)
-        obs.FLEET_BACKLOG.labels(*labels).set(row.waiting)
-        obs.FLEET_OLDEST_WAITING.labels(*labels).set(row.oldest_waiting_seconds or 0)
+        where = (keys.namespace, keys.fleet)
+        obs.FLEET_BACKLOG.set(*where, row.waiting, row.priority)
+        obs.FLEET_OLDEST_WAITING.set(*where, row.oldest_waiting_seconds or 0, row.priority)
     return backlog
-
-
-def forget_backlog(namespace: str, fleet: str) -> None:
-    """Drop a deleted fleet's gauges (a gone fleet must not show a stale backlog forever)."""
-    for priority in PRIORITY_ORDER:
-        for gauge in (obs.FLEET_BACKLOG, obs.FLEET_OLDEST_WAITING):
-            with contextlib.suppress(KeyError):
-                gauge.remove(namespace, fleet, priority.value)

@@ -16,7 +16,6 @@ this reconcile on fakes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import random
@@ -51,7 +50,8 @@ from newfuse.core.resync import resync_period
 from newfuse.core.revision import template_hash
 from newfuse.core.rolloutstep import pods_for, revision_to_drain, target_revision
 from newfuse.core.status import RedisObservation, StatusInputs, derive_status
-from newfuse.runtime.backlog import forget_backlog, observe_backlog
+from newfuse.fleetgauges import FLEET_GAUGES
+from newfuse.runtime.backlog import observe_backlog
 from newfuse.runtime.caches import Caches
 from newfuse.runtime.effects import (
     announce_budget,
@@ -116,9 +116,7 @@ class Controller:
                 self.queue.add(key)
             return
         key = fleet_key(meta["namespace"], meta["name"])
-        with contextlib.suppress(KeyError):
-            obs.DEAD_LETTERS.remove(meta["namespace"], meta["name"])
-        forget_backlog(meta["namespace"], meta["name"])
+        FLEET_GAUGES.forget(meta["namespace"], meta["name"])
         self.finalizer.forget(meta.get("uid", ""))
         self.caches.drop_fleet(key)
         self.rollouts.forget(key)

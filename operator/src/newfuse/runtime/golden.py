@@ -71,7 +71,7 @@ class GoldenDriver:
         for role, rev in (("canary", state.canary_revision), ("stable", state.stable_revision)):
             rate = scores[rev].pass_rate if rev in scores else None
             if rate is not None:
-                obs.GOLDEN_PASS_RATE.labels(meta.namespace, meta.name, role).set(rate)
+                obs.GOLDEN_PASS_RATE.set(meta.namespace, meta.name, rate, role)
         return GoldenObservation(run.id, scores)
 
 

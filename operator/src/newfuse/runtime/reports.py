@@ -26,7 +26,7 @@ async def count_dead_letters(redis: RedisPort, fleet: NewFuseAgent) -> None:
         depth = await redis.dead_letter_count(FleetKeys(meta.namespace, meta.name))
     except (RedisError, OSError):
         return  # the Redis condition already reports the outage
-    obs.DEAD_LETTERS.labels(meta.namespace, meta.name).set(depth)
+    obs.DEAD_LETTERS.set(meta.namespace, meta.name, depth)
 
 
 async def read_reports(redis: RedisPort, fleet: NewFuseAgent) -> AgentReports | RedisObservation:
@@ -54,8 +54,8 @@ async def mirror_budget(
         return None  # the Redis condition reports it; the next reconcile puts it again
     if usage is None:
         return None
-    obs.FLEET_SPEND.labels(meta.namespace, meta.name, "cost").set(usage.cost_today)
-    obs.FLEET_SPEND.labels(meta.namespace, meta.name, "tokens").set(usage.tokens_today)
+    obs.FLEET_SPEND.set(meta.namespace, meta.name, usage.cost_today, "cost")
+    obs.FLEET_SPEND.set(meta.namespace, meta.name, usage.tokens_today, "tokens")
     if spec is None:
         return None
     return budget_status(spec, usage.day, usage.tokens_today, usage.cost_today)

@@ -119,7 +119,7 @@ class RolloutDriver:
         except (RedisError, OSError) as exc:
             return ProtocolObservation(problem=f"Redis unreachable: {exc}")
         for major, age in seen.items():
-            obs.PROTOCOL_SEEN.labels(keys.namespace, keys.fleet, str(major)).set(age)
+            obs.PROTOCOL_SEEN.set(keys.namespace, keys.fleet, age, str(major))
         return ProtocolObservation(seen=seen, oldest_waiting_seconds=waiting)
 
     async def post_events(
