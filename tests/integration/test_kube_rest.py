@@ -85,11 +85,25 @@ def test_status_and_finalizers_patch_the_fleet(
     kube = KubeClient(k8s_api, pool_size=2)
     version = created["metadata"]["resourceVersion"]
 
+    async def add_ours() -> None:
+        # An operator may be running (CI's session operator) and add its own finalizer meanwhile:
+        # keep whatever is there, and read again when our write lost the race (409).
+        for _ in range(10):
+            current = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "demo")
+            meta = current["metadata"]
+            finalizers = [*meta.get("finalizers", []), "newfuse.io/test"]
+            try:
+                await kube.set_finalizers(namespace, "demo", finalizers, meta["resourceVersion"])
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                continue
+            return
+        raise AssertionError("the finalizer write lost ten races in a row")
+
     async def go() -> dict[str, Any]:
         updated = await kube.patch_fleet_status(namespace, "demo", {"phase": "Pending"})
-        await kube.set_finalizers(
-            namespace, "demo", ["newfuse.io/test"], updated["metadata"]["resourceVersion"]
-        )
+        await add_ours()
         with pytest.raises(ApiException) as stale:  # optimistic lock: an old version is refused
             await kube.set_finalizers(namespace, "demo", [], version)
         assert stale.value.status == 409
@@ -101,9 +115,10 @@ def test_status_and_finalizers_patch_the_fleet(
         kube.close()
     assert updated["status"]["phase"] == "Pending"
     stored = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "demo")
-    assert stored["metadata"]["finalizers"] == ["newfuse.io/test"]
+    assert "newfuse.io/test" in stored["metadata"]["finalizers"]
+    others = [f for f in stored["metadata"]["finalizers"] if f != "newfuse.io/test"]
     custom.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, "demo", {"metadata": {"finalizers": []}}
+        GROUP, VERSION, namespace, PLURAL, "demo", {"metadata": {"finalizers": others}}
     )
 
 
