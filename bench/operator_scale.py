@@ -19,7 +19,6 @@ otherwise take the CPU the measured controllers need.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -36,6 +35,7 @@ from rich.table import Table
 
 from environment import BenchEnvironment, bench_environment, report_figures, size
 from localcluster.waiting import wait_for
+from newfuse.adapters.kuberest import request
 
 console = Console()
 GROUP, VERSION, PLURAL = "newfuse.io", "v1alpha1", "newfuseagents"
@@ -67,18 +67,7 @@ def _poll_interval(count: int) -> float:
 
 def _items(api: k8s_client.ApiClient, path: str) -> list[dict[str, Any]]:
     """A list call's items as plain JSON (client models would cost seconds per poll at 10k)."""
-    reply = api.call_api(
-        *api.param_serialize(
-            method="GET",
-            resource_path=path,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-    )
-    data = reply.read()  # type: ignore[no-untyped-call]
-    if not 200 <= reply.status <= 299:
-        raise RuntimeError(f"GET {path}: {reply.status} {data[:200]!r}")
-    items: list[dict[str, Any]] = json.loads(data)["items"]
+    items: list[dict[str, Any]] = request(api, "GET", path, {})["items"]
     return items
 
 

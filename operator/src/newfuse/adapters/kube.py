@@ -91,9 +91,6 @@ def credentials_of(api: k8s.ApiClient) -> Credentials:
     )
 
 
-JSON = "application/json"
-
-
 class KubeClient:
     """The handful of API calls reconcile makes."""
 
@@ -128,7 +125,7 @@ class KubeClient:
 
     async def delete_pod(self, namespace: str, name: str) -> bool:
         """Delete a pod; False if it was gone already."""
-        params = {"namespace": namespace, "name": name}
+        params = at(namespace, name)
         try:
             await self._request("DELETE", f"{PODS}/{{name}}", params, decode=False)
         except ApiException as exc:
@@ -141,7 +138,7 @@ class KubeClient:
         self, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any]:
         """Replace the fleet's status (merge patch on the status subresource); the new object."""
-        params = {"namespace": namespace, "name": name}
+        params = at(namespace, name)
         updated = await self._request(
             "PATCH", f"{FLEETS}/{{name}}/status", params, {"status": status},
             content_type=MERGE_PATCH,
@@ -153,7 +150,7 @@ class KubeClient:
     ) -> None:
         """Set metadata.finalizers, failing with 409 if the object changed since it was read."""
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
-        params = {"namespace": namespace, "name": name}
+        params = at(namespace, name)
         await self._request(
             "PATCH", f"{FLEETS}/{{name}}", params, patch, content_type=MERGE_PATCH, decode=False
         )
