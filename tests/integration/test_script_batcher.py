@@ -95,6 +95,66 @@ def test_an_idle_caller_is_sent_at_once(redis_server: RedisHandle) -> None:
     assert round_trips == 1
 
 
+# Keeps Redis busy for ARGV[1] milliseconds, then returns 'slow'.
+SLOW = """
+local t = redis.call('TIME')
+local start = t[1] * 1000 + math.floor(t[2] / 1000)
+repeat
+  t = redis.call('TIME')
+until t[1] * 1000 + math.floor(t[2] / 1000) - start >= tonumber(ARGV[1])
+return 'slow'
+"""
+
+
+def test_sequential_batches_reuse_one_connection(redis_server: RedisHandle) -> None:
+    async def scenario() -> tuple[list[object], int]:
+        client = connect(redis_server.url, timeout=10)
+        admin = connect(redis_server.url, timeout=10)
+        key = f"test:batcher:{uuid.uuid4().hex}"
+        batcher = ScriptBatcher(client)
+        script = client.register_script(ADD)
+        try:
+            before = (await admin.info("stats"))["total_connections_received"]
+            replies = [await batcher.call(script, [key], ["1"]) for _ in range(50)]
+            after = (await admin.info("stats"))["total_connections_received"]
+            return replies, int(after) - int(before)
+        finally:
+            await batcher.aclose()
+            await admin.delete(key)
+            await client.aclose()
+            await admin.aclose()
+
+    replies, opened = asyncio.run(scenario())
+    assert replies == list(range(1, 51))
+    assert opened == 1, f"50 round trips opened {opened} connections"
+
+
+def test_a_batch_cut_off_before_its_reply_leaves_nothing_for_the_next(
+    redis_server: RedisHandle,
+) -> None:
+    async def scenario() -> tuple[BaseException | object, object]:
+        client = connect(redis_server.url, timeout=10)
+        key = f"test:batcher:{uuid.uuid4().hex}"
+        batcher = ScriptBatcher(client)
+        slow, add = client.register_script(SLOW), client.register_script(ADD)
+        try:
+            await batcher.call(add, [key], ["0"])  # scripts loaded, the connection held
+            cut = asyncio.ensure_future(batcher.call(slow, [key], ["300"]))
+            await asyncio.sleep(0.05)
+            assert batcher.sending is not None
+            batcher.sending.cancel()  # the round trip is abandoned before its reply arrives
+            outcome = (await asyncio.gather(cut, return_exceptions=True))[0]
+            return outcome, await batcher.call(add, [key], ["5"])
+        finally:
+            await batcher.aclose()
+            await client.delete(key)
+            await client.aclose()
+
+    outcome, reply = asyncio.run(scenario())
+    assert isinstance(outcome, asyncio.CancelledError), outcome
+    assert reply == 5, f"the next batch read {reply!r}: a stale reply of the abandoned one"
+
+
 def test_every_caller_of_an_unreachable_redis_gets_the_error() -> None:
     async def scenario() -> list[object]:
         client: aioredis.Redis = connect(f"redis://127.0.0.1:{free_port()}/0", timeout=2)
@@ -122,8 +182,9 @@ def test_an_agent_fetches_and_stores_short_tasks_in_full_batches(
             await eventually(lambda: _count(fleet, 400), 60, "400 results")
             round_trips = agent.queue.batch.round_trips
         assert len({r["task_id"] for r in await fleet.results()}) == 400
-        # 400 results in batches of 4 is 100 round trips; one per result would be 400.
-        assert round_trips <= 125, f"{round_trips} round trips stored 400 results"
+        # Fetches go through the batcher too: 400 tasks fetched 4 at a time and stored in batches
+        # of 4 is 200 round trips; one per result would be 400 for the stores alone.
+        assert round_trips <= 250, f"{round_trips} round trips fetched and stored 400 tasks"
 
     with_fleet(redis_server.url, body)
 

@@ -31,7 +31,7 @@ from newfuse.adapters.streamread import verified_result
 from newfuse.adapters.waits import WaitStore
 from newfuse.core import tasklife
 from newfuse.core.tasklife import Fail, Retry
-from newfuse.tracing import current_traceparent
+from newfuse.tracing import current_traceparent, span
 from newfuse.wire.delegation import TaskRef
 from newfuse.wire.envelope import (
     PROTOCOL_VERSION,
@@ -169,10 +169,11 @@ class Outcomes:
             finished_at=now,
         )
         succeeded = status is ResultStatus.SUCCEEDED
-        with tracer.start_as_current_span(
+        with span(
+            tracer,
             "newfuse.task.result",
-            kind=trace.SpanKind.PRODUCER,
-            attributes={"newfuse.task_id": task.task_id, "newfuse.result_status": status.value},
+            trace.SpanKind.PRODUCER,
+            {"newfuse.task_id": task.task_id, "newfuse.result_status": status.value},
         ):
             envelope = encode(
                 MessageType.RESULT,

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from newfuse.adapters.reviews import ReviewStore
 from newfuse.core import tasklife
 from newfuse.core.tasklife import Fail, Failure
-from newfuse.tracing import context_from
+from newfuse.tracing import span
 from newfuse.wire.envelope import (
     Envelope,
     MessageRejectedError,
@@ -113,10 +113,11 @@ class Processor:
         self.tasks[delivery.entry_id] = task
         self.versions[delivery.entry_id] = envelope.metadata.protocol_version
         TASK_PROTOCOL.set(envelope.metadata.protocol_version)
-        with tracer.start_as_current_span(
+        with span(
+            tracer,
             "newfuse.task.process",
-            context=context_from(envelope.metadata.traceparent),
-            kind=trace.SpanKind.CONSUMER,
+            trace.SpanKind.CONSUMER,
+            parent=envelope.metadata.traceparent,
             attributes={
                 "newfuse.task_id": task.task_id,
                 "newfuse.namespace": self.config.namespace,

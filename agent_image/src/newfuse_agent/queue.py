@@ -100,7 +100,7 @@ class TaskQueue(ConsumerGroup):
         self._sweep = client.register_script(SWEEP_LUA)
         self._guard = client.register_script(GUARD_LUA)
         self._fetch = client.register_script(FETCH_LUA)
-        # Results and replay guards: one call per task, the hot path, so they share round trips.
+        # Fetches, results and replay guards: the hot path, so they share round trips.
         self.batch = ScriptBatcher(client)
 
     async def ensure_groups(self) -> None:
@@ -109,8 +109,8 @@ class TaskQueue(ConsumerGroup):
 
     async def fetch(self, count: int, block_ms: int) -> list[Delivery]:
         """Up to ``count`` new entries, higher priorities first; blocks only when all are empty."""
-        reply = await self._fetch(
-            keys=list(self.streams.values()), args=[CONSUMER_GROUP, self.consumer, count]
+        reply = await self.batch.call(
+            self._fetch, list(self.streams.values()), [CONSUMER_GROUP, self.consumer, count]
         )
         found = _entries(
             [(stream, [(eid, _pairs(flat)) for eid, flat in entries]) for stream, entries in reply],

@@ -8,6 +8,9 @@ turns it into and out of span contexts.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from enum import StrEnum
 
 from opentelemetry import trace
@@ -18,6 +21,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+# What OpenTelemetry hands out while no SDK provider is installed: spans that record nothing.
+_NON_RECORDING = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
 
 class TraceExporter(StrEnum):
@@ -60,3 +65,29 @@ def context_from(traceparent: str | None) -> Context | None:
     if not traceparent:
         return None
     return _PROPAGATOR.extract({"traceparent": traceparent})
+
+
+def recording() -> bool:
+    """Whether a tracer provider is installed (by configure_tracing, or by the embedding app)."""
+    return not isinstance(trace.get_tracer_provider(), _NON_RECORDING)
+
+
+def span(
+    tracer: trace.Tracer,
+    name: str,
+    kind: trace.SpanKind,
+    attributes: Mapping[str, str | int],
+    parent: str | None = None,
+) -> AbstractContextManager[object]:
+    """``tracer.start_as_current_span``, or nothing at all when it would do nothing.
+
+    Without a provider a span records nothing, and its only effect is to carry ``parent`` (a
+    remote traceparent) as the current context, so that what is sent under it stays in that
+    trace. With no parent either, the span is skipped: on a short task's hot path its setup cost
+    more than the envelope's JSON.
+    """
+    if parent is None and not recording():
+        return contextlib.nullcontext()
+    return tracer.start_as_current_span(
+        name, context=context_from(parent), kind=kind, attributes=attributes
+    )

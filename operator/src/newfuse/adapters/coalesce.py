@@ -7,6 +7,13 @@ once (an idle agent adds no latency); calls that arrive while one is out queue a
 in one pipeline as soon as it returns. Each call is still its own atomic script: batching changes
 how many round trips carry them, never what any of them does, so a crash mid-batch leaves each
 step either done or not done, as before.
+
+On a single server the batches go over one connection the batcher keeps, not through a pipeline:
+a pipeline takes a connection from the pool and gives it back for every round trip (a lock, a
+timeout, a readiness poll of the socket, then the same again on release), which cost more than
+packing and parsing the calls it carries. Only one batch is out at a time, so one connection is
+all the batcher needs. A Redis Cluster client keeps its pipeline, which routes each call to the
+primary of its slot.
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 Arg = str | bytes | int | float
 
@@ -33,6 +42,9 @@ class ScriptBatcher:
         self._queued: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg], asyncio.Future[Any]]]
         self._queued = []
         self._sender: asyncio.Task[None] | None = None
+        self._connection: AbstractConnection | None = None
+        # Typed as Redis either way (redis_connect.connect); a cluster client routes by slot.
+        self._routed = isinstance(client, RedisCluster)
         self.round_trips = 0  # for tests and benchmarks: how well calls were grouped
 
     async def call(self, script: AsyncScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
@@ -49,10 +61,13 @@ class ScriptBatcher:
         return self._sender
 
     async def aclose(self) -> None:
-        """Wait for what was queued to be sent."""
+        """Wait for what was queued to be sent, then give the batcher's connection back."""
         if self._sender is not None:
             with contextlib.suppress(Exception):
                 await self._sender
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await self.client.connection_pool.release(connection)
 
     async def _send_all(self) -> None:
         try:
@@ -109,7 +124,41 @@ class ScriptBatcher:
         self, calls: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg]]]
     ) -> list[Any]:
         self.round_trips += 1
-        pipe = self.client.pipeline(transaction=False)
-        for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+        if self._routed:
+            pipe = self.client.pipeline(transaction=False)
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
+        commands = [("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls]
+        connection = await self._held_connection()
+        # Like a pipeline: a connection error or timeout disconnects, and the connection's retry
+        # policy decides whether the batch goes again. A step that had run is harmless run again:
+        # results and guards find what they stored, and entries a lost fetch took are reclaimed.
+        return await connection.retry.call_with_retry(
+            lambda: _send_and_read(connection, commands), lambda _: connection.disconnect()
+        )
+
+    async def _held_connection(self) -> AbstractConnection:
+        if self._connection is None:
+            pool = self.client.connection_pool
+            self._connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        return self._connection
+
+
+async def _send_and_read(
+    connection: AbstractConnection, commands: list[tuple[Arg, ...]]
+) -> list[Any]:
+    try:
+        await connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as exc:  # a script's error is its caller's reply, not the batch's
+                replies.append(exc)
+    except BaseException:
+        # Replies may be left unread on the socket (a cancellation, a timeout): it must not serve
+        # the next batch. It reconnects on next use.
+        await connection.disconnect()
+        raise
+    return replies

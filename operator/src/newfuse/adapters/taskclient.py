@@ -47,7 +47,7 @@ from newfuse.adapters.taskerrors import (
     refusing_over_budget,
 )
 from newfuse.adapters.taskspec import Submitted, TaskSpec
-from newfuse.tracing import current_traceparent
+from newfuse.tracing import current_traceparent, span
 from newfuse.wire.envelope import (
     SECURITY_REJECTIONS,
     MessageRejectedError,
@@ -161,10 +161,11 @@ class TaskClient:
             deadline=spec.deadline.astimezone(dt.UTC) if spec.deadline is not None else None,
             events=spec.events,
         )
-        with tracer.start_as_current_span(
+        with span(
+            tracer,
             "newfuse.task.submit",
-            kind=trace.SpanKind.PRODUCER,
-            attributes={
+            trace.SpanKind.PRODUCER,
+            {
                 "newfuse.task_id": task.task_id,
                 "newfuse.namespace": self.namespace,
                 "newfuse.fleet": self.fleet,
