@@ -140,6 +140,8 @@ def test_a_batch_cut_off_before_its_reply_leaves_nothing_for_the_next(
         try:
             await batcher.call(add, [key], ["0"])  # scripts loaded, the connection held
             cut = asyncio.ensure_future(batcher.call(slow, [key], ["300"]))
+            # A wait, not a poll: the script holds Redis for 300 ms, so any query asking
+            # whether it started would itself wait for its end.
             await asyncio.sleep(0.05)
             assert batcher.sending is not None
             batcher.sending.cancel()  # the round trip is abandoned before its reply arrives
