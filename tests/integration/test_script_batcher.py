@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from harness import RedisHandle
 from localcluster.netutil import free_port
@@ -157,6 +158,33 @@ def test_a_batch_cut_off_before_its_reply_leaves_nothing_for_the_next(
     assert reply == 5, f"the next batch read {reply!r}: a stale reply of the abandoned one"
 
 
+def test_a_batch_past_the_socket_timeout_fails_as_a_redis_timeout_and_the_next_one_works(
+    redis_server: RedisHandle,
+) -> None:
+    async def scenario() -> tuple[list[object], object]:
+        client = connect(redis_server.url, timeout=0.2)
+        key = f"test:batcher:{uuid.uuid4().hex}"
+        batcher = ScriptBatcher(client)
+        slow, add = client.register_script(SLOW), client.register_script(ADD)
+        try:
+            await batcher.call(add, [key], ["0"])
+            # Fast replies first, then one past the deadline: the deadline is the batch's.
+            late = await asyncio.gather(
+                *(batcher.call(add, [key], ["1"]) for _ in range(3)),
+                batcher.call(slow, [key], ["400"]),
+                return_exceptions=True,
+            )
+            return list(late), await batcher.call(add, [key], ["10"])
+        finally:
+            await batcher.aclose()
+            await client.delete(key)
+            await client.aclose()
+
+    late, reply = asyncio.run(scenario())
+    assert all(isinstance(r, RedisTimeoutError) for r in late), late
+    assert isinstance(reply, int), f"the next batch read {reply!r}"
+
+
 def test_every_caller_of_an_unreachable_redis_gets_the_error() -> None:
     async def scenario() -> list[object]:
         client: aioredis.Redis = connect(f"redis://127.0.0.1:{free_port()}/0", timeout=2)
@@ -184,11 +212,39 @@ def test_an_agent_fetches_and_stores_short_tasks_in_full_batches(
             await eventually(lambda: _count(fleet, 400), 60, "400 results")
             round_trips = agent.queue.batch.round_trips
         assert len({r["task_id"] for r in await fleet.results()}) == 400
-        # Fetches go through the batcher too: 400 tasks fetched 4 at a time and stored in batches
-        # of 4 is 200 round trips; one per result would be 400 for the stores alone.
-        assert round_trips <= 250, f"{round_trips} round trips fetched and stored 400 tasks"
+        # Fetches go through the batcher too, and the fetch that refills the slots of results on
+        # their way rides in their round trip: 400 tasks 4 at a time is ~100 round trips. A fetch
+        # of its own after each batch of results would be 200; one per result, 400 and more.
+        assert round_trips <= 130, f"{round_trips} round trips fetched and stored 400 tasks"
 
     with_fleet(redis_server.url, body)
+
+
+def test_slots_refilled_with_results_on_their_way_never_run_more_handlers_than_concurrency(
+    redis_server: RedisHandle,
+) -> None:
+    running, peak = 0, 0
+
+    async def uneven(payload: Any, context: TaskContext) -> Any:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            for _ in range(1 + payload % 4):  # they end a different number of loop turns later
+                await asyncio.sleep(0)
+            return payload
+        finally:
+            running -= 1
+
+    async def body(fleet: Fleet) -> None:
+        async for _ in fleet.client.submit_many(TaskSpec("uneven", i) for i in range(300)):
+            pass
+        async with fleet.agent("batcher-2", {"uneven": uneven}, concurrency=3):
+            await eventually(lambda: _count(fleet, 300), 60, "300 results")
+        assert len({r["task_id"] for r in await fleet.results()}) == 300
+
+    with_fleet(redis_server.url, body)
+    assert peak == 3, f"at most 3 handlers at once were to run, and did: {peak}"
 
 
 def test_a_long_task_does_not_hold_up_the_fetching_of_short_ones(

@@ -29,7 +29,7 @@ def test_without_a_provider_or_a_parent_nothing_is_opened(
     span_exporter: InMemorySpanExporter,
 ) -> None:
     assert not tracing.recording()
-    with span(tracer, "newfuse.test", trace.SpanKind.INTERNAL, {}) as opened:
+    with span(tracer, "newfuse.test", trace.SpanKind.INTERNAL, dict) as opened:
         assert opened is None, "a null context, not a span"
         assert current_traceparent() is None
 
@@ -38,15 +38,17 @@ def test_without_a_provider_or_a_parent_nothing_is_opened(
 def test_without_a_provider_a_remote_parent_is_still_carried() -> None:
     # What a tracer hands out while no provider is installed.
     idle = trace.NoOpTracer()
-    with span(idle, "newfuse.test", trace.SpanKind.CONSUMER, {}, parent=PARENT):
+    with span(idle, "newfuse.test", trace.SpanKind.CONSUMER, dict, parent=PARENT):
         assert current_traceparent() == PARENT
 
 
 def test_with_a_provider_every_span_is_recorded(span_exporter: InMemorySpanExporter) -> None:
     assert tracing.recording()
-    with span(tracer, "newfuse.test.plain", trace.SpanKind.PRODUCER, {"newfuse.task_id": "t1"}):
+    with span(
+        tracer, "newfuse.test.plain", trace.SpanKind.PRODUCER, lambda: {"newfuse.task_id": "t1"}
+    ):
         pass
-    with span(tracer, "newfuse.test.child", trace.SpanKind.CONSUMER, {}, parent=PARENT):
+    with span(tracer, "newfuse.test.child", trace.SpanKind.CONSUMER, dict, parent=PARENT):
         traceparent = current_traceparent()
     finished = {s.name: s for s in span_exporter.get_finished_spans()}
     assert set(finished) >= {"newfuse.test.plain", "newfuse.test.child"}

@@ -115,11 +115,11 @@ class Delegator:
             )
         )
         if reply == "parked":
-            metrics.TASKS.labels(TaskOutcome.DELEGATED).inc()
+            metrics.outcome(TaskOutcome.DELEGATED).inc()
             # Children that ended before the wait existed resumed nobody: look once more.
             await self.store.resume_if_done(self.ref(task.task_id))
         elif reply == "lost":
-            metrics.TASKS.labels(TaskOutcome.LEASE_LOST).inc()
+            metrics.outcome(TaskOutcome.LEASE_LOST).inc()
 
     def _refusal(self, task: TaskPayload, asked: DelegationRequired) -> str | None:
         if task.depth + 1 > MAX_DELEGATION_DEPTH:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 from enum import StrEnum
 
@@ -33,6 +34,14 @@ class TaskOutcome(StrEnum):
 
 
 TASKS = Counter("newfuse_agent_tasks_total", "Task deliveries by outcome.", ["outcome"])
+
+
+@functools.cache
+def outcome(name: TaskOutcome) -> Counter:
+    """TASKS for one outcome (looked up once: labels() locks and builds a key on every call)."""
+    return TASKS.labels(name)
+
+
 TASK_SECONDS = Histogram(
     "newfuse_agent_task_duration_seconds",
     "Handler time per task.",

@@ -138,7 +138,7 @@ class Outcomes:
             )
         )
         if reply == "lost":
-            metrics.TASKS.labels(TaskOutcome.LEASE_LOST).inc()
+            metrics.outcome(TaskOutcome.LEASE_LOST).inc()
 
     async def store(
         self,
@@ -173,7 +173,7 @@ class Outcomes:
             tracer,
             "newfuse.task.result",
             trace.SpanKind.PRODUCER,
-            {"newfuse.task_id": task.task_id, "newfuse.result_status": status.value},
+            lambda: {"newfuse.task_id": task.task_id, "newfuse.result_status": status.value},
         ):
             envelope = encode(
                 MessageType.RESULT,
@@ -202,10 +202,10 @@ class Outcomes:
                 )
         if not stored:
             if executed:
-                metrics.TASKS.labels(TaskOutcome.DUPLICATE).inc()
+                metrics.outcome(TaskOutcome.DUPLICATE).inc()
             return
         self.stats.record(elapsed, now, succeeded=succeeded)
-        metrics.TASKS.labels(TaskOutcome.SUCCEEDED if succeeded else TaskOutcome.FAILED).inc()
+        metrics.outcome(TaskOutcome.SUCCEEDED if succeeded else TaskOutcome.FAILED).inc()
         if task.parent is not None:
             # The task a delegation parked waits for this: put it back. A lost notification
             # (this agent dies here, Redis fails) is made good by the parent fleet's sweep.
@@ -284,7 +284,7 @@ class Outcomes:
     ) -> None:
         """End a task FAILED: one atomic step stores the result and its dead letter."""
         why = reason or verdict.reason
-        metrics.TASKS.labels(TaskOutcome.DEAD_LETTERED).inc()
+        metrics.outcome(TaskOutcome.DEAD_LETTERED).inc()
         trace.get_current_span().set_status(trace.StatusCode.ERROR, f"{why}: {verdict.detail}")
         letter = self.letter(delivery, why, verdict.detail, task.task_id, keep)
         await self.store(
@@ -306,7 +306,7 @@ class Outcomes:
         log.warning("dead-lettered %s: %s", delivery.entry_id, exc)
         task_id = task_id_of(delivery)
         if task_id is None or exc.reason in NO_RESULT_FOR:
-            metrics.TASKS.labels(TaskOutcome.DEAD_LETTERED).inc()
+            metrics.outcome(TaskOutcome.DEAD_LETTERED).inc()
             letter = self.letter(delivery, exc.reason, exc.detail, task_id, REFUSED_RAW_KEPT)
             await self.queue.dead_letter(delivery, letter, self.config.revision)
             return
@@ -329,7 +329,7 @@ class Outcomes:
             await self.queue.requeue(
                 delivery, task.task_id, delivery.raw, task.priority, PASS_ON_DELAY_SECONDS
             )
-            metrics.TASKS.labels(TaskOutcome.PASSED_ON).inc()
+            metrics.outcome(TaskOutcome.PASSED_ON).inc()
             return
         detail = (
             f"protocol {major}.x: no live agent of this fleet speaks it (this agent speaks "
@@ -391,4 +391,4 @@ class Outcomes:
         with contextlib.suppress(RedisError, OSError):
             reply = await self.queue.requeue(delivery, payload.task_id, envelope, payload.priority)
             if reply not in ("done", "lost"):
-                metrics.TASKS.labels(TaskOutcome.HANDED_BACK).inc()
+                metrics.outcome(TaskOutcome.HANDED_BACK).inc()

@@ -118,7 +118,7 @@ class Processor:
             "newfuse.task.process",
             trace.SpanKind.CONSUMER,
             parent=envelope.metadata.traceparent,
-            attributes={
+            attributes=lambda: {
                 "newfuse.task_id": task.task_id,
                 "newfuse.namespace": self.config.namespace,
                 "newfuse.fleet": self.config.fleet,
@@ -192,7 +192,7 @@ class Processor:
             await self.queue.complete(
                 delivery, task.task_id, b"", succeeded=True, revision="", executed=False
             )
-            metrics.TASKS.labels(TaskOutcome.ALREADY_DONE).inc()
+            metrics.outcome(TaskOutcome.ALREADY_DONE).inc()
             return envelope, None
         if signed and tasklife.is_expired(envelope.metadata.timestamp, now, self.policy):
             await self.out.fail(
@@ -335,7 +335,7 @@ class Processor:
             else (TaskOutcome.DEFERRED)
         )
         await self.out.retry(delivery, decision, traceparent)
-        metrics.TASKS.labels(outcome).inc()
+        metrics.outcome(outcome).inc()
 
 
 def _failure(exc: Exception, run: tasklife.Run, *, timed_out: bool) -> Failure:

@@ -11,6 +11,7 @@ never mistakes a dead incarnation's entries for its own in-flight work.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import Iterable
@@ -69,9 +70,16 @@ def _entries(response: Any, stream_priority: dict[str, Priority]) -> list[Delive
     return out
 
 
-def _pairs(flat: list[str] | None) -> dict[str, str] | None:
-    # A script returns an entry's fields as the flat list Redis holds them in.
-    return None if flat is None else dict(zip(flat[::2], flat[1::2], strict=True))
+def _scripted(reply: Any, stream_priority: dict[str, Priority]) -> list[Delivery]:
+    # FETCH's reply: [(stream, [(entry id, [field, value, ...])])], fields as Redis holds them.
+    return [
+        Delivery(
+            stream_priority[stream], stream, eid, dict(zip(flat[::2], flat[1::2], strict=True))
+        )
+        for stream, entries in reply
+        for eid, flat in entries
+        if flat is not None  # the entry was deleted while pending
+    ]
 
 
 def _ms(seconds: float) -> int:
@@ -102,6 +110,10 @@ class TaskQueue(ConsumerGroup):
         self._fetch = client.register_script(FETCH_LUA)
         # Fetches, results and replay guards: the hot path, so they share round trips.
         self.batch = ScriptBatcher(client)
+        # Entries whose COMPLETE is queued or out (their handler is done), and a signal for the
+        # consumer that their slots may be refilled in the same round trip.
+        self.ending: set[str] = set()
+        self.slot_freed = asyncio.Event()
 
     async def ensure_groups(self) -> None:
         """Create the consumer group on every priority stream (idempotent)."""
@@ -112,10 +124,7 @@ class TaskQueue(ConsumerGroup):
         reply = await self.batch.call(
             self._fetch, list(self.streams.values()), [CONSUMER_GROUP, self.consumer, count]
         )
-        found = _entries(
-            [(stream, [(eid, _pairs(flat)) for eid, flat in entries]) for stream, entries in reply],
-            self._priority_of,
-        )
+        found = _scripted(reply, self._priority_of)
         if found or block_ms <= 0:
             return found
         response = await self.client.xreadgroup(
@@ -201,6 +210,8 @@ class TaskQueue(ConsumerGroup):
         """
         keys, policy = self.keys, self.policy
         counter = COUNTER_COMPLETED if succeeded else COUNTER_FAILED
+        self.ending.add(delivery.entry_id)
+        self.slot_freed.set()
         stored = await self.batch.call(
             self._complete,
             [

@@ -97,11 +97,11 @@ class Reviews:
             )
         )
         if reply == LOST:
-            metrics.TASKS.labels(TaskOutcome.LEASE_LOST).inc()
+            metrics.outcome(TaskOutcome.LEASE_LOST).inc()
         elif reply == DECIDED:  # reached again after its decision (a hand-back of an old copy)
             await self.resume(delivery, waiting, trace)
         else:
-            metrics.TASKS.labels(TaskOutcome.AWAITING_REVIEW).inc()
+            metrics.outcome(TaskOutcome.AWAITING_REVIEW).inc()
             log.info("task %s waits for review %s", task.task_id, request.id)
 
     async def resume(

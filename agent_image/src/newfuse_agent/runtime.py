@@ -9,7 +9,7 @@ What one delivery goes through is newfuse_agent.process; this module runs the lo
   timeout, and is only taken over if this process stops renewing), reclaim dead consumers'
   entries, move due retries back onto the streams, and expire results past their retention;
 - heartbeat: the agent's versioned state in Redis;
-- coordination: drain, reload and ping notices (pub/sub).
+- coordination: drain, reload and ping notices (pub/sub, newfuse_agent.notices).
 
 On SIGTERM (or a `drain` on the coordination channel) the agent stops taking tasks, lets in-flight
 ones finish within the grace period, hands the rest back to the stream, marks itself inactive and
@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,22 +30,14 @@ from redis.exceptions import RedisError
 
 from newfuse import logcontext
 from newfuse.adapters.state_store import put_state
-from newfuse.wire.envelope import (
-    MAX_CLOCK_SKEW,
-    MessageRejectedError,
-    MessageType,
-    RejectReason,
-    decode,
-    encode,
-)
 from newfuse.wire.keys import FleetKeys
-from newfuse.wire.signing import Channel
 from newfuse.wire.state import AgentMetrics, AgentState, AgentStatus, StateUpdate, next_version
 from newfuse_agent import metrics
 from newfuse_agent.config import AgentConfig
 from newfuse_agent.contract import Handler, TaskContext
 from newfuse_agent.golden import GoldenRunner
 from newfuse_agent.metrics import TaskOutcome
+from newfuse_agent.notices import Notices
 from newfuse_agent.outcomes import Stats, task_id_of
 from newfuse_agent.process import Processor
 from newfuse_agent.queue import Delivery, TaskQueue, utc_now
@@ -81,11 +72,13 @@ class Agent:
         self._signing = config.signing
         self.golden = GoldenRunner(config, client, handlers, context)
         self._inflight: dict[asyncio.Task[None], Delivery] = {}
+        self._slots = self.queue.slot_freed  # set when a delivery ends or starts its result step
         self._draining = asyncio.Event()
         self.ready = False
         self.status = AgentStatus.ACTIVE
         self._version = 0
         self._fault_credit = 0.0
+        self.notices = Notices(config, self.queue, clock, self.request_drain, self._pong)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -103,7 +96,7 @@ class Agent:
         loops = [
             asyncio.create_task(self._consume(), name="consume"),
             asyncio.create_task(self._maintain(), name="maintain"),
-            asyncio.create_task(self._coordination(), name="coordination"),
+            asyncio.create_task(self.notices.listen(self._draining), name="coordination"),
             asyncio.create_task(self.golden.loop(), name="golden"),
         ]
         heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeat")
@@ -151,13 +144,10 @@ class Agent:
         # cancellation that lands mid-read into a connection error, which an outage handler would
         # otherwise swallow and retry forever (a drain that never finishes).
         while not self._draining.is_set():
-            free = self.config.concurrency - len(self._inflight)
-            # Results on their way free their slots within a round trip: fetching for all of them
-            # then, not for each as it lands, keeps short tasks from splitting into small batches.
-            sending = self.queue.batch.sending
-            if free <= 0 or (sending is not None and free < self.config.concurrency):
-                waits = [*self._inflight, *([sending] if sending is not None else [])]
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            free = self._room()
+            if free <= 0:
+                self._slots.clear()
+                await self._slots.wait()
                 continue
             try:
                 deliveries = await self.queue.fetch(free, block_ms=1000)
@@ -191,7 +181,7 @@ class Agent:
                 # the one that counts now; stop ours rather than run the task twice.
                 task = held.get(entry_id)
                 if task is not None:
-                    metrics.TASKS.labels(TaskOutcome.LEASE_LOST).inc()
+                    metrics.outcome(TaskOutcome.LEASE_LOST).inc()
                     log.warning("lost the claim on %s to another agent", entry_id)
                     task.cancel()
 
@@ -230,6 +220,18 @@ class Agent:
             metrics.RECLAIMED.inc()
             self._spawn(delivery)
 
+    def _room(self) -> int:
+        """How many deliveries to fetch: slots whose handler is not running.
+
+        A delivery whose result step is queued has finished its handler, so its slot is refilled
+        at once: the fetch goes out in the same round trip as the results (the group commit), and
+        short tasks cost one round trip per batch rather than two. At most `concurrency` handlers
+        run, though a few more deliveries may be held while their results are on their way.
+        """
+        ending = self.queue.ending
+        running = sum(1 for d in self._inflight.values() if d.entry_id not in ending)
+        return self.config.concurrency - running
+
     def _spawn(self, delivery: Delivery) -> None:
         task = asyncio.create_task(self._process(delivery), name=f"task-{delivery.entry_id}")
         self._inflight[task] = delivery
@@ -244,6 +246,8 @@ class Agent:
         delivery = self._inflight.pop(task, None)
         if delivery is not None:
             self.processor.forget(delivery.entry_id)
+            self.queue.ending.discard(delivery.entry_id)
+        self._slots.set()
         metrics.INFLIGHT.set(len(self._inflight))
         if not task.cancelled() and task.exception() is not None:
             log.error("task processing crashed: %r", task.exception())
@@ -291,92 +295,12 @@ class Agent:
         await put_state(self.client, self.keys, update)
         await self.processor.protocols.flush()
 
-    # -- coordination ---------------------------------------------------------------------------
-
-    async def _coordination(self) -> None:
-        # Pub/sub, not a stream: drain, reload and ping are notices about the present. A missed one
-        # loses nothing (a drain is also delivered as SIGTERM by Kubernetes, a ping is re-sent), so
-        # they need neither persistence nor acknowledgement.
-        while not self._draining.is_set():
-            pubsub = self.client.pubsub()
-            try:
-                await pubsub.subscribe(self.keys.coordination_channel)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        await self._on_coordination_safely(message["data"])
-            except (RedisError, OSError) as exc:
-                if self._draining.is_set():
-                    return
-                log.warning("coordination channel lost (%s), resubscribing", exc)
-                await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await asyncio.wait_for(pubsub.aclose(), 2)  # type: ignore[no-untyped-call]
-
-    async def _on_coordination_safely(self, raw: Any) -> None:
-        try:
-            await self._on_coordination(raw)
-        except (RedisError, OSError):
-            raise
-        except Exception:  # no message may kill the listener
-            metrics.REJECTED.labels("invalid_envelope").inc()
-            log.exception("a coordination message could not be handled")
-
-    async def _on_coordination(self, raw: str | bytes) -> None:
-        if len(raw) > self.config.tasks.max_payload_bytes:
-            metrics.REJECTED.labels("oversize").inc()
-            log.warning("refused a coordination message of %d bytes", len(raw))
-            return
-        try:
-            now = self.clock()
-            envelope = decode(
-                raw,
-                keyring=self._signing.keyring,
-                audience=self.keys.audience(Channel.COORDINATION),
-                require_signature=self.config.require_signatures,
-                now=now,
-                max_skew=dt.timedelta(seconds=self.config.tasks.max_clock_skew_seconds),
-            )
-            if envelope.metadata.signature is not None:
-                await self._take_once(envelope.metadata.message_id)
-        except MessageRejectedError as exc:
-            metrics.REJECTED.labels(exc.reason).inc()
-            log.warning("refused a coordination message: %s", exc)
-            return
-        target = str(envelope.payload.get("target", "*"))
-        if target not in ("*", self.config.agent_id, f"revision:{self.config.revision}"):
-            return
-        if envelope.type is MessageType.DRAIN:
-            log.info("drain notice from %s", envelope.metadata.sender)
-            self.request_drain()
-        elif envelope.type is MessageType.PING:
-            pong = encode(
-                MessageType.PONG,
-                {
-                    "agent_id": self.config.agent_id,
-                    "status": self.status,
-                    "inflight": len(self._inflight),
-                },
-                self.config.agent_id,
-                now=self.clock(),
-                audience=self.keys.audience(Channel.COORDINATION),
-                signer=self._signing.signer,
-            )
-            await self.client.publish(self.keys.coordination_channel, pong)
-        elif envelope.type is MessageType.RELOAD:
-            level = envelope.payload.get("log_level")
-            if isinstance(level, str) and level.upper() in logging.getLevelNamesMapping():
-                logging.getLogger().setLevel(level.upper())
-            log.info("reloaded", extra={"payload": envelope.payload})
-
-    async def _take_once(self, message_id: str) -> None:
-        # A broadcast leaves no stream entry to acknowledge, so a captured notice could be
-        # published again while fresh; remembering it in Redis outlives this process's restarts.
-        seen = self.keys.coordination_seen_field(self.config.agent_id, message_id)
-        fresh_for = 2 * MAX_CLOCK_SKEW.total_seconds()  # ahead by the skew, behind by the age
-        taking = f"{self.config.consumer}:{uuid.uuid4().hex}"
-        if await self.queue.guard(seen, taking, fresh_for) != taking:
-            raise MessageRejectedError(RejectReason.REPLAYED, f"message {message_id} was taken")
+    def _pong(self) -> dict[str, Any]:
+        return {
+            "agent_id": self.config.agent_id,
+            "status": self.status,
+            "inflight": len(self._inflight),
+        }
 
     # -- drain ----------------------------------------------------------------------------------
 

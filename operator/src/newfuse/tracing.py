@@ -9,12 +9,14 @@ turns it into and out of span contexts.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from enum import StrEnum
 
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.environment_variables import OTEL_PYTHON_TRACER_PROVIDER
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -23,6 +25,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 _PROPAGATOR = TraceContextTextMapPropagator()
 # What OpenTelemetry hands out while no SDK provider is installed: spans that record nothing.
 _NON_RECORDING = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_PROVIDER_IN_ENV = OTEL_PYTHON_TRACER_PROVIDER in os.environ
+_UNKNOWN = object()
 
 
 class TraceExporter(StrEnum):
@@ -69,6 +73,10 @@ def context_from(traceparent: str | None) -> Context | None:
 
 def recording() -> bool:
     """Whether a tracer provider is installed (by configure_tracing, or by the embedding app)."""
+    # Until a provider is set, get_tracer_provider() looks its environment variable up on every
+    # call: a cost on every task's hot path. Unset and not named there means not recording.
+    if getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is None and not _PROVIDER_IN_ENV:
+        return False
     return not isinstance(trace.get_tracer_provider(), _NON_RECORDING)
 
 
@@ -76,7 +84,7 @@ def span(
     tracer: trace.Tracer,
     name: str,
     kind: trace.SpanKind,
-    attributes: Mapping[str, str | int],
+    attributes: Callable[[], Mapping[str, str | int]],
     parent: str | None = None,
 ) -> AbstractContextManager[object]:
     """``tracer.start_as_current_span``, or nothing at all when it would do nothing.
@@ -84,10 +92,10 @@ def span(
     Without a provider a span records nothing, and its only effect is to carry ``parent`` (a
     remote traceparent) as the current context, so that what is sent under it stays in that
     trace. With no parent either, the span is skipped: on a short task's hot path its setup cost
-    more than the envelope's JSON.
+    more than the envelope's JSON. ``attributes`` is called only for a span that is started.
     """
     if parent is None and not recording():
         return contextlib.nullcontext()
     return tracer.start_as_current_span(
-        name, context=context_from(parent), kind=kind, attributes=attributes
+        name, context=context_from(parent), kind=kind, attributes=attributes()
     )

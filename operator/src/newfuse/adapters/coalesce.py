@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | bytes | int | float
 
@@ -145,17 +147,38 @@ class ScriptBatcher:
         return self._connection
 
 
+async def run_once(
+    client: aioredis.Redis, calls: Sequence[tuple[AsyncScript, Sequence[Arg], Sequence[Arg]]]
+) -> list[Any]:
+    """``calls`` in one round trip, now, on a connection of ``client``'s pool.
+
+    The replies come in order, a script's error as its reply rather than raised: for a caller
+    with many calls in hand at once (a bulk submit), without a pipeline's per-call bookkeeping.
+    """
+    batcher = ScriptBatcher(client, max_batch=max(1, len(calls)))
+    try:
+        return await batcher._execute(list(calls))
+    finally:
+        await batcher.aclose()
+
+
 async def _send_and_read(
     connection: AbstractConnection, commands: list[tuple[Arg, ...]]
 ) -> list[Any]:
     try:
         await connection.send_packed_command(connection.pack_commands(commands))
         replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await connection.read_response())
-            except ResponseError as exc:  # a script's error is its caller's reply, not the batch's
-                replies.append(exc)
+        # One deadline (the socket timeout) for the whole batch's replies: redis-py arms a timer
+        # per reply otherwise, which cost a bulk submit more than parsing the replies.
+        async with asyncio.timeout(connection.socket_timeout):
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response(timeout=math.inf))
+                except ResponseError as exc:  # a script's error is its caller's reply
+                    replies.append(exc)
+    except TimeoutError as exc:
+        await connection.disconnect()
+        raise RedisTimeoutError(f"no reply within {connection.socket_timeout}s") from exc
     except BaseException:
         # Replies may be left unread on the socket (a cancellation, a timeout): it must not serve
         # the next batch. It reconnects on next use.

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Final
 
 import redis.asyncio as aioredis
 from opentelemetry import trace
 from pydantic import ValidationError
+from redis.commands.core import AsyncScript
 
+from newfuse.adapters.coalesce import Arg, run_once
 from newfuse.adapters.redis_connect import connect
 from newfuse.adapters.streamread import (
     RAW,
@@ -152,7 +154,7 @@ class TaskClient:
         if spec.deadline is not None and spec.deadline.utcoffset() is None:
             raise ValueError("deadline must be timezone-aware (e.g. datetime.now(UTC) + ...)")
         task = TaskPayload(
-            task_id=spec.task_id or uuid.uuid4().hex,
+            task_id=spec.task_id or os.urandom(16).hex(),
             handler=spec.handler,
             input=spec.input,
             priority=spec.priority,
@@ -165,7 +167,7 @@ class TaskClient:
             tracer,
             "newfuse.task.submit",
             trace.SpanKind.PRODUCER,
-            {
+            lambda: {
                 "newfuse.task_id": task.task_id,
                 "newfuse.namespace": self.namespace,
                 "newfuse.fleet": self.fleet,
@@ -174,7 +176,8 @@ class TaskClient:
                 "messaging.destination.name": self.keys.tasks(spec.priority),
             },
         ):
-            payload = task.model_dump(mode="json")
+            # Defaults left out: every reader fills them in, and they were half the envelope.
+            payload = task.model_dump(mode="json", exclude_defaults=True)
             if self._sealer is not None:
                 payload = self._sealer.seal_fields(payload, TASK_CLEAR, "task")
             raw = encode(
@@ -216,12 +219,17 @@ class TaskClient:
         pending: list[tuple[str, bytes, TaskSpec]] = []
 
         async def flush() -> list[Submitted]:
-            pipe = self.client.pipeline(transaction=False)
+            stamped: set[str] = set()  # a protocol major is stamped once per round trip
+            calls: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg]]] = []
             for task_id, raw, spec in pending:
-                args: list[str | bytes] = [task_id, raw, spec.major]
-                await self._submit(keys=self._keys(spec.priority), args=args, client=pipe)
+                major = "" if spec.major in stamped else spec.major
+                stamped.add(spec.major)
+                calls.append((self._submit, self._keys(spec.priority), [task_id, raw, major]))
+            replies = await run_once(self.client, calls)
             with refusing_over_budget(self.keys):
-                replies = await pipe.execute()
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        raise reply
             done = [
                 Submitted(t, str(r[1]), bool(int(r[0])))
                 for (t, _, _), r in zip(pending, replies, strict=True)
