@@ -162,7 +162,7 @@ class FakeKube:
 
     async def set_finalizers(
         self, namespace: str, name: str, finalizers: list[str], resource_version: str
-    ) -> None:
+    ) -> dict[str, Any]:
         """Replace the finalizers, or conflict (409) on a stale resourceVersion."""
         body = self.fleets[(namespace, name)]
         if body["metadata"]["resourceVersion"] != resource_version:
@@ -172,6 +172,7 @@ class FakeKube:
         self.writes.append(("set_finalizers", name))
         if body["metadata"].get("deletionTimestamp") and not finalizers:
             del self.fleets[(namespace, name)]
+        return copy.deepcopy(body)
 
     async def ensure_revision(
         self, fleet_meta: Any, revision: str, template: dict[str, Any]

@@ -93,11 +93,16 @@ def test_status_and_finalizers_patch_the_fleet(
             meta = current["metadata"]
             finalizers = [*meta.get("finalizers", []), "newfuse.io/test"]
             try:
-                await kube.set_finalizers(namespace, "demo", finalizers, meta["resourceVersion"])
+                written = await kube.set_finalizers(
+                    namespace, "demo", finalizers, meta["resourceVersion"]
+                )
             except ApiException as exc:
                 if exc.status != 409:
                     raise
                 continue
+            # The fleet as written, for the operator's cache: our finalizer and a newer version.
+            assert written["metadata"]["finalizers"] == finalizers
+            assert int(written["metadata"]["resourceVersion"]) > int(meta["resourceVersion"])
             return
         raise AssertionError("the finalizer write lost ten races in a row")
 

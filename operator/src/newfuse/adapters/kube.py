@@ -147,13 +147,14 @@ class KubeClient:
 
     async def set_finalizers(
         self, namespace: str, name: str, finalizers: list[str], resource_version: str
-    ) -> None:
+    ) -> dict[str, Any]:
         """Set metadata.finalizers, failing with 409 if the object changed since it was read."""
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
         params = at(namespace, name)
-        await self._request(
-            "PATCH", f"{FLEETS}/{{name}}", params, patch, content_type=MERGE_PATCH, decode=False
+        updated = await self._request(
+            "PATCH", f"{FLEETS}/{{name}}", params, patch, content_type=MERGE_PATCH
         )
+        return dict(updated)
 
     async def ensure_revision(
         self, fleet_meta: Any, revision: str, template: dict[str, Any]

@@ -2,9 +2,9 @@
 
 kopf delivers watch events here; the reconcile reads only these caches, so it acts on one
 consistent level of the world and never on an event. Fleets are kept as compact JSON and parsed on
-read (fleetcache.py says why: memory at 10,000 fleets). Our own status writes go through the cache
-too (write-through), and an event older than what is cached cannot roll it back. The fleet and
-rollout phases kept here feed the gauges.
+read (fleetcache.py says why: memory at 10,000 fleets). Our own status and finalizer writes go
+through the cache too (write-through), and an event older than what is cached cannot roll it
+back. The fleet and rollout phases kept here feed the gauges.
 """
 
 from __future__ import annotations

@@ -214,13 +214,17 @@ class Controller:
             await self.finalizer.finalize(key, fleet)
             return
         if naming.FINALIZER not in meta.finalizers:
-            await self.kube.set_finalizers(
+            updated = await self.kube.set_finalizers(
                 meta.namespace,
                 meta.name,
                 [*meta.finalizers, naming.FINALIZER],
                 meta.resource_version,
             )
-            return  # the patch's watch event brings us back with the new resourceVersion
+            # Write-through, as for status, and the key comes back at once: at scale the watch can
+            # deliver this write minutes late, and a reconcile of the older copy would only try
+            # the finalizer again and meet 409 Conflict until then.
+            self.observe_fleet("MODIFIED", updated)
+            return
 
         now = self.clock()
         revision = template_hash(fleet.spec)

@@ -40,8 +40,11 @@ class KubePort(Protocol):
 
     async def set_finalizers(
         self, namespace: str, name: str, finalizers: list[str], resource_version: str
-    ) -> None:
-        """Replace the fleet's finalizers (a conflict if it changed since resource_version)."""
+    ) -> dict[str, Any]:
+        """Replace the fleet's finalizers (a conflict if it changed since resource_version).
+
+        Returns the fleet as written.
+        """
 
     async def ensure_revision(
         self, fleet_meta: Any, revision: str, template: dict[str, Any]
