@@ -5,6 +5,7 @@ Fleets share the namespace `rt` and one Redis; agents run in this process (tests
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -57,6 +58,9 @@ def test_a_cycle_between_two_fleets_is_broken_at_its_youngest_waiter(fleet_url: 
             return await context.delegate(b.name, "pong", payload, task_id=f"{payload}-pong")
 
         async def pong(payload: Any, context: TaskContext) -> Any:
+            # Its wait must begin in a later Redis millisecond than ping's to be the youngest: a
+            # fast agent can park both within one, and a tie goes by name (test_deadlock.py).
+            await asyncio.sleep(0.01)
             # Asks for the very task that waits on it (an idempotent id): a cycle.
             return await context.delegate(a.name, "ping", payload, task_id=payload)
 
