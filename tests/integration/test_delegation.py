@@ -13,7 +13,9 @@ from typing import Any, cast
 import pytest
 
 from newfuse.adapters.taskclient import StreamEntries, TaskSpec
+from newfuse.adapters.waits import WaitStore
 from newfuse.wire.delegation import COUNTER_DEADLOCKS, MAX_DELEGATION_DEPTH
+from newfuse.wire.keys import FleetKeys
 from newfuse.wire.tasks import ResultPayload
 from newfuse_agent import delegations
 from newfuse_agent.handlers import TaskContext
@@ -50,17 +52,20 @@ def test_a_chain_of_three_fleets_with_one_slot_each_completes(fleet_url: str) ->
     with_fleets(fleet_url, 3, body)
 
 
-def test_a_cycle_between_two_fleets_is_broken_at_its_youngest_waiter(fleet_url: str) -> None:
+@pytest.mark.parametrize("parent_parks_late", [False, True], ids=["in-order", "parent-parks-late"])
+def test_a_cycle_between_two_fleets_is_broken_at_its_youngest_waiter(
+    fleet_url: str, monkeypatch: pytest.MonkeyPatch, parent_parks_late: bool
+) -> None:
+    parked: list[str] = []
+
     async def body(fleets: list[Fleet]) -> None:
         a, b = fleets
+        _record_parks(monkeypatch, parked, late=a.client.keys if parent_parks_late else None)
 
         async def ping(payload: Any, context: TaskContext) -> Any:
             return await context.delegate(b.name, "pong", payload, task_id=f"{payload}-pong")
 
         async def pong(payload: Any, context: TaskContext) -> Any:
-            # Its wait must begin in a later Redis millisecond than ping's to be the youngest: a
-            # fast agent can park both within one, and a tie goes by name (test_deadlock.py).
-            await asyncio.sleep(0.01)
             # Asks for the very task that waits on it (an idempotent id): a cycle.
             return await context.delegate(a.name, "ping", payload, task_id=payload)
 
@@ -88,8 +93,31 @@ def test_a_cycle_between_two_fleets_is_broken_at_its_youngest_waiter(fleet_url: 
         [entry] = await _deadlocks(b)
         assert entry[1]["victim"] == f"rt/{b.name}/a1-pong"
         assert not await a.redis.hget(a.client.keys.counters, COUNTER_DEADLOCKS)
+        # The late case is the race it stands for: the child's wait was written first.
+        assert parked == ([b.name, a.name] if parent_parks_late else [a.name, b.name])
 
     with_fleets(fleet_url, 2, body)
+
+
+def _record_parks(
+    monkeypatch: pytest.MonkeyPatch, parked: list[str], late: FleetKeys | None
+) -> None:
+    """Notes which fleet parked when; parks of ``late``'s fleet wait 0.3 s first.
+
+    A loaded agent can be that slow between submitting a child and parking: the child's agent
+    then runs it, delegates and parks first. The victim must still be the wait that closed the
+    cycle, the child's.
+    """
+    park = WaitStore.park
+
+    async def recorded(self: WaitStore, keys: FleetKeys, *args: Any, **kwargs: Any) -> str:
+        if keys == late:
+            await asyncio.sleep(0.3)
+        reply = await park(self, keys, *args, **kwargs)
+        parked.append(keys.fleet)
+        return reply
+
+    monkeypatch.setattr(WaitStore, "park", recorded)
 
 
 async def _echo(payload: Any, context: TaskContext) -> Any:

@@ -17,7 +17,7 @@ from newfuse.core.metrics import TaskCounters, settle_totals
 from newfuse.runtime.effects import announce_deadlocks
 
 
-def edges(*chain: tuple[str, str, int]) -> dict[str, Edge]:
+def edges(*chain: tuple[str, str, float]) -> dict[str, Edge]:
     """Edges from (waiter, children separated by commas, since)."""
     return {waiter: Edge(waiter, tuple(kids.split(",")), since) for waiter, kids, since in chain}
 
@@ -55,6 +55,9 @@ def test_every_node_of_a_cycle_picks_the_same_victim_the_youngest_wait() -> None
     assert victims == {"b"}
     tied = edges(("a", "b", 5), ("b", "a", 5))
     assert {deadlock.victim(deadlock.cycle_from(n, tied) or []).waiter for n in "ab"} == {"b"}
+    # A hop within one millisecond is still ordered, by its microseconds.
+    fast = edges(("b", "a", 5.250), ("a", "b", 5.251))
+    assert {deadlock.victim(deadlock.cycle_from(n, fast) or []).waiter for n in "ab"} == {"a"}
 
 
 def test_a_cycle_is_described_as_a_loop() -> None:

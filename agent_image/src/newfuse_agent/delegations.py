@@ -1,7 +1,8 @@
 """The agent's side of delegation: park a task on a child task, resume it, break deadlocks.
 
-- park: submit the child to its fleet (idempotent id), then park the parent (PARK_WAIT_LUA); a
-  child that ended in between is caught by looking once more after parking;
+- park: read Redis' clock (the wait's age), submit the child to its fleet (idempotent id), then
+  park the parent (PARK_WAIT_LUA); a child that ended in between is caught by looking once
+  more after parking;
 - resume: whoever stores a child's result puts its parent back (Outcomes.store); the parent's
   agent reads the child's verified result and runs the handler again with it;
 - sweep (every few seconds, on every agent): a wait whose child has ended is resumed (its
@@ -88,6 +89,8 @@ class Delegator:
             self._child(task, child, call.handler, call.payload, trace)
             for child, call in zip(children, asked.calls, strict=True)
         ]
+        # Read before submitting: the children's own waits, if any, must begin after ours.
+        began_ms: float = await self.out.persist(self.store.redis_ms)
         try:
             await self.out.persist(
                 lambda: self.store.submit_all(children, envelopes, task.priority),
@@ -112,6 +115,7 @@ class Delegator:
                 group=CONSUMER_GROUP,
                 entry_id=delivery.entry_id,
                 consumer=self.config.consumer,
+                began_ms=began_ms,
             )
         )
         if reply == "parked":

@@ -71,14 +71,21 @@ class WaitStore:
         group: str,
         entry_id: str,
         consumer: str,
+        began_ms: float,
     ) -> str:
-        """Record the wait and take the task off ``stream``: 'parked', 'lost' or 'done'."""
+        """Record the wait and take the task off ``stream``: 'parked', 'lost' or 'done'.
+
+        ``began_ms`` (from redis_ms, read before the children were submitted) is the wait's age:
+        a child cannot start waiting before its parent began to, whichever parks first.
+        """
         priority, envelope = resume
         member = f"{priority}\n{record.waiting.marker}\n".encode() + envelope
         k = keys
+        wait = record.model_dump_json()
+        args: list[str | bytes] = [record.task_id, wait, member, group, entry_id, consumer]
         reply = await self._park(
             keys=[k.waits, k.waits_open, k.waits_resume, stream, k.result_index, k.counters],
-            args=[record.task_id, record.model_dump_json(), member, group, entry_id, consumer],
+            args=[*args, repr(began_ms)],
         )
         return str(reply)
 
@@ -98,12 +105,12 @@ class WaitStore:
         raw = await self.client.hget(keys_of(waiter).waits_resume, waiter.task_id)
         return None if raw is None else str(raw).split("\n", 2)[-1]
 
-    async def open_waits(self, keys: FleetKeys, limit: int = 200) -> list[tuple[str, int]]:
+    async def open_waits(self, keys: FleetKeys, limit: int = 200) -> list[tuple[str, float]]:
         """The fleet's waiting task ids with when each wait began (Redis ms), oldest first."""
         found = await self.client.zrange(keys.waits_open, 0, limit - 1, withscores=True)
-        return [(str(pair[0]), int(pair[1])) for pair in found]
+        return [(str(pair[0]), float(pair[1])) for pair in found]
 
-    async def wait_of(self, task: TaskRef) -> tuple[WaitRecord, int] | None:
+    async def wait_of(self, task: TaskRef) -> tuple[WaitRecord, float] | None:
         """What ``task`` waits on, and since when; None if it does not wait (or is unreadable)."""
         k = keys_of(task)
         pipe = self.client.pipeline(transaction=False)
@@ -113,7 +120,7 @@ class WaitStore:
         if raw is None or since is None:
             return None
         try:
-            return WaitRecord.model_validate_json(raw), int(since)
+            return WaitRecord.model_validate_json(raw), float(since)
         except ValidationError:
             return None
 
@@ -152,19 +159,19 @@ class WaitStore:
         ended = sum(r is not None for r in await self.results(waiting.children))
         return ended >= waiting.need and await self.resume(waiter, waiting.marker)
 
-    async def redis_ms(self) -> int:
-        """Redis' clock, in ms (every wait's age is measured on it)."""
+    async def redis_ms(self) -> float:
+        """Redis' clock, in ms to the µs (every wait's age is measured on it)."""
         seconds, micros = await self.client.time()
-        return int(seconds) * 1000 + int(micros) // 1000
+        return int(seconds) * 1000 + int(micros) / 1000
 
     async def record_deadlock(
-        self, keys: FleetKeys, cycle: str, victim: TaskRef, since_ms: int
+        self, keys: FleetKeys, cycle: str, victim: TaskRef, since_ms: float
     ) -> None:
         """Log a broken deadlock on the victim's fleet (``since_ms``: when its cycle closed)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.xadd(
             keys.deadlocks,
-            {"cycle": cycle, "victim": str(victim), "since_ms": str(since_ms)},
+            {"cycle": cycle, "victim": str(victim), "since_ms": str(int(since_ms))},
             maxlen=DEADLOCK_LOG_MAX,
             approximate=True,
         )

@@ -15,11 +15,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Edge:
-    """``waiter`` waits on ``children`` since ``since_ms`` (Redis ms). Nodes are TaskRef strings."""
+    """``waiter`` waits on ``children`` since ``since_ms`` (Redis ms). Nodes are TaskRef strings.
+
+    A wait begins before its children are submitted, so a child's wait is always younger than
+    its parent's; the fraction (µs) keeps a fast hop from tying with the one before it.
+    """
 
     waiter: str
     children: tuple[str, ...]
-    since_ms: int
+    since_ms: float
 
 
 def cycle_from(start: str, edges: Mapping[str, Edge]) -> list[Edge] | None:

@@ -20,8 +20,6 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from newfuse.wire.scripts import _NOW_MS
-
 # A chain deeper than this is refused: a handler that delegates to itself without end is a bug,
 # not a workload.
 MAX_DELEGATION_DEPTH: Final = 8
@@ -86,11 +84,11 @@ class WaitRecord(BaseModel):
 
 # KEYS: waits, open waits, resume, source stream, result index, counters.
 # ARGV: task id, wait record, "<priority>\n<marker>\n<envelope>" to resume with (the marker
-# names the wait: Waiting.marker), group, entry id, consumer.
+# names the wait: Waiting.marker), group, entry id, consumer, when the wait began (Redis ms, with
+# a fraction: read before the children were submitted, so a child's wait never begins before its
+# parent's, and the youngest waiter of a cycle is the one that closed it).
 # Returns 'lost' (another consumer owns the delivery), 'done' (the task has a result) or 'parked'.
-PARK_WAIT_LUA: Final = (
-    _NOW_MS
-    + """
+PARK_WAIT_LUA: Final = """
 local owner = redis.call('XPENDING', KEYS[4], ARGV[4], ARGV[5], ARGV[5], 1)
 if #owner == 0 or owner[1][2] ~= ARGV[6] then return 'lost' end
 redis.call('XACK', KEYS[4], ARGV[4], ARGV[5])
@@ -98,11 +96,10 @@ redis.call('XDEL', KEYS[4], ARGV[5])
 if redis.call('HEXISTS', KEYS[5], ARGV[1]) == 1 then return 'done' end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
 redis.call('HINCRBY', KEYS[6], 'delegations', 1)
 return 'parked'
 """
-)
 
 # KEYS: waits, open waits, resume, task index, result index, then the task streams in the order
 # of ARGV[4..]. ARGV: task id, the wait it must be in (its marker; "" for any), an envelope to

@@ -174,7 +174,10 @@ class FleetKeys:
 
     @property
     def waits_open(self) -> str:
-        """Sorted set of waiting task ids: score = when the wait began (Redis ms)."""
+        """Sorted set of waiting task ids: score = when the wait began (Redis ms, to the µs).
+
+        A wait begins before its children are submitted, so no child's wait is older.
+        """
         return f"{self.prefix}:waits:open"
 
     @property
