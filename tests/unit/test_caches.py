@@ -103,6 +103,17 @@ def test_an_older_event_cannot_roll_the_cache_back_but_a_new_object_can() -> Non
     assert caches.fleets.get(key) is None
 
 
+def test_the_echo_of_a_cached_version_is_not_queued_again() -> None:
+    caches = Caches()
+    key = fleet_key("ns", "demo")
+    assert caches.put_fleet(_fleet("demo", rv="9", replicas=2)) == key
+    # The watch delivers the write the operator already cached through its response.
+    assert caches.put_fleet(_fleet("demo", rv="9", replicas=2)) is None
+    assert caches.put_fleet(_fleet("demo", rv="10", replicas=2)) == key
+    # The same version of another object (same name, new uid) is not an echo.
+    assert caches.put_fleet(_fleet("demo", rv="10", uid="uid-2", replicas=2)) == key
+
+
 def test_the_gauges_follow_fleets_and_pods_as_they_come_and_go() -> None:
     caches = Caches()
     for name, phase in (("a", Phase.AVAILABLE), ("b", Phase.AVAILABLE), ("c", Phase.DEGRADED)):

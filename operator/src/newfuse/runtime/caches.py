@@ -80,6 +80,10 @@ class Caches:
             # Our own status write already put a newer version in the cache (write-through);
             # an event from before it must not roll the cache back.
             return None
+        if cached == (meta.get("uid"), meta.get("resourceVersion")):
+            # The watch's echo of our own write, already cached and queued by the write-through:
+            # the same version is the same object, and reconciling it again would change nothing.
+            return None
         try:
             self.fleets.put(key, body)
         except ValidationError as exc:
