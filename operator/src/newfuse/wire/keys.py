@@ -174,10 +174,7 @@ class FleetKeys:
 
     @property
     def waits_open(self) -> str:
-        """Sorted set of waiting task ids: score = when the wait began (Redis ms, to the µs).
-
-        A wait begins before its children are submitted, so no child's wait is older.
-        """
+        """Sorted set of waiting task ids: score = Redis ms (to the µs) before the children left."""
         return f"{self.prefix}:waits:open"
 
     @property
