@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import threading
 import tracemalloc
+import urllib.request
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from newfuse import observability as obs
 from newfuse.fleetgauges import FLEET_GAUGES, FleetGauges
+from newfuse.metricsserver import start_metrics_server
 
 pytestmark = pytest.mark.unit
 
@@ -103,3 +106,53 @@ def test_ten_thousand_fleets_cost_a_fraction_of_labelled_gauges() -> None:
         tracemalloc.stop()
     # prometheus_client's labelled children measured 754 bytes a series.
     assert per_series < 150, f"{per_series:.0f} bytes a series"
+
+
+def test_the_streamed_exposition_is_the_registrys_text() -> None:
+    store = FleetGauges()
+    backlog = store.gauge("t_stream", 'Waiting "tasks" \\ by priority.', "priority")
+    dead = store.gauge("t_stream_dead", "Dead letters.")
+    for index in range(1_234):  # more than one chunk
+        backlog.set("team-a", f"f{index}", index, "high")
+        backlog.set("team-a", f"f{index}", 0.5, "low")
+        dead.set("team-b", f"f{index}", 1e21)
+    assert b"".join(store.exposition()).decode() == _scrape(store)
+
+
+def test_a_streamed_scrape_of_ten_thousand_fleets_holds_a_fraction_of_a_rendered_one() -> None:
+    store = FleetGauges()
+    gauges = [store.gauge(f"t_peak{i}", "Peak.", "priority") for i in range(3)]
+    for index in range(10_000):
+        for gauge in gauges:
+            for priority in ("high", "normal", "low"):
+                gauge.set("bench-fleets", f"fleet-{index}", float(index), priority)
+
+    def peak(scrape: Callable[[], object]) -> int:
+        tracemalloc.start()
+        try:
+            scrape()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    rendered = peak(lambda: _scrape(store))
+    streamed = peak(lambda: sum(len(chunk) for chunk in store.exposition()))
+    assert streamed * 10 < rendered, f"streamed {streamed:,} B, rendered {rendered:,} B"
+
+
+def test_the_operators_metrics_endpoint_serves_each_series_once() -> None:
+    obs.FLEET_BACKLOG.set("ns-http", "demo", 4, "normal")
+    server = start_metrics_server(0, "127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+        FLEET_GAUGES.forget("ns-http", "demo")
+    series = 'newfuse_fleet_backlog{fleet="demo",namespace="ns-http",priority="normal"} 4.0'
+    assert text.count(series) == 1
+    assert text.count("# TYPE newfuse_fleet_backlog gauge") == 1
+    assert "# TYPE newfuse_leader gauge" in text, "the registry's other metrics are served too"
+    families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert len(families) == len(set(families)), "no family is declared twice"

@@ -8,7 +8,6 @@ import sys
 
 import kopf
 import uvloop
-from prometheus_client import start_http_server
 from pydantic import SecretStr
 
 from newfuse.adapters.kube import load_config
@@ -17,6 +16,7 @@ from newfuse.adapters.redis_connect import redacted
 from newfuse.adapters.signing_secret import ensure_signing_key
 from newfuse.config import OperatorConfig
 from newfuse.handlers.operator import build_registry
+from newfuse.metricsserver import start_metrics_server
 from newfuse.observability import configure_logging
 from newfuse.tracing import configure_tracing
 
@@ -32,7 +32,7 @@ def main() -> int:
     configure_tracing(config.trace_exporter, "newfuse-operator")
     config = with_signing_key(config)
     if config.metrics_port:
-        start_http_server(config.metrics_port, addr=config.metrics_address)
+        start_metrics_server(config.metrics_port, config.metrics_address)
     logging.getLogger("newfuse").info(
         "starting",
         extra={"namespaces": list(config.namespaces) or "all", "redis": redacted(config.redis_url)},

@@ -7,18 +7,26 @@ and value holder, measured at 754 bytes a series. The operator exports nine seri
 fleet drops every series it had in one step (labelled children had to be removed one by one, and
 some never were). The registry calls ``collect`` from the metrics server's thread, so a lock
 keeps it from reading a dict the event loop is changing.
+
+The operator's own /metrics server (metricsserver.py) does not go through ``collect``: at 10,000
+fleets that builds 72,000 samples (a tuple and a labels dict each) and a 6 MB string at every
+scrape, and one scrape measured +10.7 MB of RSS that glibc kept. ``exposition`` writes the same
+text a few hundred fleets at a time instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
+from prometheus_client.utils import floatToGoString
 
 FleetRef = tuple[str, str]  # (namespace, fleet)
+CHUNK_FLEETS = 500  # fleets per written chunk, and per hold of the lock
 
 
 class FleetGauges(Collector):
@@ -30,6 +38,7 @@ class FleetGauges(Collector):
         self._values: dict[FleetRef, dict[tuple[str, str], float]] = {}
         self._slots: dict[tuple[str, str], tuple[str, str]] = {}  # one tuple per (gauge, label)
         self._lock = threading.Lock()
+        self._excluded = threading.local()
 
     def gauge(self, name: str, documentation: str, label: str | None = None) -> FleetGauge:
         """Declare a gauge labelled namespace, fleet and, if given, ``label``."""
@@ -55,6 +64,8 @@ class FleetGauges(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Every gauge with all its series (the registry calls this at scrape time)."""
+        if getattr(self._excluded, "on", False):
+            return
         with self._lock:
             snapshot = [(fleet, dict(values)) for fleet, values in self._values.items()]
         families = {name: gauge.family() for name, gauge in self._gauges.items()}
@@ -63,6 +74,40 @@ class FleetGauges(Collector):
                 extra = [label] if self._gauges[name].label else []
                 families[name].add_metric([namespace, fleet, *extra], value)
         yield from families.values()
+
+    @contextlib.contextmanager
+    def excluded(self) -> Iterator[None]:
+        """Inside, ``collect`` on this thread yields nothing (``exposition`` writes the series)."""
+        self._excluded.on = True
+        try:
+            yield
+        finally:
+            self._excluded.on = False
+
+    def exposition(self) -> Iterator[bytes]:
+        """The text ``collect`` would give, in Prometheus' text format, a few fleets at a time."""
+        with self._lock:
+            fleets = list(self._values)
+        for name, gauge in self._gauges.items():
+            help_text = _escape_help(gauge.documentation)
+            yield f"# HELP {name} {help_text}\n# TYPE {name} gauge\n".encode()
+            for start in range(0, len(fleets), CHUNK_FLEETS):
+                yield self._lines(gauge, fleets[start : start + CHUNK_FLEETS]).encode()
+
+    def _lines(self, gauge: FleetGauge, fleets: list[FleetRef]) -> str:
+        lines = []
+        with self._lock:
+            for namespace, fleet in fleets:
+                for (name, label), value in self._values.get((namespace, fleet), {}).items():
+                    if name != gauge.name:
+                        continue
+                    labels = {"namespace": namespace, "fleet": fleet}
+                    if gauge.label:
+                        labels[gauge.label] = label
+                    text = ",".join(f'{k}="{_escape_value(v)}"' for k, v in sorted(labels.items()))
+                    number = floatToGoString(value)  # type: ignore[no-untyped-call]
+                    lines.append(f"{name}{{{text}}} {number}\n")
+        return "".join(lines)
 
 
 @dataclass(frozen=True)
@@ -90,6 +135,14 @@ class FleetGauge:
     def family(self) -> GaugeMetricFamily:
         """An empty metric family to fill at scrape time."""
         return GaugeMetricFamily(self.name, self.documentation, labels=list(self.labelnames))
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def _escape_value(text: str) -> str:
+    return _escape_help(text).replace('"', r"\"")
 
 
 FLEET_GAUGES = FleetGauges()
